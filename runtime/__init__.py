@@ -1,0 +1,1 @@
+"""The GPU pod: model, engine, LoRA kernels, adapter tiers, HTTP server and router."""

@@ -1,0 +1,101 @@
+"""Settings of one runtime pod, declared once for flags, environment and docs.
+
+`EngineConfig` is what the engine needs (model, memory, batching, adapters);
+`ServerConfig` is what the HTTP layer adds (address, auth, queue, start-up adapters).
+Both are validated in `__post_init__` with `ValueError`, never `assert`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from loraplex.settings import setting
+
+DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+LOAD_FORMATS = ("auto", "dummy")
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("LORAPLEX_CACHE", str(Path.home() / ".cache" / "loraplex"))
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    model: str = setting(DEFAULT_MODEL, help="model source: builtin:NAME, a folder, a .gguf "
+                         "file, hf://org/repo, or a shape name with --load-format dummy")
+    revision: str = setting("", help="revision of an hf:// model")
+    dtype: str = setting("auto", help="weight dtype (auto: bfloat16 on CUDA, float32 on CPU)",
+                         choices=DTYPES)
+    load_format: str = setting("auto", help="auto: read weights; dummy: random weights",
+                               choices=LOAD_FORMATS)
+    device: str = setting("auto", help="auto, cpu, cuda, cuda:N")
+    cache_dir: str = setting(factory=default_cache_dir,
+                             help="cache folder for converted models and adapters")
+    seed: int = setting(0, help="seed for dummy weights and unseeded sampling")
+    max_model_len: int = setting(0, help="context length (0: the model's own)")
+    max_num_seqs: int = setting(256, help="most sequences in one batch")
+    max_num_batched_tokens: int = setting(8192, help="most tokens in one forward pass "
+                                          "(prefill is chunked to fit)")
+    block_size: int = setting(16, help="tokens per paged KV block")
+    kv_cache_bytes: int = setting(0, help="KV cache budget in bytes (0: use --kv-cache-fraction)")
+    kv_cache_fraction: float = setting(0.85, help="fraction of free device memory for the KV "
+                                       "cache (on CPU: of available RAM, capped at 4 GiB)")
+    enforce_eager: bool = setting(False, help="never capture CUDA graphs")
+    lora_backend: str = setting("auto", help="auto (triton on CUDA, torch on CPU), triton, torch",
+                                choices=("auto", "triton", "torch"))
+    max_lora_rank: int = setting(64, help="largest adapter rank accepted")
+    device_slots: int = setting(32, help="adapters resident on the device at once")
+    host_bytes: int = setting(8 << 30, help="host RAM budget for adapter weights")
+    disk_bytes: int = setting(64 << 30, help="disk cache budget for downloaded adapters")
+    load_workers: int = setting(4, help="adapter loads that run in parallel")
+    allow_dynamic_adapters: list[str] = setting(
+        factory=list, help="source prefixes a request may name in adapter_source/adapter_id "
+        "(e.g. hf://my-org/, s3://bucket/); none by default")
+
+    def __post_init__(self) -> None:
+        positive = ("max_num_seqs", "max_num_batched_tokens", "block_size", "max_lora_rank",
+                    "device_slots", "load_workers")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.kv_cache_fraction <= 1:
+            raise ValueError(f"kv_cache_fraction must be in (0, 1], got {self.kv_cache_fraction}")
+        for name in ("kv_cache_bytes", "max_model_len", "host_bytes", "disk_bytes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.load_format not in LOAD_FORMATS:
+            raise ValueError(f"load_format must be one of {LOAD_FORMATS}")
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    host: str = setting("0.0.0.0", help="address to listen on")
+    port: int = setting(8080, help="port to listen on")
+    adapter: list[str] = setting(factory=list, help="adapter to register at start: NAME=SOURCE")
+    adapters_file: str = setting("", help="YAML file of adapters to register at start "
+                                 "(a list of {name, source, pinned?, preload?})")
+    admin_token: str = setting("", help="bearer token for /v1/adapters (LORAPLEX_ADMIN_TOKEN); "
+                               "empty: only loopback clients may use the admin API")
+    max_waiting: int = setting(1024, help="requests that may wait for a batch slot; "
+                               "more get 429")
+    max_input_length: int = setting(0, help="longest prompt in tokens (0: context length - 1)")
+    max_best_of: int = setting(4, help="largest best_of / n")
+    max_stop_sequences: int = setting(8, help="most stop sequences per request")
+    shutdown_grace_s: float = setting(30.0, help="seconds SIGTERM waits for in-flight requests")
+    served_model_name: str = setting("", help="model id shown to clients (default: --model)")
+    log_level: str = setting("info", help="log level", choices=("debug", "info", "warning",
+                                                                "error"))
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be in 1..65535, got {self.port}")
+        if self.max_waiting < 0:
+            raise ValueError("max_waiting must not be negative")
+        for item in self.adapter:
+            if "=" not in item or not item.split("=", 1)[0]:
+                raise ValueError(f"--adapter takes NAME=SOURCE, got {item!r}")

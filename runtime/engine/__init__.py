@@ -1,0 +1,1 @@
+"""Continuous-batching engine: sequences, paged KV blocks, scheduler, model runner."""
