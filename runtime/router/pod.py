@@ -1,0 +1,40 @@
+"""What the router knows about one runtime pod: load, residency and whether it answers.
+
+Load is what routing compares: requests this router has in flight to the pod plus the
+queue the pod last reported (`vllm:num_requests_waiting`). Residency is the union of the
+adapters the pod last reported through its admin API and those this router has seen it
+serve since that report (a pod keeps an adapter it just served, until it says otherwise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(eq=False)
+class Pod:
+    url: str
+    in_flight: int = 0  # requests this router sent and has not finished relaying
+    waiting: int = 0  # the pod's own queue depth, last poll
+    running: int = 0  # sequences in the pod's batch, last poll
+    up: bool = True  # last contact (poll or request) reached the pod
+    ready: bool = True  # last /ready answered 200
+    resident: frozenset[str] = frozenset()  # adapters the pod reported (loading or loaded)
+    served: set[str] = field(default_factory=set)  # adapters served here since that report
+    base_model: str = ""  # the model id the pod reports, once known
+
+    @property
+    def load(self) -> int:
+        return self.in_flight + self.waiting
+
+    @property
+    def usable(self) -> bool:
+        return self.up and self.ready
+
+    def holds(self, adapter: str) -> bool:
+        return adapter in self.resident or adapter in self.served
+
+    def report_residency(self, adapters: frozenset[str]) -> None:
+        """A fresh report from the pod replaces what the router had inferred."""
+        self.resident = adapters
+        self.served.clear()
