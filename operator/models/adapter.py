@@ -1,0 +1,83 @@
+"""`Adapter`: one LoRA fine-tune, kept warm on `replicas` pods of its base model.
+
+Status is reported from what the pods say (`GET /v1/adapters`), never from what the
+operator asked for: a placement is Ready only after the pod confirms the load.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from loraplex.operator.models.common import (
+    CONDITIONS_LIST,
+    DNS_LABEL_PATTERN,
+    CamelModel,
+    Condition,
+    LocalObjectReference,
+)
+
+ADAPTER_SOURCE_PATTERN = (
+    r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?"
+    r"|s3://[a-z0-9][a-z0-9.-]*[a-z0-9](/\S*)?"
+    r"|file:///\S*"
+    r"|/\S*)$"
+)
+PARENT_SEGMENT_PATTERN = r"(^|/)\.\.(/|@|$)"
+NO_PARENT_SEGMENTS = "source must not contain '..' path segments"
+
+Phase = Literal["Pending", "Loading", "Ready", "Failed"]
+PlacementState = Literal["Loading", "Ready", "Failed"]
+
+
+class AdapterSpec(CamelModel):
+    base_model: str = Field(
+        min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN,
+        description="Name of the BaseModelDeployment in the same namespace (immutable).",
+        json_schema_extra={"x-kubernetes-validations": [
+            {"rule": "self == oldSelf", "message": "baseModel is immutable"},
+        ]},
+    )
+    source: str = Field(
+        max_length=2048, pattern=ADAPTER_SOURCE_PATTERN,
+        description="hf://org/repo[@revision], s3://bucket/prefix, or a path in the pod.",
+        json_schema_extra={"x-kubernetes-validations": [
+            {"rule": f"!self.matches('{PARENT_SEGMENT_PATTERN}')",
+             "message": NO_PARENT_SEGMENTS},
+        ]},
+    )
+    replicas: int = Field(1, ge=0, le=64, description="Pods that keep this adapter warm.")
+    pinned: bool = Field(False, description="Keep it on the device: never evicted.")
+    credentials_secret_ref: LocalObjectReference | None = Field(
+        None, description="Secret with credentials for the source (same namespace).")
+
+    @field_validator("source")
+    @classmethod
+    def _no_parent_segments(cls, source: str) -> str:
+        import re
+
+        if re.search(PARENT_SEGMENT_PATTERN, source):
+            raise ValueError(NO_PARENT_SEGMENTS)
+        return source
+
+
+class AdapterPlacement(CamelModel):
+    pod: str
+    state: PlacementState
+    since: str | None = None
+    message: str = ""
+
+
+class AdapterStatus(CamelModel):
+    phase: Phase | None = None
+    rank: int | None = None
+    size_bytes: int | None = None
+    digest: str | None = None
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    ready: str | None = Field(None, description="readyReplicas/replicas, for kubectl.")
+    placements: list[AdapterPlacement] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)
+    message: str | None = None
+    observed_generation: int | None = None

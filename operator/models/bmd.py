@@ -1,0 +1,128 @@
+"""`BaseModelDeployment`: one base model served by N runtime pods, plus its router.
+
+Spec fields are what a platform user sets; status is written only by the operator.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from loraplex.operator.models.common import (
+    CONDITIONS_LIST,
+    CamelModel,
+    Condition,
+    Quantity,
+    quantity_bytes,
+)
+
+DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
+# builtin:NAME, hf://org/repo, s3://bucket/prefix, an absolute path, or a bare shape name
+# (random weights of a known architecture, only with loadFormat: dummy).
+MODEL_SOURCE_PATTERN = (
+    r"^(builtin:[a-z0-9][a-z0-9._-]*"
+    r"|hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
+    r"|s3://[a-z0-9][a-z0-9.-]*[a-z0-9](/\S*)?"
+    r"|/\S*"
+    r"|[a-z0-9][a-z0-9._-]*)$"
+)
+SHAPE_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+SHAPE_NEEDS_DUMMY = "a bare model name is a dummy shape: set loadFormat: dummy"
+
+
+class ModelSpec(CamelModel):
+    source: str = Field(DEFAULT_MODEL, max_length=1024, pattern=MODEL_SOURCE_PATTERN,
+                        description="builtin:NAME, hf://org/repo, s3://bucket/prefix, "
+                        "/path/in/pod, or a shape name with loadFormat: dummy.")
+    revision: str = Field("", max_length=255, description="Revision of an hf:// model.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Weight dtype (auto: bfloat16 on CUDA).")
+    load_format: Literal["auto", "dummy"] = Field(
+        "auto", description="dummy: random weights of the named shape, for benchmarks.")
+
+    @model_validator(mode="after")
+    def _shape_needs_dummy(self) -> ModelSpec:
+        import re
+
+        if re.match(SHAPE_NAME_PATTERN, self.source) and self.load_format != "dummy":
+            raise ValueError(SHAPE_NEEDS_DUMMY)
+        return self
+
+    model_config = CamelModel.model_config | {
+        "json_schema_extra": {"x-kubernetes-validations": [{
+            "rule": f"self.loadFormat == 'dummy' || !self.source.matches('{SHAPE_NAME_PATTERN}')",
+            "message": SHAPE_NEEDS_DUMMY,
+        }]},
+    }
+
+
+class ResourceRequirements(CamelModel):
+    """The core/v1 ResourceRequirements of each runtime container (GPUs go in limits)."""
+
+    limits: dict[str, Quantity] = Field(default_factory=dict)
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+
+
+class Capacity(CamelModel):
+    """What one runtime pod can hold; placement never exceeds it."""
+
+    device_slots: int = Field(32, ge=1, le=4096,
+                              description="Adapters resident on the device at once.")
+    host_bytes: Quantity = Field("16Gi", description="Host RAM for adapter weights.")
+    max_rank: int = Field(64, ge=1, le=1024, description="Largest LoRA rank a pod accepts.")
+
+    @property
+    def host_bytes_int(self) -> int:
+        return quantity_bytes(self.host_bytes)
+
+
+class PlacementSpec(CamelModel):
+    strategy: Literal["Spread", "BinPack"] = Field(
+        "Spread", description="Spread: least-loaded pod first. BinPack: fill pods in turn.")
+
+
+class EngineSpec(CamelModel):
+    max_num_seqs: int = Field(256, ge=1, le=65536)
+    max_num_batched_tokens: int = Field(8192, ge=1, le=1048576)
+    kv_cache_fraction: float = Field(0.85, gt=0, le=1)
+
+
+class RouterSpec(CamelModel):
+    replicas: int = Field(2, ge=0, le=100)
+    image: str | None = Field(None, min_length=1, max_length=1024,
+                              description="Router image (default: the runtime image).")
+
+
+class BaseModelDeploymentSpec(CamelModel):
+    model: ModelSpec
+    image: str = Field(min_length=1, max_length=1024, description="Runtime container image.")
+    replicas: int = Field(1, ge=0, le=1000, description="Runtime pods.")
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements,
+                                            json_schema_extra={"default": {}})
+    capacity: Capacity = Field(default_factory=Capacity, json_schema_extra={"default": {}})
+    placement: PlacementSpec = Field(default_factory=PlacementSpec,
+                                     json_schema_extra={"default": {}})
+    engine: EngineSpec = Field(default_factory=EngineSpec, json_schema_extra={"default": {}})
+    router: RouterSpec = Field(default_factory=RouterSpec, json_schema_extra={"default": {}})
+    env: list[dict[str, Any]] = Field(default_factory=list,
+                                      description="core/v1 EnvVar list for the runtime pods.")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class AdapterCounts(CamelModel):
+    placed: int = 0
+    ready: int = 0
+    pending: int = 0
+    failed: int = 0
+
+
+class BmdStatus(CamelModel):
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    ready: str | None = Field(None, description="readyReplicas/replicas, for kubectl.")
+    adapters: AdapterCounts | None = None
+    endpoint: str | None = None
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)
+    observed_generation: int | None = None
