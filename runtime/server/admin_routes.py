@@ -1,0 +1,130 @@
+"""The adapter admin API the operator drives: list, inspect, register, unregister.
+
+`PUT /v1/adapters/{name}` is idempotent: it registers the adapter (or confirms the
+registration) and answers at once, 200 when the weights are resident in host RAM or on
+the device, 202 while they are still being fetched or loaded; the caller polls
+`GET /v1/adapters/{name}`. A load that fails shows as `state: error` with the reason in
+`error` (and a PUT that finds its adapter failed answers 422 with that reason).
+`DELETE` answers once requests still using the adapter have finished.
+Errors use LoRAX's flat `{"error", "error_type"}` body.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import Field
+
+from loraplex.runtime.adapters.errors import AdapterError, AdapterInUse
+from loraplex.runtime.adapters.errors import AdapterNotFound as UnknownAdapter
+from loraplex.runtime.server.admin_auth import require_admin
+from loraplex.runtime.server.errors import ApiError, NotFound, NotReady, ValidationFailed
+from loraplex.runtime.server.lorax_protocol import ErrorResponse, StrictModel
+from loraplex.runtime.server.state import state_of
+
+router = APIRouter(prefix="/v1/adapters", tags=["admin"], dependencies=[Depends(require_admin)])
+ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422, 503)}
+RESIDENT_STATES = frozenset({"host", "device"})
+JSON_TYPES = (str, int, float, bool, type(None))
+
+
+class AdapterRegistration(StrictModel):
+    source: str = Field(min_length=1, description="local path, file://, hf://org/repo[@rev] "
+                        "or s3://bucket/prefix")
+    pinned: bool = False
+    preload: Literal["host", "device"] | None = None
+
+
+class Conflict(ApiError):
+    status_code = 409
+    error_type = "conflict"
+    openai_type = "invalid_request_error"
+
+
+def _manager(request: Request) -> Any:
+    engine = state_of(request).engine
+    manager = getattr(engine, "adapters", None)
+    if manager is None:
+        raise NotReady("adapters cannot be managed yet: the model is still loading")
+    return manager
+
+
+def adapter_json(info: Any) -> dict[str, Any]:
+    """An `AdapterInfo` as JSON: its plain fields, enums by value, `tier` always present."""
+    if dataclasses.is_dataclass(info):
+        items = {f.name: getattr(info, f.name) for f in dataclasses.fields(info)}
+    else:
+        items = dict(vars(info))
+    document: dict[str, Any] = {}
+    for key, value in items.items():
+        value = getattr(value, "value", value)
+        if isinstance(value, JSON_TYPES):
+            document[key] = value
+    state = document.get("state")
+    document.setdefault("tier", state if state in RESIDENT_STATES else None)
+    return document
+
+
+def _admin_error(error: AdapterError) -> ApiError:
+    if isinstance(error, UnknownAdapter):
+        return NotFound(str(error))
+    if isinstance(error, AdapterInUse):
+        return Conflict(str(error))
+    return ValidationFailed(str(error))
+
+
+async def _call(function: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        result = function(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+    except AdapterError as error:
+        raise _admin_error(error) from error
+    return result
+
+
+async def _info(manager: Any, name: str) -> Any:
+    info = await _call(manager.get, name)
+    if info is None:
+        raise NotFound(f"adapter {name!r} is not registered")
+    return info
+
+
+@router.get("", responses=ERRORS)
+async def list_adapters(request: Request) -> dict[str, Any]:
+    """Every registered adapter with its state, tier, rank, size, digest and error."""
+    manager = _manager(request)
+    return {"adapters": [adapter_json(info) for info in await _call(manager.list)]}
+
+
+@router.get("/{name:path}", responses=ERRORS)
+async def get_adapter(request: Request, name: str) -> dict[str, Any]:
+    return adapter_json(await _info(_manager(request), name))
+
+
+@router.put("/{name:path}", responses={202: {"description": "registered, still loading"},
+                                       **ERRORS})
+async def put_adapter(request: Request, name: str, body: AdapterRegistration) -> JSONResponse:
+    """Register `name` (idempotent): 200 once resident, 202 while loading."""
+    manager = _manager(request)
+    await _call(manager.register, name, body.source, pinned=body.pinned, preload=body.preload)
+    document = adapter_json(await _info(manager, name))
+    if document.get("state") == "error":
+        return JSONResponse({"error": document.get("error") or "the adapter failed to load",
+                             "error_type": "adapter_error", "adapter": document},
+                            status_code=422)
+    status = 200 if document.get("state") in RESIDENT_STATES else 202
+    return JSONResponse(document, status_code=status)
+
+
+@router.delete("/{name:path}", responses=ERRORS)
+async def delete_adapter(request: Request, name: str) -> dict[str, Any]:
+    """Unregister `name` once requests still using it have finished."""
+    manager = _manager(request)
+    await _info(manager, name)
+    await _call(manager.unregister, name)
+    return {"name": name, "deleted": True}

@@ -1,0 +1,191 @@
+"""What both protocols do with a request between parsing it and answering it.
+
+Tokenize (or render the chat template), resolve the adapter, check lengths against the
+context, admit into the bounded queue, then run the engine while timing each token for
+the metrics and the access log. The LoRAX and OpenAI routes differ only in how they map
+fields in and results out; everything that decides *whether* and *how* a request runs is
+here, so the two protocols cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+from loraplex.runtime.adapters.errors import AdapterError
+from loraplex.runtime.adapters.errors import AdapterNotFound as EngineAdapterNotFound
+from loraplex.runtime.engine.request import GenerationRequest, SamplingParams, TokenEvent
+from loraplex.runtime.server.access_log import RequestRecord
+from loraplex.runtime.server.admission import AdmissionGate, Lease
+from loraplex.runtime.server.errors import (
+    AdapterNotFound,
+    GenerationFailed,
+    ValidationFailed,
+)
+from loraplex.runtime.server.generation import GenerationResult, collect
+from loraplex.runtime.server.metrics import ServerMetrics
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_model_len: int
+    max_input_length: int
+    max_best_of: int
+    max_stop_sequences: int
+
+
+class InferenceService:
+    def __init__(self, engine: Any, model_id: str, limits: Limits, gate: AdmissionGate,
+                 metrics: ServerMetrics) -> None:
+        self.engine = engine
+        self.model_id = model_id
+        self.limits = limits
+        self.gate = gate
+        self.metrics = metrics
+
+    # --- input -----------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self.engine.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+        """The chat template applied to `messages`, ending with the assistant's turn."""
+        try:
+            return self.engine.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True)
+        except Exception as error:  # jinja raises many kinds; all are the caller's input
+            raise ValidationFailed(f"the chat template rejected these messages: {error}",
+                                   param="messages") from error
+
+    def resolve_adapter(self, adapter_id: str | None, adapter_source: str | None = None
+                        ) -> str | None:
+        """The registered adapter name for a request, or None for the base model."""
+        if adapter_id in (None, "", self.model_id):
+            return None
+        manager = getattr(self.engine, "adapters", None)
+        if manager is None:
+            raise AdapterNotFound(f"adapter {adapter_id!r} is not registered (this server "
+                                  "serves only its base model)", param="adapter_id")
+        try:
+            return manager.resolve(adapter_id, adapter_source)
+        except EngineAdapterNotFound as error:
+            raise AdapterNotFound(str(error), param="adapter_id") from error
+        except AdapterError as error:
+            raise GenerationFailed(str(error)) from error
+
+    def fit_prompt(self, prompt_ids: list[int], max_new_tokens: int | None,
+                   default_max_new_tokens: int | None = None,
+                   truncate: int | None = None) -> tuple[list[int], int]:
+        """(prompt ids, max_new_tokens) that fit the context, or `ValidationFailed`.
+
+        `truncate` keeps the prompt's last tokens (LoRAX); without a `max_new_tokens`
+        the default (or, without one, the rest of the context) is used.
+        """
+        if truncate is not None:
+            prompt_ids = prompt_ids[-truncate:]
+        if not prompt_ids:
+            raise ValidationFailed("the prompt is empty: it has no tokens", param="prompt")
+        limits = self.limits
+        if len(prompt_ids) > limits.max_input_length:
+            raise ValidationFailed(
+                f"the prompt has {len(prompt_ids)} tokens; at most {limits.max_input_length} "
+                "are allowed (pass `truncate` to keep only its end)", param="prompt")
+        room = limits.max_model_len - len(prompt_ids)
+        if max_new_tokens is None:
+            max_new_tokens = min(default_max_new_tokens or room, room)
+        if max_new_tokens > room:
+            raise ValidationFailed(
+                f"the prompt ({len(prompt_ids)} tokens) plus max_new_tokens ({max_new_tokens}) "
+                f"exceeds the context length of {limits.max_model_len} tokens",
+                param="max_new_tokens")
+        return prompt_ids, max_new_tokens
+
+    def check_stop(self, stop: Sequence[str]) -> list[str]:
+        if len(stop) > self.limits.max_stop_sequences:
+            raise ValidationFailed(f"{len(stop)} stop sequences given; at most "
+                                   f"{self.limits.max_stop_sequences} are allowed", param="stop")
+        if any(not text for text in stop):
+            raise ValidationFailed("stop sequences must not be empty", param="stop")
+        return list(stop)
+
+    def check_best_of(self, count: int, name: str = "best_of") -> int:
+        if count > self.limits.max_best_of:
+            raise ValidationFailed(f"{name} is {count}; at most {self.limits.max_best_of} "
+                                   "sequences per request are allowed", param=name)
+        return count
+
+    def admit(self, num_sequences: int = 1) -> Lease:
+        return self.gate.admit(num_sequences)
+
+    # --- running ---------------------------------------------------------------------
+
+    def make_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+                     adapter: str | None) -> GenerationRequest:
+        return GenerationRequest(request_id, prompt_ids, params, adapter)
+
+    async def stream(self, request: GenerationRequest, record: RequestRecord,
+                     endpoint: str) -> AsyncIterator[TokenEvent]:
+        """The engine's events for `request`, timed into the metrics and `record`.
+
+        Closing this iterator (or cancelling its consumer) closes the engine's, which
+        aborts the request and frees its KV blocks.
+        """
+        started = time.perf_counter()
+        series = self.metrics.request_series(endpoint, request.adapter)
+        record.adapter = request.adapter
+        outcome = "aborted"
+        last_token_at: float | None = None
+        try:
+            async with aclosing(self.engine.generate(request)) as events:
+                async for event in events:
+                    now = time.perf_counter()
+                    if event.token_id is not None:
+                        if last_token_at is None:
+                            ttft = now - started
+                            series.first_token()
+                            series.ttft.observe(ttft)
+                            if record.ttft_s is None:
+                                record.ttft_s = round(ttft, 6)
+                        else:
+                            series.inter_token.observe(now - last_token_at)
+                        last_token_at = now
+                    if event.finished:
+                        outcome = (event.finish_reason.value if event.finish_reason
+                                   else "length")
+                        record.prompt_tokens = max(record.prompt_tokens,
+                                                   event.num_prompt_tokens)
+                        record.generated_tokens += event.num_generated_tokens
+                        record.finish_reason = outcome
+                        series.record_tokens(event.num_prompt_tokens,
+                                             event.num_generated_tokens)
+                    yield event
+        except EngineAdapterNotFound as error:
+            outcome = "rejected"
+            raise AdapterNotFound(str(error), param="adapter_id") from error
+        except AdapterError as error:
+            outcome = "error"
+            raise GenerationFailed(str(error)) from error
+        except ValueError as error:  # the engine refuses what can never fit
+            outcome = "rejected"
+            raise ValidationFailed(str(error)) from error
+        finally:
+            series.finish(outcome, time.perf_counter() - started)
+
+    async def complete(self, request: GenerationRequest, record: RequestRecord,
+                       endpoint: str) -> GenerationResult:
+        return await collect(request.request_id, self.stream(request, record, endpoint))
+
+    async def complete_many(self, requests: Sequence[GenerationRequest], record: RequestRecord,
+                            endpoint: str) -> list[GenerationResult]:
+        """Run `requests` side by side (they batch together); cancel all if one fails."""
+        tasks = [asyncio.ensure_future(self.complete(request, record, endpoint))
+                 for request in requests]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:
+                task.cancel()

@@ -1,0 +1,108 @@
+"""Prometheus metrics of one runtime pod, in a registry of its own.
+
+Request-level series (counters, TTFT and inter-token histograms, labelled per adapter)
+are updated as tokens stream; engine and adapter gauges are read from the engine at
+scrape time by `EngineCollector`, so they are never stale and cost nothing between
+scrapes. Alongside `loraplex_*` the pod exports the vLLM names that the Gateway API
+Inference Extension's endpoint picker scrapes (`vllm:num_requests_waiting`, ...).
+A per-app `CollectorRegistry` (not the process-global one) lets several apps live in one
+process, as tests do.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+BASE_LABEL = "__base__"  # the `adapter` label value of base-model requests
+
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+@dataclass
+class AdapterActivity:
+    """Which adapters have requests waiting for their first token, and which are running.
+
+    Kept by the server from the requests it forwards, for `vllm:lora_requests_info`.
+    """
+
+    waiting: Tally[str] = field(default_factory=Tally)
+    running: Tally[str] = field(default_factory=Tally)
+
+    def names(self, tally: Tally[str]) -> str:
+        return ",".join(sorted(name for name, count in tally.items() if count > 0))
+
+
+class RequestSeries:
+    """The labelled children one engine request updates; `finish` is called exactly once."""
+
+    def __init__(self, metrics: ServerMetrics, endpoint: str, adapter: str | None) -> None:
+        self._metrics = metrics
+        self._endpoint = endpoint
+        self._adapter = adapter
+        self.label = adapter or BASE_LABEL
+        self.ttft = metrics.ttft.labels(self.label)
+        self.inter_token = metrics.inter_token.labels(self.label)
+        self._started_running = False
+        if adapter:
+            metrics.activity.waiting[adapter] += 1
+
+    def first_token(self) -> None:
+        if self._adapter and not self._started_running:
+            self._metrics.activity.waiting[self._adapter] -= 1
+            self._metrics.activity.running[self._adapter] += 1
+        self._started_running = True
+
+    def record_tokens(self, prompt_tokens: int, generated_tokens: int) -> None:
+        self._metrics.prompt_tokens.labels(self.label).inc(prompt_tokens)
+        self._metrics.generation_tokens.labels(self.label).inc(generated_tokens)
+
+    def finish(self, outcome: str, duration_s: float) -> None:
+        metrics = self._metrics
+        metrics.requests.labels(self._endpoint, self.label, outcome).inc()
+        metrics.duration.labels(self.label).observe(duration_s)
+        if self._adapter:
+            tally = metrics.activity.running if self._started_running else \
+                metrics.activity.waiting
+            tally[self._adapter] -= 1
+            if tally[self._adapter] <= 0:
+                del tally[self._adapter]
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.activity = AdapterActivity()
+        registry = self.registry
+        self.requests = Counter(
+            "loraplex_requests", "engine requests finished, by endpoint, adapter and outcome "
+            "(length, eos_token, stop_sequence, error, aborted, rejected)",
+            ["endpoint", "adapter", "outcome"], registry=registry)
+        self.http_errors = Counter(
+            "loraplex_http_errors", "requests answered with an error, by error_type",
+            ["error_type"], registry=registry)
+        self.prompt_tokens = Counter("loraplex_prompt_tokens", "prompt tokens processed",
+                                     ["adapter"], registry=registry)
+        self.generation_tokens = Counter("loraplex_generation_tokens", "tokens generated",
+                                         ["adapter"], registry=registry)
+        self.ttft = Histogram("loraplex_time_to_first_token_seconds",
+                              "time from arrival to the first generated token", ["adapter"],
+                              buckets=TTFT_BUCKETS, registry=registry)
+        self.inter_token = Histogram("loraplex_inter_token_latency_seconds",
+                                     "time between consecutive tokens of one request",
+                                     ["adapter"], buckets=ITL_BUCKETS, registry=registry)
+        self.duration = Histogram("loraplex_request_duration_seconds",
+                                  "time from arrival to the last token", ["adapter"],
+                                  buckets=DURATION_BUCKETS, registry=registry)
+
+    def request_series(self, endpoint: str, adapter: str | None) -> RequestSeries:
+        return RequestSeries(self, endpoint, adapter)
+
+    def add_collector(self, collect: Callable) -> None:
+        """Register an object with a `collect()` yielding metric families at scrape time."""
+        self.registry.register(collect)

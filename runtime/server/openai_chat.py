@@ -1,0 +1,150 @@
+"""`POST /v1/chat/completions`: messages through the tokenizer's chat template.
+
+The rendered template is tokenized without adding special tokens (the template already
+holds them). A stream sends, per choice, a first chunk with the assistant role, one
+chunk per token, then a chunk with the finish reason; with
+`stream_options.include_usage`, a last chunk with no choices carries the usage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from loraplex.runtime.engine.request import GenerationRequest, TokenEvent
+from loraplex.runtime.server.errors import ValidationFailed
+from loraplex.runtime.server.openai_common import (
+    DONE,
+    choice_counts,
+    new_id,
+    now,
+    raise_if_failed,
+    sampling_params,
+    sse_error,
+    start_stream,
+    stop_list,
+    usage,
+)
+from loraplex.runtime.server.openai_protocol import ChatCompletionRequest, refuse_unsupported
+from loraplex.runtime.server.state import service_of
+from loraplex.runtime.server.streaming import (
+    EventStream,
+    cancel_on_disconnect,
+    sse_data,
+    stream_failure,
+)
+from loraplex.runtime.server.token_json import finite_logprob, openai_finish_name
+
+router = APIRouter(tags=["openai"])
+
+
+def _token_logprob(text: str, logprob: float | None) -> dict[str, Any]:
+    return {"token": text, "logprob": finite_logprob(logprob), "bytes": list(text.encode())}
+
+
+def _logprobs(events: list[TokenEvent], top: int) -> dict[str, Any]:
+    return {"content": [{**_token_logprob(event.text, event.logprob),
+                         "top_logprobs": [_token_logprob(alt.text, alt.logprob)
+                                          for alt in event.top_logprobs[:top]]}
+                        for event in events]}
+
+
+def _plan(request: Request, body: ChatCompletionRequest) -> tuple[list[GenerationRequest], int]:
+    service = service_of(request)
+    refuse_unsupported(body)
+    if body.top_logprobs and not body.logprobs:
+        raise ValidationFailed("top_logprobs needs logprobs: true", param="top_logprobs")
+    n, _ = choice_counts(body.n, None, bool(body.stream))
+    service.check_best_of(n, "n")
+    adapter = service.resolve_adapter(body.model, body.adapter_source)
+    stop = service.check_stop(stop_list(body.stop))
+    prompt = service.render_chat([message.template_message() for message in body.messages])
+    ids, max_new = service.fit_prompt(service.tokenize(prompt, add_special_tokens=False),
+                                      body.max_completion_tokens or body.max_tokens)
+    top = (body.top_logprobs or 0) if body.logprobs else 0
+    params = sampling_params(body, max_new, stop, logprobs=top)
+    request_id = request.state.record.request_id
+    return [service.make_request(f"{request_id}-{index}", ids, params, adapter)
+            for index in range(n)], n
+
+
+async def _complete(request: Request, body: ChatCompletionRequest) -> JSONResponse:
+    service = service_of(request)
+    engine_requests, _ = _plan(request, body)
+    with service.admit(len(engine_requests)):
+        results = await cancel_on_disconnect(
+            request, service.complete_many(engine_requests, request.state.record, "chat"))
+    top = body.top_logprobs or 0
+    choices = [{"index": index,
+                "message": {"role": "assistant", "content": result.text},
+                "logprobs": _logprobs(result.tokens, top) if body.logprobs else None,
+                "finish_reason": openai_finish_name(result.finish_reason)}
+               for index, result in enumerate(results)]
+    return JSONResponse({
+        "id": new_id("chatcmpl"), "object": "chat.completion", "created": now(),
+        "model": body.model or service.model_id, "choices": choices,
+        "usage": usage(results[0].num_prompt_tokens,
+                       sum(result.num_generated_tokens for result in results)),
+        "system_fingerprint": None})
+
+
+async def _stream_body(request: Request, body: ChatCompletionRequest, n: int,
+                       first: tuple[int, TokenEvent],
+                       events: AsyncIterator[tuple[int, TokenEvent]]) -> AsyncIterator[bytes]:
+    service = service_of(request)
+    head = {"id": new_id("chatcmpl"), "object": "chat.completion.chunk", "created": now(),
+            "model": body.model or service.model_id, "system_fingerprint": None}
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    extra = {"usage": None} if include_usage else {}
+    top = body.top_logprobs or 0
+    prompt_tokens = 0
+    generated: dict[int, int] = {}
+
+    def chunk(index: int, delta: dict[str, Any], logprobs: Any = None,
+              finish: str | None = None) -> bytes:
+        return sse_data({**head, "choices": [{"index": index, "delta": delta,
+                                              "logprobs": logprobs, "finish_reason": finish}],
+                         **extra})
+
+    try:
+        for index in range(n):
+            yield chunk(index, {"role": "assistant", "content": ""})
+        item: tuple[int, TokenEvent] | None = first
+        while item is not None:
+            index, event = item
+            raise_if_failed(event)
+            if event.token_id is not None and not event.special and event.text:
+                logprobs = _logprobs([event], top) if body.logprobs else None
+                yield chunk(index, {"content": event.text}, logprobs)
+            if event.finished:
+                prompt_tokens = event.num_prompt_tokens
+                generated[index] = event.num_generated_tokens
+                yield chunk(index, {}, None, openai_finish_name(event.finish_reason))
+            item = await anext(events, None)
+    except Exception as error:
+        yield sse_error(stream_failure(request, error))
+        return
+    finally:
+        await events.aclose()
+    if include_usage:
+        yield sse_data({**head, "choices": [],
+                        "usage": usage(prompt_tokens, sum(generated.values()))})
+    yield DONE
+
+
+async def _complete_stream(request: Request, body: ChatCompletionRequest) -> Response:
+    service = service_of(request)
+    engine_requests, n = _plan(request, body)
+    lease, first, events = await start_stream(request, service, engine_requests, "chat")
+    return EventStream(_stream_body(request, body, n, first, events), on_close=lease.release)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
+    """OpenAI chat completion; `model` names an adapter (the base model id or "": none)."""
+    if body.stream:
+        return await _complete_stream(request, body)
+    return await _complete(request, body)

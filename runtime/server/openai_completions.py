@@ -1,0 +1,194 @@
+"""`POST /v1/completions`: OpenAI's (legacy) text completion, any number of prompts.
+
+`prompt` may be a string, a list of strings, token ids or lists of token ids; each
+prompt gets `n` choices, numbered prompt-major as OpenAI does. `echo` prepends the
+prompt to each choice (with its token logprobs when `logprobs` is asked for).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from loraplex.runtime.engine.request import GenerationRequest, TokenEvent, TokenLogprob
+from loraplex.runtime.server.errors import ValidationFailed
+from loraplex.runtime.server.inference import InferenceService
+from loraplex.runtime.server.openai_common import (
+    DONE,
+    choice_counts,
+    new_id,
+    now,
+    pick_best,
+    raise_if_failed,
+    sampling_params,
+    sse_error,
+    start_stream,
+    stop_list,
+    usage,
+)
+from loraplex.runtime.server.openai_protocol import CompletionRequest, refuse_unsupported
+from loraplex.runtime.server.state import service_of
+from loraplex.runtime.server.streaming import (
+    EventStream,
+    cancel_on_disconnect,
+    sse_data,
+    stream_failure,
+)
+from loraplex.runtime.server.token_json import finite_logprob, openai_finish_name
+
+router = APIRouter(tags=["openai"])
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
+
+
+def _prompts(service: InferenceService, prompt: Any) -> list[tuple[list[int], str]]:
+    """(token ids, text) of each prompt in the request."""
+    if isinstance(prompt, str):
+        prompt = [prompt]
+    if not prompt:
+        raise ValidationFailed("prompt must not be an empty list", param="prompt")
+    if isinstance(prompt[0], int):
+        prompt = [prompt]
+    vocab_size = len(service.engine.tokenizer)
+    prompts = []
+    for item in prompt:
+        if isinstance(item, str):
+            prompts.append((service.tokenize(item), item))
+            continue
+        if any(not 0 <= token < vocab_size for token in item):
+            raise ValidationFailed(f"prompt token ids must be in [0, {vocab_size})",
+                                   param="prompt")
+        prompts.append((list(item), service.engine.tokenizer.decode(item)))
+    return prompts
+
+
+def _logprobs(events: list[TokenEvent], prompt: list[TokenLogprob] | None,
+              offset: int) -> dict[str, Any]:
+    """OpenAI's legacy logprobs block for (echoed prompt tokens +) generated tokens."""
+    entries = [(item.text, None if index == 0 else item.logprob, [])
+               for index, item in enumerate(prompt or [])]
+    entries += [(event.text, event.logprob, event.top_logprobs) for event in events]
+    text_offset = []
+    for text, _, _ in entries:
+        text_offset.append(offset)
+        offset += len(text)
+    return {
+        "tokens": [text for text, _, _ in entries],
+        "token_logprobs": [None if lp is None else finite_logprob(lp) for _, lp, _ in entries],
+        "top_logprobs": [{alt.text: finite_logprob(alt.logprob) for alt in top} or None
+                         for _, _, top in entries],
+        "text_offset": text_offset,
+    }
+
+
+def _plan(request: Request, body: CompletionRequest
+          ) -> tuple[list[list[GenerationRequest]], list[str], int]:
+    """Engine requests per prompt (best_of each), the prompts' texts, and n."""
+    service = service_of(request)
+    refuse_unsupported(body)
+    n, best_of = choice_counts(body.n, body.best_of, bool(body.stream))
+    service.check_best_of(best_of, "best_of" if body.best_of else "n")
+    adapter = service.resolve_adapter(body.model, body.adapter_source)
+    stop = service.check_stop(stop_list(body.stop))
+    request_id = request.state.record.request_id
+    plans, texts = [], []
+    for prompt_index, (ids, text) in enumerate(_prompts(service, body.prompt)):
+        ids, max_new = service.fit_prompt(ids, body.max_tokens, DEFAULT_MAX_TOKENS)
+        params = sampling_params(body, max_new, stop, body.logprobs or 0,
+                                 prompt_logprobs=bool(body.echo and body.logprobs is not None))
+        plans.append([service.make_request(f"{request_id}-{prompt_index}-{index}", ids,
+                                           params, adapter) for index in range(best_of)])
+        texts.append(text)
+    return plans, texts, n
+
+
+async def _complete(request: Request, body: CompletionRequest) -> JSONResponse:
+    service = service_of(request)
+    plans, texts, n = _plan(request, body)
+    flat = [engine_request for plan in plans for engine_request in plan]
+    with service.admit(len(flat)):
+        results = await cancel_on_disconnect(
+            request, service.complete_many(flat, request.state.record, "completions"))
+    choices, prompt_tokens, completion_tokens = [], 0, 0
+    for prompt_index, plan in enumerate(plans):
+        candidates = results[prompt_index * len(plan):(prompt_index + 1) * len(plan)]
+        prompt_tokens += candidates[0].num_prompt_tokens
+        completion_tokens += sum(result.num_generated_tokens for result in candidates)
+        prefix = texts[prompt_index] if body.echo else ""
+        for index, result in enumerate(pick_best(candidates, n)):
+            choices.append({
+                "index": prompt_index * n + index,
+                "text": prefix + result.text,
+                "logprobs": None if body.logprobs is None else _logprobs(
+                    result.tokens, result.prompt_logprobs if body.echo else None, 0),
+                "finish_reason": openai_finish_name(result.finish_reason),
+            })
+    return JSONResponse({"id": new_id("cmpl"), "object": "text_completion", "created": now(),
+                         "model": body.model or service.model_id, "choices": choices,
+                         "usage": usage(prompt_tokens, completion_tokens),
+                         "system_fingerprint": None})
+
+
+async def _stream_body(request: Request, body: CompletionRequest, texts: list[str], n: int,
+                       first: tuple[int, TokenEvent],
+                       events: AsyncIterator[tuple[int, TokenEvent]]) -> AsyncIterator[bytes]:
+    service = service_of(request)
+    head = {"id": new_id("cmpl"), "object": "text_completion", "created": now(),
+            "model": body.model or service.model_id, "system_fingerprint": None}
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    extra = {"usage": None} if include_usage else {}
+    prompt_tokens: dict[int, int] = {}
+    generated: dict[int, int] = {}
+    offsets: dict[int, int] = {}
+    try:
+        if body.echo:
+            for index in range(len(texts) * n):
+                yield sse_data({**head, "choices": [{"index": index, "text": texts[index // n],
+                                                     "logprobs": None, "finish_reason": None}],
+                                **extra})
+        item: tuple[int, TokenEvent] | None = first
+        while item is not None:
+            index, event = item
+            raise_if_failed(event)
+            if event.token_id is not None or event.finished:
+                logprobs = None
+                if body.logprobs is not None and event.token_id is not None:
+                    logprobs = _logprobs([event], None, offsets.get(index, 0))
+                    offsets[index] = offsets.get(index, 0) + len(event.text)
+                finish = openai_finish_name(event.finish_reason) if event.finished else None
+                text = "" if event.special else event.text
+                yield sse_data({**head, "choices": [{"index": index, "text": text,
+                                                     "logprobs": logprobs,
+                                                     "finish_reason": finish}], **extra})
+            if event.finished:
+                prompt_tokens[index // n] = event.num_prompt_tokens
+                generated[index] = event.num_generated_tokens
+            item = await anext(events, None)
+    except Exception as error:
+        yield sse_error(stream_failure(request, error))
+        return
+    finally:
+        await events.aclose()
+    if include_usage:
+        yield sse_data({**head, "choices": [],
+                        "usage": usage(sum(prompt_tokens.values()), sum(generated.values()))})
+    yield DONE
+
+
+async def _complete_stream(request: Request, body: CompletionRequest) -> Response:
+    service = service_of(request)
+    plans, texts, n = _plan(request, body)
+    flat = [engine_request for plan in plans for engine_request in plan]
+    lease, first, events = await start_stream(request, service, flat, "completions")
+    return EventStream(_stream_body(request, body, texts, n, first, events),
+                       on_close=lease.release)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request, body: CompletionRequest) -> Response:
+    """OpenAI text completion; `model` names an adapter (the base model id or "": none)."""
+    if body.stream:
+        return await _complete_stream(request, body)
+    return await _complete(request, body)

@@ -1,0 +1,89 @@
+"""Probes and descriptions: `/health`, `/ready`, `/info`, `/metrics`, `/v1/models`.
+
+`/health` is liveness: it answers 200 as long as the process serves HTTP, also while the
+model loads (a liveness probe that failed during a long load would restart the pod in a
+loop). `/ready` is readiness: 200 only once the model is loaded and until shutdown
+starts, so that Services send traffic only to pods that can take it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from loraplex import __version__
+from loraplex.runtime.server.state import Phase, state_of
+
+router = APIRouter(tags=["probes"])
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    """Liveness: 200 while the process serves HTTP."""
+    return {"status": "ok"}
+
+
+@router.get("/ready", responses={503: {"description": "loading or draining"}})
+async def ready(request: Request) -> JSONResponse:
+    """Readiness: 200 once the model is loaded, 503 before and while draining."""
+    state = state_of(request)
+    body: dict[str, Any] = {"status": state.phase.value}
+    if state.failure:
+        body["error"] = state.failure
+    return JSONResponse(body, status_code=200 if state.phase is Phase.READY else 503)
+
+
+@router.get("/info")
+async def info(request: Request) -> dict[str, Any]:
+    """The model, its dtype and device, and the limits requests must respect."""
+    state = state_of(request)
+    engine_config, server_config = state.engine_config, state.server_config
+    engine = state.engine
+    service = state.service
+    limits = service.limits if service is not None else None
+    return {
+        "model_id": state.model_id,
+        "model_source": engine_config.model,
+        "model_dtype": str(getattr(engine, "dtype", engine_config.dtype)).removeprefix("torch."),
+        "model_device_type": str(getattr(engine, "device", engine_config.device)),
+        "phase": state.phase.value,
+        "max_model_len": limits.max_model_len if limits else None,
+        "max_input_length": limits.max_input_length if limits else None,
+        "max_total_tokens": limits.max_model_len if limits else None,
+        "max_best_of": server_config.max_best_of,
+        "max_stop_sequences": server_config.max_stop_sequences,
+        "max_num_seqs": engine_config.max_num_seqs,
+        "max_num_batched_tokens": engine_config.max_num_batched_tokens,
+        "max_waiting": server_config.max_waiting,
+        "max_concurrent_requests": state.gate.capacity,
+        "max_lora_rank": engine_config.max_lora_rank,
+        "device_slots": engine_config.device_slots,
+        "block_size": engine_config.block_size,
+        "version": __version__,
+    }
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    registry = state_of(request).metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> dict[str, Any]:
+    """OpenAI model list: the base model, then every registered adapter (`parent` = base)."""
+    state = state_of(request)
+    base = state.model_id
+    created = int(state.started_at)
+    data = [{"id": base, "object": "model", "created": created, "owned_by": "loraplex",
+             "root": state.engine_config.model, "parent": None}]
+    manager = getattr(state.engine, "adapters", None)
+    if manager is not None:
+        for adapter in manager.list():
+            data.append({"id": adapter.name, "object": "model", "created": created,
+                         "owned_by": "loraplex", "root": str(adapter.source), "parent": base})
+    return {"object": "list", "data": data}
