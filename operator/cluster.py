@@ -1,0 +1,127 @@
+"""The operator's own reads and writes to the API server (kopf does the watching).
+
+Children are created when missing and merge-patched when they drift from what the
+builders say; the admin Secret is only ever created; status is patched through the
+`status` subresource and never touches `spec`. Built on lightkube's async client, which
+reads the same kubeconfig or in-cluster service account as kopf.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from lightkube import ApiError, AsyncClient
+from lightkube.codecs import from_dict
+from lightkube.core.resource_registry import resource_registry
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.core_v1 import ConfigMap, Secret
+from lightkube.types import PatchType
+
+from loraplex.operator import naming
+
+logger = logging.getLogger(__name__)
+
+BaseModelDeploymentResource = create_namespaced_resource(
+    naming.GROUP, naming.VERSION, naming.BMD_KIND, naming.BMD_PLURAL)
+AdapterResource = create_namespaced_resource(
+    naming.GROUP, naming.VERSION, naming.ADAPTER_KIND, naming.ADAPTER_PLURAL)
+
+
+def is_subset(wanted: Any, live: Any) -> bool:
+    """Whether everything in `wanted` is in `live` (the server adds defaults, never drops)."""
+    if isinstance(wanted, Mapping):
+        return isinstance(live, Mapping) and all(
+            key in live and is_subset(value, live[key]) for key, value in wanted.items())
+    if isinstance(wanted, list):
+        return isinstance(live, list) and len(wanted) == len(live) and all(
+            is_subset(w, v) for w, v in zip(wanted, live, strict=True))
+    return wanted == live
+
+
+def _drift_patch(wanted: Mapping[str, Any]) -> dict[str, Any]:
+    """What a merge patch carries to put a child back in line (never its identity)."""
+    meta = wanted["metadata"]
+    patch = {key: value for key, value in wanted.items()
+             if key not in ("apiVersion", "kind", "metadata")}
+    patch["metadata"] = {"labels": meta.get("labels", {}),
+                         "ownerReferences": meta.get("ownerReferences", [])}
+    return patch
+
+
+class Cluster:
+    def __init__(self, client: AsyncClient | None = None) -> None:
+        self._client = client or AsyncClient(field_manager=naming.FIELD_MANAGER)
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def ensure(self, wanted: dict[str, Any]) -> str:
+        """Create `wanted`, or patch it back if it drifted. Returns created|patched|unchanged."""
+        resource = resource_registry.load(wanted["apiVersion"], wanted["kind"])
+        meta = wanted["metadata"]
+        try:
+            live = await self._client.get(resource, meta["name"], namespace=meta["namespace"])
+        except ApiError as error:
+            if error.status.code != 404:
+                raise
+            return await self.create(wanted)
+        patch = _drift_patch(wanted)
+        if is_subset(patch, live.to_dict()):
+            return "unchanged"
+        await self._client.patch(resource, meta["name"], patch, namespace=meta["namespace"],
+                                 patch_type=PatchType.MERGE)
+        logger.info("patched drifted %s %s/%s", wanted["kind"], meta["namespace"], meta["name"])
+        return "patched"
+
+    async def create(self, wanted: dict[str, Any]) -> str:
+        """Create unless it exists (a 409 means another cycle won the race): never patch."""
+        meta = wanted["metadata"]
+        try:
+            await self._client.create(from_dict(wanted), namespace=meta["namespace"])
+        except ApiError as error:
+            if error.status.code != 409:
+                raise
+            return "unchanged"
+        logger.info("created %s %s/%s", wanted["kind"], meta["namespace"], meta["name"])
+        return "created"
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            secret = await self._client.get(Secret, name, namespace=namespace)
+        except ApiError as error:
+            if error.status.code == 404:
+                return None
+            raise
+        return secret.to_dict()
+
+    async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            configmap = await self._client.get(ConfigMap, name, namespace=namespace)
+        except ApiError as error:
+            if error.status.code == 404:
+                return None
+            raise
+        return configmap.to_dict()
+
+    async def patch_configmap_data(self, namespace: str, name: str,
+                                   data: dict[str, str]) -> None:
+        await self._client.patch(ConfigMap, name, {"data": data}, namespace=namespace,
+                                 patch_type=PatchType.MERGE)
+
+    async def patch_adapter_status(self, namespace: str, name: str,
+                                   status: dict[str, Any]) -> None:
+        await self._patch_status(AdapterResource, namespace, name, status)
+
+    async def patch_bmd_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        await self._patch_status(BaseModelDeploymentResource, namespace, name, status)
+
+    async def _patch_status(self, resource: Any, namespace: str, name: str,
+                            status: dict[str, Any]) -> None:
+        try:
+            await self._client.patch(resource.Status, name, {"status": status},
+                                     namespace=namespace, patch_type=PatchType.MERGE)
+        except ApiError as error:
+            if error.status.code != 404:  # deleted meanwhile: nothing to report on
+                raise

@@ -1,0 +1,43 @@
+"""Settings of the operator process, declared once for flags, environment and docs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from loraplex.settings import setting
+
+
+@dataclass(slots=True)
+class OperatorConfig:
+    namespace: list[str] = setting(
+        factory=list, help="namespace to watch (repeatable); none: all namespaces")
+    resync_interval_s: float = setting(
+        10.0, help="seconds between full re-checks of a BaseModelDeployment's pods")
+    loading_poll_s: float = setting(
+        1.0, help="seconds between re-checks while adapters are loading")
+    children_resync_s: float = setting(
+        60.0, help="seconds between re-applying the child objects (heals drift)")
+    admin_timeout_s: float = setting(10.0, help="timeout of one call to a pod's admin API")
+    admin_concurrency: int = setting(32, help="admin API calls in flight per BaseModelDeployment")
+    default_adapter_bytes: int = setting(
+        64 << 20, help="host bytes assumed for an adapter until a pod has read its size")
+    unload_timeout_s: float = setting(
+        120.0, help="how long deleting an Adapter waits for its pods to unload it")
+    router_image: str = setting("", help="router image (default: the BMD's runtime image)")
+    health_host: str = setting("0.0.0.0", help="address of the liveness endpoint")
+    health_port: int = setting(8080, help="port of the liveness endpoint (GET /health); 0: off")
+    standalone: bool = setting(True, help="run without peering (one replica, Recreate)")
+    log_level: str = setting("info", help="log level",
+                             choices=("debug", "info", "warning", "error"))
+
+    def __post_init__(self) -> None:
+        for name in ("resync_interval_s", "loading_poll_s", "children_resync_s",
+                     "admin_timeout_s", "unload_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.admin_concurrency <= 0:
+            raise ValueError(f"admin_concurrency must be positive, got {self.admin_concurrency}")
+        if self.default_adapter_bytes < 0:
+            raise ValueError("default_adapter_bytes must not be negative")
+        if not 0 <= self.health_port < 65536:
+            raise ValueError(f"health_port must be in 0..65535, got {self.health_port}")

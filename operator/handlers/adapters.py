@@ -1,0 +1,61 @@
+"""Adapter handlers: unload before deletion, and report Adapters whose base model is gone.
+
+Deleting an Adapter is held by the finalizer until its BMD's reconcile loop has seen
+that no reachable pod holds it any more (that loop does the unloading: it is the single
+writer of placements). An Adapter whose BMD does not exist is reported `Pending` with
+reason `BaseModelNotFound`, never left stuck in its last phase.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from loraplex.operator.conditions import merge_patch_for, now_iso
+from loraplex.operator.config import OperatorConfig
+from loraplex.operator.handlers.indexes import ADAPTERS
+from loraplex.operator.status import BASE_MODEL_NOT_FOUND, INVALID_SPEC, pending_status
+from loraplex.operator.views import adapter_view
+
+
+async def unload_before_delete(name: str, namespace: str, body: kopf.Body, memo: kopf.Memo,
+                               base_models: kopf.Index, **_: Any) -> None:
+    state = memo.state
+    key = (namespace, adapter_view(body).base_model)
+    if key not in base_models:
+        return  # no base model: no pods hold it
+    reconciler = state.reconcilers.get(key)
+    if reconciler is not None and name in reconciler.unloaded:
+        return
+    state.wake(key)
+    raise kopf.TemporaryError(f"waiting for the pods of {key[1]} to unload {name}",
+                              delay=state.config.loading_poll_s)
+
+
+async def report_orphan(name: str, namespace: str, body: kopf.Body, memo: kopf.Memo,
+                        base_models: kopf.Index, **_: Any) -> None:
+    view = adapter_view(body)
+    if view.deleting:
+        return
+    if view.spec is None:
+        reason, message = INVALID_SPEC, view.spec_error or "invalid spec"
+    elif (namespace, view.base_model) not in base_models:
+        reason = BASE_MODEL_NOT_FOUND
+        message = f"BaseModelDeployment {view.base_model!r} not found in {namespace!r}"
+    else:
+        return  # the BMD's reconcile loop owns this Adapter's status
+    status = pending_status(view, reason, message, now_iso())
+    if status != view.status:
+        await memo.state.cluster.patch_adapter_status(namespace, name,
+                                                      merge_patch_for(view.status, status))
+        if view.status.get("phase") != status["phase"] or \
+                view.status.get("message") != message:
+            kopf.event(view.reference(), type="Warning", reason=reason, message=message)
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    kopf.on.delete(*ADAPTERS, id="unload", timeout=config.unload_timeout_s,
+                   registry=registry)(unload_before_delete)
+    kopf.timer(*ADAPTERS, id="orphans", interval=config.resync_interval_s,
+               registry=registry)(report_orphan)

@@ -1,0 +1,68 @@
+"""One long-lived reconcile loop (a kopf daemon) per BaseModelDeployment.
+
+The loop is the single writer of its BMD's placements, so Adapter handlers never race
+it. It runs a cycle, then sleeps until woken by an index event, or for the resync
+interval (the loading poll while loads are in flight). Errors are logged and retried:
+the loop only stops when kopf stops it (BMD deleted, operator exiting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from loraplex.operator.builders import Owner
+from loraplex.operator.config import OperatorConfig
+from loraplex.operator.handlers.indexes import BASE_MODELS
+from loraplex.operator.reconcile import BaseModelReconciler
+
+DEBOUNCE_S = 0.05  # let a burst of events (20 Adapters applied at once) land first
+
+
+def post_event(ref: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    kopf.event(dict(ref), type=type_, reason=reason, message=message)
+
+
+async def reconcile_base_model(name: str, namespace: str, body: kopf.Body,
+                               stopped: kopf.DaemonStopped, memo: kopf.Memo,
+                               runtime_pods: kopf.Index, adapters_by_base: kopf.Index,
+                               logger: logging.Logger, **_: Any) -> None:
+    state, key = memo.state, (namespace, name)
+    config: OperatorConfig = state.config
+    wakeup = state.wakeup(key)
+    reconciler: BaseModelReconciler | None = None
+    try:
+        while not stopped:
+            wakeup.clear()
+            delay = config.resync_interval_s
+            try:
+                if reconciler is None:
+                    reconciler = BaseModelReconciler(Owner.from_body(body), state.cluster,
+                                                     config, post_event)
+                    state.reconcilers[key] = reconciler
+                outcome = await reconciler.cycle(body, list(runtime_pods.get(key, [])),
+                                                 list(adapters_by_base.get(key, [])))
+                if outcome.busy:
+                    delay = config.loading_poll_s
+            except Exception:
+                logger.exception("reconcile of %s/%s failed; retrying", namespace, name)
+                delay = min(config.resync_interval_s, 5.0)
+            try:
+                await asyncio.wait_for(wakeup.wait(), timeout=delay)
+                await asyncio.sleep(DEBOUNCE_S)
+            except TimeoutError:
+                pass
+    finally:
+        if state.reconcilers.get(key) is reconciler:
+            state.reconcilers.pop(key, None)
+        if reconciler is not None:
+            await reconciler.aclose()
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    kopf.daemon(*BASE_MODELS, id="reconcile", cancellation_timeout=2.0,
+                registry=registry)(reconcile_base_model)

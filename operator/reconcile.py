@@ -1,0 +1,245 @@
+"""One reconcile cycle of a BaseModelDeployment: the single writer of its placements.
+
+Level-based and idempotent: each cycle reads the whole state (the BMD, its ready pods,
+its Adapters, and what every pod reports on `GET /v1/adapters`), computes placement,
+pushes the difference, then writes the placement ConfigMap and every status that
+changed. Nothing depends on which event woke it up, so a missed event, a restarted pod
+or a restarted operator all heal on the next cycle. `spec` is never written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from loraplex.operator import naming
+from loraplex.operator.actions import plan_actions
+from loraplex.operator.admin import AdminClient
+from loraplex.operator.builders import (
+    Owner,
+    build_admin_secret,
+    build_children,
+    build_placements_configmap,
+    placements_json,
+    read_admin_token,
+)
+from loraplex.operator.cluster import Cluster
+from loraplex.operator.conditions import merge_patch_for, now_iso
+from loraplex.operator.config import OperatorConfig
+from loraplex.operator.models import BaseModelDeploymentSpec, SpecError, parse_spec
+from loraplex.operator.placement import AdapterDemand, PlacementPlan, PodCapacity, place
+from loraplex.operator.status import (
+    INVALID_SPEC,
+    PlacementReport,
+    adapter_status,
+    bmd_status,
+    pending_status,
+)
+from loraplex.operator.sync import ExecutionReport, PodObservation, execute, observe
+from loraplex.operator.views import AdapterView, PodView
+
+logger = logging.getLogger(__name__)
+
+EventSink = Callable[[Mapping[str, Any], str, str, str], None]  # ref, type, reason, message
+
+
+@dataclass(frozen=True)
+class CycleOutcome:
+    busy: bool  # loads in flight or just pushed: check again soon
+    admin_calls: int
+
+
+class BaseModelReconciler:
+    """Memory that survives between cycles of one BMD (all of it can be rebuilt)."""
+
+    def __init__(self, owner: Owner, cluster: Cluster, config: OperatorConfig,
+                 events: EventSink) -> None:
+        self.owner, self.cluster, self.config, self.events = owner, cluster, config, events
+        self.admin: AdminClient | None = None
+        self.token: str | None = None
+        self.assigned: dict[str, tuple[str, ...]] = {}  # last plan: adapter → pods
+        self.refused: dict[tuple[str, str], tuple[int | None, str]] = {}
+        self.incarnations: dict[str, tuple[str, int]] = {}
+        self.children_key: tuple[Any, ...] | None = None
+        self.children_at = 0.0
+        self.table: str | None = None
+        self.observed: dict[str, PodObservation] = {}
+        self.unloaded: set[str] = set()  # deleting adapters no reachable pod holds
+
+    async def aclose(self) -> None:
+        if self.admin is not None:
+            await self.admin.aclose()
+
+    async def cycle(self, body: Mapping[str, Any], pods: Iterable[PodView],
+                    adapters: Iterable[AdapterView]) -> CycleOutcome:
+        now = now_iso()
+        generation = body.get("metadata", {}).get("generation")
+        try:
+            spec = parse_spec(BaseModelDeploymentSpec, body.get("spec"), naming.BMD_KIND)
+        except SpecError as error:
+            await self._write_bmd_status(body, spec=None, ready_pods=0, phases=[], placed=0,
+                                         problem=str(error), now=now)
+            return CycleOutcome(busy=False, admin_calls=0)
+        await self._ensure_children(spec, generation)
+        admin = await self._admin_client()
+
+        ready = sorted((pod for pod in pods if pod.ready), key=lambda pod: pod.name)
+        self._forget_restarted(ready)
+        observations = await observe(admin, ready, self.config.admin_concurrency)
+        self.observed = observations
+        reports = {name: obs.adapters for name, obs in observations.items()
+                   if obs.adapters is not None}
+        views = {view.name: view for view in adapters}
+        self.unloaded = {name for name, view in views.items() if view.deleting
+                         and not any(name in held for held in reports.values())}
+
+        plan = self._plan(spec, reports, views)
+        actions = plan_actions(plan.placements, reports, views,
+                               {key: gen for key, (gen, _) in self.refused.items()})
+        executed = await execute(admin, {p.name: p for p in ready}, actions,
+                                 self.config.admin_concurrency)
+        for action in actions:
+            key = (action.adapter, action.pod)
+            if key in executed.refused:
+                self.refused[key] = (views[action.adapter].generation, executed.refused[key])
+            elif key not in executed.unreachable:
+                self.refused.pop(key, None)
+        self.assigned = dict(plan.placements)
+
+        await self._write_table(plan, reports, views, observations)
+        phases = await self._write_adapter_statuses(plan, reports, views, executed, now)
+        placed = sum(bool(pods) for pods in plan.placements.values())
+        await self._write_bmd_status(body, spec=spec, ready_pods=len(ready), phases=phases,
+                                     placed=placed, problem=None, now=now)
+        busy = bool(actions) or any(phase == "Loading" for phase in phases)
+        return CycleOutcome(busy=busy, admin_calls=len(observations) + executed.calls)
+
+    async def _ensure_children(self, spec: BaseModelDeploymentSpec,
+                               generation: int | None) -> None:
+        key = (generation, spec.model_dump_json())
+        due = time.monotonic() - self.children_at >= self.config.children_resync_s
+        if key == self.children_key and not due:
+            return
+        for child in build_children(self.owner, spec, self.config.router_image):
+            await self.cluster.ensure(child)
+        await self.cluster.create(build_placements_configmap(self.owner, {}))
+        self.children_key, self.children_at = key, time.monotonic()
+
+    async def _admin_client(self) -> AdminClient:
+        if self.admin is not None:
+            return self.admin
+        name = naming.admin_secret_name(self.owner.name)
+        secret = await self.cluster.get_secret(self.owner.namespace, name)
+        if secret is None:
+            secret = build_admin_secret(self.owner)
+            if await self.cluster.create(secret) != "created":  # lost a race: read theirs
+                secret = await self.cluster.get_secret(self.owner.namespace, name) or secret
+        self.token = read_admin_token(secret)
+        self.admin = AdminClient(self.token, self.config.admin_timeout_s)
+        return self.admin
+
+    def _forget_restarted(self, pods: list[PodView]) -> None:
+        """A new or restarted pod deserves a fresh try of loads it refused before."""
+        for pod in pods:
+            if self.incarnations.get(pod.name, pod.incarnation) != pod.incarnation:
+                logger.info("pod %s restarted: refilling it", pod.name)
+                self.refused = {k: v for k, v in self.refused.items() if k[1] != pod.name}
+            self.incarnations[pod.name] = pod.incarnation
+
+    def _plan(self, spec: BaseModelDeploymentSpec,
+              reports: Mapping[str, Mapping[str, Any]],
+              views: Mapping[str, AdapterView]) -> PlacementPlan:
+        capacity = spec.capacity
+        pods = []
+        for pod_name, held in reports.items():
+            foreign = [entry for name, entry in held.items() if name not in views]
+            pods.append(PodCapacity(
+                name=pod_name, host_bytes=capacity.host_bytes_int,
+                device_slots=capacity.device_slots, max_rank=capacity.max_rank,
+                reserved_bytes=sum(e.size_bytes or self.config.default_adapter_bytes
+                                   for e in foreign),
+                reserved_slots=sum(bool(e.pinned) for e in foreign)))
+        demands, current = [], {}
+        for name, view in views.items():
+            if view.spec is None or view.deleting:
+                continue
+            seen = [held[name] for held in reports.values() if name in held]
+            size = next((e.size_bytes for e in seen if e.size_bytes), None) \
+                or view.status.get("sizeBytes") or self.config.default_adapter_bytes
+            rank = next((e.rank for e in seen if e.rank), None) or view.status.get("rank")
+            demands.append(AdapterDemand(name, view.spec.replicas, int(size), rank,
+                                         view.spec.pinned))
+            remembered = self.assigned.get(name) if name in self.assigned else tuple(
+                p.get("pod") for p in view.status.get("placements") or [])
+            current[name] = {pod for pod, held in reports.items() if name in held} \
+                | set(remembered)
+        return place(pods, demands, current, spec.placement.strategy)
+
+    async def _write_table(self, plan: PlacementPlan, reports: Mapping[str, Mapping[str, Any]],
+                           views: Mapping[str, AdapterView],
+                           observations: Mapping[str, PodObservation]) -> None:
+        table = {}
+        for name, pods in plan.placements.items():
+            source = views[name].spec.source
+            table[name] = [observations[pod].pod.url for pod in pods
+                           if (held := reports.get(pod, {}).get(name)) is not None
+                           and held.loaded and held.source in (None, source)]
+        text = placements_json(table)
+        if text == self.table:
+            return
+        await self.cluster.patch_configmap_data(
+            self.owner.namespace, naming.placements_name(self.owner.name),
+            {naming.PLACEMENTS_KEY: text})
+        self.table = text
+
+    async def _write_adapter_statuses(self, plan: PlacementPlan,
+                                      reports: Mapping[str, Mapping[str, Any]],
+                                      views: Mapping[str, AdapterView],
+                                      executed: ExecutionReport, now: str) -> list[str]:
+        phases = []
+        for name, view in sorted(views.items()):
+            if view.deleting:
+                continue
+            if view.spec is None:
+                status = pending_status(view, INVALID_SPEC, view.spec_error or "", now)
+            else:
+                placement_reports = []
+                for pod in plan.placements[name]:
+                    generation, refusal = self.refused.get((name, pod), (None, None))
+                    placement_reports.append(PlacementReport(
+                        pod, reports.get(pod, {}).get(name),
+                        refusal if generation == view.generation else None,
+                        executed.unreachable.get((name, pod))))
+                status = adapter_status(view, placement_reports,
+                                        plan.shortfalls.get(name), now)
+            phases.append(status["phase"])
+            if status != view.status:
+                await self.cluster.patch_adapter_status(view.namespace, view.name,
+                                                        merge_patch_for(view.status, status))
+                self._announce(view, status)
+        return phases
+
+    def _announce(self, view: AdapterView, status: Mapping[str, Any]) -> None:
+        before, after = view.status.get("phase"), status["phase"]
+        if before == after:
+            return
+        warning = after == "Failed" or (after == "Pending" and before is not None)
+        self.events(view.reference(), "Warning" if warning else "Normal", after,
+                    status.get("message") or after)
+
+    async def _write_bmd_status(self, body: Mapping[str, Any], *,
+                                spec: BaseModelDeploymentSpec | None, ready_pods: int,
+                                phases: list[str], placed: int, problem: str | None,
+                                now: str) -> None:
+        previous = body.get("status") or {}
+        status = bmd_status(
+            previous, replicas=spec.replicas if spec else 0, ready_pods=ready_pods,
+            adapter_phases=phases, placed=placed,
+            endpoint=naming.endpoint_url(self.owner.name, self.owner.namespace),
+            generation=body.get("metadata", {}).get("generation"), problem=problem, now=now)
+        if status != previous:
+            await self.cluster.patch_bmd_status(self.owner.namespace, self.owner.name,
+                                                merge_patch_for(previous, status))
