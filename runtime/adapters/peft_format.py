@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
+from loraplex.runtime.adapters.digest import content_digest
 from loraplex.runtime.adapters.errors import AdapterError
 from loraplex.runtime.adapters.peft_config import PlannedModule, plan_lora_modules
 from loraplex.runtime.adapters.target import MODULE_PLACES, LoraTargetShapes
@@ -42,21 +43,29 @@ def check_adapter_files(names: Iterable[str], where: str) -> None:
         pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
         if pickles:
             raise AdapterError("pickle_weights", f"{where}: weights are in {', '.join(pickles)}; "
-                               "pickle files are refused because loading them can run code. "
-                               "Convert to safetensors (adapter_model.safetensors)")
+                               "pickle files are refused because loading them can run code; "
+                               "convert to safetensors (adapter_model.safetensors)")
         raise AdapterError("missing_file", f"{where}: no {ADAPTER_WEIGHTS}")
 
 
 def load_peft_adapter(folder: str | Path, target: LoraTargetShapes, max_rank: int,
-                      digest: str = "", where: str | None = None) -> AdapterWeights:
+                      where: str | None = None) -> AdapterWeights:
+    """Read, validate and pack one adapter folder; `where` names it in error messages."""
     folder = Path(folder)
     where = where or str(folder)
     if not folder.is_dir():
         raise AdapterError("missing_file", f"{where}: adapter folder {folder} does not exist")
     check_adapter_files((p.name for p in folder.iterdir()), where)
-    config = read_adapter_config(folder / ADAPTER_CONFIG, where)
+    config_bytes = _read_bytes(folder / ADAPTER_CONFIG, where)
+    config = parse_adapter_config(config_bytes, where)
     planned = plan_lora_modules(config, target, max_rank, where)
-    tensors = _read_tensors(folder / ADAPTER_WEIGHTS, planned, target, where)
+    weights_path = folder / ADAPTER_WEIGHTS
+    try:
+        digest = content_digest([(ADAPTER_CONFIG, config_bytes), (ADAPTER_WEIGHTS, weights_path)])
+    except OSError as error:
+        raise AdapterError("missing_file", f"{where}: cannot read {ADAPTER_WEIGHTS}: "
+                           f"{error}") from None
+    tensors = _read_tensors(weights_path, planned, target, where)
     groups = _pack(planned, tensors, target)
     extra = {"base_model_name_or_path": str(config.get("base_model_name_or_path") or "")}
     return AdapterWeights(
@@ -69,10 +78,17 @@ def load_peft_adapter(folder: str | Path, target: LoraTargetShapes, max_rank: in
     )
 
 
-def read_adapter_config(path: Path, where: str) -> dict[str, Any]:
+def _read_bytes(path: Path, where: str) -> bytes:
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return path.read_bytes()
+    except OSError as error:
+        raise AdapterError("missing_file", f"{where}: cannot read {path.name}: {error}") from None
+
+
+def parse_adapter_config(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        config = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise AdapterError("bad_config",
                            f"{where}: cannot read {ADAPTER_CONFIG}: {error}") from None
     if not isinstance(config, dict):
@@ -94,7 +110,7 @@ def _read_tensors(path: Path, planned: list[PlannedModule], target: LoraTargetSh
                     raise AdapterError("unexpected_tensor", f"{where}: tensor {key} is not "
                                        "selected by target_modules in adapter_config.json")
                 tensors[place] = handle.get_tensor(key)
-    except SafetensorError as error:
+    except (SafetensorError, OSError) as error:
         raise AdapterError("corrupt_weights", f"{where}: {ADAPTER_WEIGHTS} is corrupt or "
                            f"truncated: {error}") from None
     for (layer, module), plan in wanted.items():

@@ -1,0 +1,391 @@
+"""Moves adapters source → disk → host RAM → device slots without ever stalling the engine.
+
+Two kinds of callers share one lock that is only held for bookkeeping, never for I/O:
+
+- The engine loop (one thread, every few ms) calls `want`, `acquire`, `release` and
+  `poll`. None of them waits for anything: `want(name)` returns the slot when the adapter
+  is on the device and its copy has finished, otherwise it starts or continues the load
+  and returns None, so the scheduler admits the request on a later step. Slots are handed
+  out only on this thread, and only slots whose adapter holds no lease are ever reused.
+- The admin API and request handlers call `register`, `unregister`, `resolve`, `get`,
+  `list`, `stats` from any thread.
+
+Loads (download, parse, pinning) run on `load_workers` threads in parallel; copies into
+device slots run on one more thread (they share one side stream anyway), so a slow
+download never delays an adapter that is already in RAM. A failed adapter records its
+`AdapterError` and everything else keeps serving.
+
+Eviction: every tier is LRU; adapters holding leases and pinned adapters are never
+evicted. A slot that was wanted or used within `slot_grace_s` is not reused either, so two
+adapters competing for one slot do not evict each other on every step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from loraplex.runtime.adapters.disk_cache import DiskCache
+from loraplex.runtime.adapters.dynamic import DynamicPolicy, hub_guess, request_source
+from loraplex.runtime.adapters.errors import AdapterError, AdapterNotFound
+from loraplex.runtime.adapters.lru import LruBudget
+from loraplex.runtime.adapters.naming import is_valid_adapter_name, validate_adapter_name
+from loraplex.runtime.adapters.peft_format import load_peft_adapter
+from loraplex.runtime.adapters.records import (
+    PRELOADS,
+    AdapterInfo,
+    AdapterLease,
+    AdapterRecord,
+)
+from loraplex.runtime.adapters.slots import DeviceSlotPool, SlotCopy
+from loraplex.runtime.adapters.source import AdapterSource, SourceCredentials, parse_source
+from loraplex.runtime.adapters.stats import AdapterStats
+from loraplex.runtime.adapters.target import LoraTargetShapes
+from loraplex.runtime.config import EngineConfig
+
+log = logging.getLogger(__name__)
+RETRY_TRANSIENT_S = 30.0  # a dynamic adapter whose download failed is retried after this
+TRANSIENT_REASONS = ("download_failed", "load_failed")
+
+
+class AdapterManager:
+    def __init__(self, config: EngineConfig, target: LoraTargetShapes,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 slot_grace_s: float = 0.25) -> None:
+        self.config = config
+        self.target = target
+        self.device = torch.device(device)
+        self.slot_grace_s = slot_grace_s
+        self.pool = DeviceSlotPool(target, config.device_slots, config.max_lora_rank, dtype,
+                                   self.device)
+        self.disk = DiskCache(Path(config.cache_dir) / "adapters", config.disk_bytes)
+        self._policy = DynamicPolicy(config.allow_dynamic_adapters)
+        self._host: LruBudget[AdapterRecord] = LruBudget(config.host_bytes)
+        self._lock = threading.RLock()
+        self._adapters: dict[str, AdapterRecord] = {}
+        self._retiring: list[AdapterRecord] = []  # gone from the table, leases outstanding
+        self._slot_owner: list[AdapterRecord | None] = [None] * config.device_slots
+        self._stats = AdapterStats()
+        self._loads = ThreadPoolExecutor(config.load_workers, thread_name_prefix="adapter-load")
+        self._copies = ThreadPoolExecutor(1, thread_name_prefix="adapter-copy")
+
+    # admin side ---------------------------------------------------------------------------
+
+    def register(self, name: str, source: str, pinned: bool = False, preload: str | None = None,
+                 credentials: SourceCredentials | None = None) -> AdapterInfo:
+        """Add or update an adapter; loading starts in the background. Idempotent."""
+        validate_adapter_name(name)
+        parsed = parse_source(source)
+        if preload not in PRELOADS:
+            raise AdapterError("bad_preload", f"preload must be 'host', 'device' or unset, "
+                               f"got {preload!r}")
+        with self._lock:
+            record = self._adapters.get(name)
+            if record is not None and record.source.uri == parsed.uri:
+                record.pinned, record.preload, record.dynamic = pinned, preload, False
+                record.credentials = credentials or record.credentials
+                record.preload_pending = preload == "device"
+                reload = preload is not None and record.weights is None and not record.slot_ready
+                if record.state == "error" or reload:
+                    self._start_load(record)
+            else:
+                if record is not None:
+                    self._retire(record)
+                record = AdapterRecord(name, parsed, credentials, pinned, preload, dynamic=False)
+                record.preload_pending = preload == "device"
+                self._adapters[name] = record
+                self._start_load(record)
+            info = record.info()
+        self._sync_disk_pin(parsed)
+        return info
+
+    def unregister(self, name: str) -> str:
+        """Remove an adapter: "removed" now, or "deferred" until its leases are released."""
+        with self._lock:
+            record = self._adapters.pop(name, None)
+            if record is None:
+                raise AdapterNotFound(f"adapter {name!r} is not registered")
+            outcome = self._retire(record)
+        self._sync_disk_pin(record.source)
+        return outcome
+
+    def get(self, name: str) -> AdapterInfo:
+        with self._lock:
+            return self._live(name).info()
+
+    def list(self) -> list[AdapterInfo]:
+        with self._lock:
+            return [record.info() for record in self._adapters.values()]
+
+    def failed(self, name: str) -> str | None:
+        """The error message when `name` cannot be served, else None."""
+        with self._lock:
+            record = self._live(name)
+            return str(record.error) if record.state == "error" else None
+
+    def resolve(self, adapter_id: str, adapter_source: str | None = None,
+                api_token: str | None = None) -> str:
+        """The registered name a request's adapter refers to, registering allowed sources."""
+        if not adapter_id:
+            raise AdapterError("bad_name", "adapter id must not be empty")
+        with self._lock:
+            if not adapter_source and adapter_id in self._adapters:
+                return adapter_id
+        source = request_source(adapter_id, adapter_source)
+        if source is None and self._policy.enabled:
+            source = hub_guess(adapter_id)
+        if source is None:
+            raise AdapterNotFound(f"adapter {adapter_id!r} is not registered")
+        with self._lock:
+            for record in self._adapters.values():
+                if record.source.uri == source.uri:
+                    self._maybe_retry(record)
+                    return record.name
+            if not self._policy.allows(source):
+                raise AdapterNotFound(
+                    f"adapter {adapter_id!r} is not registered, and loading {source.uri} on "
+                    "request is not allowed (see --allow-dynamic-adapters)")
+            name = adapter_id if (is_valid_adapter_name(adapter_id)
+                                  and adapter_id not in self._adapters) else _dynamic_name(source)
+            credentials = SourceCredentials(hf_token=api_token) if api_token else None
+            record = AdapterRecord(name, source, credentials, pinned=False, preload=None,
+                                   dynamic=True)
+            self._adapters[name] = record
+            self._start_load(record)
+            return name
+
+    def stats(self) -> AdapterStats:
+        with self._lock:
+            snapshot = self._stats.copy()
+            on_device = [r for r in self._slot_owner if r is not None and r.slot_ready]
+            snapshot.resident = {"disk": len(self.disk), "host": len(self._host),
+                                 "device": len(on_device)}
+            snapshot.resident_bytes = {"disk": self.disk.used_bytes,
+                                       "host": self._host.used_bytes,
+                                       "device": sum(r.size_bytes or 0 for r in on_device)}
+            return snapshot
+
+    def close(self) -> None:
+        self._loads.shutdown(wait=False, cancel_futures=True)
+        self._copies.shutdown(wait=False, cancel_futures=True)
+
+    # engine side: never blocks ------------------------------------------------------------
+
+    def want(self, name: str) -> int | None:
+        """The adapter's slot when it is ready on the device; else start its load, None.
+
+        Raises `AdapterNotFound` for unknown names and the adapter's `AdapterError` when it
+        failed. Call from the engine thread: this is where device slots are handed out.
+        """
+        with self._lock:
+            record = self._live(name)
+            if record.state == "error":
+                raise record.error
+            record.touch()
+            if record.slot is not None:
+                self._refresh_copy(record)
+                return record.slot if record.slot_ready else None
+            if record.weights is None:
+                self._start_load(record)
+                return None
+            self._host.touch(record)
+            self._assign_slot(record)
+            return None
+
+    def acquire(self, name: str) -> AdapterLease:
+        """Take a lease (per running sequence): the adapter stays resident until released."""
+        with self._lock:
+            record = self._live(name)
+            if record.state == "error":
+                raise record.error
+            record.refcount += 1
+            record.touch()
+            self._host.touch(record)
+            return AdapterLease(name, record.slot if record.slot_ready else None, record)
+
+    def release(self, lease: AdapterLease) -> None:
+        with self._lock:
+            if lease.released:
+                raise ValueError(f"lease on adapter {lease.name!r} was already released")
+            lease.released = True
+            record = lease.record
+            record.refcount -= 1
+            record.touch()
+            if record.retired and record.refcount == 0:
+                self._drop(record)
+
+    def poll(self) -> None:
+        """Advance finished device copies and device preloads. Never blocks."""
+        with self._lock:
+            for record in list(self._slot_owner):
+                if record is not None and not record.slot_ready:
+                    self._refresh_copy(record)
+            for record in list(self._adapters.values()):
+                if not record.preload_pending or record.state == "error" or record.slot is not None:
+                    continue
+                if record.weights is None:
+                    self._start_load(record)
+                elif not self._assign_slot(record):
+                    break
+
+    # internals (hold the lock) ------------------------------------------------------------
+
+    def _live(self, name: str) -> AdapterRecord:
+        record = self._adapters.get(name)
+        if record is None:
+            raise AdapterNotFound(f"adapter {name!r} is not registered")
+        return record
+
+    def _start_load(self, record: AdapterRecord) -> None:
+        if record.load is not None:
+            return
+        record.state, record.error = "downloading", None
+        record.load = self._loads.submit(self._load_job, record)
+
+    def _maybe_retry(self, record: AdapterRecord) -> None:
+        if (record.dynamic and record.state == "error" and record.error is not None
+                and record.error.reason in TRANSIENT_REASONS
+                and time.monotonic() - record.error_at > RETRY_TRANSIENT_S):
+            self._start_load(record)
+
+    def _load_job(self, record: AdapterRecord) -> None:
+        """Worker: fetch to disk, parse, pin. Publishes the result under the lock."""
+        where = f"adapter {record.name!r} ({record.source.uri})"
+        fetched = None
+        weights, error = None, None
+        parse_seconds = 0.0
+        try:
+            if record.source.is_remote:
+                fetched = self.disk.fetch(record.source, record.credentials)
+                folder = fetched.folder
+            else:
+                folder = Path(record.source.location)
+            started = time.monotonic()
+            weights = load_peft_adapter(folder, self.target, self.config.max_lora_rank, where)
+            if self.device.type == "cuda":
+                weights = weights.pin_memory()
+            parse_seconds = time.monotonic() - started
+        except AdapterError as refused:
+            error = refused
+        except Exception as unexpected:  # a bug or an OS error must not escape the worker
+            log.exception("loading %s failed", where)
+            error = AdapterError("load_failed", f"{where}: {type(unexpected).__name__}: "
+                                 f"{unexpected}")
+        finally:
+            if fetched is not None:
+                self.disk.release(fetched.key)
+        with self._lock:
+            record.load = None
+            if record.retired:
+                return
+            if fetched is not None and fetched.downloaded:
+                self._stats.record_load("disk", fetched.seconds)
+            if error is not None:
+                log.warning("adapter %r refused: %s", record.name, error)
+                record.state, record.error, record.error_at = "error", error, time.monotonic()
+                self._stats.failures += 1
+                return
+            self._stats.record_load("host", parse_seconds)
+            record.weights = weights
+            record.digest, record.rank = weights.digest, weights.rank
+            record.size_bytes = weights.size_bytes
+            record.state = "device" if record.slot_ready else "host"
+            self._admit_host(record)
+
+    def _admit_host(self, record: AdapterRecord) -> None:
+        self._host.add(record, record.size_bytes or 0)
+        for victim in self._host.victims(
+                lambda r: r is not record and not r.pinned and r.refcount == 0):
+            victim.weights = None
+            if victim.state == "host":
+                victim.state = "disk"
+            self._stats.evictions["host"] += 1
+
+    def _assign_slot(self, record: AdapterRecord) -> bool:
+        """Give `record` a slot (free, or the least recently used idle one) and start the copy."""
+        slot = next((s for s, owner in enumerate(self._slot_owner) if owner is None), None)
+        if slot is None:
+            now = time.monotonic()
+            idle = [r for r in self._slot_owner
+                    if r is not None and r.slot_ready and r.refcount == 0 and not r.pinned
+                    and now - r.last_used >= self.slot_grace_s]
+            if not idle:
+                return False
+            victim = min(idle, key=lambda r: r.last_used)
+            slot = victim.slot
+            victim.slot, victim.slot_ready = None, False
+            victim.state = "host" if victim.weights is not None else "disk"
+            self._stats.evictions["device"] += 1
+        record.slot, record.slot_ready, record.slot_copy = slot, False, None
+        record.copy_started = time.monotonic()
+        self._slot_owner[slot] = record
+        fence = self.pool.fence()
+        self._copies.submit(self._copy_job, record, slot, record.weights, fence)
+        return True
+
+    def _copy_job(self, record: AdapterRecord, slot: int, weights, fence) -> None:
+        """Copy thread: write the slot (async on CUDA); `_refresh_copy` notices completion."""
+        try:
+            copy = self.pool.write(slot, weights, after=fence)
+        except Exception as unexpected:  # keep the slot table consistent whatever happens
+            log.exception("copying adapter %r into slot %d failed", record.name, slot)
+            copy = SlotCopy()
+            with self._lock:
+                record.state = "error"
+                record.error = AdapterError("load_failed", f"adapter {record.name!r}: copy to "
+                                            f"the device failed: {unexpected}")
+        with self._lock:
+            record.slot_copy = copy
+
+    def _refresh_copy(self, record: AdapterRecord) -> None:
+        if record.slot_copy is None or not record.slot_copy.done():
+            return
+        record.slot_copy = None
+        if record.state == "error" or (record.retired and record.refcount == 0):
+            self._free_slot(record)
+            return
+        record.slot_ready, record.preload_pending = True, False
+        record.state = "device"
+        self._stats.record_load("device", time.monotonic() - record.copy_started)
+
+    def _retire(self, record: AdapterRecord) -> str:
+        record.retired = True
+        if record.load is not None:
+            record.load.cancel()
+        if record.refcount > 0:
+            self._retiring.append(record)
+            return "deferred"
+        self._drop(record)
+        return "removed"
+
+    def _drop(self, record: AdapterRecord) -> None:
+        if record in self._retiring:
+            self._retiring.remove(record)
+        self._host.remove(record)
+        record.weights = None
+        if record.slot is not None and record.slot_ready:
+            self._free_slot(record)
+        # a copy still in flight frees its slot when `_refresh_copy` sees it finish
+
+    def _free_slot(self, record: AdapterRecord) -> None:
+        self._slot_owner[record.slot] = None
+        record.slot, record.slot_ready = None, False
+
+    def _sync_disk_pin(self, source: AdapterSource) -> None:
+        """Pin a downloaded folder while any registration of its source is pinned."""
+        if not source.is_remote:
+            return
+        with self._lock:
+            pinned = any(r.pinned for r in self._adapters.values()
+                         if r.source.uri == source.uri)
+        self.disk.set_pinned(DiskCache.key(source), pinned)
+
+
+def _dynamic_name(source: AdapterSource) -> str:
+    return "dynamic-" + hashlib.sha256(source.uri.encode()).hexdigest()[:16]

@@ -1,0 +1,34 @@
+"""Counters of adapter movement between tiers, for the Prometheus exporter.
+
+The manager increments these under its lock; `AdapterManager.stats()` returns a copy, so
+the metrics endpoint never reads a half-updated set. Tiers are `disk` (downloads), `host`
+(parses into RAM) and `device` (copies into slots).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TIERS = ("disk", "host", "device")
+
+
+def _per_tier(value: float = 0) -> dict[str, float]:
+    return dict.fromkeys(TIERS, value)
+
+
+@dataclass
+class AdapterStats:
+    loads: dict[str, float] = field(default_factory=_per_tier)
+    load_seconds: dict[str, float] = field(default_factory=_per_tier)
+    evictions: dict[str, float] = field(default_factory=_per_tier)
+    failures: int = 0  # loads that ended in an error
+    resident: dict[str, float] = field(default_factory=_per_tier)  # adapters per tier, now
+    resident_bytes: dict[str, float] = field(default_factory=_per_tier)
+
+    def record_load(self, tier: str, seconds: float) -> None:
+        self.loads[tier] += 1
+        self.load_seconds[tier] += seconds
+
+    def copy(self) -> AdapterStats:
+        return AdapterStats(dict(self.loads), dict(self.load_seconds), dict(self.evictions),
+                            self.failures, dict(self.resident), dict(self.resident_bytes))
