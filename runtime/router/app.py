@@ -52,6 +52,16 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(error.status, error.reason, error_type)
 
 
+def pod_session(config: RouterConfig) -> aiohttp.ClientSession:
+    """The one connection pool to the pods: unlimited connections, bounded waits, bodies
+    passed through still encoded."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_S),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_s,
+                                      sock_read=config.read_timeout_s),
+        auto_decompress=False, skip_auto_headers=SKIP_AUTO_HEADERS)
+
+
 class RouterService:
     def __init__(self, config: RouterConfig, *, rng: random.Random | None = None) -> None:
         self.config = config
@@ -79,11 +89,7 @@ class RouterService:
 
     async def _lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         config = self.config
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_S),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_s,
-                                          sock_read=config.read_timeout_s),
-            auto_decompress=False, skip_auto_headers=SKIP_AUTO_HEADERS)
+        self._session = pod_session(config)
         self._proxy = Proxy(self.pool, self._session, self.metrics,
                             max_attempts=config.max_attempts)
         loops = [PodPoller(self.pool, self._session, self.metrics, interval_s=config.pod_poll_s,

@@ -62,10 +62,9 @@ def normalize_pod_url(url: str) -> str:
     """`http://10.0.0.5:8080/` -> `http://10.0.0.5:8080`; anything with a path is refused."""
     if not isinstance(url, str):
         raise PlacementError(f"a pod URL must be a string, got {type(url).__name__}")
-    text = url.strip()
-    if not re.fullmatch(POD_URL_PATTERN, text):
+    if not re.fullmatch(POD_URL_PATTERN, url):
         raise PlacementError(f"pod URL {url!r} is not http(s)://host:port without a path")
-    return text.rstrip("/")
+    return url.rstrip("/")
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,7 @@ class Proxy:
         adapter = self.pool.adapter_of(requested_adapter(request.path, body))
         tried: set[str] = set()
         failure: Retry | None = None
+        attempts = 0
         for attempt in range(self.max_attempts):
             # Every pod tried: try them again (a dropped keep-alive connection is no
             # reason to give up on a single-pod deployment); attempts stay bounded.
@@ -92,6 +93,7 @@ class Proxy:
             if choice is None:
                 break
             tried.add(choice.pod.url)
+            attempts += 1
             if attempt == 0:
                 self.metrics.routing.labels(adapter or "", choice.outcome).inc()
             else:
@@ -109,7 +111,7 @@ class Proxy:
                                       {"Retry-After": "1"})
         else:
             response = error_response(
-                502, f"no pod answered after {len(tried)} attempt(s); last: {failure.detail}",
+                502, f"no pod answered after {attempts} attempt(s); last: {failure.detail}",
                 "unavailable", {"Retry-After": "1"})
         self._count(route, response.status, started)
         return response
@@ -140,9 +142,12 @@ class Proxy:
         except UPSTREAM_ERRORS as error:
             # Only a failed connect says the pod is gone; a dropped connection may be a
             # keep-alive the pod closed as we reused it.
-            if isinstance(error, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
+            refused = isinstance(error, (aiohttp.ClientConnectorError,
+                                         aiohttp.ConnectionTimeoutError))
+            if refused:
                 pod.up = False
-            return Retry(_reason(error, "connect"), f"{type(error).__name__}: {error}")
+            return Retry(_reason(error, "connect" if refused else "disconnect"),
+                         f"{type(error).__name__}: {error}")
         try:
             if upstream.status in RETRY_STATUSES and not last:
                 return Retry(f"status_{upstream.status}", f"{pod.url} answered "
