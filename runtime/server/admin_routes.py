@@ -5,7 +5,8 @@ registration) and answers at once, 200 when the weights are resident in host RAM
 the device, 202 while they are still being fetched or loaded; the caller polls
 `GET /v1/adapters/{name}`. A load that fails shows as `state: error` with the reason in
 `error` (and a PUT that finds its adapter failed answers 422 with that reason).
-`DELETE` answers once requests still using the adapter have finished.
+`DELETE` unregisters at once; requests still using the adapter finish first, and its
+weights are freed after the last one.
 Errors use LoRAX's flat `{"error", "error_type"}` body.
 """
 
@@ -29,6 +30,7 @@ from loraplex.runtime.server.state import state_of
 router = APIRouter(prefix="/v1/adapters", tags=["admin"], dependencies=[Depends(require_admin)])
 ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422, 503)}
 RESIDENT_STATES = frozenset({"host", "device"})
+TIERS = frozenset({"disk", "host", "device"})
 JSON_TYPES = (str, int, float, bool, type(None))
 
 
@@ -54,7 +56,8 @@ def _manager(request: Request) -> Any:
 
 
 def adapter_json(info: Any) -> dict[str, Any]:
-    """An `AdapterInfo` as JSON: its plain fields, enums by value, `tier` always present."""
+    """An `AdapterInfo` as JSON: its plain fields, enums by value, and `tier` (where the
+    weights are: disk, host or device; null while downloading or failed)."""
     if dataclasses.is_dataclass(info):
         items = {f.name: getattr(info, f.name) for f in dataclasses.fields(info)}
     else:
@@ -65,7 +68,7 @@ def adapter_json(info: Any) -> dict[str, Any]:
         if isinstance(value, JSON_TYPES):
             document[key] = value
     state = document.get("state")
-    document.setdefault("tier", state if state in RESIDENT_STATES else None)
+    document.setdefault("tier", state if state in TIERS else None)
     return document
 
 
@@ -123,8 +126,8 @@ async def put_adapter(request: Request, name: str, body: AdapterRegistration) ->
 
 @router.delete("/{name:path}", responses=ERRORS)
 async def delete_adapter(request: Request, name: str) -> dict[str, Any]:
-    """Unregister `name` once requests still using it have finished."""
+    """Unregister `name`: new requests for it get 404 at once; its weights are freed when
+    the requests still using it finish (`outcome`: `removed` now, or `deferred`)."""
     manager = _manager(request)
-    await _info(manager, name)
-    await _call(manager.unregister, name)
-    return {"name": name, "deleted": True}
+    outcome = await _call(manager.unregister, name)
+    return {"name": name, "deleted": True, "outcome": outcome}

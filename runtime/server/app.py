@@ -22,6 +22,7 @@ from loraplex.runtime.server import (
     probe_routes,
 )
 from loraplex.runtime.server.access_log import AccessLogMiddleware
+from loraplex.runtime.server.engine_collector import EngineCollector
 from loraplex.runtime.server.error_handlers import install_error_handlers
 from loraplex.runtime.server.state import ServerState
 
@@ -31,6 +32,7 @@ def create_app(state: ServerState, lifespan: Callable[[FastAPI], Any] | None = N
                   description="Multi-LoRA inference: LoRAX and OpenAI protocols, adapter admin",
                   version=__version__, lifespan=lifespan)
     app.state.server = state
+    state.metrics.registry.register(EngineCollector(state))
     for module in (probe_routes, lorax_routes, openai_completions, openai_chat, admin_routes):
         app.include_router(module.router)
     install_error_handlers(app)

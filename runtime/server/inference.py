@@ -29,6 +29,8 @@ from loraplex.runtime.server.errors import (
 from loraplex.runtime.server.generation import GenerationResult, collect
 from loraplex.runtime.server.metrics import ServerMetrics
 
+CLIENT_MISTAKES = frozenset({"bad_name", "bad_source", "bad_preload"})  # AdapterError reasons
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -61,9 +63,12 @@ class InferenceService:
             raise ValidationFailed(f"the chat template rejected these messages: {error}",
                                    param="messages") from error
 
-    def resolve_adapter(self, adapter_id: str | None, adapter_source: str | None = None
-                        ) -> str | None:
-        """The registered adapter name for a request, or None for the base model."""
+    def resolve_adapter(self, adapter_id: str | None, adapter_source: str | None = None,
+                        api_token: str | None = None) -> str | None:
+        """The registered adapter name for a request, or None for the base model.
+
+        An adapter whose load already failed is refused here (424) rather than queued.
+        """
         if adapter_id in (None, "", self.model_id):
             return None
         manager = getattr(self.engine, "adapters", None)
@@ -71,11 +76,17 @@ class InferenceService:
             raise AdapterNotFound(f"adapter {adapter_id!r} is not registered (this server "
                                   "serves only its base model)", param="adapter_id")
         try:
-            return manager.resolve(adapter_id, adapter_source)
+            name = manager.resolve(adapter_id, adapter_source, api_token)
+            failure = manager.failed(name)
         except EngineAdapterNotFound as error:
             raise AdapterNotFound(str(error), param="adapter_id") from error
         except AdapterError as error:
+            if error.reason in CLIENT_MISTAKES:
+                raise ValidationFailed(str(error), param="adapter_id") from error
             raise GenerationFailed(str(error)) from error
+        if failure:
+            raise GenerationFailed(failure)
+        return name
 
     def fit_prompt(self, prompt_ids: list[int], max_new_tokens: int | None,
                    default_max_new_tokens: int | None = None,

@@ -1,0 +1,113 @@
+"""Gauges read from the engine and the adapter manager at scrape time.
+
+A custom Prometheus collector: nothing is copied between scrapes, and the values are
+those of the moment Prometheus (or the router, or the Inference Extension's endpoint
+picker) asks. Before the engine is loaded it reports only the server's own admission
+gauges.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+
+from loraplex.runtime.server.state import ServerState
+
+
+def _gauge(name: str, documentation: str, value: float, labels: dict[str, str] | None = None
+           ) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=list(labels or {}))
+    family.add_metric(list((labels or {}).values()), value)
+    return family
+
+
+class EngineCollector:
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.state
+        yield _gauge("loraplex_admitted_sequences", "sequences admitted by the server and not "
+                     "finished (running or waiting)", state.gate.in_flight)
+        yield _gauge("loraplex_admission_capacity", "most sequences admitted at once "
+                     "(max_num_seqs + max_waiting); more get 429", state.gate.capacity)
+        engine = state.engine
+        if engine is None:
+            return
+        yield from self._engine_metrics(engine.stats())
+        manager = getattr(engine, "adapters", None)
+        if manager is not None:
+            yield from self._adapter_metrics(manager)
+
+    def _engine_metrics(self, stats: Any) -> Iterator[Metric]:
+        model = {"model_name": self.state.model_id}
+        yield _gauge("loraplex_num_requests_running", "sequences in the running batch",
+                     stats.num_running)
+        yield _gauge("loraplex_num_requests_waiting", "sequences waiting for a batch slot",
+                     stats.num_waiting)
+        yield _gauge("loraplex_batch_size", "sequences in the batch of the latest step",
+                     stats.num_running)
+        yield _gauge("loraplex_kv_cache_usage_ratio", "share of KV cache blocks in use",
+                     stats.kv_cache_usage)
+        yield _gauge("loraplex_kv_cache_free_blocks", "free KV cache blocks",
+                     stats.num_free_blocks)
+        yield _gauge("loraplex_kv_cache_total_blocks", "KV cache blocks", stats.num_total_blocks)
+        steps = CounterMetricFamily("loraplex_engine_steps", "forward passes")
+        steps.add_metric([], stats.num_steps)
+        yield steps
+        preemptions = CounterMetricFamily("loraplex_preemptions", "sequences preempted for "
+                                          "lack of KV blocks (recomputed later)")
+        preemptions.add_metric([], stats.num_preemptions)
+        yield preemptions
+        # the names vLLM exports, scraped by the Gateway API Inference Extension
+        yield _gauge("vllm:num_requests_running", "sequences in the running batch",
+                     stats.num_running, model)
+        yield _gauge("vllm:num_requests_waiting", "sequences waiting for a batch slot",
+                     stats.num_waiting, model)
+        yield _gauge("vllm:kv_cache_usage_perc", "KV cache usage (1 = full)",
+                     stats.kv_cache_usage, model)
+        activity = self.state.metrics.activity
+        yield _gauge("vllm:lora_requests_info", "adapters of running and waiting requests; "
+                     "the value is the time of the scrape",
+                     time.time(), {"max_lora": str(self.state.engine_config.device_slots),
+                                   "running_lora_adapters": activity.names(activity.running),
+                                   "waiting_lora_adapters": activity.names(activity.waiting)})
+
+    def _adapter_metrics(self, manager: Any) -> Iterator[Metric]:
+        stats = manager.stats()
+        loads = CounterMetricFamily("loraplex_adapter_loads", "adapter loads completed, by "
+                                    "tier (disk: download, host: parse, device: copy)",
+                                    labels=["tier"])
+        seconds = SummaryMetricFamily("loraplex_adapter_load_seconds", "time spent loading "
+                                      "adapters, by tier", labels=["tier"])
+        evictions = CounterMetricFamily("loraplex_adapter_evictions", "adapters evicted, by "
+                                        "tier", labels=["tier"])
+        resident = GaugeMetricFamily("loraplex_adapters_resident", "adapters held, by tier",
+                                     labels=["tier"])
+        resident_bytes = GaugeMetricFamily("loraplex_adapters_resident_bytes", "bytes of "
+                                           "adapter weights held, by tier", labels=["tier"])
+        for tier in stats.loads:
+            loads.add_metric([tier], stats.loads[tier])
+            seconds.add_metric([tier], stats.loads[tier], stats.load_seconds[tier])
+            evictions.add_metric([tier], stats.evictions.get(tier, 0))
+            resident.add_metric([tier], stats.resident.get(tier, 0))
+            resident_bytes.add_metric([tier], stats.resident_bytes.get(tier, 0))
+        yield from (loads, seconds, evictions, resident, resident_bytes)
+        failures = CounterMetricFamily("loraplex_adapter_load_failures", "adapter loads that "
+                                       "ended in an error")
+        failures.add_metric([], stats.failures)
+        yield failures
+        by_state = GaugeMetricFamily("loraplex_adapters", "registered adapters, by state",
+                                     labels=["state"])
+        for name, count in sorted(Counter(info.state for info in manager.list()).items()):
+            by_state.add_metric([name], count)
+        yield by_state
