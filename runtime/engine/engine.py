@@ -1,0 +1,235 @@
+"""The continuous-batching engine: requests in, one `TokenEvent` per generated token out.
+
+`step()` is the whole loop body: the scheduler picks this step's sequences and token
+counts, the model runner computes and samples, and the results are turned into events
+(detokenized text, stop sequences, EOS, length). Requests join and leave between any
+two steps. The engine is single-threaded; `AsyncEngine` drives it from a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+import torch
+
+from loraplex.runtime.config import EngineConfig
+from loraplex.runtime.engine.block_manager import BlockManager
+from loraplex.runtime.engine.detokenizer import IncrementalDetokenizer, special_token_ids
+from loraplex.runtime.engine.kv_cache import (
+    KVCacheLayout,
+    PagedKVCache,
+    activation_bytes,
+    kv_cache_budget,
+    num_blocks_for_budget,
+)
+from loraplex.runtime.engine.model_runner import ModelRunner, SampledToken
+from loraplex.runtime.engine.request import (
+    FinishReason,
+    GenerationRequest,
+    TokenEvent,
+    TokenLogprob,
+)
+from loraplex.runtime.engine.scheduler import Scheduler
+from loraplex.runtime.engine.sequence import Sequence
+from loraplex.runtime.models.loader import LoadedModel, load_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    num_free_blocks: int
+    num_total_blocks: int
+    kv_cache_usage: float  # 0..1, share of blocks in use
+    block_size: int
+    max_num_seqs: int
+    max_model_len: int
+    num_steps: int  # forward passes so far
+    num_preemptions: int
+    num_prompt_tokens: int  # prompt tokens computed so far (recomputes included)
+    num_generated_tokens: int
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None) -> None:
+        self.config = config
+        self.loaded = loaded if loaded is not None else load_model(config)
+        self.tokenizer = self.loaded.tokenizer
+        self.model_id = self.loaded.model_id
+        self.max_model_len = self.loaded.max_model_len
+        hf_config, device = self.loaded.hf_config, self.loaded.device
+        layout = KVCacheLayout.of(hf_config, config.block_size, self.loaded.dtype)
+        budget = kv_cache_budget(config, device,
+                                 activation_bytes(hf_config, config, self.loaded.dtype))
+        num_blocks = num_blocks_for_budget(layout, budget, config.max_num_seqs,
+                                           self.max_model_len)
+        self.kv_cache = PagedKVCache(layout, num_blocks, device)
+        self.block_manager = BlockManager(num_blocks, config.block_size)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
+                                   config.max_num_batched_tokens)
+        self.runner = ModelRunner(self.loaded.model, self.kv_cache, device)
+        self._seqs: dict[str, Sequence] = {}
+        self._pending_events: list[TokenEvent] = []
+        self._seed_source = random.Random(config.seed)
+        self._eos_ids = frozenset(self.loaded.eos_token_ids)
+        self._special_ids = special_token_ids(self.tokenizer)
+        self._num_tokenizer_ids = len(self.tokenizer)
+        self._num_steps = 0
+        self._num_prompt_tokens = 0
+        self._num_generated_tokens = 0
+
+    # requests in
+
+    def validate(self, request: GenerationRequest) -> None:
+        """Raise ValueError if the request can never run (depends on no mutable state)."""
+        if request.adapter is not None:
+            raise ValueError("LoRA adapters are not available in this engine yet")
+        vocab = self.loaded.hf_config.vocab_size
+        bad = [t for t in request.prompt_token_ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
+        num_prompt = len(request.prompt_token_ids)
+        if num_prompt >= self.max_model_len:
+            raise ValueError(f"the prompt has {num_prompt} tokens; the context holds "
+                             f"{self.max_model_len} (prompt + new tokens)")
+        total = num_prompt + request.params.max_new_tokens
+        if total > self.max_model_len:
+            raise ValueError(f"prompt ({num_prompt} tokens) + max_new_tokens "
+                             f"({request.params.max_new_tokens}) = {total} exceeds the "
+                             f"context length {self.max_model_len}")
+        needed = self.block_manager.blocks_for(total)
+        if needed > self.block_manager.num_blocks:
+            raise ValueError(f"the request needs {needed} KV blocks; the cache has "
+                             f"{self.block_manager.num_blocks}")
+
+    def add_request(self, request: GenerationRequest) -> None:
+        if request.request_id in self._seqs:
+            raise ValueError(f"request id {request.request_id!r} is already running")
+        self.validate(request)
+        seed = generator = None
+        if not request.params.greedy:
+            seed = (request.params.seed if request.params.seed is not None
+                    else self._seed_source.getrandbits(63))
+            generator = torch.Generator(device=self.loaded.device).manual_seed(seed)
+        detokenizer = IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids,
+                                             self._num_tokenizer_ids)
+        seq = Sequence(request, detokenizer, seed=seed, generator=generator)
+        self._seqs[request.request_id] = seq
+        self.scheduler.add(seq)
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request and free its blocks now; its ABORT event comes with the next step."""
+        seq = self._seqs.pop(request_id, None)
+        if seq is None:
+            return
+        self.scheduler.finish(seq)
+        self._pending_events.append(self._end_event(seq, FinishReason.ABORT))
+
+    def fail_all(self, error: str) -> list[TokenEvent]:
+        """End every request with an ERROR event (after the step itself failed)."""
+        events = []
+        for seq in list(self._seqs.values()):
+            self.scheduler.finish(seq)
+            events.append(self._end_event(seq, FinishReason.ERROR, error))
+        self._seqs.clear()
+        return events
+
+    # the loop
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished() or bool(self._pending_events)
+
+    def step(self) -> list[TokenEvent]:
+        events, self._pending_events = self._pending_events, []
+        scheduled = self.scheduler.schedule()
+        if not scheduled:
+            return events
+        self.kv_cache.zero_fresh_blocks(self.block_manager.num_blocks_ever_used)
+        output = self.runner.execute(scheduled)
+        self._num_steps += 1
+        for item in scheduled:
+            seq = item.seq
+            if seq.num_computed_tokens < seq.num_prompt_tokens:
+                self._num_prompt_tokens += min(item.num_new_tokens,
+                                               seq.num_prompt_tokens - seq.num_computed_tokens)
+            seq.num_computed_tokens += item.num_new_tokens
+            if seq in output.prompt_logprobs:
+                seq.prompt_logprobs.extend(
+                    TokenLogprob(token_id, self._token_text(token_id), logprob)
+                    for token_id, logprob in output.prompt_logprobs[seq])
+            if seq in output.sampled:
+                events.append(self._append_token(seq, output.sampled[seq]))
+        return events
+
+    def generate(self, requests: list[GenerationRequest]) -> dict[str, list[TokenEvent]]:
+        """Run requests to completion (offline use): every event, by request id."""
+        results: dict[str, list[TokenEvent]] = {}
+        for request in requests:
+            self.add_request(request)
+            results[request.request_id] = []
+        while self.has_unfinished():
+            for event in self.step():
+                results.setdefault(event.request_id, []).append(event)
+        return results
+
+    def stats(self) -> EngineStats:
+        total = self.block_manager.num_blocks
+        free = self.block_manager.num_free_blocks
+        return EngineStats(
+            num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
+            num_free_blocks=free, num_total_blocks=total, kv_cache_usage=1 - free / total,
+            block_size=self.config.block_size, max_num_seqs=self.config.max_num_seqs,
+            max_model_len=self.max_model_len, num_steps=self._num_steps,
+            num_preemptions=self.scheduler.num_preemptions,
+            num_prompt_tokens=self._num_prompt_tokens,
+            num_generated_tokens=self._num_generated_tokens)
+
+    # results out
+
+    def _append_token(self, seq: Sequence, sampled: SampledToken) -> TokenEvent:
+        token_id = sampled.token_id
+        seq.token_ids.append(token_id)
+        self._num_generated_tokens += 1
+        params = seq.params
+        finish = None
+        if token_id in self._eos_ids and not params.ignore_eos:
+            finish, text = FinishReason.EOS, seq.stop_matcher.flush()
+        else:
+            text, stopped = seq.stop_matcher.feed(seq.detokenizer.step(token_id))
+            if stopped:
+                finish = FinishReason.STOP
+            elif (seq.num_generated_tokens >= params.max_new_tokens
+                  or seq.num_tokens >= self.max_model_len):
+                finish = FinishReason.LENGTH
+                text += seq.stop_matcher.flush()
+        event = TokenEvent(
+            request_id=seq.request_id, token_id=token_id, text=text, logprob=sampled.logprob,
+            special=token_id in self._special_ids,
+            top_logprobs=[TokenLogprob(i, self._token_text(i), lp)
+                          for i, lp in sampled.top[:params.logprobs]],
+            num_prompt_tokens=seq.num_prompt_tokens,
+            num_generated_tokens=seq.num_generated_tokens, seed=seq.seed)
+        if seq.prompt_logprobs is not None and not seq.prompt_logprobs_sent:
+            event.prompt_logprobs = seq.prompt_logprobs
+            seq.prompt_logprobs_sent = True
+        if finish is not None:
+            event.finished, event.finish_reason = True, finish
+            self.scheduler.finish(seq)
+            del self._seqs[seq.request_id]
+        return event
+
+    def _end_event(self, seq: Sequence, reason: FinishReason,
+                   error: str | None = None) -> TokenEvent:
+        return TokenEvent(request_id=seq.request_id, token_id=None, text="",
+                          finished=True, finish_reason=reason, error=error,
+                          num_prompt_tokens=seq.num_prompt_tokens,
+                          num_generated_tokens=seq.num_generated_tokens, seed=seq.seed)
+
+    def _token_text(self, token_id: int) -> str:
+        if token_id >= self._num_tokenizer_ids:
+            return ""
+        return self.tokenizer.decode([token_id])

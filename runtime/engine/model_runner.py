@@ -1,0 +1,177 @@
+"""Runs one scheduled step on the device: batch tensors in, sampled tokens out.
+
+Lays the step's tokens out as one flat batch (decode rows first, then prefill chunks),
+builds the `ForwardBatch` metadata once, runs the model under `inference_mode`, computes
+logits only for the rows that sample (and, in slices, for prompt logprobs), and samples
+every sequence in one call. All per-token host work happens here, in bulk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from loraplex.runtime.engine.kv_cache import PagedKVCache
+from loraplex.runtime.engine.scheduler import ScheduledSequence
+from loraplex.runtime.engine.sequence import Sequence
+from loraplex.runtime.layers.forward_batch import ForwardBatch, PrefillSpan
+from loraplex.runtime.layers.sampler import (
+    RepetitionPenalty,
+    Sampler,
+    SamplerOutput,
+    SamplingMetadata,
+)
+from loraplex.runtime.models.llama import LlamaForCausalLM
+
+PROMPT_LOGPROBS_ROWS = 256  # rows of prompt logits materialized at once ([rows, vocab])
+
+
+@dataclass(slots=True)
+class SampledToken:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]  # alternatives, most likely first
+
+
+@dataclass(slots=True)
+class StepOutput:
+    sampled: dict[Sequence, SampledToken] = field(default_factory=dict)
+    # per sequence: (token id, logprob) of prompt tokens this step covered
+    prompt_logprobs: dict[Sequence, list[tuple[int, float]]] = field(default_factory=dict)
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaForCausalLM, kv_cache: PagedKVCache,
+                 device: torch.device) -> None:
+        self.model = model
+        self.kv_cache = kv_cache
+        self.device = device
+        self.block_size = kv_cache.layout.block_size
+        self.sampler = Sampler()
+
+    @torch.inference_mode()
+    def execute(self, scheduled: list[ScheduledSequence]) -> StepOutput:
+        ordered = ([s for s in scheduled if s.num_new_tokens == 1]
+                   + [s for s in scheduled if s.num_new_tokens > 1])
+        batch, starts = self.prepare(ordered)
+        hidden = self.model(batch, self.kv_cache.layers)  # [T, d]
+        output = StepOutput()
+        sampling = [s.seq for s in ordered if s.samples]
+        if sampling:
+            logits = self.model.compute_logits(hidden[batch.logits_indices])  # [N, vocab]
+            result = self.sampler(logits, self._sampling_metadata(sampling))
+            for row, seq in enumerate(sampling):
+                output.sampled[seq] = _sampled_token(result, row)
+        for item, start in starts:
+            if item.seq.needs_prompt_logprobs:
+                output.prompt_logprobs[item.seq] = self._prompt_logprobs(item, hidden, start)
+        return output
+
+    def prepare(self, ordered: list[ScheduledSequence]
+                ) -> tuple[ForwardBatch, list[tuple[ScheduledSequence, int]]]:
+        """The step's ForwardBatch, and each sequence with the first row of its tokens."""
+        block_size = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        logits_rows: list[int] = []
+        decode_tables: list[list[int]] = []
+        decode_lens: list[int] = []
+        spans: list[PrefillSpan] = []
+        starts: list[tuple[ScheduledSequence, int]] = []
+        for item in ordered:
+            seq, first = item.seq, item.seq.num_computed_tokens
+            last = first + item.num_new_tokens
+            table = seq.block_table
+            start = len(input_ids)
+            starts.append((item, start))
+            input_ids.extend(seq.token_ids[first:last])
+            positions.extend(range(first, last))
+            slots.extend(table[p // block_size] * block_size + p % block_size
+                         for p in range(first, last))
+            if item.samples:
+                logits_rows.append(len(input_ids) - 1)
+            if item.num_new_tokens == 1:
+                decode_tables.append(table[: -(-last // block_size)])
+                decode_lens.append(last)
+                continue
+            mask = None
+            if first:  # cached prefix: query i sees keys 0..first+i
+                query_pos = torch.arange(first, last)[:, None]
+                mask = (torch.arange(last)[None, :] <= query_pos).to(self.device)
+            spans.append(PrefillSpan(start, item.num_new_tokens, last,
+                                     torch.tensor(table, device=self.device), mask))
+        batch = ForwardBatch(
+            input_ids=self._tensor(input_ids), positions=self._tensor(positions),
+            slot_mapping=self._tensor(slots), num_decode_tokens=len(decode_tables),
+            decode_block_tables=self._padded(decode_tables),
+            decode_key_mask=self._key_mask(decode_tables, decode_lens),
+            prefills=spans, logits_indices=self._tensor(logits_rows))
+        return batch, starts
+
+    def _tensor(self, values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.int64).to(self.device, non_blocking=True)
+
+    def _padded(self, tables: list[list[int]]) -> torch.Tensor:
+        width = max((len(t) for t in tables), default=0)
+        return self._tensor([t + [0] * (width - len(t)) for t in tables]).view(len(tables),
+                                                                               width)
+
+    def _key_mask(self, tables: list[list[int]], lens: list[int]) -> torch.Tensor:
+        # [B, 1, 1, width * block_size]: True where the key position is inside the sequence
+        width = max((len(t) for t in tables), default=0) * self.block_size
+        lens_tensor = torch.tensor(lens, dtype=torch.int64)
+        mask = torch.arange(width)[None, :] < lens_tensor[:, None]
+        return mask.view(len(lens), 1, 1, width).to(self.device, non_blocking=True)
+
+    def _sampling_metadata(self, seqs: list[Sequence]) -> SamplingMetadata:
+        params = [seq.params for seq in seqs]
+        sampled = [not p.greedy for p in params]
+        vocab = self.model.config.vocab_size
+        temperatures = [p.temperature if s else 1.0 for p, s in zip(params, sampled,
+                                                                  strict=True)]
+        top_ks = [p.top_k if s and p.top_k else vocab for p, s in zip(params, sampled,
+                                                                     strict=True)]
+        top_ps = [p.top_p if s else 1.0 for p, s in zip(params, sampled, strict=True)]
+        penalties = [
+            RepetitionPenalty(row, p.repetition_penalty,
+                              torch.tensor(seq.token_ids, device=self.device))
+            for row, (seq, p) in enumerate(zip(seqs, params, strict=True))
+            if p.repetition_penalty != 1.0
+        ]
+        return SamplingMetadata(
+            temperatures=torch.tensor(temperatures, dtype=torch.float32, device=self.device),
+            top_ks=(torch.tensor(top_ks, device=self.device) if min(top_ks) < vocab
+                    else None),
+            top_ps=(torch.tensor(top_ps, dtype=torch.float32, device=self.device)
+                    if min(top_ps) < 1.0 else None),
+            generators=[seq.generator if s else None for seq, s in zip(seqs, sampled,
+                                                                       strict=True)],
+            penalties=penalties,
+            max_num_logprobs=max(p.logprobs for p in params))
+
+    def _prompt_logprobs(self, item: ScheduledSequence, hidden: torch.Tensor,
+                         start: int) -> list[tuple[int, float]]:
+        """Logprob of each prompt token this chunk predicts (row i predicts token i+1)."""
+        seq, first = item.seq, item.seq.num_computed_tokens
+        targets = seq.token_ids[first + 1: min(first + item.num_new_tokens + 1,
+                                               seq.num_prompt_tokens)]
+        result: list[tuple[int, float]] = []
+        if first == 0:
+            result.append((seq.token_ids[0], float("nan")))  # nothing predicts the first
+        for offset in range(0, len(targets), PROMPT_LOGPROBS_ROWS):
+            chunk = targets[offset: offset + PROMPT_LOGPROBS_ROWS]
+            rows = hidden[start + offset: start + offset + len(chunk)]
+            logprobs = torch.log_softmax(self.model.compute_logits(rows), dim=-1)
+            ids = torch.tensor(chunk, device=self.device)
+            values = logprobs.gather(1, ids[:, None]).squeeze(1).tolist()
+            result.extend(zip(chunk, values, strict=True))
+        return result
+
+
+def _sampled_token(result: SamplerOutput, row: int) -> SampledToken:
+    top: list[tuple[int, float]] = []
+    if result.top_token_ids is not None:
+        top = list(zip(result.top_token_ids[row], result.top_logprobs[row], strict=True))
+    return SampledToken(result.token_ids[row], result.logprobs[row], top)

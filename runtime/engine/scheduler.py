@@ -1,0 +1,95 @@
+"""Decides, every step, which sequences run and how many of their tokens.
+
+One token budget (`max_num_batched_tokens`) per step, spent first on running sequences
+in arrival order (a decode costs one token, an unfinished prefill continues with a
+chunk), then on waiting sequences (FIFO) while sequence slots and blocks last. Prefills
+are chunked to the budget left, so prefill and decode mix in one step. When a running
+sequence needs a block and none is free, the newest running sequence is preempted: its
+blocks are freed and it waits at the front of the queue to be recomputed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from loraplex.runtime.engine.block_manager import BlockManager
+from loraplex.runtime.engine.sequence import Sequence, SequenceStatus
+
+
+@dataclass(slots=True)
+class ScheduledSequence:
+    seq: Sequence
+    num_new_tokens: int  # tokens computed this step, from seq.num_computed_tokens on
+
+    @property
+    def samples(self) -> bool:
+        """Whether this step reaches the sequence's last token (so a token is sampled)."""
+        return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int,
+                 max_num_batched_tokens: int) -> None:
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> list[ScheduledSequence]:
+        budget = self.max_num_batched_tokens
+        scheduled: list[ScheduledSequence] = []
+        preempted = False
+        index = 0
+        while index < len(self.running) and budget > 0:
+            seq = self.running[index]
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            num_tokens = seq.num_computed_tokens + num_new
+            while not self.block_manager.can_grow(seq.block_table, num_tokens):
+                victim = self.running.pop()  # the newest; never one scheduled before seq
+                self._preempt(victim)
+                preempted = True
+                if victim is seq:
+                    break
+            if seq.status is not SequenceStatus.RUNNING:
+                break
+            self.block_manager.grow(seq.block_table, num_tokens)
+            scheduled.append(ScheduledSequence(seq, num_new))
+            budget -= num_new
+            index += 1
+        while (self.waiting and budget > 0 and not preempted
+               and len(self.running) < self.max_num_seqs):
+            seq = self.waiting[0]
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            if not self.block_manager.can_grow(seq.block_table, num_new):
+                break
+            self.waiting.popleft()
+            self.block_manager.grow(seq.block_table, num_new)
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            scheduled.append(ScheduledSequence(seq, num_new))
+            budget -= num_new
+        return scheduled
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.block_manager.release(seq.block_table)
+        seq.reset_for_recompute()
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def finish(self, seq: Sequence) -> None:
+        """Remove a finished or aborted sequence and free its blocks."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.block_manager.release(seq.block_table)
+        seq.status = SequenceStatus.FINISHED

@@ -1,0 +1,89 @@
+"""The engine's state of one request: its tokens, KV blocks and output position.
+
+`token_ids` holds the prompt followed by every generated token; `num_computed_tokens`
+counts those whose K/V are in the cache. A prefill is simply a sequence with many
+uncomputed tokens, a decode one with a single one, and a preempted sequence recomputes
+everything (its generated tokens become part of what it prefills again).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+
+from loraplex.runtime.engine.detokenizer import IncrementalDetokenizer
+from loraplex.runtime.engine.request import (
+    FinishReason,
+    GenerationRequest,
+    SamplingParams,
+    TokenLogprob,
+)
+from loraplex.runtime.engine.stop_strings import StopStringMatcher
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    request: GenerationRequest
+    detokenizer: IncrementalDetokenizer
+    seed: int | None = None  # None for greedy requests
+    generator: torch.Generator | None = None
+    token_ids: list[int] = field(init=False)
+    num_prompt_tokens: int = field(init=False)
+    num_computed_tokens: int = 0
+    block_table: list[int] = field(default_factory=list)
+    status: SequenceStatus = SequenceStatus.WAITING
+    finish_reason: FinishReason | None = None
+    stop_matcher: StopStringMatcher = field(init=False)
+    prompt_logprobs: list[TokenLogprob] | None = None  # filled while prefilling when asked
+    prompt_logprobs_sent: bool = False
+
+    def __post_init__(self) -> None:
+        self.token_ids = list(self.request.prompt_token_ids)
+        self.num_prompt_tokens = len(self.token_ids)
+        self.stop_matcher = StopStringMatcher(self.params.stop)
+        if self.params.prompt_logprobs:
+            self.prompt_logprobs = []
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def params(self) -> SamplingParams:
+        return self.request.params
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_generated_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return len(self.token_ids) - self.num_computed_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    @property
+    def needs_prompt_logprobs(self) -> bool:
+        return (self.prompt_logprobs is not None
+                and len(self.prompt_logprobs) < self.num_prompt_tokens)
+
+    def reset_for_recompute(self) -> None:
+        """After preemption: the KV cache is gone, every token is prefilled again."""
+        self.num_computed_tokens = 0
+        self.status = SequenceStatus.WAITING
+        if self.needs_prompt_logprobs:
+            self.prompt_logprobs = []

@@ -1,0 +1,45 @@
+"""Everything one forward pass needs to know about the batch, passed explicitly.
+
+The engine flattens every scheduled sequence's new tokens into one row list: decode
+sequences (one new token each) come first, then prefill chunks. The model reads the
+metadata from here, never from a module global, so several engines (or tests) can share
+one process. LoRA metadata rides along in `lora` (built by the adapter layer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(slots=True)
+class PrefillSpan:
+    """One sequence's chunk of new tokens, rows `start:start + query_len` of the batch."""
+
+    start: int
+    query_len: int
+    context_len: int  # tokens in the KV cache after this step (cached + new)
+    block_table: torch.Tensor  # int64 [num_blocks_of_seq]
+    causal_mask: torch.Tensor | None  # bool [query_len, context_len]; None: no cached prefix
+
+    @property
+    def has_cached_prefix(self) -> bool:
+        return self.context_len > self.query_len
+
+
+@dataclass(slots=True)
+class ForwardBatch:
+    input_ids: torch.Tensor  # int64 [T]
+    positions: torch.Tensor  # int64 [T]
+    slot_mapping: torch.Tensor  # int64 [T]: KV cache slot written by each row
+    num_decode_tokens: int  # rows 0:num_decode_tokens are decode sequences, one row each
+    decode_block_tables: torch.Tensor  # int64 [num_decode_tokens, max_blocks]
+    decode_key_mask: torch.Tensor  # bool [num_decode_tokens, 1, 1, max_blocks * block_size]
+    prefills: list[PrefillSpan]
+    logits_indices: torch.Tensor  # int64 [N]: rows whose logits the step needs
+    lora: object | None = None  # per-row adapter slots (runtime.kernels.segments)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.shape[0])

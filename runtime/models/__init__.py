@@ -1,0 +1,1 @@
+"""Model definitions and weight loading: Hugging Face folders, GGUF, builtin, dummy."""

@@ -1,0 +1,29 @@
+"""Where the model runs and in which precision, when the user says `auto`."""
+
+from __future__ import annotations
+
+import torch
+
+DTYPES_BY_NAME = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto`: the first CUDA device if there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {name!r} (cpu, cuda, cuda:N or auto)")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto`: bfloat16 on CUDA, float32 on the CPU."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES_BY_NAME:
+        raise ValueError(f"unsupported dtype {name!r}; choose from auto, "
+                         f"{', '.join(DTYPES_BY_NAME)}")
+    return DTYPES_BY_NAME[name]

@@ -1,0 +1,183 @@
+"""Llama-family decoder (Llama, SmolLM, Mistral, Qwen2) over a paged KV cache.
+
+Written to compute what Hugging Face's `LlamaForCausalLM` computes, operation for
+operation, so greedy output matches it token for token in fp32; the differences are in
+the layout only: the batch is one flat row list with metadata in `ForwardBatch`, q/k/v
+and gate/up are fused projections, and attention reads K/V through block tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PretrainedConfig
+
+from loraplex.runtime.layers.attention import PagedAttention
+from loraplex.runtime.layers.forward_batch import ForwardBatch
+from loraplex.runtime.layers.linear import MergedLinear
+from loraplex.runtime.layers.rms_norm import RMSNorm
+from loraplex.runtime.layers.rotary import RotaryEmbedding, apply_rotary
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+KVCaches = Sequence[tuple[torch.Tensor, torch.Tensor]]  # per layer: (key, value) caches
+
+# checkpoint projection -> (fused module, part index)
+STACKED_PROJECTIONS = {
+    "q_proj": ("qkv_proj", 0),
+    "k_proj": ("qkv_proj", 1),
+    "v_proj": ("qkv_proj", 2),
+    "gate_proj": ("gate_up_proj", 0),
+    "up_proj": ("gate_up_proj", 1),
+}
+
+
+def head_dim_of(config: PretrainedConfig) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def check_supported(config: PretrainedConfig) -> None:
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"unsupported model type {config.model_type!r}; "
+                         f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    if getattr(config, "hidden_act", "silu") != "silu":
+        raise ValueError(f"unsupported activation {config.hidden_act!r} (only silu)")
+
+
+class Attention(nn.Module):
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = head_dim_of(config)
+        attention_bias = getattr(config, "attention_bias", False)
+        qkv_bias = attention_bias or config.model_type == "qwen2"
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        self.qkv_proj = MergedLinear(config.hidden_size,
+                                     (self.q_size, self.kv_size, self.kv_size), bias=qkv_bias)
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=attention_bias)
+        self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim)
+
+    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                batch: ForwardBatch, kv_cache: tuple[torch.Tensor, torch.Tensor]
+                ) -> torch.Tensor:
+        num_tokens = hidden.shape[0]
+        qkv = self.qkv_proj(hidden)  # [T, q_size + 2 * kv_size]
+        query, key, value = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
+        query = apply_rotary(query.view(num_tokens, self.num_heads, self.head_dim), cos, sin)
+        key = apply_rotary(key.view(num_tokens, self.num_kv_heads, self.head_dim), cos, sin)
+        value = value.reshape(num_tokens, self.num_kv_heads, self.head_dim)
+        attended = self.attn(query, key, value, batch, *kv_cache)  # [T, q_size]
+        return self.o_proj(attended)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__()
+        bias = getattr(config, "mlp_bias", False)
+        self.intermediate_size = config.intermediate_size
+        self.gate_up_proj = MergedLinear(
+            config.hidden_size, (config.intermediate_size, config.intermediate_size), bias=bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(hidden).split(self.intermediate_size, dim=-1)  # [T, I] x2
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__()
+        self.self_attn = Attention(config)
+        self.mlp = MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                batch: ForwardBatch, kv_cache: tuple[torch.Tensor, torch.Tensor]
+                ) -> torch.Tensor:
+        residual = hidden
+        hidden = self.self_attn(self.input_layernorm(hidden), cos, sin, batch, kv_cache)
+        hidden = residual + hidden
+        residual = hidden
+        hidden = self.mlp(self.post_attention_layernorm(hidden))
+        return residual + hidden
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config, head_dim_of(config))
+
+    def forward(self, batch: ForwardBatch, kv_caches: KVCaches) -> torch.Tensor:
+        hidden = self.embed_tokens(batch.input_ids)  # [T, d]
+        cos, sin = self.rotary_emb(batch.positions, hidden.dtype)  # [T, 1, head_dim]
+        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+            hidden = layer(hidden, cos, sin, batch, kv_cache)
+        return self.norm(hidden)
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__()
+        check_supported(config)
+        self.config = config
+        self.model = LlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def reset_buffers(self) -> None:
+        """Compute non-parameter state once the module sits on its device."""
+        self.model.rotary_emb.reset_parameters()
+
+    def forward(self, batch: ForwardBatch, kv_caches: KVCaches) -> torch.Tensor:
+        return self.model(batch, kv_caches)  # [T, d]
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden).float()  # [N, vocab]
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load a Hugging Face checkpoint's tensors; raise if any parameter stays unset."""
+        params = dict(self.named_parameters())
+        missing = set(params)
+        if self.config.tie_word_embeddings:
+            missing.discard("lm_head.weight")
+        pending_shards: dict[str, set[int]] = {}
+        for name, tensor in weights:
+            if "rotary_emb.inv_freq" in name:
+                continue
+            if name == "lm_head.weight" and self.config.tie_word_embeddings:
+                continue
+            module_name, _, leaf = name.rpartition(".")
+            parent, _, projection = module_name.rpartition(".")
+            if projection in STACKED_PROJECTIONS:
+                fused, index = STACKED_PROJECTIONS[projection]
+                target = f"{parent}.{fused}.{leaf}"
+                if target not in params:
+                    raise ValueError(f"checkpoint tensor {name!r} has no place in the model")
+                self.get_submodule(f"{parent}.{fused}").load_shard(index, leaf, tensor)
+                parts = pending_shards.setdefault(target, set())
+                parts.add(index)
+                if len(parts) == len(self.get_submodule(f"{parent}.{fused}").output_sizes):
+                    missing.discard(target)
+                continue
+            if name not in params:
+                raise ValueError(f"checkpoint tensor {name!r} has no place in the model")
+            if tuple(tensor.shape) != tuple(params[name].shape):
+                raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)}, "
+                                 f"model expects {tuple(params[name].shape)}")
+            params[name].data.copy_(tensor)
+            missing.discard(name)
+        if missing:
+            raise ValueError(f"checkpoint lacks {len(missing)} weights, e.g. "
+                             f"{sorted(missing)[:5]}")

@@ -1,0 +1,151 @@
+"""`load_model`: from an `EngineConfig` to a model on its device, ready to serve.
+
+Resolves the source (builtin, folder, GGUF, hub, or a dummy shape), builds our
+Llama-family module without initializing it (meta device, then materialized where it
+runs), fills it from the checkpoint or with random weights, and gathers what the engine
+and the HTTP layer need beside the module: tokenizer, context length, EOS ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    GenerationConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+)
+
+from loraplex.runtime.config import EngineConfig
+from loraplex.runtime.models.builtin import (
+    BUILTIN_PREFIX,
+    resolve_builtin,
+    resolve_builtin_tokenizer,
+)
+from loraplex.runtime.models.checkpoint import init_dummy_weights, iter_checkpoint
+from loraplex.runtime.models.device import resolve_device, resolve_dtype
+from loraplex.runtime.models.llama import LlamaForCausalLM, check_supported
+from loraplex.runtime.models.shapes import SHAPES, SMOLLM2_TOKENIZER, shape_config
+from loraplex.runtime.models.sources import resolve_model_folder
+
+__all__ = ["LoadedModel", "load_model", "resolve_builtin"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    model: LlamaForCausalLM
+    hf_config: PretrainedConfig
+    tokenizer: PreTrainedTokenizerBase
+    model_id: str  # the name shown to clients
+    dtype: torch.dtype
+    device: torch.device
+    max_model_len: int
+    eos_token_ids: tuple[int, ...]
+    folder: Path | None = None  # the Hugging Face folder the weights came from
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_model(hf_config: PretrainedConfig, dtype: torch.dtype,
+                device: torch.device) -> LlamaForCausalLM:
+    """An uninitialized model in `dtype` on `device` (no time spent on random init)."""
+    check_supported(hf_config)
+    with _default_dtype(dtype), torch.device("meta"):
+        model = LlamaForCausalLM(hf_config)
+    model = model.to_empty(device=device)
+    model.tie_weights()
+    model.reset_buffers()
+    return model.eval()
+
+
+def context_length(hf_config: PretrainedConfig, requested: int) -> int:
+    native = hf_config.max_position_embeddings
+    window = getattr(hf_config, "sliding_window", None)
+    uses_window = getattr(hf_config, "use_sliding_window", True)
+    if window and uses_window and window < native:
+        native = window  # attention here is full, so stay inside the window
+    if requested > native:
+        raise ValueError(f"max_model_len {requested} exceeds the model's context {native}")
+    return requested or native
+
+
+def eos_ids(hf_config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase,
+            folder: Path | None) -> tuple[int, ...]:
+    """EOS ids of the generation config (as `generate` uses them), config and tokenizer."""
+    ids: list[int] = []
+    candidates: list[object] = [hf_config.eos_token_id, tokenizer.eos_token_id]
+    if folder is not None and (folder / "generation_config.json").is_file():
+        candidates.insert(0, GenerationConfig.from_pretrained(folder).eos_token_id)
+    for candidate in candidates:
+        for token_id in candidate if isinstance(candidate, list | tuple) else [candidate]:
+            if token_id is not None and token_id not in ids:
+                ids.append(int(token_id))
+    return tuple(ids)
+
+
+def _dummy_source(config: EngineConfig) -> tuple[PretrainedConfig, Path, Path | None]:
+    """(config, tokenizer folder, weights folder or None) for `--load-format dummy`."""
+    source = config.model
+    if source in SHAPES:
+        return (shape_config(source),
+                resolve_builtin_tokenizer(SMOLLM2_TOKENIZER, config.cache_dir), None)
+    if source.startswith(BUILTIN_PREFIX):
+        folder = resolve_builtin(source, config.cache_dir)
+        return AutoConfig.from_pretrained(folder), folder, folder
+    folder = Path(source.removeprefix("file://")).expanduser()
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"dummy model {source!r} is neither a shape ({', '.join(SHAPES)}) "
+                         "nor a folder with config.json")
+    tokenizer_folder = folder if (folder / "tokenizer.json").is_file() else (
+        resolve_builtin_tokenizer(SMOLLM2_TOKENIZER, config.cache_dir))
+    return AutoConfig.from_pretrained(folder), tokenizer_folder, folder
+
+
+def load_model(config: EngineConfig) -> LoadedModel:
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    if config.load_format == "dummy":
+        hf_config, tokenizer_folder, folder = _dummy_source(config)
+    else:
+        folder = resolve_model_folder(config.model, config.cache_dir, config.revision)
+        hf_config, tokenizer_folder = AutoConfig.from_pretrained(folder), folder
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    model = build_model(hf_config, dtype, device)
+    with torch.no_grad():
+        if config.load_format == "dummy":
+            init_dummy_weights(model, config.seed, getattr(hf_config, "initializer_range", 0.02))
+        else:
+            model.load_weights(iter_checkpoint(folder, device))
+    loaded = LoadedModel(
+        model=model, hf_config=hf_config, tokenizer=tokenizer, model_id=config.model,
+        dtype=dtype, device=device, max_model_len=context_length(hf_config,
+                                                                 config.max_model_len),
+        eos_token_ids=eos_ids(hf_config, tokenizer, folder), folder=folder)
+    logger.info("loaded %s (%s weights, %.1fM parameters) as %s on %s, context %d, in %.1fs",
+                config.model, config.load_format, loaded.num_parameters / 1e6,
+                str(dtype).removeprefix("torch."), device, loaded.max_model_len,
+                time.perf_counter() - started)
+    return loaded
