@@ -3,11 +3,14 @@
 A pure function of (plan, reports, adapters), so it is unit-tested without servers:
 load what a planned pod lacks (or holds with an old source, or failed on before the
 spec changed), unload what a pod holds but should not. Adapters the operator does not
-manage (no Adapter object) are never touched.
+manage (no Adapter object) are never touched. A `PUT` with a new source makes the pod
+retire the old weights, and a `PUT` of a failed adapter retries it, so no action needs
+an unload first.
 """
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -22,13 +25,24 @@ class Load:
     source: str
     pinned: bool
     preload: Preload
-    replace: bool = False  # unload first: the pod holds another version or a failure
 
 
 @dataclass(frozen=True)
 class Unload:
     pod: str
     adapter: str
+
+
+def canonical_source(source: str) -> str:
+    """The spelling a pod reports a source in (`file:///x/` → `/x`, `hf://a//b` → `hf://a/b`)."""
+    source = source.strip()
+    for scheme in ("hf://", "s3://"):
+        if source.startswith(scheme):
+            body, at, revision = source[len(scheme):].partition("@")
+            return scheme + "/".join(s for s in body.split("/") if s) + at + revision
+    if source.startswith("file://"):
+        source = source[len("file://"):]
+    return posixpath.normpath(source)
 
 
 def spec_changed_since_status(view: AdapterView) -> bool:
@@ -53,14 +67,15 @@ def plan_actions(placements: Mapping[str, tuple[str, ...]],
             if (name, pod) in refused and refused[(name, pod)] == view.generation:
                 continue
             held = reports[pod].get(name)
-            replace = held is not None and (
-                (held.source is not None and held.source != view.spec.source)
-                or (held.failed and spec_changed_since_status(view)))
-            repin = held is not None and held.pinned is not None \
-                and held.pinned != view.spec.pinned and not held.failed
-            if held is None or replace or repin:
+            stale = held is not None and (
+                (held.source is not None
+                 and held.source != canonical_source(view.spec.source))
+                or (held.failed and spec_changed_since_status(view))
+                or (held.pinned is not None and held.pinned != view.spec.pinned
+                    and not held.failed))
+            if held is None or stale:
                 actions.append(Load(pod, name, view.spec.source, view.spec.pinned,
-                                    "device" if view.spec.pinned else "host", replace))
+                                    "device" if view.spec.pinned else "host"))
     for pod, held in sorted(reports.items()):
         for name in sorted(held):
             view = adapters.get(name)

@@ -16,15 +16,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from loraplex.operator import naming
-from loraplex.operator.actions import plan_actions
+from loraplex.operator.actions import canonical_source, plan_actions
 from loraplex.operator.admin import AdminClient
 from loraplex.operator.builders import (
     Owner,
     build_admin_secret,
     build_children,
     build_placements_configmap,
-    placements_json,
+    placement_table,
     read_admin_token,
+    read_placements,
+    same_placements,
 )
 from loraplex.operator.cluster import Cluster
 from loraplex.operator.conditions import merge_patch_for, now_iso
@@ -40,6 +42,7 @@ from loraplex.operator.status import (
 )
 from loraplex.operator.sync import ExecutionReport, PodObservation, execute, observe
 from loraplex.operator.views import AdapterView, PodView
+from loraplex.runtime.router.placements import PlacementTable
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +68,7 @@ class BaseModelReconciler:
         self.incarnations: dict[str, tuple[str, int]] = {}
         self.children_key: tuple[Any, ...] | None = None
         self.children_at = 0.0
-        self.table: str | None = None
+        self.table: PlacementTable | None = None  # last written (or read) placement table
         self.observed: dict[str, PodObservation] = {}
         self.unloaded: set[str] = set()  # deleting adapters no reachable pod holds
 
@@ -125,7 +128,7 @@ class BaseModelReconciler:
             return
         for child in build_children(self.owner, spec, self.config.router_image):
             await self.cluster.ensure(child)
-        await self.cluster.create(build_placements_configmap(self.owner, {}))
+        await self.cluster.create(build_placements_configmap(self.owner))
         self.children_key, self.children_at = key, time.monotonic()
 
     async def _admin_client(self) -> AdminClient:
@@ -181,19 +184,25 @@ class BaseModelReconciler:
     async def _write_table(self, plan: PlacementPlan, reports: Mapping[str, Mapping[str, Any]],
                            views: Mapping[str, AdapterView],
                            observations: Mapping[str, PodObservation]) -> None:
-        table = {}
+        urls = {name: observations[name].pod.url for name in reports}
+        adapters = {}
         for name, pods in plan.placements.items():
-            source = views[name].spec.source
-            table[name] = [observations[pod].pod.url for pod in pods
-                           if (held := reports.get(pod, {}).get(name)) is not None
-                           and held.loaded and held.source in (None, source)]
-        text = placements_json(table)
-        if text == self.table:
+            source = canonical_source(views[name].spec.source)
+            adapters[name] = [urls[pod] for pod in pods
+                              if (held := reports.get(pod, {}).get(name)) is not None
+                              and held.loaded and held.source in (None, source)]
+        table = placement_table(self.owner, urls.values(), adapters)
+        name = naming.placements_name(self.owner.name)
+        if self.table is None:
+            self.table = read_placements(
+                await self.cluster.get_configmap(self.owner.namespace, name))
+        if self.table is not None and same_placements(table, self.table):
             return
-        await self.cluster.patch_configmap_data(
-            self.owner.namespace, naming.placements_name(self.owner.name),
-            {naming.PLACEMENTS_KEY: text})
-        self.table = text
+        generation = self.table.generation + 1 if self.table is not None else 1
+        table = placement_table(self.owner, urls.values(), adapters, generation)
+        await self.cluster.patch_configmap_data(self.owner.namespace, name,
+                                                {naming.PLACEMENTS_KEY: table.to_json()})
+        self.table = table
 
     async def _write_adapter_statuses(self, plan: PlacementPlan,
                                       reports: Mapping[str, Mapping[str, Any]],

@@ -60,10 +60,10 @@ async def execute(admin: AdminClient, pods: Mapping[str, PodView],
         key = (action.adapter, action.pod)
         async with limit:
             try:
-                if isinstance(action, Unload) or action.replace:
+                if isinstance(action, Unload):
                     report.calls += 1
                     await admin.unload(url, action.adapter)
-                if isinstance(action, Load):
+                else:
                     report.calls += 1
                     reply = await admin.load(url, action.adapter, action.source,
                                              pinned=action.pinned, preload=action.preload)

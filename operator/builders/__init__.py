@@ -8,8 +8,9 @@ from loraplex.operator.builders.admin_secret import build_admin_secret, read_adm
 from loraplex.operator.builders.meta import Owner
 from loraplex.operator.builders.placements import (
     build_placements_configmap,
-    placements_json,
+    placement_table,
     read_placements,
+    same_placements,
 )
 from loraplex.operator.builders.router import build_router_deployment, build_router_service
 from loraplex.operator.builders.router_rbac import (
@@ -54,7 +55,8 @@ __all__ = [
     "build_runtime_deployment",
     "build_runtime_pdb",
     "build_runtime_service",
-    "placements_json",
+    "placement_table",
     "read_admin_token",
     "read_placements",
+    "same_placements",
 ]

@@ -1,36 +1,56 @@
 """The placement table the router reads: ConfigMap `<bmd>-placements`, key `placements.json`.
 
-Adapter name → addresses (`http://IP:8080`) of the pods that confirmed the load. It is
-rewritten whole on every change, serialised canonically (sorted), so equal tables are
-equal strings and an unchanged table is never rewritten.
+The JSON shape is defined once, by the router (`loraplex.runtime.router.placements`,
+standard library only, so importing it keeps the operator torch-free): every ready pod,
+and per adapter the pods that confirmed the load. The table is rewritten whole, and only
+when pods or adapters changed; `generation` counts the rewrites.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from loraplex.operator import naming
 from loraplex.operator.builders.meta import Owner, child_metadata
+from loraplex.runtime.router.placements import (
+    PlacementError,
+    PlacementTable,
+    build_table,
+    parse_placements,
+)
 
 
-def placements_json(table: Mapping[str, Iterable[str]]) -> str:
-    canonical = {name: sorted(set(addresses)) for name, addresses in sorted(table.items())}
-    return json.dumps(canonical, separators=(",", ":"))
+def placement_table(owner: Owner, pods: Iterable[str], adapters: Mapping[str, Iterable[str]],
+                    generation: int = 0) -> PlacementTable:
+    return build_table(pods, adapters, generation=generation, base_model=owner.name)
 
 
-def build_placements_configmap(owner: Owner,
-                               table: Mapping[str, Iterable[str]]) -> dict[str, Any]:
+def same_placements(a: PlacementTable, b: PlacementTable) -> bool:
+    """Equal apart from `generation`."""
+    return sorted(a.pods) == sorted(b.pods) and \
+        {k: sorted(v) for k, v in a.adapters.items()} == \
+        {k: sorted(v) for k, v in b.adapters.items()}
+
+
+def build_placements_configmap(owner: Owner, table: PlacementTable | None = None
+                               ) -> dict[str, Any]:
+    table = table or placement_table(owner, [], {})
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": child_metadata(owner, naming.placements_name(owner.name),
                                    naming.COMPONENT_ROUTER),
-        "data": {naming.PLACEMENTS_KEY: placements_json(table)},
+        "data": {naming.PLACEMENTS_KEY: table.to_json()},
     }
 
 
-def read_placements(configmap: Mapping[str, Any]) -> dict[str, list[str]]:
-    text = (configmap.get("data") or {}).get(naming.PLACEMENTS_KEY) or "{}"
-    return json.loads(text)
+def read_placements(configmap: Mapping[str, Any] | None) -> PlacementTable | None:
+    """The table in a ConfigMap body, or None when absent or unreadable (it is rewritten)."""
+    text = ((configmap or {}).get("data") or {}).get(naming.PLACEMENTS_KEY)
+    if not text:
+        return None
+    try:
+        return parse_placements(text)
+    except PlacementError:
+        return None

@@ -1,7 +1,8 @@
 """The router of a BaseModelDeployment: Deployment + Service named like the BMD itself.
 
 The Service is the in-cluster endpoint `http://<name>.<namespace>.svc`. Router pods read
-the placement ConfigMap and list the runtime pods through the API (see router_rbac.py).
+the placement ConfigMap through the API (see router_rbac.py); the table lists the ready
+pods as well, so the router needs no other view of the cluster.
 """
 
 from __future__ import annotations
@@ -22,15 +23,12 @@ SERVICE_PORT = 80
 
 
 def router_args(owner: Owner) -> list[str]:
-    """Flags of `loraplex router`: where the placement table and the pods are."""
-    runtime_selector = naming.selector_labels(owner.name, naming.COMPONENT_RUNTIME)
+    """Flags of `loraplex router` (runtime/router/config.py): where the table is."""
     return [
         "--host", "0.0.0.0",
         "--port", str(naming.ROUTER_PORT),
         "--namespace", owner.namespace,
         "--placements-configmap", naming.placements_name(owner.name),
-        "--pod-selector", ",".join(f"{k}={v}" for k, v in sorted(runtime_selector.items())),
-        "--pod-port", str(naming.RUNTIME_PORT),
     ]
 
 
@@ -52,7 +50,7 @@ def build_router_deployment(owner: Owner, spec: BaseModelDeploymentSpec,
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
                       "limits": {"memory": "512Mi"}},
         "livenessProbe": http_probe("/health", period_s=10, failures=3),
-        "readinessProbe": http_probe("/health", period_s=5, failures=2),
+        "readinessProbe": http_probe("/ready", period_s=5, failures=2),
         "securityContext": container_security_context(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }

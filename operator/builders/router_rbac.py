@@ -1,7 +1,8 @@
-"""ServiceAccount, Role and RoleBinding of the router: read its placement table, list pods.
+"""ServiceAccount, Role and RoleBinding of the router: read its placement table.
 
-Least privilege: the ConfigMap rule names the one placement ConfigMap (the router must
-watch it with a `metadata.name` field selector); pods are read-only.
+Least privilege: one rule naming the one placement ConfigMap (the router watches it with
+a `metadata.name` field selector, which `resourceNames` allows). The table lists the
+ready pods too, so the router needs no access to pods.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ def router_rules(owner: Owner) -> list[dict[str, Any]]:
         {"apiGroups": [""], "resources": ["configmaps"],
          "resourceNames": [naming.placements_name(owner.name)],
          "verbs": ["get", "list", "watch"]},
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     ]
 
 

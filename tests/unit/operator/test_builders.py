@@ -21,9 +21,13 @@ from loraplex.operator.builders import (
     read_admin_token,
     read_placements,
 )
+from loraplex.operator.builders.placements import placement_table, same_placements
+from loraplex.operator.builders.router import router_args
 from loraplex.operator.builders.runtime import runtime_args
 from loraplex.operator.models import BaseModelDeploymentSpec
 from loraplex.runtime.config import EngineConfig, ServerConfig
+from loraplex.runtime.router.config import RouterConfig
+from loraplex.runtime.router.placements import parse_placements
 from loraplex.settings import add_settings_arguments, settings_from_namespace
 
 K8S_VERSION = kubernetes_validate.utils.latest_version()
@@ -52,7 +56,8 @@ def make_spec(**overrides) -> BaseModelDeploymentSpec:
 def children():
     return build_children(OWNER, make_spec()) + [
         build_admin_secret(OWNER),
-        build_placements_configmap(OWNER, {"b": ["http://10.0.0.2:8080"], "a": []}),
+        build_placements_configmap(OWNER, placement_table(
+            OWNER, ["http://10.0.0.2:8080"], {"b": ["http://10.0.0.2:8080"], "a": []})),
     ]
 
 
@@ -137,23 +142,31 @@ def test_runtime_args_are_understood_by_loraplex_serve():
     assert server.port == naming.RUNTIME_PORT
 
 
-def test_router_points_at_the_placements_and_the_runtime_pods(children):
+def test_router_args_are_understood_by_loraplex_router():
+    parser = argparse.ArgumentParser()
+    add_settings_arguments(parser, RouterConfig)
+    config = settings_from_namespace(RouterConfig, parser.parse_args(router_args(OWNER)),
+                                     environ={})
+    assert config.placements_configmap == "llama-placements"
+    assert config.namespace == "team-a"
+    assert config.port == naming.ROUTER_PORT
+
+
+def test_router_reads_its_table_and_nothing_else(children):
     router = next(c for c in children if c["kind"] == "Deployment" and
                   c["metadata"]["name"] == "llama")
     pod = router["spec"]["template"]["spec"]
-    args = pod["containers"][0]["args"]
-    assert args[args.index("--placements-configmap") + 1] == "llama-placements"
-    selector = dict(kv.split("=") for kv in args[args.index("--pod-selector") + 1].split(","))
-    runtime = next(c for c in children if c["metadata"]["name"] == "llama-runtime"
-                   and c["kind"] == "Deployment")
-    assert selector == runtime["spec"]["selector"]["matchLabels"]
     assert pod["serviceAccountName"] == "llama-router"
-    role = next(c for c in children if c["kind"] == "Role")
-    assert {"resources": ["configmaps"], "resourceNames": ["llama-placements"]}.items() \
-        <= role["rules"][0].items()
+    assert pod["containers"][0]["command"] == ["loraplex", "router"]
+    (rule,) = next(c for c in children if c["kind"] == "Role")["rules"]
+    assert rule == {"apiGroups": [""], "resources": ["configmaps"],
+                    "resourceNames": ["llama-placements"], "verbs": ["get", "list", "watch"]}
     binding = next(c for c in children if c["kind"] == "RoleBinding")
-    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["roleRef"]["name"] == "llama-router"
     assert binding["subjects"][0]["name"] == pod["serviceAccountName"]
+    service = next(c for c in children if c["kind"] == "Service"
+                   and c["metadata"]["name"] == "llama")
+    assert service["spec"]["selector"] == router["spec"]["selector"]["matchLabels"]
 
 
 def test_admin_token_is_random_and_readable_back():
@@ -164,13 +177,21 @@ def test_admin_token_is_random_and_readable_back():
         read_admin_token({"metadata": {"name": "x"}, "data": {}})
 
 
-def test_placements_table_round_trips_canonically():
-    table = {"b": ["http://10.0.0.3:8080", "http://10.0.0.2:8080"], "a": []}
+def test_placement_table_is_what_the_router_parses():
+    pods = ["http://10.0.0.3:8080", "http://10.0.0.2:8080"]
+    table = placement_table(OWNER, pods, {"b": pods, "a": [], "c": ["http://10.9.9.9:8080"]},
+                            generation=7)
     configmap = build_placements_configmap(OWNER, table)
-    assert read_placements(configmap) == {"a": [], "b": ["http://10.0.0.2:8080",
-                                                         "http://10.0.0.3:8080"]}
-    reordered = build_placements_configmap(OWNER, dict(reversed(list(table.items()))))
-    assert reordered == configmap
+    parsed = parse_placements(configmap["data"]["placements.json"])
+    assert parsed.generation == 7 and parsed.base_model == "llama"
+    assert sorted(parsed.pods) == sorted(pods)
+    assert sorted(parsed.pods_for("b")) == sorted(pods)
+    assert parsed.pods_for("a") == () and parsed.pods_for("c") == ()  # c's pod is not ready
+    assert read_placements(configmap) == parsed
+    assert read_placements({"data": {"placements.json": "not json"}}) is None
+    reordered = placement_table(OWNER, pods[::-1], {"c": [], "a": [], "b": pods[::-1]})
+    assert same_placements(reordered, table)
+    assert not same_placements(placement_table(OWNER, pods[:1], {}), table)
 
 
 def test_owner_needs_a_uid():
