@@ -8,6 +8,7 @@ two steps. The engine is single-threaded; `AsyncEngine` drives it from a thread.
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 from dataclasses import dataclass
@@ -59,6 +60,9 @@ class Engine:
         self.config = config
         self.loaded = loaded if loaded is not None else load_model(config)
         self.tokenizer = self.loaded.tokenizer
+        # a private copy for decoding: callers may use `tokenizer` from other threads, and
+        # a tokenizer that one thread reconfigures (padding, truncation) fails in another
+        self._decoder = copy.deepcopy(self.tokenizer)
         self.model_id = self.loaded.model_id
         self.max_model_len = self.loaded.max_model_len
         hf_config, device = self.loaded.hf_config, self.loaded.device
@@ -76,8 +80,8 @@ class Engine:
         self._pending_events: list[TokenEvent] = []
         self._seed_source = random.Random(config.seed)
         self._eos_ids = frozenset(self.loaded.eos_token_ids)
-        self._special_ids = special_token_ids(self.tokenizer)
-        self._num_tokenizer_ids = len(self.tokenizer)
+        self._special_ids = special_token_ids(self._decoder)
+        self._num_tokenizer_ids = len(self._decoder)
         self._num_steps = 0
         self._num_prompt_tokens = 0
         self._num_generated_tokens = 0
@@ -115,7 +119,7 @@ class Engine:
             seed = (request.params.seed if request.params.seed is not None
                     else self._seed_source.getrandbits(63))
             generator = torch.Generator(device=self.loaded.device).manual_seed(seed)
-        detokenizer = IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids,
+        detokenizer = IncrementalDetokenizer(self._decoder, request.prompt_token_ids,
                                              self._num_tokenizer_ids)
         seq = Sequence(request, detokenizer, seed=seed, generator=generator)
         self._seqs[request.request_id] = seq
@@ -128,6 +132,13 @@ class Engine:
             return
         self.scheduler.finish(seq)
         self._pending_events.append(self._end_event(seq, FinishReason.ABORT))
+
+    def abort_all(self) -> list[TokenEvent]:
+        """Abort every request; return the ABORT events (and any still pending) now."""
+        for request_id in list(self._seqs):
+            self.abort(request_id)
+        events, self._pending_events = self._pending_events, []
+        return events
 
     def fail_all(self, error: str) -> list[TokenEvent]:
         """End every request with an ERROR event (after the step itself failed)."""
@@ -232,4 +243,4 @@ class Engine:
     def _token_text(self, token_id: int) -> str:
         if token_id >= self._num_tokenizer_ids:
             return ""
-        return self.tokenizer.decode([token_id])
+        return self._decoder.decode([token_id])

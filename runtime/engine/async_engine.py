@@ -1,0 +1,185 @@
+"""Drives an `Engine` from one background thread for an asyncio server.
+
+The engine is single-threaded and its steps are blocking tensor work, so it runs in a
+thread of its own: requests and aborts go in through a thread-safe queue, events come
+back to the event loop with `loop.call_soon_threadsafe` and wait in one asyncio queue
+per request. The loop thread never runs model code, so the server stays responsive;
+each step's duration is recorded (a bounded deque) so tests can check that. Closing or
+cancelling a `generate()` iterator aborts its request and frees its KV blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from loraplex.runtime.config import EngineConfig
+from loraplex.runtime.engine.engine import Engine, EngineStats
+from loraplex.runtime.engine.request import GenerationRequest, TokenEvent
+
+logger = logging.getLogger(__name__)
+
+STEP_HISTORY = 4096  # step durations kept
+IDLE_POLL_S = 0.5  # how often an idle loop thread wakes to check for shutdown
+
+
+@dataclass(frozen=True, slots=True)
+class _Add:
+    request: GenerationRequest
+
+
+@dataclass(frozen=True, slots=True)
+class _Abort:
+    request_id: str
+
+
+class _Stop:
+    pass
+
+
+class AsyncEngine:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.step_durations: deque[float] = deque(maxlen=STEP_HISTORY)  # seconds
+        self._commands: queue.SimpleQueue[_Add | _Abort | _Stop] = queue.SimpleQueue()
+        self._streams: dict[str, asyncio.Queue[TokenEvent | BaseException]] = {}
+        self._stats = engine.stats()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> AsyncEngine:
+        """Load the model and build the engine (blocking: seconds to minutes)."""
+        return cls(Engine(config))
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.engine.tokenizer
+
+    @property
+    def model_id(self) -> str:
+        return self.engine.model_id
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stats(self) -> EngineStats:
+        """The engine's counters as of its last step (safe from any thread)."""
+        return self._stats
+
+    def validate(self, request: GenerationRequest) -> None:
+        """Raise ValueError now if the request can never run."""
+        self.engine.validate(request)
+
+    async def start(self) -> None:
+        if self.is_running:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="loraplex-engine", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Stop the loop thread; requests still running end with an ABORT event."""
+        if not self.is_running:
+            return
+        self._commands.put(_Stop())
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self._thread = None
+        for request_id in list(self._streams):  # added after the loop had stopped
+            self._fail(request_id, RuntimeError("the engine stopped"))
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        """Events of one request, the last with `finished`; ValueError if it cannot run."""
+        if not self.is_running:
+            raise RuntimeError("the engine is not started (await start() first)")
+        if request.request_id in self._streams:
+            raise ValueError(f"request id {request.request_id!r} is already running")
+        self.engine.validate(request)
+        stream: asyncio.Queue[TokenEvent | BaseException] = asyncio.Queue()
+        self._streams[request.request_id] = stream
+        self._commands.put(_Add(request))
+        finished = False
+        try:
+            while not finished:
+                item = await stream.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            self._streams.pop(request.request_id, None)
+            if not finished:
+                self._commands.put(_Abort(request.request_id))
+
+    # the engine thread
+
+    def _run(self) -> None:
+        while True:
+            if not self._apply_commands(block=not self.engine.has_unfinished()):
+                break
+            if not self.engine.has_unfinished():
+                continue
+            started = time.perf_counter()
+            try:
+                events = self.engine.step()
+            except Exception as error:  # a failed step must not kill the loop
+                logger.exception("engine step failed; failing its requests")
+                events = self.engine.fail_all(f"engine step failed: {error}")
+            self.step_durations.append(time.perf_counter() - started)
+            self._stats = self.engine.stats()
+            if events:
+                self._loop.call_soon_threadsafe(self._dispatch, events)
+        events = self.engine.abort_all()
+        self._stats = self.engine.stats()
+        if events:
+            self._loop.call_soon_threadsafe(self._dispatch, events)
+
+    def _apply_commands(self, block: bool) -> bool:
+        """Apply queued commands (waiting for one if `block`); False once asked to stop."""
+        try:
+            command = self._commands.get(timeout=IDLE_POLL_S) if block else (
+                self._commands.get_nowait())
+        except queue.Empty:
+            return True
+        while True:
+            if isinstance(command, _Stop):
+                return False
+            if isinstance(command, _Add):
+                try:
+                    self.engine.add_request(command.request)
+                except ValueError as error:
+                    self._loop.call_soon_threadsafe(self._fail, command.request.request_id,
+                                                    error)
+            else:
+                self.engine.abort(command.request_id)
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return True
+
+    # the event loop thread
+
+    def _dispatch(self, events: list[TokenEvent]) -> None:
+        for event in events:
+            stream = self._streams.get(event.request_id)
+            if stream is not None:
+                stream.put_nowait(event)
+
+    def _fail(self, request_id: str, error: BaseException) -> None:
+        stream = self._streams.get(request_id)
+        if stream is not None:
+            stream.put_nowait(error)
