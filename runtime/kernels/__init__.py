@@ -1,0 +1,55 @@
+"""LoRA kernels: apply many adapters to one batch, each row with its own (or no) adapter.
+
+`lora_apply` is what the model's LoRA layers call: shrink + expand on stacked per-slot
+pools, dispatched to the Triton SGMV kernels on CUDA and to the torch ops elsewhere.
+Triton is imported only when the Triton path runs, so this package imports on machines
+without CUDA or without Triton.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from . import torch_ops
+from .segments import NO_ADAPTER, LoraSegments
+
+BACKENDS = ("auto", "triton", "torch")
+
+__all__ = ["BACKENDS", "NO_ADAPTER", "LoraSegments", "lora_apply", "resolve_backend"]
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """`auto` -> `triton` on CUDA, `torch` elsewhere."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    return backend
+
+
+def lora_apply(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    slice_offsets: Sequence[int],
+    segments: LoraSegments,
+    ranks: torch.Tensor,
+    backend: str = "auto",
+) -> None:
+    """y[t, slice s] += x[t] @ A[slot, s, :rank].T @ B[slot, slice s, :rank].T, in place.
+
+    y: [T, d_out_total] (the base layer's output); x: [T, d_in];
+    lora_a: [S, n_slices, R, d_in]; lora_b: [S, d_out_total, R] (scaling folded in);
+    slice_offsets: n_slices + 1 column offsets of the slices in y; ranks: int32 [S].
+    Rows whose segment has slot -1 are left untouched.
+    """
+    if resolve_backend(backend, x.device) == "torch":
+        torch_ops.lora_apply(y, x, lora_a, lora_b, slice_offsets, segments, ranks)
+        return
+    from . import sgmv  # imports triton
+
+    v = sgmv.sgmv_shrink(x, lora_a, segments, ranks)  # fp32 [T, n_slices, R]
+    sgmv.sgmv_expand(y, v, lora_b, slice_offsets, segments, ranks)

@@ -1,0 +1,73 @@
+"""Runs the Triton kernels under the Triton interpreter, in a process of its own.
+
+`TRITON_INTERPRET` is read once, when triton is imported, and is inherited by every
+process started afterwards: setting it in the test process would turn the GPU kernels of
+every later test (and of every server a test starts) into the interpreter. So the kernels
+run here, in a spawned worker whose initializer sets the variable before triton is ever
+imported; this module itself must not import triton or the kernels at top level.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+from loraplex.runtime.kernels.segments import LoraSegments
+
+
+def init() -> None:
+    os.environ["TRITON_INTERPRET"] = "1"
+    torch.set_num_threads(1)  # the interpreter is numpy; leave the other core to pytest
+
+
+def interpreter_env() -> str | None:
+    return os.environ.get("TRITON_INTERPRET")
+
+
+def shrink(
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    segment_lists: tuple[Sequence[int], Sequence[int]],
+    ranks: torch.Tensor,
+    config_fields: dict | None,
+) -> torch.Tensor:
+    from loraplex.runtime.kernels import sgmv
+
+    config = sgmv.KernelConfig(**config_fields) if config_fields else None
+    segments = LoraSegments.from_lists(*segment_lists)
+    return sgmv.sgmv_shrink(x, lora_a, segments, ranks, config=config)
+
+
+def expand(
+    y: torch.Tensor,
+    v: torch.Tensor,
+    lora_b: torch.Tensor,
+    slice_offsets: Sequence[int],
+    segment_lists: tuple[Sequence[int], Sequence[int]],
+    ranks: torch.Tensor,
+    config_fields: dict | None,
+) -> torch.Tensor:
+    from loraplex.runtime.kernels import sgmv
+
+    config = sgmv.KernelConfig(**config_fields) if config_fields else None
+    segments = LoraSegments.from_lists(*segment_lists)
+    sgmv.sgmv_expand(y, v, lora_b, slice_offsets, segments, ranks, config=config)
+    return y
+
+
+def lora_apply(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    slice_offsets: Sequence[int],
+    segment_lists: tuple[Sequence[int], Sequence[int]],
+    ranks: torch.Tensor,
+) -> torch.Tensor:
+    from loraplex.runtime.kernels import lora_apply as apply
+
+    segments = LoraSegments.from_lists(*segment_lists)
+    apply(y, x, lora_a, lora_b, slice_offsets, segments, ranks, backend="triton")
+    return y
