@@ -20,6 +20,9 @@ from loraplex.operator.state import OperatorState
 def run(config: OperatorConfig) -> int:
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.log_level != "debug":  # one line per handled event or HTTP call drowns the rest
+        for noisy in ("kopf.objects", "httpx", "httpx2"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     liveness = (f"http://{config.health_host}:{config.health_port}/health"
                 if config.health_port else None)
     kopf.run(

@@ -27,6 +27,21 @@ def post_event(ref: Mapping[str, Any], type_: str, reason: str, message: str) ->
     kopf.event(dict(ref), type=type_, reason=reason, message=message)
 
 
+async def _sleep(wakeup: asyncio.Event, stopped: kopf.DaemonStopped, delay: float) -> bool:
+    """Wait for a wake-up, the daemon's stop, or `delay`; True when woken up."""
+
+    async def until_stopped() -> None:
+        await stopped.wait()
+
+    waiters = {asyncio.ensure_future(wakeup.wait()), asyncio.ensure_future(until_stopped())}
+    try:
+        await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    return wakeup.is_set() and not stopped
+
+
 async def reconcile_base_model(name: str, namespace: str, body: kopf.Body,
                                stopped: kopf.DaemonStopped, memo: kopf.Memo,
                                runtime_pods: kopf.Index, adapters_by_base: kopf.Index,
@@ -51,11 +66,8 @@ async def reconcile_base_model(name: str, namespace: str, body: kopf.Body,
             except Exception:
                 logger.exception("reconcile of %s/%s failed; retrying", namespace, name)
                 delay = min(config.resync_interval_s, 5.0)
-            try:
-                await asyncio.wait_for(wakeup.wait(), timeout=delay)
+            if await _sleep(wakeup, stopped, delay):
                 await asyncio.sleep(DEBOUNCE_S)
-            except TimeoutError:
-                pass
     finally:
         if state.reconcilers.get(key) is reconciler:
             state.reconcilers.pop(key, None)

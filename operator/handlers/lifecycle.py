@@ -1,4 +1,8 @@
-"""Operator start and stop: close clients on exit, answer the liveness probe."""
+"""Operator start and stop: log in, close clients on exit, answer the liveness probe.
+
+A registry of our own has none of kopf's default handlers, so the login is registered
+here: the kubernetes client's in-cluster service account, else the kubeconfig.
+"""
 
 from __future__ import annotations
 
@@ -19,5 +23,6 @@ def reconcile_loops(memo: kopf.Memo, **_: Any) -> int:
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    kopf.on.login(id="login", registry=registry)(kopf.login_via_client)
     kopf.on.cleanup(id="close_clients", registry=registry)(close_clients)
     kopf.on.probe(id="reconcile_loops", registry=registry)(reconcile_loops)

@@ -1,0 +1,191 @@
+"""kmock's KubernetesEmulator, filling the gaps a real API server would not leave.
+
+The emulator keeps objects and serves list/watch/patch/delete with finalizers, but does
+not assign uid/resourceVersion/generation/creationTimestamp, resolve `generateName`,
+validate custom resources, reject a stale JSON-patch `test`, or collect garbage. kopf
+needs the first ones (optimistic concurrency on finalizers), the operator's status needs
+generation, and the tests need schema validation against `crds/` (jsonschema) and an
+explicit garbage collection by ownerReferences. Runs in its own thread and event loop
+so the operator (a subprocess) and the synchronous tests can both talk to it over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import itertools
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp.web
+import attrs
+import jsonschema
+import kmock
+import yaml
+from kmock._internal import dicts
+
+CRD_DIR = Path(__file__).resolve().parents[3] / "crds"
+
+# (group/version/plural, kind, subresources): what discovery lists. kopf waits for
+# namespaces and CRDs to be discoverable (as in every cluster) even when it does not scan
+# them; lightkube does no discovery.
+CLUSTER_RESOURCES = [
+    ("v1/namespaces", "Namespace"),
+    ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition"),
+]
+RESOURCES = [
+    ("v1/pods", "Pod", ()),
+    ("v1/events", "Event", ()),
+    ("v1/configmaps", "ConfigMap", ()),
+    ("v1/secrets", "Secret", ()),
+    ("v1/services", "Service", ()),
+    ("v1/serviceaccounts", "ServiceAccount", ()),
+    ("apps/v1/deployments", "Deployment", ("status",)),
+    ("policy/v1/poddisruptionbudgets", "PodDisruptionBudget", ("status",)),
+    ("rbac.authorization.k8s.io/v1/roles", "Role", ()),
+    ("rbac.authorization.k8s.io/v1/rolebindings", "RoleBinding", ()),
+    ("events.k8s.io/v1/events", "Event", ()),
+]
+VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@attrs.define(kw_only=True)
+class ClusterEmulator(kmock.KubernetesEmulator):
+    _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
+    _validators: dict[str, jsonschema.Draft4Validator] = attrs.field(factory=dict, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        for key, kind in CLUSTER_RESOURCES:
+            self.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=False, verbs=VERBS)
+        for key, kind, subresources in RESOURCES:
+            self.resources[key] = kmock.ResourceInfo(
+                kind=kind, namespaced=True, verbs=VERBS, subresources=set(subresources))
+        for path in sorted(CRD_DIR.glob("*.yaml")):
+            crd = yaml.safe_load(path.read_text())
+            names, version = crd["spec"]["names"], crd["spec"]["versions"][0]
+            key = f"{crd['spec']['group']}/{version['name']}/{names['plural']}"
+            self.resources[key] = kmock.ResourceInfo(
+                kind=names["kind"], singular=names["singular"], namespaced=True, verbs=VERBS,
+                shortnames=set(names["shortNames"]), categories=set(names["categories"]),
+                subresources=set(version["subresources"]))
+            self._validators[names["plural"]] = jsonschema.Draft4Validator(
+                version["schema"]["openAPIV3Schema"])
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        if request.resource is not None and request.data is not None:
+            if request.action == kmock.action.CREATE:
+                self._on_create(request)
+            elif request.action == kmock.action.UPDATE:
+                self._on_patch(request)
+        return await super()._handle(request)
+
+    async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
+        """As the API server: `Content-Type: application/json`, no charset (lightkube checks)."""
+        response = await super()._render_error(exc)
+        return aiohttp.web.Response(body=response.body, status=response.status,
+                                    headers={"Content-Type": "application/json"})
+
+    def _on_create(self, request: kmock.Request) -> None:
+        meta = request.data.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:8]
+        meta.setdefault("namespace", request.namespace)
+        meta.update(uid=str(uuid.uuid4()), resourceVersion=str(next(self._versions)),
+                    generation=1, creationTimestamp=_now())
+        self._validate(request.resource.plural, request.data)
+
+    def _on_patch(self, request: kmock.Request) -> None:
+        key = (request.resource, request.namespace, request.name)
+        if key not in self.objects or self.objects[key].deleted:
+            return  # the emulator answers 404
+        current = dict(self.objects[key].last.raw)
+        version = str(next(self._versions))
+        data = request.data
+        if isinstance(data, list):  # JSON patch: honour `test`, as the API server does
+            for op in data:
+                if op.get("op") == "test" and _pointer(current, op["path"]) != op.get("value"):
+                    raise kmock.KubernetesError(status=422, reason="Invalid",
+                                                message=f"test failed at {op['path']}")
+            touches_spec = any(op.get("path", "").startswith("/spec") for op in data)
+            data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
+            merged = dicts.patch_dict(current, data[:-1])
+        else:
+            touches_spec = request.subresource is None and "spec" in data
+            data.setdefault("metadata", {})["resourceVersion"] = version
+            merged = dicts.patch_dict(current, data)
+        if touches_spec and request.subresource is None:
+            if merged.get("spec") != current.get("spec"):
+                generation = int(current.get("metadata", {}).get("generation") or 0) + 1
+                if isinstance(data, list):
+                    data.append({"op": "add", "path": "/metadata/generation",
+                                 "value": generation})
+                else:
+                    data["metadata"]["generation"] = generation
+            self._validate(request.resource.plural, merged)
+
+    def _validate(self, plural: str, body: dict[str, Any]) -> None:
+        validator = self._validators.get(plural)
+        if validator is None:
+            return
+        errors = sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))
+        if errors:
+            problems = "; ".join(f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+                                 for e in errors)
+            raise kmock.KubernetesError(status=422, reason="Invalid", message=problems)
+
+
+def _pointer(document: Any, path: str) -> Any:
+    for part in path.lstrip("/").split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        if not isinstance(document, dict) or part not in document:
+            return None
+        document = document[part]
+    return document
+
+
+class EmulatorThread:
+    """Serves a ClusterEmulator on 127.0.0.1 from a background thread."""
+
+    def __init__(self) -> None:
+        self.emulator: ClusterEmulator | None = None
+        self.url = ""
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._main, name="kube-emulator", daemon=True)
+        self._failure: BaseException | None = None
+
+    def start(self, timeout_s: float = 30.0) -> EmulatorThread:
+        self._thread.start()
+        if not self._ready.wait(timeout_s) or self._failure:
+            raise RuntimeError(f"the Kubernetes emulator did not start: {self._failure!r}")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+    def requests(self) -> list[kmock.Request]:
+        return list(self.emulator.requests) if self.emulator else []
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as error:  # reported by start()
+            self._failure = error
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        async with ClusterEmulator() as emulator, kmock.Server(emulator) as server:
+            self.emulator, self.url = emulator, str(server.url).rstrip("/")
+            self._ready.set()
+            await self._stop.wait()
