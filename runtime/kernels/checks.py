@@ -132,10 +132,10 @@ def _check_pool(
     if not pool.is_contiguous():
         raise ValueError(f"{name} must be contiguous")
     num_slots = pool.shape[0]
-    if ranks.dim() != 1 or ranks.shape[0] != num_slots or ranks.dtype != torch.int32:
-        raise ValueError(
-            f"ranks must be int32 [S={num_slots}], got {ranks.dtype} {tuple(ranks.shape)}"
-        )
+    if ranks.dim() != 1 or ranks.dtype != torch.int32:
+        raise ValueError(f"ranks must be int32 [S], got {ranks.dtype} {tuple(ranks.shape)}")
+    if ranks.shape[0] != num_slots:
+        raise ValueError(f"{name} has {num_slots} slots but ranks has {ranks.shape[0]}")
     if ranks.device != device or not ranks.is_contiguous():
         raise ValueError(f"ranks must be a contiguous tensor on {device}, got {ranks.device}")
     if segments.num_rows != num_rows:

@@ -193,7 +193,7 @@ def sgmv_shrink(
     v = torch.zeros(x.shape[0], num_slices, max_rank, dtype=torch.float32, device=x.device)
     if not segments.has_lora:
         return v
-    config = config or shrink_config(segments, max_rank, d_in, num_slices, x.device)
+    config = config or shrink_config(segments, max_rank, d_in, num_slices, _num_sms(x.device))
     tiles = segments.kernel_tiles(config.block_m)
     k_per_split = triton.cdiv(triton.cdiv(d_in, config.split_k), config.block_k) * config.block_k
     split_k = triton.cdiv(d_in, k_per_split)  # no empty splits
@@ -221,6 +221,7 @@ def sgmv_shrink(
         DOT_PRECISION=_dot_precision(x.dtype),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
+        enable_fp_fusion=True,
     )
     return v
 
@@ -272,11 +273,12 @@ def sgmv_expand(
         DOT_PRECISION=_dot_precision(y.dtype),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
+        enable_fp_fusion=True,
     )
 
 
 def shrink_config(
-    segments: LoraSegments, max_rank: int, d_in: int, num_slices: int, device: torch.device
+    segments: LoraSegments, max_rank: int, d_in: int, num_slices: int, num_sms: int
 ) -> KernelConfig:
     """Tile sizes for the shrink (vLLM's defaults as a start: block_n 16, big block_k
     and split-K for small batches), with split-K sized to fill the GPU."""
@@ -285,7 +287,7 @@ def shrink_config(
     block_k = 256 if segments.num_rows < 128 else 64
     num_ctas = segments.kernel_tiles(block_m).num_tiles * num_slices
     num_ctas *= triton.cdiv(max_rank, block_n)
-    wanted = triton.cdiv(4 * _num_sms(device), num_ctas)
+    wanted = triton.cdiv(4 * num_sms, num_ctas)
     split_k = max(1, min(wanted, triton.cdiv(d_in, block_k), 64))
     return KernelConfig(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split_k)
 
