@@ -12,20 +12,12 @@ from collections.abc import Sequence
 import torch
 
 
-def row_slots(indptr: Sequence[int], slots: Sequence[int]) -> list[int]:
-    """Per-row slot ids from segments."""
-    per_row: list[int] = []
-    for slot, start, end in zip(slots, indptr, indptr[1:], strict=False):
-        per_row += [slot] * (end - start)
-    return per_row
-
-
 def shrink_ref(
     x: torch.Tensor, lora_a: torch.Tensor, token_slots: Sequence[int], ranks: Sequence[int]
 ) -> torch.Tensor:
     """fp64 [T, n_slices, R]: x[t] @ A[slot, s, :rank].T, zeros elsewhere."""
     num_slices, max_rank = lora_a.shape[1], lora_a.shape[2]
-    v = torch.zeros(x.shape[0], num_slices, max_rank, dtype=torch.float64)
+    v = torch.zeros(x.shape[0], num_slices, max_rank, dtype=torch.float64, device=x.device)
     for row, slot in enumerate(token_slots):
         if slot < 0:
             continue
