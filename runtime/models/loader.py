@@ -30,7 +30,11 @@ from loraplex.runtime.models.builtin import (
     resolve_builtin,
     resolve_builtin_tokenizer,
 )
-from loraplex.runtime.models.checkpoint import init_dummy_weights, iter_checkpoint
+from loraplex.runtime.models.checkpoint import (
+    init_dummy_weights,
+    iter_checkpoint,
+    safetensors_files,
+)
 from loraplex.runtime.models.device import resolve_device, resolve_dtype
 from loraplex.runtime.models.llama import LlamaForCausalLM, check_supported
 from loraplex.runtime.models.shapes import SHAPES, SMOLLM2_TOKENIZER, shape_config
@@ -39,6 +43,8 @@ from loraplex.runtime.models.sources import resolve_model_folder
 __all__ = ["LoadedModel", "load_model", "resolve_builtin"]
 
 logger = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
 @dataclass
@@ -105,6 +111,13 @@ def eos_ids(hf_config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase,
     return tuple(ids)
 
 
+def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(f"model folder {folder} has no tokenizer "
+                         f"(none of {', '.join(TOKENIZER_FILES)})")
+    return AutoTokenizer.from_pretrained(folder)
+
+
 def _dummy_source(config: EngineConfig) -> tuple[PretrainedConfig, Path, Path | None]:
     """(config, tokenizer folder, weights folder or None) for `--load-format dummy`."""
     source = config.model
@@ -131,8 +144,9 @@ def load_model(config: EngineConfig) -> LoadedModel:
         hf_config, tokenizer_folder, folder = _dummy_source(config)
     else:
         folder = resolve_model_folder(config.model, config.cache_dir, config.revision)
+        safetensors_files(folder)  # refuse a folder without usable weights before any work
         hf_config, tokenizer_folder = AutoConfig.from_pretrained(folder), folder
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    tokenizer = load_tokenizer(tokenizer_folder)
     model = build_model(hf_config, dtype, device)
     with torch.no_grad():
         if config.load_format == "dummy":
