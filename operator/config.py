@@ -18,6 +18,9 @@ class OperatorConfig:
     children_resync_s: float = setting(
         60.0, help="seconds between re-applying the child objects (heals drift)")
     admin_timeout_s: float = setting(10.0, help="timeout of one call to a pod's admin API")
+    pod_grace_s: float = setting(
+        30.0, help="seconds a Ready pod may not answer its admin API (a container restart) "
+        "before its adapters move elsewhere")
     admin_concurrency: int = setting(32, help="admin API calls in flight per BaseModelDeployment")
     default_adapter_bytes: int = setting(
         64 << 20, help="host bytes assumed for an adapter until a pod has read its size")
@@ -32,7 +35,7 @@ class OperatorConfig:
 
     def __post_init__(self) -> None:
         for name in ("resync_interval_s", "loading_poll_s", "children_resync_s",
-                     "admin_timeout_s", "unload_timeout_s"):
+                     "admin_timeout_s", "unload_timeout_s", "pod_grace_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.admin_concurrency <= 0:

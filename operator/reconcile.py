@@ -66,6 +66,7 @@ class BaseModelReconciler:
         self.assigned: dict[str, tuple[str, ...]] = {}  # last plan: adapter → pods
         self.refused: dict[tuple[str, str], tuple[int | None, str]] = {}
         self.incarnations: dict[str, tuple[str, int]] = {}
+        self.silent_since: dict[str, float] = {}  # pod → when it stopped answering
         self.children_key: tuple[Any, ...] | None = None
         self.children_at = 0.0
         self.table: PlacementTable | None = None  # last written (or read) placement table
@@ -95,11 +96,12 @@ class BaseModelReconciler:
         self.observed = observations
         reports = {name: obs.adapters for name, obs in observations.items()
                    if obs.adapters is not None}
+        silent = self._silent_within_grace(observations)
         views = {view.name: view for view in adapters}
         self.unloaded = {name for name, view in views.items() if view.deleting
                          and not any(name in held for held in reports.values())}
 
-        plan = self._plan(spec, reports, views)
+        plan = self._plan(spec, reports, views, silent)
         actions = plan_actions(plan.placements, reports, views,
                                {key: gen for key, (gen, _) in self.refused.items()})
         executed = await execute(admin, {p.name: p for p in ready}, actions,
@@ -152,9 +154,34 @@ class BaseModelReconciler:
                 self.refused = {k: v for k, v in self.refused.items() if k[1] != pod.name}
             self.incarnations[pod.name] = pod.incarnation
 
+    def _silent_within_grace(self, observations: Mapping[str, PodObservation]) -> set[str]:
+        """Ready pods that stopped answering a short while ago (a container restarting):
+        their placements are held, not moved, and refilled once they answer again."""
+        now = time.monotonic()
+        for name, observation in observations.items():
+            if observation.adapters is None:
+                self.silent_since.setdefault(name, now)
+            else:
+                self.silent_since.pop(name, None)
+        self.silent_since = {n: t for n, t in self.silent_since.items() if n in observations}
+        return {name for name, since in self.silent_since.items()
+                if now - since < self.config.pod_grace_s}
+
+    def _silence(self, pod: str) -> str | None:
+        observation = self.observed.get(pod)
+        if observation is None or observation.adapters is not None:
+            return None
+        return f"pod not answering: {observation.error}"
+
+    def _remembered(self, name: str, view: AdapterView) -> tuple[str, ...]:
+        """Where the adapter was placed: the last plan, or after a restart its status."""
+        if name in self.assigned:
+            return self.assigned[name]
+        return tuple(p.get("pod") for p in view.status.get("placements") or [])
+
     def _plan(self, spec: BaseModelDeploymentSpec,
               reports: Mapping[str, Mapping[str, Any]],
-              views: Mapping[str, AdapterView]) -> PlacementPlan:
+              views: Mapping[str, AdapterView], silent: set[str]) -> PlacementPlan:
         capacity = spec.capacity
         pods = []
         for pod_name, held in reports.items():
@@ -165,7 +192,7 @@ class BaseModelReconciler:
                 reserved_bytes=sum(e.size_bytes or self.config.default_adapter_bytes
                                    for e in foreign),
                 reserved_slots=sum(bool(e.pinned) for e in foreign)))
-        demands, current = [], {}
+        demands, current, held_back = [], {}, {}
         for name, view in views.items():
             if view.spec is None or view.deleting:
                 continue
@@ -173,13 +200,17 @@ class BaseModelReconciler:
             size = next((e.size_bytes for e in seen if e.size_bytes), None) \
                 or view.status.get("sizeBytes") or self.config.default_adapter_bytes
             rank = next((e.rank for e in seen if e.rank), None) or view.status.get("rank")
-            demands.append(AdapterDemand(name, view.spec.replicas, int(size), rank,
-                                         view.spec.pinned))
-            remembered = self.assigned.get(name) if name in self.assigned else tuple(
-                p.get("pod") for p in view.status.get("placements") or [])
+            remembered = self._remembered(name, view)
+            held_back[name] = tuple(pod for pod in remembered if pod in silent)
+            replicas = max(0, view.spec.replicas - len(held_back[name]))
+            demands.append(AdapterDemand(name, replicas, int(size), rank, view.spec.pinned))
             current[name] = {pod for pod, held in reports.items() if name in held} \
                 | set(remembered)
-        return place(pods, demands, current, spec.placement.strategy)
+        plan = place(pods, demands, current, spec.placement.strategy)
+        return PlacementPlan(
+            placements={name: tuple(sorted(pods + held_back[name]))
+                        for name, pods in plan.placements.items()},
+            shortfalls=plan.shortfalls)
 
     async def _write_table(self, plan: PlacementPlan, reports: Mapping[str, Mapping[str, Any]],
                            views: Mapping[str, AdapterView],
@@ -221,7 +252,7 @@ class BaseModelReconciler:
                     placement_reports.append(PlacementReport(
                         pod, reports.get(pod, {}).get(name),
                         refusal if generation == view.generation else None,
-                        executed.unreachable.get((name, pod))))
+                        executed.unreachable.get((name, pod)) or self._silence(pod)))
                 status = adapter_status(view, placement_reports,
                                         plan.shortfalls.get(name), now)
             phases.append(status["phase"])

@@ -1,19 +1,25 @@
 """The operator end to end: emulated API server, real operator, real runtime pods.
 
 The tests run in order and share one cluster (module fixtures): each scenario starts
-from the state the previous one left, as an operator's life goes.
+from the state the previous one left, as in an operator's life. The oracle for "placed"
+is always the pods themselves (`GET /v1/adapters` on the real servers), never the
+operator's own status.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import httpx
 import pytest
 
 from loraplex.operator import naming
+from loraplex.operator.rbac import GRANTED_RULES, OPERATOR_RULES, expand
+from loraplex.runtime.router.placements import parse_placements
 from tests.integration.operator.conftest import BMD, NAMESPACE
-from tests.integration.operator.kube import wait_for
+from tests.integration.operator.kube import TEST_AGENT, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 CHILDREN = {
     "deployments": [naming.runtime_name(BMD), naming.router_name(BMD)],
@@ -25,6 +31,16 @@ CHILDREN = {
     "secrets": [naming.admin_secret_name(BMD)],
     "configmaps": [naming.placements_name(BMD)],
 }
+FIRST = [f"lora-{i:02d}" for i in range(20)]
+REPLICAS = {name: 2 if i % 4 == 0 else 1 for i, name in enumerate(FIRST)}
+RANKS = {f"lora-{i:02d}": (4, 8, 16)[i % 3] for i in range(21)}
+shared: dict = {}  # state handed from one scenario to the next
+
+
+@pytest.fixture(autouse=True)
+def _runtime_usable(pods):
+    if pods.unusable:
+        pytest.skip(pods.unusable)
 
 
 def bmd_body(replicas: int = 3) -> dict:
@@ -44,9 +60,47 @@ def adapter_body(name: str, source: str, replicas: int = 1) -> dict:
             "spec": {"baseModel": BMD, "source": source, "replicas": replicas}}
 
 
-def test_a_bmd_gets_its_children_owned_and_a_status(kube, operator):
-    created = kube.create("basemodeldeployments", bmd_body())
-    uid = created["metadata"]["uid"]
+def holdings(pods) -> dict[str, dict[str, dict]]:
+    """What each pod really holds: pod name → adapter name → its entry."""
+    headers = {"Authorization": f"Bearer {pods.token()}"}
+    result = {}
+    for name, pod in pods.pods.items():
+        body = httpx.get(f"{pod.server.url}/v1/adapters", headers=headers, timeout=10).json()
+        result[name] = {entry["name"]: entry for entry in body["adapters"]}
+    return result
+
+
+def loaded_on(pods) -> dict[str, set[str]]:
+    """Adapter → pods that report it loaded (host or device)."""
+    where: dict[str, set[str]] = {}
+    for pod, held in holdings(pods).items():
+        for name, entry in held.items():
+            if entry["state"] in ("host", "device"):
+                where.setdefault(name, set()).add(pod)
+    return where
+
+
+def status_of(kube, name: str) -> dict:
+    return (kube.get("adapters", name) or {}).get("status") or {}
+
+
+def all_ready(kube, names) -> bool:
+    return all(status_of(kube, name).get("phase") == "Ready" for name in names)
+
+
+def converged(kube, pods, replicas: dict[str, int]) -> bool:
+    """Every adapter Ready, on exactly its replicas of pods, as the pods themselves say."""
+    where = loaded_on(pods)
+    return all_ready(kube, replicas) and all(
+        len(where.get(name, ())) == count for name, count in replicas.items())
+
+
+def placed_pods(kube, name: str) -> set[str]:
+    return {p["pod"] for p in status_of(kube, name).get("placements", [])}
+
+
+def test_a_bmd_gets_its_children_and_pods_start_with_its_flags(kube, operator, pods):
+    uid = kube.create("basemodeldeployments", bmd_body())["metadata"]["uid"]
     for plural, names in CHILDREN.items():
         for name in names:
             child = wait_for(lambda p=plural, n=name: kube.get(p, n), 30, f"{plural}/{name}")
@@ -54,4 +108,168 @@ def test_a_bmd_gets_its_children_owned_and_a_status(kube, operator):
     status = wait_for(lambda: (kube.get("basemodeldeployments", BMD) or {}).get("status"),
                       30, "BMD status")
     assert status["endpoint"] == f"http://{BMD}.{NAMESPACE}.svc"
-    assert status["replicas"] == 3 and status["readyReplicas"] == 0
+    assert status["replicas"] == 3
+    shared["token"] = pods.token()
+    pods.add(3)  # real servers, started with the runtime Deployment's own args
+    wait_for(lambda: kube.get("basemodeldeployments", BMD)["status"]["readyReplicas"] == 3,
+             30, "3 ready pods in the BMD status")
+
+
+def test_twenty_adapters_are_placed_loaded_and_published(kube, pods, adapter_dirs):
+    for name in FIRST:
+        kube.create("adapters", adapter_body(name, str(adapter_dirs[name]), REPLICAS[name]))
+    wait_for(lambda: converged(kube, pods, REPLICAS), 120, "20 adapters Ready on the pods")
+    where = loaded_on(pods)
+    for name in FIRST:
+        status = status_of(kube, name)
+        assert placed_pods(kube, name) == where[name]
+        assert status["readyReplicas"] == REPLICAS[name]
+        assert status["ready"] == f"{REPLICAS[name]}/{REPLICAS[name]}"
+        assert status["rank"] == RANKS[name]  # read from the pod, which read the adapter
+        assert status["sizeBytes"] > 0
+        assert {c["type"]: c["status"] for c in status["conditions"]} == {
+            "Ready": "True", "Placed": "True", "Degraded": "False"}
+    per_pod = Counter(pod for holders in where.values() for pod in holders)
+    assert sum(per_pod.values()) == sum(REPLICAS.values())
+    assert max(per_pod.values()) - min(per_pod.values()) <= 1  # Spread
+    table = parse_placements(kube.get("configmaps", naming.placements_name(BMD))
+                             ["data"]["placements.json"])
+    urls = {name: pod.server.url for name, pod in pods.pods.items()}
+    assert sorted(table.pods) == sorted(urls.values())
+    for name in FIRST:
+        assert set(table.pods_for(name)) == {urls[pod] for pod in where[name]}
+    bmd = kube.get("basemodeldeployments", BMD)["status"]
+    assert bmd["adapters"] == {"placed": 20, "ready": 20, "pending": 0, "failed": 0}
+    ready_events = [e for e in kube.list("events") if e.get("reason") == "Ready"
+                    and e["involvedObject"]["kind"] == naming.ADAPTER_KIND]
+    assert {e["involvedObject"]["name"] for e in ready_events} >= set(FIRST)
+
+
+def test_a_deleted_pods_adapters_move_and_nothing_else_does(kube, pods):
+    before = loaded_on(pods)
+    victim = max(pods.pods, key=lambda pod: sum(pod in h for h in before.values()))
+    pods.remove(victim)
+    wait_for(lambda: converged(kube, pods, REPLICAS)
+             and not any(victim in placed_pods(kube, n) for n in FIRST), 90,
+             f"adapters of {victim} moved")
+    after = loaded_on(pods)
+    for name, holders in before.items():
+        assert holders - {victim} <= after[name], f"{name} moved without reason"
+    assert all(victim not in holders for holders in after.values())
+    pods.add(1)
+    wait_for(lambda: kube.get("basemodeldeployments", BMD)["status"]["readyReplicas"] == 3,
+             30, "the replacement pod counted ready")
+
+
+def test_a_restarted_pod_is_refilled_with_what_it_held(kube, pods):
+    before = holdings(pods)
+    target = max(before, key=lambda pod: len(before[pod]))
+    expected = set(before[target])
+    assert expected
+    pods.restart(target)  # empty memory, same address, restartCount + 1
+    wait_for(lambda: {n for n, e in holdings(pods)[target].items()
+                      if e["state"] in ("host", "device")} == expected, 60,
+             f"{target} refilled")
+    wait_for(lambda: converged(kube, pods, REPLICAS), 60, "all Ready again")
+
+
+def test_an_adapter_a_pod_forgot_is_given_back(kube, pods):
+    name = FIRST[1]
+    (pod,) = placed_pods(kube, name)
+    headers = {"Authorization": f"Bearer {pods.token()}"}
+    url = f"{pods.pods[pod].server.url}/v1/adapters/{name}"
+    httpx.delete(url, headers=headers).raise_for_status()
+    wait_for(lambda: holdings(pods)[pod].get(name, {}).get("state") in ("host", "device"),
+             30, f"{name} reloaded on {pod}")
+
+
+def test_a_bad_adapter_fails_with_the_pods_message_and_a_fix_recovers(kube, pods,
+                                                                     adapter_dirs):
+    kube.create("adapters", adapter_body("too-wide", str(adapter_dirs["too-wide"])))
+    status = wait_for(lambda: status_of(kube, "too-wide").get("phase") == "Failed"
+                      and status_of(kube, "too-wide"), 60, "too-wide Failed")
+    assert "rank" in status["message"].lower()  # the pod's own words
+    assert status["placements"][0]["state"] == "Failed"
+    assert {c["type"]: c["reason"] for c in status["conditions"]}["Ready"] == "LoadFailed"
+    warnings = [e for e in kube.list("events") if e["involvedObject"]["name"] == "too-wide"
+                and e["type"] == "Warning"]
+    assert warnings
+    assert all_ready(kube, FIRST), "one bad adapter must not disturb the others"
+    kube.patch("adapters", "too-wide", {"spec": {"source": str(adapter_dirs["lora-20"])}})
+    wait_for(lambda: status_of(kube, "too-wide").get("phase") == "Ready", 60,
+             "too-wide recovered after its source was fixed")
+    assert status_of(kube, "too-wide")["rank"] == RANKS["lora-20"]
+
+
+def test_a_deleted_adapter_is_unloaded_before_it_goes(kube, pods):
+    name = FIRST[2]
+    holders = placed_pods(kube, name)
+    kube.delete("adapters", name)
+    wait_for(lambda: kube.get("adapters", name) is None, 60, f"{name} finalized")
+    assert all(name not in held for held in holdings(pods).values())
+    assert holders
+    table = parse_placements(kube.get("configmaps", naming.placements_name(BMD))
+                             ["data"]["placements.json"])
+    assert name not in table.adapters
+    FIRST.remove(name)
+    REPLICAS.pop(name)
+    REPLICAS["too-wide"] = 1
+
+
+def test_children_drift_is_repaired(kube):
+    for plural, names in CHILDREN.items():
+        if plural == "secrets":
+            continue
+        for name in names:
+            kube.patch(plural, name, {"metadata": {"labels": {naming.LABEL_MANAGED_BY: "me"}}})
+    for plural, names in CHILDREN.items():
+        for name in names:
+            if plural != "secrets":
+                wait_for(lambda p=plural, n=name: kube.get(p, n)["metadata"]["labels"]
+                         [naming.LABEL_MANAGED_BY] == naming.MANAGED_BY, 30,
+                         f"{plural}/{name} repaired")
+
+
+def test_an_operator_restart_converges_without_duplicates(kube, pods, operator, adapter_dirs):
+    operator.stop()
+    kube.create("adapters", adapter_body("lora-20", str(adapter_dirs["lora-20"]), 2))
+    kube.patch("adapters", FIRST[3], {"spec": {"replicas": 2}})
+    REPLICAS.update({"lora-20": 2, FIRST[3]: 2})
+    pods.remove(next(iter(pods.pods)))
+    pods.add(1)
+    operator.start()
+    wait_for(lambda: converged(kube, pods, REPLICAS), 120, "converged after the restart")
+    for name, count in REPLICAS.items():
+        assert len(placed_pods(kube, name)) == count
+    assert len(kube.list("deployments")) == 2 and len(kube.list("secrets")) == 1
+    assert pods.token() == shared["token"], "the admin token must never rotate"
+
+
+def test_deleting_the_bmd_leaves_its_adapters_pending_not_stuck(kube, pods):
+    kube.delete("basemodeldeployments", BMD)
+    wait_for(lambda: kube.get("basemodeldeployments", BMD) is None, 30, "BMD finalized")
+    for name in REPLICAS:
+        status = wait_for(lambda n=name: status_of(kube, n).get("phase") == "Pending"
+                          and status_of(kube, n), 30, f"{name} Pending")
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        assert ready["reason"] == "BaseModelNotFound"
+    assert kube.collect_garbage() > 0
+    assert kube.list("deployments") == []
+
+
+def test_the_operator_used_exactly_its_rbac_rules(emulator, operator):
+    """Every call the operator made is allowed by OPERATOR_RULES, and every rule was used."""
+    operator.stop()
+    used = set()
+    for request in emulator.requests():
+        if request.headers.get("User-Agent") == TEST_AGENT or request.resource is None:
+            continue
+        verb = {"LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create",
+                "UPDATE": "patch", "DELETE": "delete"}[request.action.name]
+        resource = request.resource.plural
+        if request.subresource:
+            resource += f"/{request.subresource}"
+        used.add((request.resource.group, resource, verb))
+    assert used <= expand(OPERATOR_RULES), f"calls without a rule: {used - expand(OPERATOR_RULES)}"
+    assert expand(OPERATOR_RULES) <= used, f"rules never used: {expand(OPERATOR_RULES) - used}"
+    assert not expand(GRANTED_RULES) & used - expand(OPERATOR_RULES)
