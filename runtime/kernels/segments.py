@@ -57,7 +57,7 @@ class LoraSegments:
     slots: torch.Tensor  # int32 [G], on the device; -1 = no adapter
     indptr_list: tuple[int, ...]
     slot_list: tuple[int, ...]
-    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         num_segments = len(self.slot_list)
@@ -122,6 +122,16 @@ class LoraSegments:
     @property
     def max_slot(self) -> int:
         return max(self.slot_list, default=NO_ADAPTER)
+
+    @property
+    def max_rows_per_slot(self) -> int:
+        """Rows of the busiest slot (0 without adapters)."""
+        if "max_rows" not in self._cache:
+            self._cache["max_rows"] = max(
+                (sum(end - start for start, end in runs) for runs in self.slot_runs().values()),
+                default=0,
+            )
+        return self._cache["max_rows"]
 
     def slot_runs(self) -> dict[int, list[tuple[int, int]]]:
         """Non-empty row runs `(start, end)` of each slot, slots in order of first appearance."""

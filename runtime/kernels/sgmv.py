@@ -293,18 +293,19 @@ def shrink_config(
 
 
 def expand_config(segments: LoraSegments, max_rank: int, num_slices: int) -> KernelConfig:
-    """Tile sizes for the expand: wide column blocks, the rank in steps of 16."""
+    """Tile sizes for the expand: wide column blocks, and up to 64 of the rank per step.
+
+    Loads past a slot's rank are masked off and fetch nothing, so a rank block wider than
+    the rank costs no bandwidth, while each row of B is read in one contiguous piece.
+    """
     block_n = 128 if num_slices == 1 else 64
-    return KernelConfig(block_m=row_block(segments), block_n=block_n, block_k=16)
+    block_k = min(64, max(16, triton.next_power_of_2(max_rank)))
+    return KernelConfig(block_m=row_block(segments), block_n=block_n, block_k=block_k)
 
 
 def row_block(segments: LoraSegments) -> int:
     """Rows per tile: enough for the busiest slot, 16..64 (16 is the smallest dot tile)."""
-    most_rows = max(
-        (sum(end - start for start, end in runs) for runs in segments.slot_runs().values()),
-        default=1,
-    )
-    return min(64, max(16, triton.next_power_of_2(most_rows)))
+    return min(64, max(16, triton.next_power_of_2(segments.max_rows_per_slot)))
 
 
 def _check_device(tensor: torch.Tensor) -> None:

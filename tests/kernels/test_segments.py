@@ -35,6 +35,8 @@ def test_from_token_slots_round_trips_and_merges_runs(token_slots: list[int]) ->
     assert segments.indptr.tolist() == list(segments.indptr_list)
     assert segments.slots.tolist() == list(segments.slot_list)
     assert segments.has_lora == any(slot != NO_ADAPTER for slot in token_slots)
+    counts = [token_slots.count(slot) for slot in set(token_slots) if slot != NO_ADAPTER]
+    assert segments.max_rows_per_slot == max(counts, default=0)
 
 
 @settings(max_examples=200, deadline=None)
