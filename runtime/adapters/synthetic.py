@@ -72,7 +72,7 @@ def write_random_adapter(
     layers: Sequence[int] | None = None,
     rank_pattern: dict[str, int] | None = None,
     alpha_pattern: dict[str, float] | None = None,
-    strength: float = 0.5,
+    strength: float = 1.0,
     base_model: str = "",
 ) -> Path:
     """Write a PEFT LoRA adapter with random weights into `folder` (created); return it."""

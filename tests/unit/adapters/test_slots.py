@@ -1,0 +1,141 @@
+"""The device slot pool: layout the kernels read, rank padding, overwrite and clear."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from loraplex.runtime.adapters.peft_format import load_peft_adapter
+from loraplex.runtime.adapters.slots import DeviceSlotPool
+from loraplex.runtime.adapters.synthetic import write_random_adapter
+from loraplex.runtime.adapters.target import GROUP_NAMES, MODULE_PLACES, LoraTargetShapes
+from loraplex.runtime.adapters.weights import AdapterWeights
+
+
+def slot_delta(pool: DeviceSlotPool, slot: int, layer: int, module: str,
+               x: torch.Tensor) -> torch.Tensor:
+    """What a kernel computes for one module from the stacked buffers, reading up to the
+    slot's rank: x @ A_slice.T @ B_rows.T."""
+    _, group_name, index = MODULE_PLACES[module]
+    lora_a, lora_b = pool.group(layer, group_name)  # [S, n, R, d_in], [S, d_out, R]
+    rank = pool.ranks_host[slot]
+    offsets = pool.target.slice_offsets(group_name)
+    shrunk = x @ lora_a[slot, index, :rank].T  # [T, r]
+    return shrunk @ lora_b[slot, offsets[index]:offsets[index + 1], :rank].T  # [T, d_out]
+
+
+def adapter(tmp_path: Path, target: LoraTargetShapes, name: str, **kwargs) -> AdapterWeights:
+    folder = write_random_adapter(tmp_path / name, target, **kwargs)
+    return load_peft_adapter(folder, target, max_rank=16)
+
+
+def test_slot_buffers_reproduce_each_module(tmp_path: Path, smol_target) -> None:
+    pool = DeviceSlotPool(smol_target, num_slots=3, max_rank=16)
+    mixed = adapter(tmp_path, smol_target, "mixed", rank=8, seed=1,
+                    target_modules=["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
+                    rank_pattern={"v_proj": 3, "down_proj": 12})
+    pool.write(1, mixed)
+    assert pool.ranks_host == [0, 12, 0]
+    assert pool.ranks.tolist() == [0, 12, 0]
+    x = torch.randn(4, 1536)
+    for layer in range(smol_target.num_layers):
+        for module in MODULE_PLACES:
+            d_in, d_out = smol_target.module_shape(module)
+            got = slot_delta(pool, 1, layer, module, x[:, :d_in])
+            parsed = mixed.module(layer, module)
+            if parsed is None:  # k_proj, gate_proj: the adapter lacks them → zero
+                assert torch.count_nonzero(got) == 0
+                continue
+            expected = x[:, :d_in] @ parsed[0].T @ parsed[1].T
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    for name in GROUP_NAMES:  # neighbours untouched
+        lora_a, lora_b = pool.group(0, name)
+        assert torch.count_nonzero(lora_a[0]) == torch.count_nonzero(lora_a[2]) == 0
+        assert torch.count_nonzero(lora_b[0]) == torch.count_nonzero(lora_b[2]) == 0
+
+
+def test_overwrite_with_a_smaller_adapter_leaves_nothing_behind(tmp_path: Path,
+                                                              smol_target) -> None:
+    pool = DeviceSlotPool(smol_target, num_slots=2, max_rank=16)
+    pool.write(0, adapter(tmp_path, smol_target, "big", rank=16, seed=2))
+    small = adapter(tmp_path, smol_target, "small", rank=2, seed=3, target_modules=["k_proj"])
+    pool.write(0, small)
+    assert pool.ranks_host[0] == 2
+    lora_a, lora_b = pool.group(1, "qkv")
+    assert torch.count_nonzero(lora_a[0, :, 2:]) == 0 and torch.count_nonzero(lora_b[0, :, 2:]) == 0
+    assert torch.count_nonzero(lora_a[0, 0]) == 0  # q slice: k-only adapter
+    for name in ("o", "gate_up", "down"):
+        assert all(torch.count_nonzero(t[0]) == 0 for t in pool.group(0, name))
+    pool.clear(0)
+    assert pool.ranks_host[0] == 0
+    assert all(torch.count_nonzero(t) == 0 for t in pool.lora_a.values())
+
+
+def test_group_views_are_the_kernel_layout(smol_target) -> None:
+    pool = DeviceSlotPool(smol_target, num_slots=5, max_rank=8, dtype=torch.float16)
+    lora_a, lora_b = pool.group(1, "qkv")
+    assert lora_a.shape == (5, 3, 8, 576) and lora_b.shape == (5, 576 + 2 * 192, 8)
+    assert lora_a.is_contiguous() and lora_b.is_contiguous()
+    assert lora_a.dtype == torch.float16 and pool.ranks.dtype == torch.int32
+    allocated = sum(t.numel() * t.element_size()
+                    for t in [*pool.lora_a.values(), *pool.lora_b.values()])
+    assert pool.size_bytes == allocated
+
+
+def test_writes_are_checked(tmp_path: Path, smol_target) -> None:
+    pool = DeviceSlotPool(smol_target, num_slots=2, max_rank=4)
+    weights = adapter(tmp_path, smol_target, "r8", rank=8)
+    with pytest.raises(ValueError, match="slot 2 is outside 0..1"):
+        pool.write(2, weights)
+    with pytest.raises(ValueError, match="rank 8 exceeds the pool's max rank 4"):
+        pool.write(0, weights)
+    other = LoraTargetShapes(2, 64, 4, 2, 16, 96)
+    with pytest.raises(ValueError, match="do not match"):
+        pool.write(0, adapter(tmp_path, other, "other", rank=2))
+    assert pool.ranks_host == [0, 0]
+
+
+@pytest.mark.gpu
+def test_cuda_copy_is_asynchronous_and_exact(tmp_path: Path, smol_target) -> None:
+    pool = DeviceSlotPool(smol_target, num_slots=2, max_rank=16, device="cuda")
+    weights = adapter(tmp_path, smol_target, "a", rank=8).pin_memory()
+    copy = pool.write(1, weights, after=pool.fence())
+    torch.cuda.synchronize()
+    assert copy.done()
+    x = torch.randn(3, 576)
+    got = slot_delta(pool, 1, 0, "q_proj", x.cuda()).cpu()
+    lora_a, lora_b = weights.module(0, "q_proj")
+    torch.testing.assert_close(got, x @ lora_a.T @ lora_b.T, rtol=1e-4, atol=1e-4)
+
+
+def test_kernels_read_the_pool_as_written(tmp_path: Path, smol_target) -> None:
+    """The engine's LoRA op, fed the pool's buffers, applies each row's own adapter."""
+    from loraplex.runtime.kernels import LoraSegments, lora_apply
+
+    pool = DeviceSlotPool(smol_target, num_slots=3, max_rank=16)
+    first = adapter(tmp_path, smol_target, "first", rank=16, seed=4)
+    second = adapter(tmp_path, smol_target, "second", rank=4, seed=5,
+                     target_modules=["k_proj", "up_proj"], rank_pattern={"up_proj": 2})
+    pool.write(0, first)
+    pool.write(2, second)
+    row_slots = [2, 0, -1, 0, 2, 2]
+    segments = LoraSegments.from_token_slots(row_slots)
+    weights = {0: first, 2: second}
+    for layer in range(smol_target.num_layers):
+        for name in GROUP_NAMES:
+            group = smol_target.group(name)
+            x = torch.randn(len(row_slots), group.d_in)  # [T, d_in]
+            y = torch.zeros(len(row_slots), group.d_out)  # [T, d_out_total]
+            lora_a, lora_b = pool.group(layer, name)
+            lora_apply(y, x, lora_a, lora_b, group.offsets, segments, pool.ranks,
+                       backend="torch")
+            expected = torch.zeros_like(y)
+            for row, slot in enumerate(row_slots):
+                for index, module in enumerate(group.modules):
+                    parsed = weights[slot].module(layer, module) if slot >= 0 else None
+                    if parsed is not None:
+                        columns = slice(group.offsets[index], group.offsets[index + 1])
+                        expected[row, columns] = x[row] @ parsed[0].T @ parsed[1].T
+            torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
