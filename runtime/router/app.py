@@ -132,8 +132,6 @@ class RouterService:
         return web.json_response(body)
 
     async def metrics_page(self, request: web.Request) -> web.Response:
-        for pod in self.pool.pods:
-            self.metrics.in_flight.labels(pod.url).set(pod.in_flight)
         return web.Response(body=self.metrics.exposition(),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 WAITING = "vllm:num_requests_waiting"
 RUNNING = "vllm:num_requests_running"
-RESIDENT_STATES = frozenset({"downloading", "loading", "host", "device", "ready"})
+RESIDENT_STATES = frozenset({"downloading", "loading", "disk", "host", "device", "ready"})
 
 
 @dataclass(frozen=True)

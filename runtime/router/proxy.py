@@ -14,6 +14,7 @@ and each read from a pod have timeouts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -35,8 +36,9 @@ log = logging.getLogger(__name__)
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "trailers", "transfer-encoding", "upgrade", "host", "content-length",
+    "expect",  # the router answered any 100-continue itself; the body is in hand
 })
-RETRY_STATUSES = frozenset({503})
+RETRY_STATUSES = frozenset({429, 503})  # overloaded or draining: another pod may serve it
 UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 
 
@@ -175,14 +177,18 @@ class Proxy:
         await response.prepare(request)
         chunk, tail = first, b""
         while chunk:
-            await response.write(chunk)  # a client gone raises here and ends the relay
+            try:
+                await response.write(chunk)
+            except ConnectionError:  # the client left: closing `upstream` tells the pod
+                return response
             tail = (tail + chunk)[-2:]
             try:
                 chunk = await upstream.content.readany()
             except UPSTREAM_ERRORS as error:
                 await self._cut_off(request, response, upstream, tail, pod, error)
                 return response
-        await response.write_eof()
+        with contextlib.suppress(ConnectionError):
+            await response.write_eof()
         return response
 
     async def _cut_off(self, request: web.Request, response: web.StreamResponse,
@@ -193,8 +199,9 @@ class Proxy:
         log.warning(message)
         if upstream.content_type == "text/event-stream" and upstream.content_length is None:
             separator = b"" if tail.endswith(b"\n\n") or not tail else b"\n\n"
-            await response.write(separator + sse_error_event(message))
-            await response.write_eof()
+            with contextlib.suppress(ConnectionError):
+                await response.write(separator + sse_error_event(message))
+                await response.write_eof()
         elif request.transport is not None:
             request.transport.close()  # the client must not take a cut body for a whole one
 
