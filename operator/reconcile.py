@@ -94,7 +94,7 @@ class BaseModelReconciler:
         self._forget_restarted(ready)
         observations = await observe(admin, ready, self.config.admin_concurrency)
         self.observed = observations
-        reports = {name: obs.adapters for name, obs in observations.items()
+        reports = {name: dict(obs.adapters) for name, obs in observations.items()
                    if obs.adapters is not None}
         silent = self._silent_within_grace(observations)
         views = {view.name: view for view in adapters}
@@ -113,6 +113,8 @@ class BaseModelReconciler:
             elif key not in executed.unreachable:
                 self.refused.pop(key, None)
         self.assigned = dict(plan.placements)
+        for (adapter, pod), reply in executed.loaded.items():  # the PUT answer is news too
+            reports[pod][adapter] = reply
 
         await self._write_table(plan, reports, views, observations)
         phases = await self._write_adapter_statuses(plan, reports, views, executed, now)
@@ -264,7 +266,7 @@ class BaseModelReconciler:
 
     def _announce(self, view: AdapterView, status: Mapping[str, Any]) -> None:
         before, after = view.status.get("phase"), status["phase"]
-        if before == after:
+        if before == after or after == "Loading":
             return
         warning = after == "Failed" or (after == "Pending" and before is not None)
         self.events(view.reference(), "Warning" if warning else "Normal", after,

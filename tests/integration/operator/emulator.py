@@ -7,6 +7,11 @@ needs the first ones (optimistic concurrency on finalizers), the operator's stat
 generation, and the tests need schema validation against `crds/` (jsonschema) and an
 explicit garbage collection by ownerReferences. Runs in its own thread and event loop
 so the operator (a subprocess) and the synchronous tests can both talk to it over HTTP.
+
+kmock matches each request against every past request (its DSL views iterate the
+request log), which is quadratic: thousands of objects would take minutes. So the log
+is trimmed to the requests in flight, and each call is recorded as a small `Call`
+instead (what the RBAC check needs).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import datetime
 import itertools
 import threading
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +61,21 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@dataclass(frozen=True)
+class Call:
+    user_agent: str
+    action: str  # list, watch, fetch, create, update, delete
+    group: str
+    plural: str
+    subresource: str | None
+
+
 @attrs.define(kw_only=True)
 class ClusterEmulator(kmock.KubernetesEmulator):
+    calls: list[Call] = attrs.field(factory=list, init=False)
     _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
     _validators: dict[str, jsonschema.Draft4Validator] = attrs.field(factory=dict, init=False)
+    _in_flight: set[int] = attrs.field(factory=set, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -79,12 +96,21 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 version["schema"]["openAPIV3Schema"])
 
     async def _handle(self, request: kmock.Request) -> Any:
-        if request.resource is not None and request.data is not None:
-            if request.action == kmock.action.CREATE:
-                self._on_create(request)
-            elif request.action == kmock.action.UPDATE:
-                self._on_patch(request)
-        return await super()._handle(request)
+        if request.resource is not None and request.action is not None:
+            self.calls.append(Call(request.headers.get("User-Agent", ""),
+                                   request.action.name.lower(), request.resource.group,
+                                   request.resource.plural, request.subresource))
+        self._in_flight.add(id(request))
+        try:
+            if request.resource is not None and request.data is not None:
+                if request.action == kmock.action.CREATE:
+                    self._on_create(request)
+                elif request.action == kmock.action.UPDATE:
+                    self._on_patch(request)
+            return await super()._handle(request)
+        finally:
+            self._in_flight.discard(id(request))
+            self._requests[:] = [r for r in self._requests if id(r) in self._in_flight]
 
     async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
         """As the API server: `Content-Type: application/json`, no charset (lightkube checks)."""
@@ -173,8 +199,8 @@ class EmulatorThread:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(30)
 
-    def requests(self) -> list[kmock.Request]:
-        return list(self.emulator.requests) if self.emulator else []
+    def calls(self) -> list[Call]:
+        return list(self.emulator.calls) if self.emulator else []
 
     def _main(self) -> None:
         try:

@@ -1,0 +1,216 @@
+"""Operator at scale: 1,000 Adapters onto 8 pods, against the emulated API server.
+
+Measures the time from applying the Adapters until every one is `Ready` (the operator's
+status, which it writes only after a pod confirmed the load), the Kubernetes API calls
+the operator made per adapter, and the admin API calls per adapter. Prints a table and
+writes JSON.
+
+    python -m bench.operator                          # 1,000 adapters, 8 stub pods
+    python -m bench.operator --pod-kind real --adapters 200
+
+Pods are either `stub` (a minimal in-process admin API that confirms every load at once
+and counts calls: it measures the operator alone, not adapter loading) or `real`
+(`loraplex serve` tiny-llama servers with synthetic adapters: end to end, slower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from aiohttp import web
+
+from loraplex.operator import naming
+from tests.integration.operator.emulator import EmulatorThread
+from tests.integration.operator.harness import OperatorProcess, RuntimePods, write_kubeconfig
+from tests.integration.operator.kube import TEST_AGENT, Kube
+
+NAMESPACE, BMD = "bench", "bench"
+STUB_ADDRESS = "127.0.1.{}"  # from .100 up: clear of the integration tests' pods
+
+
+class StubPods:
+    """Admin APIs that load instantly and count what they were asked."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.calls: Counter[str] = Counter()
+        self.held: list[dict[str, dict]] = [{} for _ in range(count)]
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
+
+    def urls(self) -> list[str]:
+        return [f"http://{STUB_ADDRESS.format(100 + i)}:{naming.RUNTIME_PORT}"
+                for i in range(self.count)]
+
+    def start(self) -> StubPods:
+        self._thread.start()
+        self._ready.wait(30)
+        return self
+
+    def stop(self) -> None:
+        if self._loop and self._stop:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def _app(self, held: dict[str, dict]) -> web.Application:
+        async def listing(request: web.Request) -> web.Response:
+            self.calls["GET"] += 1
+            return web.json_response({"adapters": list(held.values())})
+
+        async def put(request: web.Request) -> web.Response:
+            self.calls["PUT"] += 1
+            body, name = await request.json(), request.match_info["name"]
+            held[name] = {"name": name, "source": body["source"], "state": "host",
+                          "pinned": body.get("pinned", False), "rank": 8,
+                          "size_bytes": 1 << 20, "digest": f"sha256:{name}"}
+            return web.json_response(held[name])
+
+        async def delete(request: web.Request) -> web.Response:
+            self.calls["DELETE"] += 1
+            held.pop(request.match_info["name"], None)
+            return web.json_response({"deleted": True})
+
+        app = web.Application()
+        app.router.add_get("/v1/adapters", listing)
+        app.router.add_put("/v1/adapters/{name}", put)
+        app.router.add_delete("/v1/adapters/{name}", delete)
+        return app
+
+    async def _serve(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        runners = []
+        for index, held in enumerate(self.held):
+            runner = web.AppRunner(self._app(held), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, STUB_ADDRESS.format(100 + index),
+                              naming.RUNTIME_PORT).start()
+            runners.append(runner)
+        self._ready.set()
+        await self._stop.wait()
+        for runner in runners:
+            await runner.cleanup()
+
+
+def pod_body(index: int, ip: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"{BMD}-runtime-{index}", "namespace": NAMESPACE,
+                         "labels": naming.common_labels(BMD, naming.COMPONENT_RUNTIME)},
+            "spec": {"containers": [{"name": "runtime", "image": "stub"}]},
+            "status": {"phase": "Running", "podIP": ip,
+                       "conditions": [{"type": "Ready", "status": "True"}],
+                       "containerStatuses": [{"name": "runtime", "restartCount": 0}]}}
+
+
+def run(args: argparse.Namespace) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="bench-operator-"))
+    emulator = EmulatorThread().start()
+    kube = Kube(emulator.url, NAMESPACE)
+    operator = OperatorProcess(write_kubeconfig(work / "kubeconfig", emulator.url, NAMESPACE),
+                               NAMESPACE, work, "--resync-interval-s", str(args.resync),
+                               "--loading-poll-s", "0.5", "--log-level", "warning")
+    stubs = real = None
+    try:
+        operator.start()
+        kube.create("basemodeldeployments", {
+            "apiVersion": naming.API_VERSION, "kind": naming.BMD_KIND,
+            "metadata": {"name": BMD, "namespace": NAMESPACE},
+            "spec": {"model": {"source": "tiny-llama", "loadFormat": "dummy"},
+                     "image": "bench", "replicas": args.pods,
+                     "capacity": {"deviceSlots": 32, "hostBytes": "64Gi", "maxRank": 64}}})
+        while kube.get("secrets", naming.admin_secret_name(BMD)) is None:
+            time.sleep(0.2)
+        if args.pod_kind == "stub":
+            stubs = StubPods(args.pods).start()
+            for index, url in enumerate(stubs.urls()):
+                kube.create("pods", pod_body(index, url.split("//")[1].split(":")[0]))
+            sources = ["/adapters/bench"] * args.adapters
+        else:
+            from loraplex.runtime.adapters.synthetic import write_random_adapter
+            from loraplex.runtime.adapters.target import LoraTargetShapes
+            from loraplex.runtime.models.shapes import shape_config
+
+            target = LoraTargetShapes.from_hf_config(shape_config("tiny-llama"))
+            folders = [write_random_adapter(work / f"a{r}", target, rank=r) for r in (4, 8, 16)]
+            sources = [str(folders[i % 3]) for i in range(args.adapters)]
+            real = RuntimePods(kube, BMD, work, work / "cache")
+            real.add(args.pods)
+        time.sleep(args.resync)  # the pods are known and idle before the clock starts
+        before = len(emulator.calls())
+        started = time.monotonic()
+        for index, source in enumerate(sources):
+            kube.create("adapters", {
+                "apiVersion": naming.API_VERSION, "kind": naming.ADAPTER_KIND,
+                "metadata": {"name": f"a-{index:05d}", "namespace": NAMESPACE},
+                "spec": {"baseModel": BMD, "source": source, "replicas": args.replicas}})
+        applied = time.monotonic() - started
+        ready = 0
+        while ready < args.adapters:
+            if time.monotonic() - started > args.timeout:
+                raise TimeoutError(f"only {ready}/{args.adapters} Ready after {args.timeout} s")
+            time.sleep(0.5)
+            ready = sum((a.get("status") or {}).get("phase") == "Ready"
+                        for a in kube.list("adapters"))
+        elapsed = time.monotonic() - started
+        calls = Counter()
+        for call in emulator.calls()[before:]:
+            if call.user_agent != TEST_AGENT:
+                sub = f"/{call.subresource}" if call.subresource else ""
+                calls[f"{call.action} {call.plural}{sub}"] += 1
+        return {
+            "adapters": args.adapters, "pods": args.pods, "replicas": args.replicas,
+            "pod_kind": args.pod_kind, "resync_s": args.resync,
+            "apply_s": round(applied, 2), "all_ready_s": round(elapsed, 2),
+            "k8s_calls": sum(calls.values()),
+            "k8s_calls_per_adapter": round(sum(calls.values()) / args.adapters, 2),
+            "k8s_calls_by_kind": dict(calls.most_common()),
+            "admin_calls": dict(stubs.calls) if stubs else None,
+            "admin_calls_per_adapter": (round(sum(stubs.calls.values()) / args.adapters, 2)
+                                        if stubs else None),
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "python": platform.python_version(),
+        }
+    finally:
+        operator.stop()
+        if stubs:
+            stubs.stop()
+        if real:
+            real.stop_all()
+        kube.close()
+        emulator.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--adapters", type=int, default=1000)
+    parser.add_argument("--pods", type=int, default=8)
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--pod-kind", choices=("stub", "real"), default="stub")
+    parser.add_argument("--resync", type=float, default=5.0)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--output", default="bench/results/operator.json")
+    result = run(parser.parse_args())
+    print(f"{'adapters':>9} {'pods':>5} {'kind':>5} {'apply s':>8} {'all Ready s':>12} "
+          f"{'k8s calls/adapter':>18} {'admin calls/adapter':>20}")
+    print(f"{result['adapters']:>9} {result['pods']:>5} {result['pod_kind']:>5} "
+          f"{result['apply_s']:>8} {result['all_ready_s']:>12} "
+          f"{result['k8s_calls_per_adapter']:>18} {result['admin_calls_per_adapter']!s:>20}")
+    for kind, count in result["k8s_calls_by_kind"].items():
+        print(f"  {kind:<40} {count}")
+    output = Path(result_path := parser.parse_args().output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {result_path}")
+
+
+if __name__ == "__main__":
+    main()
