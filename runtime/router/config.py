@@ -38,8 +38,7 @@ class RouterConfig:
     kube_api_url: str = setting("", help="Kubernetes API URL (default: in-cluster address "
                                 "with the service account token)")
     placements_poll_s: float = setting(1.0, help="seconds between checks of --placements-file")
-    admin_token: str = setting("", help="bearer token for the pods' GET /v1/adapters "
-                               "(LORAPLEX_ADMIN_TOKEN)")
+    admin_token: str = setting("", help="bearer token for the pods' GET /v1/adapters")
     pod_poll_s: float = setting(2.0, help="seconds between polls of each pod's /ready, "
                                 "/metrics and /v1/adapters")
     policy: str = setting("affinity", help="affinity: pods holding the adapter first; "

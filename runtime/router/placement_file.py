@@ -1,14 +1,15 @@
 """Follows the placement table as a file: the operator's ConfigMap mounted in the router's
-pod. Kubernetes swaps a mounted ConfigMap's files atomically (a symlink flip), so the
-file is re-read whenever its (inode, size, mtime) changes. A missing or invalid file
-keeps the last good table: the router never forgets pods because of a bad write.
+pod. Kubernetes swaps a mounted ConfigMap's files atomically (a symlink flip); the file is
+read on every poll and parsed when its bytes changed (a table of thousands of adapters is
+a few hundred KiB: cheap to read, and no mtime granularity can hide a change). A missing
+or invalid file keeps the last good table: the router never forgets pods because of a
+bad write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 
 from loraplex.runtime.router.metrics import RouterMetrics
@@ -24,26 +25,27 @@ class PlacementFile:
         self.on_table = on_table
         self.metrics = metrics
         self.interval_s = interval_s
-        self._signature: tuple[int, int, int] | None = None
+        self._content: bytes | None = None  # the bytes last read
+        self._unreadable = False  # reported as unreadable, until it can be read again
 
     def check(self) -> bool:
-        """Re-read the file if it changed; True when a new table was applied."""
-        try:
-            stat = os.stat(self.path)
-        except OSError as error:
-            if self._signature != (0, 0, 0):
-                log.warning("placement file %s unreadable: %s", self.path, error)
-                self.metrics.placement_reloads.labels("error").inc()
-                self._signature = (0, 0, 0)
-            return False
-        signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        if signature == self._signature:
-            return False
-        self._signature = signature
+        """Re-read the file; True when a new table was applied."""
         try:
             with open(self.path, "rb") as handle:
-                table = parse_placements(handle.read())
-        except (OSError, PlacementError) as error:
+                content = handle.read()
+        except OSError as error:
+            if not self._unreadable:
+                log.warning("placement file %s unreadable: %s", self.path, error)
+                self.metrics.placement_reloads.labels("error").inc()
+                self._unreadable, self._content = True, None
+            return False
+        self._unreadable = False
+        if content == self._content:
+            return False
+        self._content = content
+        try:
+            table = parse_placements(content)
+        except PlacementError as error:
             log.error("placement file %s rejected, keeping the last table: %s", self.path, error)
             self.metrics.placement_reloads.labels("error").inc()
             return False
