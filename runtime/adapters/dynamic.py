@@ -11,6 +11,7 @@ folder is refused.
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 from loraplex.runtime.adapters.errors import AdapterError
@@ -41,6 +42,11 @@ def request_source(adapter_id: str, adapter_source: str | None) -> AdapterSource
         raise AdapterError("bad_source", f"adapter_source {adapter_source!r} is not supported; "
                            "use hub, s3 or local")
     return parse_source(adapter_id if adapter_id.startswith(scheme) else scheme + adapter_id)
+
+
+def dynamic_name(source: AdapterSource) -> str:
+    """The name a request-loaded adapter gets when its id is not a usable name."""
+    return "dynamic-" + hashlib.sha256(source.uri.encode()).hexdigest()[:16]
 
 
 def hub_guess(adapter_id: str) -> AdapterSource | None:

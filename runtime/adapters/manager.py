@@ -22,31 +22,38 @@ adapters competing for one slot do not evict each other on every step.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from loraplex.runtime.adapters.disk_cache import DiskCache
-from loraplex.runtime.adapters.dynamic import DynamicPolicy, hub_guess, request_source
+from loraplex.runtime.adapters.dynamic import (
+    DynamicPolicy,
+    dynamic_name,
+    hub_guess,
+    request_source,
+)
 from loraplex.runtime.adapters.errors import AdapterError, AdapterNotFound
+from loraplex.runtime.adapters.loader import LoadOutcome, load_adapter
 from loraplex.runtime.adapters.lru import LruBudget
 from loraplex.runtime.adapters.naming import is_valid_adapter_name, validate_adapter_name
-from loraplex.runtime.adapters.peft_format import load_peft_adapter
 from loraplex.runtime.adapters.records import (
     PRELOADS,
     AdapterInfo,
     AdapterLease,
     AdapterRecord,
 )
+from loraplex.runtime.adapters.slot_table import SlotTable
 from loraplex.runtime.adapters.slots import DeviceSlotPool, SlotCopy
 from loraplex.runtime.adapters.source import AdapterSource, SourceCredentials, parse_source
 from loraplex.runtime.adapters.stats import AdapterStats
 from loraplex.runtime.adapters.target import LoraTargetShapes
+from loraplex.runtime.adapters.weights import AdapterWeights
 from loraplex.runtime.config import EngineConfig
 
 log = logging.getLogger(__name__)
@@ -70,7 +77,8 @@ class AdapterManager:
         self._lock = threading.RLock()
         self._adapters: dict[str, AdapterRecord] = {}
         self._retiring: list[AdapterRecord] = []  # gone from the table, leases outstanding
-        self._slot_owner: list[AdapterRecord | None] = [None] * config.device_slots
+        self._slots = SlotTable(config.device_slots)
+        self._preloads: dict[str, AdapterRecord] = {}  # preload="device" not reached yet
         self._stats = AdapterStats()
         self._loads = ThreadPoolExecutor(config.load_workers, thread_name_prefix="adapter-load")
         self._copies = ThreadPoolExecutor(1, thread_name_prefix="adapter-copy")
@@ -90,7 +98,7 @@ class AdapterManager:
             if record is not None and record.source.uri == parsed.uri:
                 record.pinned, record.preload, record.dynamic = pinned, preload, False
                 record.credentials = credentials or record.credentials
-                record.preload_pending = preload == "device"
+                self._set_preload(record)
                 reload = preload is not None and record.weights is None and not record.slot_ready
                 if record.state == "error" or reload:
                     self._start_load(record)
@@ -98,7 +106,7 @@ class AdapterManager:
                 if record is not None:
                     self._retire(record)
                 record = AdapterRecord(name, parsed, credentials, pinned, preload, dynamic=False)
-                record.preload_pending = preload == "device"
+                self._set_preload(record)
                 self._adapters[name] = record
                 self._start_load(record)
             info = record.info()
@@ -152,7 +160,7 @@ class AdapterManager:
                     f"adapter {adapter_id!r} is not registered, and loading {source.uri} on "
                     "request is not allowed (see --allow-dynamic-adapters)")
             name = adapter_id if (is_valid_adapter_name(adapter_id)
-                                  and adapter_id not in self._adapters) else _dynamic_name(source)
+                                  and adapter_id not in self._adapters) else dynamic_name(source)
             credentials = SourceCredentials(hf_token=api_token) if api_token else None
             record = AdapterRecord(name, source, credentials, pinned=False, preload=None,
                                    dynamic=True)
@@ -163,7 +171,7 @@ class AdapterManager:
     def stats(self) -> AdapterStats:
         with self._lock:
             snapshot = self._stats.copy()
-            on_device = [r for r in self._slot_owner if r is not None and r.slot_ready]
+            on_device = self._slots.ready()
             snapshot.resident = {"disk": len(self.disk), "host": len(self._host),
                                  "device": len(on_device)}
             snapshot.resident_bytes = {"disk": self.disk.used_bytes,
@@ -185,8 +193,7 @@ class AdapterManager:
         """
         with self._lock:
             record = self._live(name)
-            if record.state == "error":
-                raise record.error
+            self._raise_if_failed(record)
             record.touch()
             if record.slot is not None:
                 self._refresh_copy(record)
@@ -202,11 +209,12 @@ class AdapterManager:
         """Take a lease (per running sequence): the adapter stays resident until released."""
         with self._lock:
             record = self._live(name)
-            if record.state == "error":
-                raise record.error
+            self._raise_if_failed(record)
             record.refcount += 1
             record.touch()
             self._host.touch(record)
+            if record.slot is not None:
+                self._refresh_copy(record)
             return AdapterLease(name, record.slot if record.slot_ready else None, record)
 
     def release(self, lease: AdapterLease) -> None:
@@ -223,11 +231,10 @@ class AdapterManager:
     def poll(self) -> None:
         """Advance finished device copies and device preloads. Never blocks."""
         with self._lock:
-            for record in list(self._slot_owner):
-                if record is not None and not record.slot_ready:
-                    self._refresh_copy(record)
-            for record in list(self._adapters.values()):
-                if not record.preload_pending or record.state == "error" or record.slot is not None:
+            for record in self._slots.copying():
+                self._refresh_copy(record)
+            for record in list(self._preloads.values()):
+                if record.retired or record.state == "error" or record.slot is not None:
                     continue
                 if record.weights is None:
                     self._start_load(record)
@@ -242,6 +249,11 @@ class AdapterManager:
             raise AdapterNotFound(f"adapter {name!r} is not registered")
         return record
 
+    @staticmethod
+    def _raise_if_failed(record: AdapterRecord) -> None:
+        if record.state == "error":  # a fresh exception: re-raising one would grow its traceback
+            raise AdapterError(record.error.reason, str(record.error))
+
     def _start_load(self, record: AdapterRecord) -> None:
         if record.load is not None:
             return
@@ -255,48 +267,30 @@ class AdapterManager:
             self._start_load(record)
 
     def _load_job(self, record: AdapterRecord) -> None:
-        """Worker: fetch to disk, parse, pin. Publishes the result under the lock."""
-        where = f"adapter {record.name!r} ({record.source.uri})"
-        fetched = None
-        weights, error = None, None
-        parse_seconds = 0.0
-        try:
-            if record.source.is_remote:
-                fetched = self.disk.fetch(record.source, record.credentials)
-                folder = fetched.folder
-            else:
-                folder = Path(record.source.location)
-            started = time.monotonic()
-            weights = load_peft_adapter(folder, self.target, self.config.max_lora_rank, where)
-            if self.device.type == "cuda":
-                weights = weights.pin_memory()
-            parse_seconds = time.monotonic() - started
-        except AdapterError as refused:
-            error = refused
-        except Exception as unexpected:  # a bug or an OS error must not escape the worker
-            log.exception("loading %s failed", where)
-            error = AdapterError("load_failed", f"{where}: {type(unexpected).__name__}: "
-                                 f"{unexpected}")
-        finally:
-            if fetched is not None:
-                self.disk.release(fetched.key)
+        outcome = load_adapter(record.name, record.source, record.credentials, self.disk,
+                               self.target, self.config.max_lora_rank,
+                               pin_memory=self.device.type == "cuda")
         with self._lock:
-            record.load = None
-            if record.retired:
-                return
-            if fetched is not None and fetched.downloaded:
-                self._stats.record_load("disk", fetched.seconds)
-            if error is not None:
-                log.warning("adapter %r refused: %s", record.name, error)
-                record.state, record.error, record.error_at = "error", error, time.monotonic()
-                self._stats.failures += 1
-                return
-            self._stats.record_load("host", parse_seconds)
-            record.weights = weights
-            record.digest, record.rank = weights.digest, weights.rank
-            record.size_bytes = weights.size_bytes
-            record.state = "device" if record.slot_ready else "host"
-            self._admit_host(record)
+            self._publish_load(record, outcome)
+
+    def _publish_load(self, record: AdapterRecord, outcome: LoadOutcome) -> None:
+        record.load = None
+        if record.retired:
+            return
+        if outcome.fetched is not None and outcome.fetched.downloaded:
+            self._stats.record_load("disk", outcome.fetched.seconds)
+        if outcome.error is not None:
+            log.warning("adapter %r refused: %s", record.name, outcome.error)
+            record.state, record.error = "error", outcome.error
+            record.error_at = time.monotonic()
+            self._stats.failures += 1
+            return
+        weights = outcome.weights
+        self._stats.record_load("host", outcome.parse_seconds)
+        record.weights, record.digest, record.rank = weights, weights.digest, weights.rank
+        record.size_bytes = weights.size_bytes
+        record.state = "device" if record.slot_ready else "host"
+        self._admit_host(record)
 
     def _admit_host(self, record: AdapterRecord) -> None:
         self._host.add(record, record.size_bytes or 0)
@@ -308,28 +302,23 @@ class AdapterManager:
             self._stats.evictions["host"] += 1
 
     def _assign_slot(self, record: AdapterRecord) -> bool:
-        """Give `record` a slot (free, or the least recently used idle one) and start the copy."""
-        slot = next((s for s, owner in enumerate(self._slot_owner) if owner is None), None)
-        if slot is None:
-            now = time.monotonic()
-            idle = [r for r in self._slot_owner
-                    if r is not None and r.slot_ready and r.refcount == 0 and not r.pinned
-                    and now - r.last_used >= self.slot_grace_s]
-            if not idle:
-                return False
-            victim = min(idle, key=lambda r: r.last_used)
-            slot = victim.slot
-            victim.slot, victim.slot_ready = None, False
+        """Give `record` a slot (free, or the least recently used idle one); start the copy."""
+        choice = self._slots.choose(time.monotonic(), self.slot_grace_s)
+        if choice is None:
+            return False
+        slot, victim = choice
+        if victim is not None:
+            self._slots.free(victim)
             victim.state = "host" if victim.weights is not None else "disk"
             self._stats.evictions["device"] += 1
-        record.slot, record.slot_ready, record.slot_copy = slot, False, None
+        self._slots.assign(slot, record)
         record.copy_started = time.monotonic()
-        self._slot_owner[slot] = record
         fence = self.pool.fence()
         self._copies.submit(self._copy_job, record, slot, record.weights, fence)
         return True
 
-    def _copy_job(self, record: AdapterRecord, slot: int, weights, fence) -> None:
+    def _copy_job(self, record: AdapterRecord, slot: int, weights: AdapterWeights,
+                  fence: Any) -> None:
         """Copy thread: write the slot (async on CUDA); `_refresh_copy` notices completion."""
         try:
             copy = self.pool.write(slot, weights, after=fence)
@@ -348,14 +337,23 @@ class AdapterManager:
             return
         record.slot_copy = None
         if record.state == "error" or (record.retired and record.refcount == 0):
-            self._free_slot(record)
+            self._slots.free(record)
             return
-        record.slot_ready, record.preload_pending = True, False
+        record.slot_ready = True
         record.state = "device"
+        self._preloads.pop(record.name, None)
         self._stats.record_load("device", time.monotonic() - record.copy_started)
+
+    def _set_preload(self, record: AdapterRecord) -> None:
+        if record.preload == "device" and not record.slot_ready:
+            self._preloads[record.name] = record
+        else:
+            self._preloads.pop(record.name, None)
 
     def _retire(self, record: AdapterRecord) -> str:
         record.retired = True
+        if self._preloads.get(record.name) is record:
+            del self._preloads[record.name]
         if record.load is not None:
             record.load.cancel()
         if record.refcount > 0:
@@ -370,12 +368,8 @@ class AdapterManager:
         self._host.remove(record)
         record.weights = None
         if record.slot is not None and record.slot_ready:
-            self._free_slot(record)
+            self._slots.free(record)
         # a copy still in flight frees its slot when `_refresh_copy` sees it finish
-
-    def _free_slot(self, record: AdapterRecord) -> None:
-        self._slot_owner[record.slot] = None
-        record.slot, record.slot_ready = None, False
 
     def _sync_disk_pin(self, source: AdapterSource) -> None:
         """Pin a downloaded folder while any registration of its source is pinned."""
@@ -386,6 +380,3 @@ class AdapterManager:
                          if r.source.uri == source.uri)
         self.disk.set_pinned(DiskCache.key(source), pinned)
 
-
-def _dynamic_name(source: AdapterSource) -> str:
-    return "dynamic-" + hashlib.sha256(source.uri.encode()).hexdigest()[:16]

@@ -67,7 +67,6 @@ class AdapterRecord:
     slot_copy: SlotCopy | None = None  # set while the slot is being written
     slot_ready: bool = False
     copy_started: float = 0.0
-    preload_pending: bool = False  # preload="device" not reached yet (one-shot hint)
     refcount: int = 0
     retired: bool = False  # unregistered or replaced; freed at the last release
     last_used: float = field(default_factory=time.monotonic)
