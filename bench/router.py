@@ -99,6 +99,17 @@ def body(max_new_tokens: int, adapter: str | None = None) -> dict:
     return {"inputs": PROMPT, "parameters": parameters}
 
 
+def wait_ready(url: str, what: str) -> None:
+    for _ in range(300):
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not start")
+
+
 @contextmanager
 def router(*args: str, log_dir: Path):
     command = [sys.executable, "-m", "loraplex.cli", "router", "--host", ROUTER_HOST,
@@ -107,14 +118,7 @@ def router(*args: str, log_dir: Path):
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://{ROUTER_HOST}:{PORT}"
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError("router did not start; see " + str(log_dir / "router.log"))
+        wait_ready(url + "/ready", "router; see " + str(log_dir / "router.log"))
         yield url, process.pid
     finally:
         process.send_signal(signal.SIGTERM)
@@ -157,12 +161,7 @@ def stubs(delay_ms: float):
     urls = [f"http://{host}:{STUB_PORT}" for host in POD_HOSTS]
     try:
         for url in urls:
-            for _ in range(300):
-                try:
-                    httpx.get(url + "/ready", timeout=1)
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.1)
+            wait_ready(url + "/ready", "stand-in pod")
         yield urls
     finally:
         for process in processes:
