@@ -93,6 +93,7 @@ class RouterService:
         self._proxy = Proxy(self.pool, self._session, self.metrics,
                             max_attempts=config.max_attempts)
         loops = [PodPoller(self.pool, self._session, self.metrics, interval_s=config.pod_poll_s,
+                           timeout_s=config.pod_poll_timeout_s,
                            admin_token=config.admin_token).run()]
         if config.placements_file:
             placement_file = PlacementFile(config.placements_file, self.pool.set_table,

@@ -41,6 +41,8 @@ class RouterConfig:
     admin_token: str = setting("", help="bearer token for the pods' GET /v1/adapters")
     pod_poll_s: float = setting(2.0, help="seconds between polls of each pod's /ready, "
                                 "/metrics and /v1/adapters")
+    pod_poll_timeout_s: float = setting(5.0, help="seconds a poll may take; a pod whose "
+                                        "polls time out 3 times in a row is marked down")
     policy: str = setting("affinity", help="affinity: pods holding the adapter first; "
                           "least-loaded: ignore adapters; random: uniform (for comparisons)",
                           choices=POLICIES)
@@ -61,8 +63,8 @@ class RouterConfig:
             raise ValueError(f"port must be in 1..65535, got {self.port}")
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
-        positive = ("placements_poll_s", "pod_poll_s", "max_attempts", "connect_timeout_s",
-                    "read_timeout_s", "max_body_bytes")
+        positive = ("placements_poll_s", "pod_poll_s", "pod_poll_timeout_s", "max_attempts",
+                    "connect_timeout_s", "read_timeout_s", "max_body_bytes")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -22,6 +22,7 @@ class Pod:
     resident: frozenset[str] = frozenset()  # adapters the pod reported (loading or loaded)
     served: set[str] = field(default_factory=set)  # adapters served here since that report
     base_model: str = ""  # the model id the pod reports, once known
+    poll_timeouts: int = 0  # polls in a row that timed out
 
     @property
     def load(self) -> int:

@@ -24,16 +24,19 @@ from loraplex.runtime.router.pool import PodPool
 
 log = logging.getLogger(__name__)
 POLL_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
+# A pod that does not answer in time may only be busy: it is marked down after this many
+# polls in a row time out (one that refuses connections is marked down at once).
+TIMEOUTS_BEFORE_DOWN = 3
 
 
 class PodPoller:
     def __init__(self, pool: PodPool, session: aiohttp.ClientSession, metrics: RouterMetrics,
-                 *, interval_s: float, admin_token: str = "") -> None:
+                 *, interval_s: float, timeout_s: float = 5.0, admin_token: str = "") -> None:
         self.pool = pool
         self.session = session
         self.metrics = metrics
         self.interval_s = interval_s
-        self.timeout = aiohttp.ClientTimeout(total=max(1.0, interval_s))
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.admin_headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
         self._warned_admin: set[str] = set()
 
@@ -56,11 +59,14 @@ class PodPoller:
             if not pod.base_model:
                 pod.base_model = await self._base_model(pod)
         except POLL_ERRORS as error:
-            if pod.up:
+            pod.poll_timeouts += isinstance(error, asyncio.TimeoutError)
+            down = (pod.poll_timeouts >= TIMEOUTS_BEFORE_DOWN
+                    or not isinstance(error, asyncio.TimeoutError))
+            if pod.up and down:
                 log.warning("pod %s unreachable: %s: %s", pod.url, type(error).__name__, error)
-            pod.up = False
+                pod.up = False
             return
-        pod.up, pod.ready = True, ready
+        pod.up, pod.ready, pod.poll_timeouts = True, ready, 0
         pod.waiting, pod.running = gauges.waiting, gauges.running
         if adapters is not None:
             pod.report_residency(adapters)
