@@ -89,16 +89,28 @@ def _load_base(model_folder: Path):
 
 
 def _greedy_with(model) -> Greedy:
-    """Greedy decoding that ignores EOS: the oracle for `ignore_eos_token` requests."""
+    """Greedy decoding that ignores EOS: the oracle for `ignore_eos_token` requests.
+
+    Results are kept per prompt (a greedy continuation's prefix is the shorter one), and
+    the loop uses the model's KV cache, so repeated questions cost nothing.
+    """
     import torch
 
+    known: dict[tuple[int, ...], list[int]] = {}
+
     def greedy(prompt_ids: list[int], num_tokens: int) -> list[int]:
-        ids = torch.tensor([prompt_ids])
-        with torch.no_grad():
-            for _ in range(num_tokens):
-                next_id = model(ids).logits[0, -1].argmax()
-                ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
-        return ids[0, len(prompt_ids):].tolist()
+        done = known.get(tuple(prompt_ids), [])
+        if len(done) < num_tokens:
+            done, past = [], None
+            step_input = torch.tensor([prompt_ids])
+            with torch.no_grad():
+                for _ in range(num_tokens):
+                    output = model(step_input, past_key_values=past, use_cache=True)
+                    past = output.past_key_values
+                    done.append(int(output.logits[0, -1].argmax()))
+                    step_input = torch.tensor([[done[-1]]])
+            known[tuple(prompt_ids)] = done
+        return done[:num_tokens]
     return greedy
 
 
