@@ -23,26 +23,16 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
 from .checks import check_expand_args, check_shrink_args
+from .configs import KernelConfig, expand_config, num_sms, shrink_config
 from .segments import LoraSegments
 
 INTERPRETER_ENV = "TRITON_INTERPRET"
-
-
-@dataclass(frozen=True)
-class KernelConfig:
-    block_m: int
-    block_n: int
-    block_k: int
-    split_k: int = 1
-    num_warps: int = 4
-    num_stages: int = 2
 
 
 @triton.jit
@@ -193,7 +183,7 @@ def sgmv_shrink(
     v = torch.zeros(x.shape[0], num_slices, max_rank, dtype=torch.float32, device=x.device)
     if not segments.has_lora:
         return v
-    config = config or shrink_config(segments, max_rank, d_in, num_slices, _num_sms(x.device))
+    config = config or shrink_config(segments, max_rank, d_in, num_slices, num_sms(x.device))
     tiles = segments.kernel_tiles(config.block_m)
     k_per_split = triton.cdiv(triton.cdiv(d_in, config.split_k), config.block_k) * config.block_k
     split_k = triton.cdiv(d_in, k_per_split)  # no empty splits
@@ -277,37 +267,6 @@ def sgmv_expand(
     )
 
 
-def shrink_config(
-    segments: LoraSegments, max_rank: int, d_in: int, num_slices: int, num_sms: int
-) -> KernelConfig:
-    """Tile sizes for the shrink (vLLM's defaults as a start: block_n 16, big block_k
-    and split-K for small batches), with split-K sized to fill the GPU."""
-    block_m = row_block(segments)
-    block_n = 16
-    block_k = 256 if segments.num_rows < 128 else 64
-    num_ctas = segments.kernel_tiles(block_m).num_tiles * num_slices
-    num_ctas *= triton.cdiv(max_rank, block_n)
-    wanted = triton.cdiv(4 * num_sms, num_ctas)
-    split_k = max(1, min(wanted, triton.cdiv(d_in, block_k), 64))
-    return KernelConfig(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split_k)
-
-
-def expand_config(segments: LoraSegments, max_rank: int, num_slices: int) -> KernelConfig:
-    """Tile sizes for the expand: wide column blocks, and up to 64 of the rank per step.
-
-    Loads past a slot's rank are masked off and fetch nothing, so a rank block wider than
-    the rank costs no bandwidth, while each row of B is read in one contiguous piece.
-    """
-    block_n = 128 if num_slices == 1 else 64
-    block_k = min(64, max(16, triton.next_power_of_2(max_rank)))
-    return KernelConfig(block_m=row_block(segments), block_n=block_n, block_k=block_k)
-
-
-def row_block(segments: LoraSegments) -> int:
-    """Rows per tile: enough for the busiest slot, 16..64 (16 is the smallest dot tile)."""
-    return min(64, max(16, triton.next_power_of_2(segments.max_rows_per_slot)))
-
-
 def _check_device(tensor: torch.Tensor) -> None:
     if not tensor.is_cuda and os.environ.get(INTERPRETER_ENV) != "1":
         raise ValueError(
@@ -325,10 +284,3 @@ def _dot_precision(dtype: torch.dtype) -> str:
 def _slice_offsets_tensor(offsets: tuple[int, ...], device: torch.device) -> torch.Tensor:
     # a model has a handful of slice layouts: each is copied to the device once
     return torch.tensor(offsets, dtype=torch.int32, device=device)
-
-
-@functools.lru_cache(maxsize=16)
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
+from loraplex.runtime.kernels.configs import KernelConfig
 from loraplex.runtime.kernels.segments import LoraSegments
 
 
@@ -35,7 +36,7 @@ def shrink(
 ) -> torch.Tensor:
     from loraplex.runtime.kernels import sgmv
 
-    config = sgmv.KernelConfig(**config_fields) if config_fields else None
+    config = KernelConfig(**config_fields) if config_fields else None
     segments = LoraSegments.from_lists(*segment_lists)
     return sgmv.sgmv_shrink(x, lora_a, segments, ranks, config=config)
 
@@ -51,7 +52,7 @@ def expand(
 ) -> torch.Tensor:
     from loraplex.runtime.kernels import sgmv
 
-    config = sgmv.KernelConfig(**config_fields) if config_fields else None
+    config = KernelConfig(**config_fields) if config_fields else None
     segments = LoraSegments.from_lists(*segment_lists)
     sgmv.sgmv_expand(y, v, lora_b, slice_offsets, segments, ranks, config=config)
     return y

@@ -15,6 +15,7 @@ import os
 import pytest
 import torch
 
+from loraplex.runtime.kernels.configs import expand_config, shrink_config
 from loraplex.runtime.kernels.segments import LoraSegments
 
 triton = pytest.importorskip("triton")
@@ -74,8 +75,8 @@ def assert_runs_on(compiled, capability: int) -> None:
 @pytest.mark.parametrize(("name", "rows", "adapters", "d_in", "num_slices"), SCENARIOS)
 def test_kernels_compile_with_chosen_configs(name, rows, adapters, d_in, num_slices, capability):
     segments = batch(rows, adapters)
-    shrink = sgmv.shrink_config(segments, MAX_RANK, d_in, num_slices, num_sms=H100_SMS)
-    expand = sgmv.expand_config(segments, MAX_RANK, num_slices)
+    shrink = shrink_config(segments, MAX_RANK, d_in, num_slices, num_sms=H100_SMS)
+    expand = expand_config(segments, MAX_RANK, num_slices)
 
     shrink_binary = compile_kernel(
         sgmv._sgmv_shrink_kernel,

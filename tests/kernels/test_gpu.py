@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from loraplex.runtime.kernels import lora_apply
+from loraplex.runtime.kernels.configs import shrink_config
 from loraplex.runtime.kernels.segments import LoraSegments
 from tests.kernels.problems import LoraProblem, make_problem, segments_of
 from tests.kernels.reference import expand_ref, lora_ref, shrink_ref
@@ -84,12 +85,10 @@ def test_triton_matches_reference(group: str, layout_name: str, dtype: torch.dty
 
 
 def test_decode_uses_split_k_and_fp32_is_exact() -> None:
-    from loraplex.runtime.kernels import sgmv
-
     problem = gpu_problem("qkv", "decode", torch.float32, seed=1)
     segments = problem.segments("cuda")
     num_sms = torch.cuda.get_device_properties(0).multi_processor_count
-    config = sgmv.shrink_config(segments, MAX_RANK, 4096, 3, num_sms)
+    config = shrink_config(segments, MAX_RANK, 4096, 3, num_sms)
     assert config.split_k > 1  # the atomic reduction is what runs here
     y = problem.y.clone()
 

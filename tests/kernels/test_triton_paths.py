@@ -14,6 +14,7 @@ import sys
 import pytest
 import torch
 
+from loraplex.runtime.kernels.configs import KernelConfig
 from tests.kernels import interpreter_worker
 from tests.kernels.backends import InterpretedTritonBackend
 from tests.kernels.reference import expand_ref, shrink_ref
@@ -29,8 +30,6 @@ FORCED = {  # name: KernelConfig fields
 @pytest.mark.parametrize("layout", ["long_segment", "decode_shuffled"])
 @pytest.mark.parametrize("config_name", FORCED)
 def test_forced_configs_match_reference(interpreter_executor, layout: str, config_name) -> None:
-    from loraplex.runtime.kernels.sgmv import KernelConfig
-
     config = KernelConfig(**FORCED[config_name])
     case = Case(layout, "o", torch.float32)  # d_in 129: splits end mid-block
     problem = build(case, seed=3)

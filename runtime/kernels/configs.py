@@ -1,0 +1,72 @@
+"""Tile sizes of the SGMV kernels, chosen per call from the batch's shape.
+
+Kept apart from the kernels so that they can be read, tested and tuned without Triton.
+The starting points are vLLM's tuned LoRA defaults (shrink: block_n 16, a long block_k
+and split-K for small batches; expand: wide column blocks); they have not been tuned on
+our GPUs yet (`bench/kernels.py` measures them).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from .segments import LoraSegments
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    block_m: int
+    block_n: int
+    block_k: int
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def shrink_config(
+    segments: LoraSegments, max_rank: int, d_in: int, num_slices: int, num_sms: int
+) -> KernelConfig:
+    """Tile sizes for the shrink (vLLM's defaults as a start: block_n 16, big block_k
+    and split-K for small batches), with split-K sized to fill the GPU."""
+    block_m = row_block(segments)
+    block_n = 16
+    block_k = 256 if segments.num_rows < 128 else 64
+    num_ctas = segments.kernel_tiles(block_m).num_tiles * num_slices
+    num_ctas *= _cdiv(max_rank, block_n)
+    wanted = _cdiv(4 * num_sms, num_ctas)
+    split_k = max(1, min(wanted, _cdiv(d_in, block_k), 64))
+    return KernelConfig(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split_k)
+
+
+def expand_config(segments: LoraSegments, max_rank: int, num_slices: int) -> KernelConfig:
+    """Tile sizes for the expand: wide column blocks, and up to 64 of the rank per step.
+
+    Loads past a slot's rank are masked off and fetch nothing, so a rank block wider than
+    the rank costs no bandwidth, while each row of B is read in one contiguous piece.
+    """
+    block_n = 128 if num_slices == 1 else 64
+    block_k = min(64, max(16, _next_power_of_2(max_rank)))
+    return KernelConfig(block_m=row_block(segments), block_n=block_n, block_k=block_k)
+
+
+def row_block(segments: LoraSegments) -> int:
+    """Rows per tile: enough for the busiest slot, 16..64 (16 is the smallest dot tile)."""
+    return min(64, max(16, _next_power_of_2(segments.max_rows_per_slot)))
+
+
+@functools.lru_cache(maxsize=16)
+def num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
