@@ -121,7 +121,9 @@ class LoraSegments:
 
     @property
     def max_slot(self) -> int:
-        return max(self.slot_list, default=NO_ADAPTER)
+        if "max_slot" not in self._cache:
+            self._cache["max_slot"] = max(self.slot_list, default=NO_ADAPTER)
+        return self._cache["max_slot"]
 
     @property
     def max_rows_per_slot(self) -> int:

@@ -179,7 +179,7 @@ def sgmv_shrink(
     """
     check_shrink_args(x, lora_a, segments, ranks)
     _check_device(x)
-    num_slots, num_slices, max_rank, d_in = lora_a.shape
+    _, num_slices, max_rank, d_in = lora_a.shape
     v = torch.zeros(x.shape[0], num_slices, max_rank, dtype=torch.float32, device=x.device)
     if not segments.has_lora:
         return v

@@ -61,7 +61,7 @@ def sgmv_shrink(
 ) -> torch.Tensor:
     """`v[t, s, :rank] = x[t] @ A[slot, s, :rank].T`; zeros elsewhere. Returns fp32 [T, n, R]."""
     check_shrink_args(x, lora_a, segments, ranks)
-    num_slots, num_slices, max_rank, _ = lora_a.shape
+    _, num_slices, max_rank, _ = lora_a.shape
     v = torch.zeros(x.shape[0], num_slices, max_rank, dtype=torch.float32, device=x.device)
     if not segments.has_lora:
         return v
