@@ -47,12 +47,28 @@ class Conflict(ApiError):
     openai_type = "invalid_request_error"
 
 
+class NoAdapters:
+    """Stands in for the manager of an engine built without LoRA support: it holds no
+    adapter and refuses every registration, so the admin API still answers in 4xx."""
+
+    def list(self) -> list[Any]:
+        return []
+
+    def get(self, name: str) -> Any:
+        raise UnknownAdapter(f"adapter {name!r} is not registered")
+
+    def register(self, name: str, source: str, **_: Any) -> Any:
+        raise AdapterError("unsupported", "this engine cannot serve LoRA adapters")
+
+    def unregister(self, name: str) -> Any:
+        raise UnknownAdapter(f"adapter {name!r} is not registered")
+
+
 def _manager(request: Request) -> Any:
     engine = state_of(request).engine
-    manager = getattr(engine, "adapters", None)
-    if manager is None:
+    if engine is None:
         raise NotReady("adapters cannot be managed yet: the model is still loading")
-    return manager
+    return getattr(engine, "adapters", None) or NoAdapters()
 
 
 def adapter_json(info: Any) -> dict[str, Any]:
