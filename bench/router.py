@@ -1,21 +1,23 @@
-"""What the router costs and what its affinity buys, against real pods on loopback.
+"""What the router costs and what its affinity buys, on loopback.
 
-1. Overhead: closed-loop clients send `/generate` to the pods directly (round-robin) and
-   through the router, at several concurrencies; the router's added latency is the
-   difference of the latency percentiles, its throughput cost the ratio of requests/s.
+1. Overhead: closed-loop clients send `/generate` to three upstreams directly (client i to
+   upstream i mod 3) and through one router, at several concurrencies. Twice: against
+   stand-in pods that answer after a fixed delay using next to no CPU (the router's own
+   cost, plus its CPU time per request), then against real pods (end to end). Added
+   latency = router percentile - direct percentile; throughput = ratio of requests/s.
 2. Skew: one hot adapter (half the requests) and 100 cold ones (the other half, uniform),
-   loaded on demand by the pods (`adapter_source: local`), through the router with each
+   loaded on demand by real pods (`adapter_source: local`), through the router with each
    policy: affinity (ours), least-loaded, random. Reports output tokens/s and the adapter
-   loads the pods themselves counted (`loraplex_adapter_loads_total`, by tier), where a
-   "host" load is a cold load from the source. Each policy gets fresh adapter folders, so
-   every run starts cold.
+   loads the pods counted themselves (`loraplex_adapter_loads_total` by tier; "host" is a
+   cold load from the source). Each policy gets fresh adapter folders: every run starts
+   cold.
 
     python -m bench.router                     # three tiny-llama pods, dummy weights
     python -m bench.router --quick             # smaller runs
-    python -m bench.router --model smollm2-135m --out bench/results/router-smol
+    python -m bench.router --skip-pods         # stand-ins only: the router's own cost
 
-Writes `<out>.json` and `<out>.png` and prints both tables. All processes (pods, routers,
-client) share this machine's cores: compare the columns, not other machines' numbers.
+Writes `<out>.json` and `<out>.png` and prints the tables. Pods, routers and the client
+share this machine's cores: compare columns of one run, not runs on other machines.
 """
 
 from __future__ import annotations
@@ -203,8 +205,7 @@ def overhead(pod_urls: list[str], args, log_dir: Path, upstream: str) -> list[Le
                 if mode == "router":
                     level.router_cpu_ms = (cpu_seconds(pid) - cpu_before) * 1000 / total
                 levels.append(level)
-                print(f"  {level.mode:12s} c={concurrency:3d}  p50 {level.p50_ms:8.2f} ms  "
-                      f"p99 {level.p99_ms:8.2f} ms  {level.requests_per_s:7.1f} req/s",
+                print(f"  {level.mode:12s} c={concurrency:3d}  p50 {level.p50_ms:8.2f} ms",
                       flush=True)
     return levels
 
@@ -277,6 +278,8 @@ def plot(path: Path, overhead_levels: list[Level], skew_levels: list[Level]) -> 
         loads.plot(names, [(level.adapter_loads or {}).get("host", 0) for level in skew_levels],
                    "o", color="tab:red")
         loads.set_ylabel("cold loads (host tier)", color="tab:red")
+    else:
+        right.axis("off")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
@@ -307,32 +310,33 @@ def main(argv: list[str] | None = None) -> int:
         args.concurrency, args.requests, args.cold, args.skew_requests = [1, 8], 40, 20, 120
     work = Path(tempfile.mkdtemp(prefix="bench-router-"))
     (work / "adapters").mkdir()
+    print(f"overhead, stand-in pods answering in {args.stub_delay_ms:.0f} ms:", flush=True)
+    with stubs(args.stub_delay_ms) as stub_urls:
+        overhead_levels = overhead(stub_urls, args, work, "stub")
+    skew_levels: list[Level] = []
+    if not args.skip_pods:
+        with real_pods(args, work) as urls:
+            print(f"overhead, {args.model} pods:", flush=True)
+            overhead_levels += overhead(urls, args, work, "pods")
+            if not args.skip_skew:
+                skew_levels = skew(urls, args, work, work / "adapters")
+    return report(args, overhead_levels, skew_levels)
+
+
+@contextmanager
+def real_pods(args, work: Path):
     pod_args = ("--model", args.model, "--load-format", "dummy", "--max-model-len", "512",
                 "--max-num-seqs", "64", "--kv-cache-bytes", str(64 << 20), "--device-slots",
                 str(args.device_slots), "--allow-dynamic-adapters", str(work / "adapters"),
                 "--log-level", "warning")
-    print(f"overhead with stand-in pods ({args.stub_delay_ms:.0f} ms each), direct "
-          "round-robin vs through the router:", flush=True)
-    with stubs(args.stub_delay_ms) as stub_urls:
-        overhead_levels = overhead(stub_urls, args, work, "stub")
-    skew_levels: list[Level] = []
     with ExitStack() as stack:
-        if args.skip_pods:
-            stack.close()
-            return report(args, overhead_levels, skew_levels)
         pods = [start_runtime_server(*pod_args, host=host, port=PORT, log_dir=work, wait=False)
                 for host in POD_HOSTS]
         for pod in pods:
             stack.callback(pod.stop)
-        for pod in pods:
+        for pod in pods:  # started together, awaited one by one
             pod.wait_ready()
-        urls = [pod.url for pod in pods]
-        print(f"overhead with {args.model} pods, direct round-robin vs through the router:",
-              flush=True)
-        overhead_levels += overhead(urls, args, work, "pods")
-        if not args.skip_skew:
-            skew_levels = skew(urls, args, work, work / "adapters")
-    return report(args, overhead_levels, skew_levels)
+        yield [pod.url for pod in pods]
 
 
 def report(args, overhead_levels: list[Level], skew_levels: list[Level]) -> int:
