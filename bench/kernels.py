@@ -167,8 +167,8 @@ def bench_cuda(quick: bool) -> Iterator[Row]:
                   (256, 256)]  # fmt: skip
     num_slots = max(adapters for _, adapters in points)
     layer = make_layer(LLAMA3_8B, num_slots, torch.bfloat16, "cuda", with_base=True)
-    for rank in (16, 64):
-        for batch, adapters in points:
+    for batch, adapters in points:
+        for rank in (16, 64):
             yield cuda_point(layer, batch, adapters, rank, num_slots, quick)
 
 

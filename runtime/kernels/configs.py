@@ -36,7 +36,8 @@ def shrink_config(
     block_k = 256 if segments.num_rows < 128 else 64
     num_ctas = segments.kernel_tiles(block_m).num_tiles * num_slices
     num_ctas *= _cdiv(max_rank, block_n)
-    wanted = _cdiv(4 * num_sms, num_ctas)
+    # a power of two, so that few kernel variants get compiled across batch shapes
+    wanted = _next_power_of_2(_cdiv(4 * num_sms, num_ctas))
     split_k = max(1, min(wanted, _cdiv(d_in, block_k), 64))
     return KernelConfig(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split_k)
 
