@@ -56,6 +56,9 @@ def api_error_response(request: Request, error: ApiError) -> JSONResponse:
     record = getattr(request.state, "record", None)
     if record is not None:
         record.error_type = error.error_type
+    state = getattr(request.app.state, "server", None)
+    if state is not None:
+        state.metrics.http_errors.labels(error.error_type).inc()
     return JSONResponse(error_body_for_path(request.url.path, error),
                         status_code=error.status_code, headers=error.headers)
 
