@@ -15,6 +15,16 @@ device slots run on one more thread (they share one side stream anyway), so a sl
 download never delays an adapter that is already in RAM. A failed adapter records its
 `AdapterError` and everything else keeps serving.
 
+An engine step uses it like this (`want` then `acquire` in the same step, so the slot it
+returned cannot be handed to another adapter in between):
+
+    manager.poll()
+    for seq in waiting:                       # AdapterError from want: fail that request
+        if (slot := manager.want(seq.adapter)) is not None:
+            seq.lease = manager.acquire(seq.adapter)   # seq runs on `slot` from now on
+    ...
+    manager.release(seq.lease)                # when the sequence finishes or is aborted
+
 Eviction: every tier is LRU; adapters holding leases and pinned adapters are never
 evicted. A slot that was wanted or used within `slot_grace_s` is not reused either, so two
 adapters competing for one slot do not evict each other on every step.
