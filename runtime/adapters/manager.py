@@ -152,8 +152,8 @@ class AdapterManager:
         """The registered name a request's adapter refers to, registering allowed sources."""
         if not adapter_id:
             raise AdapterError("bad_name", "adapter id must not be empty")
-        with self._lock:
-            if not adapter_source and adapter_id in self._adapters:
+        with self._lock:  # a registered name wins; "hub" is what LoRAX clients send by default
+            if adapter_source in (None, "", "hub") and adapter_id in self._adapters:
                 return adapter_id
         source = request_source(adapter_id, adapter_source)
         if source is None and self._policy.enabled:

@@ -18,6 +18,7 @@ def test_registered_names_and_sources_resolve(tmp_path: Path, smol_target,
     folder = write_random_adapter(tmp_path / "sql", smol_target, rank=4)
     manager.register("sql", str(folder))
     assert manager.resolve("sql") == "sql"
+    assert manager.resolve("sql", "hub") == "sql"  # LoRAX clients may send their default
     # the same source named by a request maps to the registration, even with dynamic off
     assert manager.resolve(str(folder), "local") == "sql"
     assert manager.resolve(f"file://{folder}") == "sql"
