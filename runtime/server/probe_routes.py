@@ -36,6 +36,15 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if state.phase is Phase.READY else 503)
 
 
+def engine_detail(engine: Any, name: str, default: Any) -> str:
+    """`engine.<name>` (dtype, device), or the loaded model's, or `default` before loading."""
+    for holder in (engine, getattr(getattr(engine, "engine", None), "loaded", None)):
+        found = getattr(holder, name, None)
+        if found is not None:
+            return str(found).removeprefix("torch.")
+    return str(default)
+
+
 @router.get("/info")
 async def info(request: Request) -> dict[str, Any]:
     """The model, its dtype and device, and the limits requests must respect."""
@@ -47,8 +56,8 @@ async def info(request: Request) -> dict[str, Any]:
     return {
         "model_id": state.model_id,
         "model_source": engine_config.model,
-        "model_dtype": str(getattr(engine, "dtype", engine_config.dtype)).removeprefix("torch."),
-        "model_device_type": str(getattr(engine, "device", engine_config.device)),
+        "model_dtype": engine_detail(engine, "dtype", engine_config.dtype),
+        "model_device_type": engine_detail(engine, "device", engine_config.device),
         "phase": state.phase.value,
         "max_model_len": limits.max_model_len if limits else None,
         "max_input_length": limits.max_input_length if limits else None,
