@@ -108,7 +108,7 @@ async def run_level(url: str, adapters: list[str | None], concurrency: int, requ
     ttfts = [t.ttft_s for t in timings]
     itls = [gap for t in timings for gap in t.inter_token_s]
     return LevelResult(
-        adapters=len(adapters), concurrency=concurrency, requests=len(timings),
+        adapters=sum(1 for a in adapters if a), concurrency=concurrency, requests=len(timings),
         errors=len(errors), wall_s=round(wall, 3),
         requests_per_s=round(len(timings) / wall, 3),
         output_tokens_per_s=round(sum(t.tokens for t in timings) / wall, 2),
