@@ -78,7 +78,7 @@ def _prepare(request: Request, body: GenerateRequest, stream: bool
     refuse_unsupported(params)
     best_of = service.check_best_of(check_best_of(params, stream))
     stop = service.check_stop(params.stop or [])
-    adapter = service.resolve_adapter(params.adapter_id, params.adapter_source)
+    adapter = service.resolve_adapter(params.adapter_id, params.adapter_source, params.api_token)
     prompt_ids, max_new_tokens = service.fit_prompt(
         service.tokenize(body.inputs), params.max_new_tokens, truncate=params.truncate)
     sampling = sampling_params(params, max_new_tokens, stop)

@@ -59,7 +59,7 @@ def _plan(request: Request, body: ChatCompletionRequest) -> tuple[list[Generatio
         raise ValidationFailed("top_logprobs needs logprobs: true", param="top_logprobs")
     n, _ = choice_counts(body.n, None, bool(body.stream))
     service.check_best_of(n, "n")
-    adapter = service.resolve_adapter(body.model, body.adapter_source)
+    adapter = service.resolve_adapter(body.model, body.adapter_source, body.api_token)
     stop = service.check_stop(stop_list(body.stop))
     prompt = service.render_chat([message.template_message() for message in body.messages])
     ids, max_new = service.fit_prompt(service.tokenize(prompt, add_special_tokens=False),

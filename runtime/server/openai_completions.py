@@ -90,7 +90,7 @@ def _plan(request: Request, body: CompletionRequest
     refuse_unsupported(body)
     n, best_of = choice_counts(body.n, body.best_of, bool(body.stream))
     service.check_best_of(best_of, "best_of" if body.best_of else "n")
-    adapter = service.resolve_adapter(body.model, body.adapter_source)
+    adapter = service.resolve_adapter(body.model, body.adapter_source, body.api_token)
     stop = service.check_stop(stop_list(body.stop))
     request_id = request.state.record.request_id
     plans, texts = [], []
