@@ -69,7 +69,7 @@ def sse_error_event(message: str) -> bytes:
 class Retry:
     """An attempt that failed before anything reached the client."""
 
-    reason: str  # metrics label: connect | disconnect | timeout | status_503
+    reason: str  # metrics label: connect, disconnect, timeout, status_429, status_503
     detail: str
 
 
