@@ -13,12 +13,14 @@ slot and step, whatever the order of the rows.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
 NO_ADAPTER = -1
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -121,49 +123,54 @@ class LoraSegments:
 
     @property
     def max_slot(self) -> int:
-        if "max_slot" not in self._cache:
-            self._cache["max_slot"] = max(self.slot_list, default=NO_ADAPTER)
-        return self._cache["max_slot"]
+        return self.memo("max_slot", lambda: max(self.slot_list, default=NO_ADAPTER))
 
     @property
     def max_rows_per_slot(self) -> int:
         """Rows of the busiest slot (0 without adapters)."""
-        if "max_rows" not in self._cache:
-            self._cache["max_rows"] = max(
-                (sum(end - start for start, end in runs) for runs in self.slot_runs().values()),
-                default=0,
-            )
-        return self._cache["max_rows"]
+        return self.memo("max_rows", lambda: max(map(len, self.slot_rows().values()), default=0))
+
+    def memo(self, key: Hashable, build: Callable[[], T]) -> T:
+        """`build()` once per segments object (i.e. once per step) and `key`."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
 
     def slot_runs(self) -> dict[int, list[tuple[int, int]]]:
         """Non-empty row runs `(start, end)` of each slot, slots in order of first appearance."""
-        if "runs" not in self._cache:
-            runs: dict[int, list[tuple[int, int]]] = {}
-            for slot, start, end in zip(
-                self.slot_list, self.indptr_list, self.indptr_list[1:], strict=False
-            ):
-                if slot == NO_ADAPTER or end == start:
-                    continue
-                slot_runs = runs.setdefault(slot, [])
-                if slot_runs and slot_runs[-1][1] == start:
-                    slot_runs[-1] = (slot_runs[-1][0], end)  # adjacent runs of one slot
-                else:
-                    slot_runs.append((start, end))
-            self._cache["runs"] = runs
-        return self._cache["runs"]
+        return self.memo("runs", self._build_runs)
+
+    def slot_rows(self) -> dict[int, list[int]]:
+        """The rows of each slot, slots in order of first appearance."""
+        return self.memo(
+            "rows",
+            lambda: {
+                slot: [row for start, end in runs for row in range(start, end)]
+                for slot, runs in self.slot_runs().items()
+            },
+        )
 
     def row_grouping(self) -> RowGrouping:
         """Rows grouped by slot for the torch path (cached: built once per step)."""
-        if "grouping" not in self._cache:
-            self._cache["grouping"] = self._build_grouping()
-        return self._cache["grouping"]
+        return self.memo("grouping", self._build_grouping)
 
     def kernel_tiles(self, block_m: int) -> KernelTiles:
         """Tiles of at most `block_m` rows of one slot for the Triton kernels (cached)."""
-        key = ("tiles", block_m)
-        if key not in self._cache:
-            self._cache[key] = self._build_tiles(block_m)
-        return self._cache[key]
+        return self.memo(("tiles", block_m), lambda: self._build_tiles(block_m))
+
+    def _build_runs(self) -> dict[int, list[tuple[int, int]]]:
+        runs: dict[int, list[tuple[int, int]]] = {}
+        for slot, start, end in zip(
+            self.slot_list, self.indptr_list, self.indptr_list[1:], strict=False
+        ):
+            if slot == NO_ADAPTER or end == start:
+                continue
+            slot_runs = runs.setdefault(slot, [])
+            if slot_runs and slot_runs[-1][1] == start:
+                slot_runs[-1] = (slot_runs[-1][0], end)  # adjacent runs of one slot
+            else:
+                slot_runs.append((start, end))
+        return runs
 
     def _build_grouping(self) -> RowGrouping:
         runs = self.slot_runs()
@@ -172,11 +179,9 @@ class LoraSegments:
             return RowGrouping(groups=groups, permutation=None)
         groups = []
         rows: list[int] = []
-        for slot, slot_runs in runs.items():
-            start = len(rows)
-            for run_start, run_end in slot_runs:
-                rows.extend(range(run_start, run_end))
-            groups.append(SlotRows(slot, start, len(rows)))
+        for slot, slot_rows in self.slot_rows().items():
+            groups.append(SlotRows(slot, len(rows), len(rows) + len(slot_rows)))
+            rows += slot_rows
         permutation = torch.tensor(rows, dtype=torch.int64).to(self.indptr.device)
         return RowGrouping(groups=tuple(groups), permutation=permutation)
 
@@ -185,10 +190,9 @@ class LoraSegments:
             raise ValueError(f"block_m must be positive, got {block_m}")
         rows: list[int] = []
         tiles: list[int] = []
-        for slot, slot_runs in self.slot_runs().items():
+        for slot, slot_rows in self.slot_rows().items():
             start = len(rows)
-            for run_start, run_end in slot_runs:
-                rows.extend(range(run_start, run_end))
+            rows += slot_rows
             for tile_start in range(start, len(rows), block_m):
                 tiles += (slot, tile_start, min(tile_start + block_m, len(rows)))
         # one host->device copy for both

@@ -1,17 +1,17 @@
 """The LoRA ops in plain torch: the engine's path without CUDA, and a readable reference.
 
-Same contract as the Triton kernels in `sgmv.py`. On a CPU the cost of many small matmuls
-is dominated by per-op overhead and by reading the adapters' weights, so this path does
-as little per call as it can:
+Same contract as the Triton kernels in `sgmv.py`. On a CPU the cost is per-op overhead
+(several microseconds per small matmul) plus reading the adapters' weights, so:
 
-- rows are grouped by slot once per step (`LoraSegments.row_grouping`, cached), so each
-  distinct slot costs one shrink matmul and one expand matmul per slice, whatever the
-  order of the rows; rows of one slot spread over the batch (decode) are gathered once
-  and scattered back once per call (`index_select` / `index_add_`), not per segment;
-- every matmul works on views of the slot's own `[:rank]` rows/columns, so padded ranks
-  are neither read nor computed, and a rank-8 slot costs an eighth of a rank-64 one;
-- `lora_apply` goes straight from shrink to expand per slot without materialising the
-  padded `[T, n_slices, R]` intermediate.
+- `lora_apply` follows a plan built once per step (`torch_plan`): slots with many rows
+  are computed one by one, one shrink matmul and one expand matmul per slice on views of
+  the slot's own `[:rank]` weights, in place on contiguous rows; slots with a few rows
+  that share a rank (decode) are batched, a handful of ops for all of them;
+- padded ranks are never read nor computed: a rank-8 slot costs an eighth of a rank-64;
+- `lora_apply` goes straight from shrink to expand without the padded `[T, n, R]` buffer.
+
+`sgmv_shrink` and `sgmv_expand` are the two halves on their own (the Triton contract),
+grouping rows by slot with one gather and one scatter per call.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 
 from .checks import check_expand_args, check_lora_args, check_rank_values, check_shrink_args
 from .segments import LoraSegments, RowGrouping
+from .torch_plan import SlotBatch, torch_plan
 
 
 def lora_apply(
@@ -37,23 +38,23 @@ def lora_apply(
     check_lora_args(y, x, lora_a, lora_b, slice_offsets, segments, ranks)
     if not segments.has_lora:
         return
-    grouping = segments.row_grouping()
-    group_ranks = _group_ranks(ranks, grouping, lora_a.shape[2])
+    rank_list = ranks.tolist()
+    check_rank_values([rank_list[slot] for slot in segments.slot_runs()], lora_a.shape[2])
+    plan = torch_plan(segments, rank_list)
     bounds = _slice_bounds(slice_offsets)
-    permutation = grouping.permutation
-    if permutation is None:
-        x_grouped, y_grouped = x, y
-    else:
-        x_grouped = x.index_select(0, permutation)  # [T_lora, d_in]
-        y_grouped = y.new_zeros(permutation.shape[0], y.shape[1])  # [T_lora, d_out_total]
-    for group, rank in zip(grouping.groups, group_ranks, strict=True):
-        if rank == 0:
-            continue
-        rows = slice(group.start, group.end)
-        shrunk = _shrink(x_grouped[rows], lora_a[group.slot, :, :rank])
-        _expand(y_grouped[rows], shrunk, lora_b[group.slot, :, :rank].t(), bounds)
-    if permutation is not None:
-        y.index_add_(0, permutation, y_grouped)
+    for item in plan.direct:
+        slot_a = lora_a[item.slot, :, : item.rank]  # [n_slices, rank, d_in]
+        slot_b_t = lora_b[item.slot, :, : item.rank].t()  # [rank, d_out_total]
+        if isinstance(item.rows, slice):
+            _expand(y[item.rows], _shrink(x[item.rows], slot_a), slot_b_t, bounds)
+        else:
+            delta = y.new_zeros(item.rows.shape[0], y.shape[1])  # [m, d_out_total]
+            _expand(delta, _shrink(x.index_select(0, item.rows), slot_a), slot_b_t, bounds)
+            y.index_add_(0, item.rows, delta)
+    if plan.batches:
+        x_padded = torch.cat([x, x.new_zeros(1, x.shape[1])])  # row T: the zero row
+        for batch in plan.batches:
+            _apply_batch(y, x_padded, lora_a, lora_b, bounds, batch)
 
 
 def sgmv_shrink(
@@ -139,6 +140,27 @@ def _expand(
     for index, (lo, hi) in enumerate(bounds):
         if hi > lo:
             y_rows[:, lo:hi].addmm_(v_slices[index], slot_b_t[:, lo:hi])
+
+
+def _apply_batch(
+    y: torch.Tensor,
+    x_padded: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    bounds: Sequence[tuple[int, int]],
+    batch: SlotBatch,
+) -> None:
+    """k slots of one rank, m rows each (padded with the zero row), in a few batched ops."""
+    k, m, rank = batch.num_slots, batch.rows_per_slot, batch.rank
+    d_in = x_padded.shape[1]
+    x_rows = x_padded.index_select(0, batch.source_rows).view(k, 1, m, d_in)
+    slot_a = lora_a[:, :, :rank].index_select(0, batch.slots)  # [k, n_slices, rank, d_in]
+    v = torch.matmul(x_rows, slot_a.transpose(-1, -2))  # [k, n_slices, m, rank]
+    slot_b = lora_b[:, :, :rank].index_select(0, batch.slots)  # [k, d_out_total, rank]
+    for index, (lo, hi) in enumerate(bounds):
+        if hi > lo:
+            delta = torch.bmm(v[:, index], slot_b[:, lo:hi].transpose(1, 2))  # [k, m, hi - lo]
+            y[:, lo:hi].index_add_(0, batch.target_rows, delta.view(k * m, hi - lo))
 
 
 def _group_ranks(ranks: torch.Tensor, grouping: RowGrouping, max_rank: int) -> list[int]:
