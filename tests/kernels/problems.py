@@ -42,14 +42,6 @@ class LoraProblem:
     def segments(self, device: torch.device | str = "cpu") -> LoraSegments:
         return LoraSegments.from_lists(self.indptr, self.slots, device)
 
-    def to(self, device: torch.device | str) -> LoraProblem:
-        tensors = {
-            name: getattr(self, name).to(device) for name in ("x", "y", "lora_a", "lora_b", "ranks")
-        }
-        return LoraProblem(
-            **tensors, slice_offsets=self.slice_offsets, indptr=self.indptr, slots=self.slots
-        )
-
 
 def make_problem(
     *,
@@ -61,14 +53,15 @@ def make_problem(
     slots: list[int],
     dtype: torch.dtype,
     seed: int = 0,
+    device: torch.device | str = "cpu",
 ) -> LoraProblem:
     """Unit-scale activations and weights: v and the LoRA delta are O(1)."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
     num_rows, num_slots, num_slices = indptr[-1], len(ranks), len(slice_widths)
     d_out_total = sum(slice_widths)
 
     def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator)
+        return torch.randn(*shape, generator=generator, device=device)
 
     lora_a = randn(num_slots, num_slices, max_rank, d_in) / d_in**0.5
     lora_b = randn(num_slots, d_out_total, max_rank)
@@ -85,7 +78,7 @@ def make_problem(
         y=randn(num_rows, d_out_total).to(dtype),
         lora_a=lora_a.to(dtype),
         lora_b=lora_b.to(dtype),
-        ranks=torch.tensor(ranks, dtype=torch.int32),
+        ranks=torch.tensor(ranks, dtype=torch.int32, device=device),
         slice_offsets=[0, *itertools.accumulate(slice_widths)],
         indptr=list(indptr),
         slots=list(slots),

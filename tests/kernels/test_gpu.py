@@ -47,11 +47,10 @@ def layout(name: str, seed: int) -> tuple[list[int], list[int]]:
 def gpu_problem(group: str, layout_name: str, dtype: torch.dtype, seed: int = 0) -> LoraProblem:
     d_in, widths = LLAMA3_8B[group]
     indptr, slots = layout(layout_name, seed)
-    problem = make_problem(
+    return make_problem(
         d_in=d_in, slice_widths=widths, ranks=slot_ranks(seed), max_rank=MAX_RANK,
-        indptr=indptr, slots=slots, dtype=dtype, seed=seed,
+        indptr=indptr, slots=slots, dtype=dtype, seed=seed, device="cuda",
     )  # fmt: skip
-    return problem.to("cuda")
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
