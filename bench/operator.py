@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> dict:
         elapsed = time.monotonic() - started
         calls = Counter()
         for call in emulator.calls()[before:]:
-            if call.user_agent != TEST_AGENT:
+            if call.user_agent != TEST_AGENT and call.plural:
                 sub = f"/{call.subresource}" if call.subresource else ""
                 calls[f"{call.action} {call.plural}{sub}"] += 1
         return {

@@ -16,7 +16,8 @@ NAMESPACE = "loraplex-test"
 BMD = "tiny"
 OPERATOR_FLAGS = (
     "--resync-interval-s", "2", "--loading-poll-s", "0.3", "--children-resync-s", "3",
-    "--unload-timeout-s", "30", "--admin-timeout-s", "5", "--log-level", "info",
+    "--unload-timeout-s", "30", "--admin-timeout-s", "5", "--pod-grace-s", "60",
+    "--log-level", "info",
 )
 
 

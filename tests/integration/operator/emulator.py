@@ -200,7 +200,7 @@ class EmulatorThread:
         self._thread.join(30)
 
     def calls(self) -> list[Call]:
-        return list(self.emulator.calls) if self.emulator else []
+        return list(self.emulator.calls) if self.emulator is not None else []
 
     def _main(self) -> None:
         try:
