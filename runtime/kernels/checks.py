@@ -28,6 +28,8 @@ def check_shrink_args(
     if lora_a.shape[1] < 1 or lora_a.shape[2] < 1:
         raise ValueError(f"lora_a needs at least one slice and rank 1, got {tuple(lora_a.shape)}")
     _check_same("lora_a", lora_a, "x", x)
+    if not lora_a.is_contiguous():
+        raise ValueError("lora_a must be contiguous")
     _check_pool("lora_a", lora_a, ranks, segments, num_rows=x.shape[0], device=x.device)
 
 
@@ -101,8 +103,17 @@ def _check_expand_target(
     if lora_b.shape[1] != y.shape[1]:
         raise ValueError(f"lora_b has d_out_total {lora_b.shape[1]} but y has {y.shape[1]}")
     _check_same("lora_b", lora_b, "y", y)
+    if not (lora_b.is_contiguous() or is_rank_major(lora_b)):
+        raise ValueError(
+            "lora_b must be contiguous, or a transposed view of a contiguous [S, R, d_out_total]"
+        )
     _check_pool("lora_b", lora_b, ranks, segments, num_rows=y.shape[0], device=y.device)
     check_slice_offsets(slice_offsets, num_slices=num_slices, d_out_total=y.shape[1])
+
+
+def is_rank_major(lora_b: torch.Tensor) -> bool:
+    """Whether lora_b [S, d_out_total, R] is a view of a contiguous [S, R, d_out_total]."""
+    return lora_b.dim() == 3 and lora_b.transpose(1, 2).is_contiguous()
 
 
 def _check_matrix(name: str, tensor: torch.Tensor) -> None:
@@ -129,8 +140,6 @@ def _check_pool(
     num_rows: int,
     device: torch.device,
 ) -> None:
-    if not pool.is_contiguous():
-        raise ValueError(f"{name} must be contiguous")
     num_slots = pool.shape[0]
     if ranks.dim() != 1 or ranks.dtype != torch.int32:
         raise ValueError(f"ranks must be int32 [S], got {ranks.dtype} {tuple(ranks.shape)}")

@@ -120,6 +120,7 @@ def _sgmv_expand_kernel(
     stride_vs,
     stride_bs,
     stride_bn,
+    stride_bk,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -149,7 +150,12 @@ def _sgmv_expand_kernel(
 
     # v[rows, slice]: [BLOCK_M, BLOCK_K] fp32; B[slot, cols]: [BLOCK_K, BLOCK_N] (transposed)
     v_ptrs = v_ptr + rows[:, None] * stride_vm + pid_slice * stride_vs + offs_k[None, :]
-    b_ptrs = b_ptr + slot.to(tl.int64) * stride_bs + offs_n[None, :] * stride_bn + offs_k[:, None]
+    b_ptrs = (
+        b_ptr
+        + slot.to(tl.int64) * stride_bs
+        + offs_n[None, :] * stride_bn
+        + offs_k[:, None] * stride_bk
+    )
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, rank, BLOCK_K):
         mask_k = offs_k < rank - k
@@ -157,7 +163,7 @@ def _sgmv_expand_kernel(
         v_tile = tl.load(v_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         acc = tl.dot(v_tile.to(b_tile.dtype), b_tile, acc, input_precision=DOT_PRECISION)
         v_ptrs += BLOCK_K
-        b_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K * stride_bk
 
     y_ptrs = y_ptr + rows[:, None] * stride_ym + offs_n[None, :]
     mask_y = mask_m[:, None] & mask_n[None, :]
@@ -228,8 +234,9 @@ def sgmv_expand(
 ) -> None:
     """y[t, slice s] += v[t, s, :rank] @ lora_b[slot, slice s, :rank].T, in place.
 
-    y: [T, d_out_total]; v: fp32 [T, n_slices, R]; lora_b: [S, d_out_total, R].
-    Rows of slot -1 are left untouched.
+    y: [T, d_out_total]; v: fp32 [T, n_slices, R]; lora_b: [S, d_out_total, R], contiguous
+    or a transposed view of a rank-major [S, R, d_out_total] buffer (coalesced along
+    d_out). Rows of slot -1 are left untouched.
     """
     check_expand_args(y, v, lora_b, slice_offsets, segments, ranks)
     _check_device(y)
@@ -257,6 +264,7 @@ def sgmv_expand(
         v.stride(1),
         lora_b.stride(0),
         lora_b.stride(1),
+        lora_b.stride(2),
         BLOCK_M=config.block_m,
         BLOCK_N=config.block_n,
         BLOCK_K=config.block_k,

@@ -8,6 +8,8 @@ Same contract as the Triton kernels in `sgmv.py`. On a CPU the cost is per-op ov
   the slot's own `[:rank]` weights, in place on contiguous rows; slots with a few rows
   that share a rank (decode) are batched, a handful of ops for all of them;
 - padded ranks are never read nor computed: a rank-8 slot costs an eighth of a rank-64;
+- B is read along whichever dimension of the pool is contiguous: with a rank-major pool
+  (`lora_b` a transposed view of [S, R, d_out_total]) a slot's `[:rank]` is one block;
 - `lora_apply` goes straight from shrink to expand without the padded `[T, n, R]` buffer.
 
 `sgmv_shrink` and `sgmv_expand` are the two halves on their own (the Triton contract),
@@ -20,7 +22,13 @@ from collections.abc import Sequence
 
 import torch
 
-from .checks import check_expand_args, check_lora_args, check_rank_values, check_shrink_args
+from .checks import (
+    check_expand_args,
+    check_lora_args,
+    check_rank_values,
+    check_shrink_args,
+    is_rank_major,
+)
 from .segments import LoraSegments, RowGrouping
 from .torch_plan import SlotBatch, torch_plan
 
@@ -156,10 +164,14 @@ def _apply_batch(
     x_rows = x_padded.index_select(0, batch.source_rows).view(k, 1, m, d_in)
     slot_a = lora_a[:, :, :rank].index_select(0, batch.slots)  # [k, n_slices, rank, d_in]
     v = torch.matmul(x_rows, slot_a.transpose(-1, -2))  # [k, n_slices, m, rank]
-    slot_b = lora_b[:, :, :rank].index_select(0, batch.slots)  # [k, d_out_total, rank]
+    # [k, rank, d_out_total], gathered along the pool's contiguous dimension
+    if is_rank_major(lora_b):
+        slot_b_t = lora_b.transpose(1, 2)[:, :rank].index_select(0, batch.slots)
+    else:
+        slot_b_t = lora_b[:, :, :rank].index_select(0, batch.slots).transpose(1, 2)
     for index, (lo, hi) in enumerate(bounds):
         if hi > lo:
-            delta = torch.bmm(v[:, index], slot_b[:, lo:hi].transpose(1, 2))  # [k, m, hi - lo]
+            delta = torch.bmm(v[:, index], slot_b_t[:, :, lo:hi])  # [k, m, hi - lo]
             y[:, lo:hi].index_add_(0, batch.target_rows, delta.view(k * m, hi - lo))
 
 

@@ -33,6 +33,10 @@ BAD_ARGS: dict[str, tuple[Callable[[Args], None], str]] = {
         lambda a: a.update(lora_a=_strided_last_dim(a["lora_a"])),
         "lora_a must be contiguous",
     ),
+    "lora_b_strided": (
+        lambda a: a.update(lora_b=_strided_last_dim(a["lora_b"])),
+        "lora_b must be contiguous, or a transposed view",
+    ),
     "lora_b_d_out": (lambda a: a.update(lora_b=a["lora_b"][:, :-1].contiguous()), "d_out_total"),
     "lora_b_rank": (lambda a: a.update(lora_b=a["lora_b"][..., :-1].contiguous()), "R="),
     "lora_b_slots": (

@@ -145,3 +145,20 @@ def test_lora_apply_replays_in_a_cuda_graph() -> None:
         problem.token_slots, problem.rank_list,
     )  # fmt: skip
     assert_close(y, expected, torch.bfloat16)
+
+
+def test_rank_major_lora_b_on_gpu() -> None:
+    problem = gpu_problem("qkv", "decode", torch.bfloat16, seed=4)
+    rank_major = problem.lora_b.transpose(1, 2).contiguous().transpose(1, 2)
+    y = problem.y.clone()
+
+    lora_apply(
+        y, problem.x, problem.lora_a, rank_major, problem.slice_offsets,
+        problem.segments("cuda"), problem.ranks,
+    )  # fmt: skip
+
+    expected = lora_ref(
+        problem.y, problem.x, problem.lora_a, problem.lora_b, problem.slice_offsets,
+        problem.token_slots, problem.rank_list,
+    )  # fmt: skip
+    assert_close(y, expected, torch.bfloat16)

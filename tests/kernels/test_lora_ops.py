@@ -178,3 +178,35 @@ def test_torch_path_all_layouts_shapes_dtypes(layout: str, shape: str, dtype) ->
         y_split, v, problem.lora_b, problem.slice_offsets, problem.segments(), problem.ranks
     )
     assert_close(y_split, expected, dtype)
+
+
+RANK_MAJOR_CASES = [
+    Case("decode_shuffled", "qkv_gqa", torch.float32),
+    Case("every_row_distinct", "gate_up", torch.float16),
+    Case("long_segment", "o", torch.float32),
+]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", RANK_MAJOR_CASES, ids=str)
+def test_rank_major_lora_b_matches_reference(backend, case: Case) -> None:
+    """lora_b may be a [S, d_out, R] view of a contiguous [S, R, d_out] buffer."""
+    problem = build(case)
+    rank_major = problem.lora_b.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not rank_major.is_contiguous()
+    expected = lora_ref(
+        problem.y, problem.x, problem.lora_a, problem.lora_b, problem.slice_offsets,
+        problem.token_slots, problem.rank_list,
+    )  # fmt: skip
+
+    y = problem.y.clone()
+    backend.lora_apply(
+        y, problem.x, problem.lora_a, rank_major, problem.slice_offsets, problem.segments(),
+        problem.ranks,
+    )  # fmt: skip
+    assert_close(y, expected, case.dtype)
+
+    v = shrink_ref(problem.x, problem.lora_a, problem.token_slots, problem.rank_list).float()
+    y_split = problem.y.clone()
+    backend.expand(y_split, v, rank_major, problem.slice_offsets, problem.segments(), problem.ranks)
+    assert_close(y_split, expected, case.dtype)
