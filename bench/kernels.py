@@ -4,6 +4,8 @@ On CPU: the torch path at SmolLM2-135M shapes (hidden 576, ffn 1536, 9 q / 3 kv 
 64), batch 64, with 1, 8, 32 and 64 distinct adapters of mixed ranks (8..64), rows sorted
 by adapter and shuffled (decode order), against the four base projections of one layer.
 Layers rotate over several copies so that weights come from memory, as in a real forward.
+Both storage orders of B are timed: the standard [S, d_out, R] and the rank-major view of
+[S, R, d_out] (a slot's `[:rank]` is then one contiguous block).
 
 On CUDA: the Triton shrink+expand at Llama-3-8B shapes in bf16, batch 1..256 with 1..256
 distinct adapters at rank 16 and 64 (pools of R = 64, so rank masking shows), against the
@@ -48,6 +50,7 @@ LLAMA3_8B = {
 }
 MIXED_RANKS = (8, 16, 32, 64)
 MAX_RANK = 64
+STANDARD, RANK_MAJOR = "d_out,R", "R,d_out"  # storage orders of lora_b
 
 
 @dataclass
@@ -56,8 +59,12 @@ class Layer:
 
     weights: dict[str, torch.Tensor]  # group: [d_out_total, d_in]
     lora_a: dict[str, torch.Tensor]  # group: [S, n_slices, R, d_in]
-    lora_b: dict[str, torch.Tensor]  # group: [S, d_out_total, R]
+    lora_b: dict[str, torch.Tensor]  # group: [S, d_out_total, R], contiguous
+    lora_b_rank_major: dict[str, torch.Tensor]  # same values, a view of [S, R, d_out_total]
     slice_offsets: dict[str, list[int]]
+
+    def pool_b(self, group: str, b_layout: str) -> torch.Tensor:
+        return self.lora_b_rank_major[group] if b_layout == RANK_MAJOR else self.lora_b[group]
 
 
 @dataclass
@@ -67,6 +74,7 @@ class Row:
     adapters: int
     layout: str
     rank: str
+    b_layout: str  # storage of lora_b: "d_out,R" (contiguous) or "R,d_out" (rank-major)
     base_ms: float  # the layer's 4 base matmuls
     lora_ms: float  # the 4 lora_apply calls (CPU: torch path; CUDA: triton)
     overhead: float  # lora_ms / base_ms
@@ -78,7 +86,7 @@ class Row:
 def make_layer(
     shapes: dict, num_slots: int, dtype: torch.dtype, device: str, with_base: bool
 ) -> Layer:
-    layer = Layer({}, {}, {}, {})
+    layer = Layer({}, {}, {}, {}, {})
     for group, (d_in, widths) in shapes.items():
         d_out = sum(widths)
         scale = d_in**-0.5
@@ -88,6 +96,8 @@ def make_layer(
             torch.randn(num_slots, len(widths), MAX_RANK, d_in, dtype=dtype, device=device) * scale
         )
         layer.lora_b[group] = torch.randn(num_slots, d_out, MAX_RANK, dtype=dtype, device=device)
+        rank_major = layer.lora_b[group].transpose(1, 2).contiguous()  # [S, R, d_out]
+        layer.lora_b_rank_major[group] = rank_major.transpose(1, 2)
         layer.slice_offsets[group] = [0, *torch.tensor(widths).cumsum(0).tolist()]
     return layer
 
@@ -150,20 +160,22 @@ def bench_cpu(quick: bool) -> Iterator[Row]:
         rank_tensor = torch.tensor(ranks, dtype=torch.int32)
         for layout in ("sorted", "shuffled"):
             segments = LoraSegments.from_token_slots(token_slots(batch, adapters, layout))
+            for b_layout in (STANDARD, RANK_MAJOR):
 
-            def lora(segments: LoraSegments = segments, rank_tensor=rank_tensor) -> None:
-                for layer in layers:
-                    for group in SMOLLM2_135M:
-                        lora_apply(
-                            outputs[group], inputs[group], layer.lora_a[group],
-                            layer.lora_b[group], layer.slice_offsets[group], segments,
-                            rank_tensor, backend="torch",
-                        )  # fmt: skip
+                def lora(segments=segments, rank_tensor=rank_tensor, b_layout=b_layout) -> None:
+                    for layer in layers:
+                        for group in SMOLLM2_135M:
+                            lora_apply(
+                                outputs[group], inputs[group], layer.lora_a[group],
+                                layer.pool_b(group, b_layout), layer.slice_offsets[group],
+                                segments, rank_tensor, backend="torch",
+                            )  # fmt: skip
 
-            lora_s = time_cpu(lora, repeats) / num_layers
-            moved = lora_bytes(SMOLLM2_135M, ranks[:adapters], batch, element_size=4)
-            yield Row("cpu", batch, adapters, layout, rank_label, base_s * 1e3, lora_s * 1e3,
-                      lora_s / base_s, None, moved / 1e6, moved / lora_s / 1e9)  # fmt: skip
+                lora_s = time_cpu(lora, repeats) / num_layers
+                moved = lora_bytes(SMOLLM2_135M, ranks[:adapters], batch, element_size=4)
+                yield Row("cpu", batch, adapters, layout, rank_label, b_layout, base_s * 1e3,
+                          lora_s * 1e3, lora_s / base_s, None, moved / 1e6,
+                          moved / lora_s / 1e9)  # fmt: skip
 
 
 def bench_cuda(quick: bool) -> Iterator[Row]:
@@ -175,12 +187,13 @@ def bench_cuda(quick: bool) -> Iterator[Row]:
     layer = make_layer(LLAMA3_8B, num_slots, torch.bfloat16, "cuda", with_base=True)
     for batch, adapters in points:
         for rank in (16, 64):
-            yield cuda_point(layer, batch, adapters, rank, num_slots, quick)
+            yield from cuda_point(layer, batch, adapters, rank, num_slots, quick)
 
 
 def cuda_point(
     layer: Layer, batch: int, adapters: int, rank: int, num_slots: int, quick: bool
-) -> Row:
+) -> Iterator[Row]:
+    """Triton with both storage orders of B; the torch loop with the standard one."""
     from triton.testing import do_bench  # flushes L2 between runs
 
     ranks = torch.full((num_slots,), rank, dtype=torch.int32, device="cuda")
@@ -194,24 +207,27 @@ def cuda_point(
         for group, weight in layer.weights.items():
             F.linear(inputs[group], weight)
 
-    def lora(backend: str) -> None:
+    def lora(backend: str, b_layout: str) -> None:
         for group in LLAMA3_8B:
             lora_apply(
-                outputs[group], inputs[group], layer.lora_a[group], layer.lora_b[group],
-                layer.slice_offsets[group], segments, ranks, backend=backend,
+                outputs[group], inputs[group], layer.lora_a[group],
+                layer.pool_b(group, b_layout), layer.slice_offsets[group], segments, ranks,
+                backend=backend,
             )  # fmt: skip
 
     base_ms = do_bench(base, warmup=10, rep=50)
-    triton_ms = do_bench(lambda: lora("triton"), warmup=25, rep=100)
-    torch_ms = do_bench(lambda: lora("torch"), warmup=5, rep=50 if quick else 100)
+    torch_ms = do_bench(lambda: lora("torch", STANDARD), warmup=5, rep=50 if quick else 100)
     moved = lora_bytes(LLAMA3_8B, [rank] * adapters, batch, element_size=2)
-    gbps = moved / (triton_ms * 1e-3) / 1e9
-    return Row("cuda", batch, adapters, "sorted", str(rank), base_ms, triton_ms,
-               triton_ms / base_ms, torch_ms, moved / 1e6, gbps)  # fmt: skip
+    for b_layout in (STANDARD, RANK_MAJOR):
+        triton_ms = do_bench(lambda b_layout=b_layout: lora("triton", b_layout), warmup=25, rep=100)
+        gbps = moved / (triton_ms * 1e-3) / 1e9
+        loop_ms = torch_ms if b_layout == STANDARD else None
+        yield Row("cuda", batch, adapters, "sorted", str(rank), b_layout, base_ms, triton_ms,
+                  triton_ms / base_ms, loop_ms, moved / 1e6, gbps)  # fmt: skip
 
 
 HEADER = (
-    f"{'device':<12} {'batch':>5} {'adapters':>8} {'layout':>8} {'rank':>5} "
+    f"{'device':<12} {'batch':>5} {'adapters':>8} {'layout':>8} {'rank':>5} {'B':>8} "
     f"{'base ms':>9} {'lora ms':>9} {'lora/base':>9} {'loop ms':>9} {'MB moved':>9} {'GB/s':>7}"
 )
 
@@ -219,6 +235,7 @@ HEADER = (
 def print_row(row: Row) -> None:
     print(
         f"{row.device:<12} {row.batch:>5} {row.adapters:>8} {row.layout:>8} {row.rank:>5} "
+        f"{row.b_layout:>8} "
         f"{row.base_ms:>9.3f} {row.lora_ms:>9.3f} {row.overhead:>9.1%} "
         f"{row.torch_loop_ms if row.torch_loop_ms is not None else float('nan'):>9.3f} "
         f"{row.lora_mb:>9.1f} {row.lora_gbps:>7.1f}",
