@@ -15,7 +15,7 @@ import torch
 from loraplex.runtime.engine.kv_cache import PagedKVCache
 from loraplex.runtime.engine.scheduler import ScheduledSequence
 from loraplex.runtime.engine.sequence import Sequence
-from loraplex.runtime.layers.forward_batch import ForwardBatch, PrefillSpan
+from loraplex.runtime.layers.forward_batch import DecodeGroup, ForwardBatch, PrefillSpan
 from loraplex.runtime.layers.sampler import (
     RepetitionPenalty,
     Sampler,
@@ -25,6 +25,7 @@ from loraplex.runtime.layers.sampler import (
 from loraplex.runtime.models.llama import LlamaForCausalLM
 
 PROMPT_LOGPROBS_ROWS = 256  # rows of prompt logits materialized at once ([rows, vocab])
+DECODE_GROUP_SIZE = 8  # decode sequences per attention call (padded to the group's longest)
 
 
 @dataclass(slots=True)
@@ -48,11 +49,14 @@ class ModelRunner:
         self.kv_cache = kv_cache
         self.device = device
         self.block_size = kv_cache.layout.block_size
+        self.dtype = kv_cache.layout.dtype
         self.sampler = Sampler()
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSequence]) -> StepOutput:
-        ordered = ([s for s in scheduled if s.num_new_tokens == 1]
+        # decode rows first, shortest context first (see DecodeGroup), then prefill chunks
+        ordered = (sorted((s for s in scheduled if s.num_new_tokens == 1),
+                          key=lambda s: s.seq.num_computed_tokens)
                    + [s for s in scheduled if s.num_new_tokens > 1])
         batch, starts = self.prepare(ordered)
         hidden = self.model(batch, self.kv_cache.layers)  # [T, d]
@@ -77,7 +81,6 @@ class ModelRunner:
         slots: list[int] = []
         logits_rows: list[int] = []
         decode_tables: list[list[int]] = []
-        decode_lens: list[int] = []
         spans: list[PrefillSpan] = []
         starts: list[tuple[ScheduledSequence, int]] = []
         for item in ordered:
@@ -94,7 +97,6 @@ class ModelRunner:
                 logits_rows.append(len(input_ids) - 1)
             if item.num_new_tokens == 1:
                 decode_tables.append(table[: -(-last // block_size)])
-                decode_lens.append(last)
                 continue
             mask = None
             if first:  # cached prefix: query i sees keys 0..first+i
@@ -102,28 +104,29 @@ class ModelRunner:
                 mask = (torch.arange(last)[None, :] <= query_pos).to(self.device)
             spans.append(PrefillSpan(start, item.num_new_tokens, last,
                                      torch.tensor(table, device=self.device), mask))
+        context_lens = positions[:len(decode_tables)]  # decode row i sees positions 0..pos
+        groups = [self._decode_group(start, decode_tables[start:start + DECODE_GROUP_SIZE],
+                                     context_lens[start:start + DECODE_GROUP_SIZE])
+                  for start in range(0, len(decode_tables), DECODE_GROUP_SIZE)]
         batch = ForwardBatch(
             input_ids=self._tensor(input_ids), positions=self._tensor(positions),
-            slot_mapping=self._tensor(slots), num_decode_tokens=len(decode_tables),
-            decode_block_tables=self._padded(decode_tables),
-            decode_key_mask=self._key_mask(decode_tables, decode_lens),
-            prefills=spans, logits_indices=self._tensor(logits_rows))
+            slot_mapping=self._tensor(slots), decode_groups=groups, prefills=spans,
+            logits_indices=self._tensor(logits_rows))
         return batch, starts
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.int64).to(self.device, non_blocking=True)
 
-    def _padded(self, tables: list[list[int]]) -> torch.Tensor:
-        width = max((len(t) for t in tables), default=0)
-        return self._tensor([t + [0] * (width - len(t)) for t in tables]).view(len(tables),
-                                                                               width)
-
-    def _key_mask(self, tables: list[list[int]], lens: list[int]) -> torch.Tensor:
-        # [B, 1, 1, width * block_size]: True where the key position is inside the sequence
-        width = max((len(t) for t in tables), default=0) * self.block_size
-        lens_tensor = torch.tensor(lens, dtype=torch.int64)
-        mask = torch.arange(width)[None, :] < lens_tensor[:, None]
-        return mask.view(len(lens), 1, 1, width).to(self.device, non_blocking=True)
+    def _decode_group(self, start: int, tables: list[list[int]],
+                      last_positions: list[int]) -> DecodeGroup:
+        width = max(len(table) for table in tables)
+        padded = self._tensor([table + [0] * (width - len(table)) for table in tables])
+        key_positions = torch.arange(width * self.block_size)
+        outside = key_positions[None, :] > torch.tensor(last_positions)[:, None]  # [n, L]
+        key_mask = torch.zeros(outside.shape, dtype=self.dtype).masked_fill_(
+            outside, float("-inf"))
+        return DecodeGroup(start, len(tables), padded.view(len(tables), width),
+                           key_mask[:, None, None, :].to(self.device, non_blocking=True))
 
     def _sampling_metadata(self, seqs: list[Sequence]) -> SamplingMetadata:
         params = [seq.params for seq in seqs]

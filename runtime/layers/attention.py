@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loraplex.runtime.layers.forward_batch import ForwardBatch
+from loraplex.runtime.layers.forward_batch import DecodeGroup, ForwardBatch
 
 
 class PagedAttention(nn.Module):
@@ -39,9 +39,9 @@ class PagedAttention(nn.Module):
         value_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(
             0, batch.slot_mapping, value)
         output = torch.empty_like(query)
-        num_decode = batch.num_decode_tokens
-        if num_decode:
-            output[:num_decode] = self._decode(query[:num_decode], batch, key_cache, value_cache)
+        for group in batch.decode_groups:
+            rows = slice(group.start, group.start + group.num_seqs)
+            output[rows] = self._decode(query[rows], group, key_cache, value_cache)
         for span in batch.prefills:
             rows = slice(span.start, span.start + span.query_len)
             q = query[rows].transpose(0, 1).unsqueeze(0)  # [1, H, Q, D]
@@ -58,10 +58,10 @@ class PagedAttention(nn.Module):
             output[rows] = out[0].transpose(0, 1)
         return output.view(num_tokens, self.num_heads * self.head_dim)
 
-    def _decode(self, query: torch.Tensor, batch: ForwardBatch, key_cache: torch.Tensor,
+    def _decode(self, query: torch.Tensor, group: DecodeGroup, key_cache: torch.Tensor,
                 value_cache: torch.Tensor) -> torch.Tensor:
         # query [B, H, D] -> [B, H, D]; one new token per sequence
-        tables = batch.decode_block_tables  # [B, max_blocks]
+        tables = group.block_tables  # [B, max_blocks]
         num_seqs = tables.shape[0]
         keys = key_cache[tables].view(num_seqs, -1, self.num_kv_heads, self.head_dim)
         values = value_cache[tables].view(num_seqs, -1, self.num_kv_heads, self.head_dim)
@@ -69,7 +69,7 @@ class PagedAttention(nn.Module):
             query.unsqueeze(2),  # [B, H, 1, D]
             keys.transpose(1, 2),  # [B, Hkv, L, D]
             values.transpose(1, 2),
-            attn_mask=batch.decode_key_mask,  # [B, 1, 1, L]
+            attn_mask=group.key_mask,  # [B, 1, 1, L]
             scale=self.scale, enable_gqa=True)
         return out.squeeze(2)
 

@@ -1,7 +1,9 @@
 """Everything one forward pass needs to know about the batch, passed explicitly.
 
 The engine flattens every scheduled sequence's new tokens into one row list: decode
-sequences (one new token each) come first, then prefill chunks. The model reads the
+sequences (one new token each) come first, sorted by context length and cut into small
+groups (so each group's keys are padded only to its own longest sequence), then prefill
+chunks. The model reads the
 metadata from here, never from a module global, so several engines (or tests) can share
 one process. LoRA metadata rides along in `lora` (built by the adapter layer).
 """
@@ -29,13 +31,21 @@ class PrefillSpan:
 
 
 @dataclass(slots=True)
+class DecodeGroup:
+    """Decode sequences attended together, rows `start:start + num_seqs` of the batch."""
+
+    start: int
+    num_seqs: int
+    block_tables: torch.Tensor  # int64 [num_seqs, max_blocks], padded with block 0
+    key_mask: torch.Tensor  # float [num_seqs, 1, 1, max_blocks * block_size]: 0 or -inf
+
+
+@dataclass(slots=True)
 class ForwardBatch:
     input_ids: torch.Tensor  # int64 [T]
     positions: torch.Tensor  # int64 [T]
     slot_mapping: torch.Tensor  # int64 [T]: KV cache slot written by each row
-    num_decode_tokens: int  # rows 0:num_decode_tokens are decode sequences, one row each
-    decode_block_tables: torch.Tensor  # int64 [num_decode_tokens, max_blocks]
-    decode_key_mask: torch.Tensor  # bool [num_decode_tokens, 1, 1, max_blocks * block_size]
+    decode_groups: list[DecodeGroup]  # together rows 0:num_decode_tokens, one per sequence
     prefills: list[PrefillSpan]
     logits_indices: torch.Tensor  # int64 [N]: rows whose logits the step needs
     lora: object | None = None  # per-row adapter slots (runtime.kernels.segments)
@@ -43,3 +53,7 @@ class ForwardBatch:
     @property
     def num_tokens(self) -> int:
         return int(self.input_ids.shape[0])
+
+    @property
+    def num_decode_tokens(self) -> int:
+        return sum(group.num_seqs for group in self.decode_groups)

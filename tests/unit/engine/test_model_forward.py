@@ -36,7 +36,7 @@ CONFIGS = {
     "qwen2-qkv-bias": lambda: Qwen2Config(**COMMON, tie_word_embeddings=True),
     "mistral": lambda: MistralConfig(**COMMON, sliding_window=None),
 }
-PROMPT_LENGTHS = (5, 13, 22, 1)
+PROMPT_LENGTHS = (5, 13, 22, 1, 7, 3, 9, 17, 2, 11)  # two decode groups
 NEW_TOKENS = 6
 
 
