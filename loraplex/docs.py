@@ -30,6 +30,7 @@ MARKER = re.compile(
     r"(?P=name) -->)", re.S)
 SETTINGS_HEADER = ("Flag", "Environment", "Default", "Description")
 CRD_HEADER = ("Field", "Type", "Default", "Validation", "Description")
+HOME_STAND_IN = "/home-of-the-user"
 
 
 class StaleDocs(Exception):
@@ -58,11 +59,11 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 @contextmanager
 def _fresh_environment() -> Iterator[None]:
     """Defaults as a fresh shell on any machine computes them: no `LORAPLEX_*` variables,
-    home folder `~` (the cache folder's default is derived from both)."""
+    and a stand-in home folder, shown as `~` (the cache folder's default uses both)."""
     saved = dict(os.environ)
     for name in [name for name in os.environ if name.startswith(ENV_PREFIX)]:
         del os.environ[name]
-    os.environ["HOME"] = "~"
+    os.environ["HOME"] = HOME_STAND_IN
     try:
         yield
     finally:
@@ -82,6 +83,7 @@ def settings_rows(settings_class: type) -> list[tuple[str, ...]]:
         choices = field.metadata.get("choices")
         if choices:
             help_text += f" (one of: {', '.join(choices)})"
+        default = default.replace(HOME_STAND_IN, "~")
         rows.append((_code(flag), _code(env), _code(default), _cell(help_text)))
     return rows
 
