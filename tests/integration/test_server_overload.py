@@ -23,6 +23,7 @@ from tests.integration.conftest import CHAT_PROMPT
 from tests.integration.runtime_servers import RuntimeServer, runtime_server
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
+FLOOD_TOKENS = 40  # long enough that all eight requests arrive while the first runs
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def metric(url: str, name: str, **labels: str) -> float:
                if sample.name == name and labels.items() <= sample.labels.items())
 
 
-def wait_until(condition, timeout_s: float = 60.0) -> None:
+def wait_until(condition, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
@@ -64,7 +65,7 @@ def engine_idle(url: str) -> bool:
 def test_flood_gets_429_and_every_admitted_request_completes(pod) -> None:
     async def flood() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=pod.url, timeout=300) as client:
-            return await asyncio.gather(*(client.post("/generate", json=body(24))
+            return await asyncio.gather(*(client.post("/generate", json=body(FLOOD_TOKENS))
                                           for _ in range(8)))
 
     responses = asyncio.run(flood())
@@ -76,7 +77,7 @@ def test_flood_gets_429_and_every_admitted_request_completes(pod) -> None:
         assert int(response.headers["Retry-After"]) >= 1
         assert response.json()["error_type"] == "overloaded"
     for response in accepted:
-        assert response.json()["details"]["generated_tokens"] == 24
+        assert response.json()["details"]["generated_tokens"] == FLOOD_TOKENS
     wait_until(lambda: engine_idle(pod.url))
     assert metric(pod.url, "loraplex_http_errors_total", error_type="overloaded") >= len(refused)
 
