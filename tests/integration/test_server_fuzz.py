@@ -18,7 +18,7 @@ from tests.integration.conftest import ADMIN_TOKEN, CHAT_PROMPT
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
-MAX_EXAMPLES = 20
+MAX_EXAMPLES = 15
 TOKEN_FIELDS = ("max_new_tokens", "max_tokens", "max_completion_tokens")
 COUNT_FIELDS = ("n", "best_of")
 SKIPPED_PATHS = ("/metrics",)
