@@ -4,7 +4,7 @@ Closed-loop clients (each sends its next request when the previous one ends) str
 `/generate_stream` over loopback and time every token, at several concurrencies, once
 with all requests on one adapter and once spread over many (64 by default), so the cost
 of mixing adapters in a batch shows directly. Reports requests/s, output tokens/s, time
-to first token and inter-token latency (p50/p99) as a table and as JSON.
+to first token and inter-token latency (p50/p99) as a table, as JSON and as a PNG plot.
 
     python -m bench.load                       # starts its own pod on the builtin model
     python -m bench.load --url http://127.0.0.1:8080 --concurrency 1,8,32 --adapters 1,64
@@ -161,6 +161,32 @@ def print_table(results: list[LevelResult]) -> None:
               f"{r.ttft_p99_ms:>7.0f}ms {r.itl_p50_ms:>6.0f}ms {r.itl_p99_ms:>6.0f}ms")
 
 
+def plot(path: Path, results: list[LevelResult]) -> None:
+    """Throughput and latency against concurrency, one line per adapter count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for count in dict.fromkeys(result.adapters for result in results):
+        points = [result for result in results if result.adapters == count]
+        concurrency = [result.concurrency for result in points]
+        label = f"{count} adapters" if count else "base model"
+        left.plot(concurrency, [r.output_tokens_per_s for r in points], "o-", label=label)
+        right.plot(concurrency, [r.itl_p50_ms for r in points], "o-", label=f"{label} ITL p50")
+        right.plot(concurrency, [r.ttft_p50_ms for r in points], "x--",
+                   label=f"{label} TTFT p50")
+    left.set(xscale="log", xlabel="concurrent clients", ylabel="output tokens/s",
+             title="throughput")
+    right.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="ms",
+              title="latency")
+    left.legend()
+    right.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
 def _ints(text: str, least: int = 1) -> list[int]:
     values = [int(item) for item in text.split(",") if item.strip()]
     if not values or any(value < least for value in values):
@@ -182,7 +208,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--admin-token", default="", help="the pod's admin token, if any")
     parser.add_argument("--serve-arg", action="append", default=[],
                         help="extra flag for the pod this tool starts (repeatable)")
-    parser.add_argument("--json", default="bench-load.json", help="where to write results")
+    parser.add_argument("--json", default="bench/results/load.json",
+                        help="where to write results (a PNG plot goes beside it)")
     return parser.parse_args(argv)
 
 
@@ -230,8 +257,11 @@ def main(argv: list[str] | None = None) -> int:
                           "processor": platform.processor() or platform.machine()},
               "server": info, "max_new_tokens": args.max_new_tokens,
               "results": [asdict(result) for result in results]}
-    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.json}")
+    json_path = Path(args.json)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    plot(json_path.with_suffix(".png"), results)
+    print(f"\nwrote {json_path} and {json_path.with_suffix('.png')}")
     return 0
 
 
