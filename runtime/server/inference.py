@@ -30,6 +30,7 @@ from loraplex.runtime.server.generation import GenerationResult, collect
 from loraplex.runtime.server.metrics import ServerMetrics
 
 CLIENT_MISTAKES = frozenset({"bad_name", "bad_source", "bad_preload"})  # AdapterError reasons
+INLINE_TOKENIZE_CHARS = 8192  # longer prompts are tokenized in a worker thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +52,13 @@ class InferenceService:
 
     # --- input -----------------------------------------------------------------------
 
-    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return list(self.engine.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+    async def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`; long texts are encoded off the event loop, so that one huge
+        prompt does not stall every other request's stream."""
+        encode = self.engine.tokenizer.encode
+        if len(text) <= INLINE_TOKENIZE_CHARS:
+            return list(encode(text, add_special_tokens=add_special_tokens))
+        return list(await asyncio.to_thread(encode, text, add_special_tokens=add_special_tokens))
 
     def render_chat(self, messages: list[dict[str, Any]]) -> str:
         """The chat template applied to `messages`, ending with the assistant's turn."""
@@ -104,7 +110,8 @@ class InferenceService:
         if len(prompt_ids) > limits.max_input_length:
             raise ValidationFailed(
                 f"the prompt has {len(prompt_ids)} tokens; at most {limits.max_input_length} "
-                "are allowed (pass `truncate` to keep only its end)", param="prompt")
+                "are allowed (LoRAX requests may set `truncate` to keep only its end)",
+                param="prompt")
         room = limits.max_model_len - len(prompt_ids)
         if max_new_tokens is None:
             max_new_tokens = min(default_max_new_tokens or room, room)

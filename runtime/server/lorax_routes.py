@@ -71,7 +71,7 @@ def _details(result: GenerationResult, params: GenerateParameters,
     return details
 
 
-def _prepare(request: Request, body: GenerateRequest, stream: bool
+async def _prepare(request: Request, body: GenerateRequest, stream: bool
              ) -> tuple[list[GenerationRequest], GenerateParameters]:
     service = service_of(request)
     params = body.parameters or GenerateParameters()
@@ -80,7 +80,7 @@ def _prepare(request: Request, body: GenerateRequest, stream: bool
     stop = service.check_stop(params.stop or [])
     adapter = service.resolve_adapter(params.adapter_id, params.adapter_source, params.api_token)
     prompt_ids, max_new_tokens = service.fit_prompt(
-        service.tokenize(body.inputs), params.max_new_tokens, truncate=params.truncate)
+        await service.tokenize(body.inputs), params.max_new_tokens, truncate=params.truncate)
     sampling = sampling_params(params, max_new_tokens, stop)
     request_id = request.state.record.request_id
     engine_requests = [
@@ -93,7 +93,7 @@ def _prepare(request: Request, body: GenerateRequest, stream: bool
 async def _generate(request: Request, body: GenerateRequest, endpoint: str
                     ) -> tuple[dict[str, Any], dict[str, str]]:
     service = service_of(request)
-    engine_requests, params = _prepare(request, body, stream=False)
+    engine_requests, params = await _prepare(request, body, stream=False)
     record = request.state.record
     with service.admit(len(engine_requests)):
         results = await cancel_on_disconnect(
@@ -152,7 +152,7 @@ async def _stream_body(first: TokenEvent, events: AsyncIterator[TokenEvent],
 
 async def _generate_stream(request: Request, body: GenerateRequest, endpoint: str) -> Response:
     service = service_of(request)
-    engine_requests, params = _prepare(request, body, stream=True)
+    engine_requests, params = await _prepare(request, body, stream=True)
     lease = service.admit(1)
     events = service.stream(engine_requests[0], request.state.record, endpoint)
     try:

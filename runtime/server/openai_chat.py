@@ -52,7 +52,8 @@ def _logprobs(events: list[TokenEvent], top: int) -> dict[str, Any]:
                         for event in events]}
 
 
-def _plan(request: Request, body: ChatCompletionRequest) -> tuple[list[GenerationRequest], int]:
+async def _plan(request: Request, body: ChatCompletionRequest
+                ) -> tuple[list[GenerationRequest], int]:
     service = service_of(request)
     refuse_unsupported(body)
     if body.top_logprobs and not body.logprobs:
@@ -62,7 +63,7 @@ def _plan(request: Request, body: ChatCompletionRequest) -> tuple[list[Generatio
     adapter = service.resolve_adapter(body.model, body.adapter_source, body.api_token)
     stop = service.check_stop(stop_list(body.stop))
     prompt = service.render_chat([message.template_message() for message in body.messages])
-    ids, max_new = service.fit_prompt(service.tokenize(prompt, add_special_tokens=False),
+    ids, max_new = service.fit_prompt(await service.tokenize(prompt, add_special_tokens=False),
                                       body.max_completion_tokens or body.max_tokens)
     top = (body.top_logprobs or 0) if body.logprobs else 0
     params = sampling_params(body, max_new, stop, logprobs=top)
@@ -73,7 +74,7 @@ def _plan(request: Request, body: ChatCompletionRequest) -> tuple[list[Generatio
 
 async def _complete(request: Request, body: ChatCompletionRequest) -> JSONResponse:
     service = service_of(request)
-    engine_requests, _ = _plan(request, body)
+    engine_requests, _ = await _plan(request, body)
     with service.admit(len(engine_requests)):
         results = await cancel_on_disconnect(
             request, service.complete_many(engine_requests, request.state.record, "chat"))
@@ -137,7 +138,7 @@ async def _stream_body(request: Request, body: ChatCompletionRequest, n: int,
 
 async def _complete_stream(request: Request, body: ChatCompletionRequest) -> Response:
     service = service_of(request)
-    engine_requests, n = _plan(request, body)
+    engine_requests, n = await _plan(request, body)
     lease, first, events = await start_stream(request, service, engine_requests, "chat")
     return EventStream(_stream_body(request, body, n, first, events), on_close=lease.release)
 

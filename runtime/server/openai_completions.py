@@ -43,7 +43,7 @@ router = APIRouter(tags=["openai"])
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
 
 
-def _prompts(service: InferenceService, prompt: Any) -> list[tuple[list[int], str]]:
+async def _prompts(service: InferenceService, prompt: Any) -> list[tuple[list[int], str]]:
     """(token ids, text) of each prompt in the request."""
     if isinstance(prompt, str):
         prompt = [prompt]
@@ -55,7 +55,7 @@ def _prompts(service: InferenceService, prompt: Any) -> list[tuple[list[int], st
     prompts = []
     for item in prompt:
         if isinstance(item, str):
-            prompts.append((service.tokenize(item), item))
+            prompts.append((await service.tokenize(item), item))
             continue
         if any(not 0 <= token < vocab_size for token in item):
             raise ValidationFailed(f"prompt token ids must be in [0, {vocab_size})",
@@ -83,7 +83,7 @@ def _logprobs(events: list[TokenEvent], prompt: list[TokenLogprob] | None,
     }
 
 
-def _plan(request: Request, body: CompletionRequest
+async def _plan(request: Request, body: CompletionRequest
           ) -> tuple[list[list[GenerationRequest]], list[str], int]:
     """Engine requests per prompt (best_of each), the prompts' texts, and n."""
     service = service_of(request)
@@ -94,7 +94,7 @@ def _plan(request: Request, body: CompletionRequest
     stop = service.check_stop(stop_list(body.stop))
     request_id = request.state.record.request_id
     plans, texts = [], []
-    for prompt_index, (ids, text) in enumerate(_prompts(service, body.prompt)):
+    for prompt_index, (ids, text) in enumerate(await _prompts(service, body.prompt)):
         ids, max_new = service.fit_prompt(ids, body.max_tokens, DEFAULT_MAX_TOKENS)
         params = sampling_params(body, max_new, stop, body.logprobs or 0,
                                  prompt_logprobs=bool(body.echo and body.logprobs is not None))
@@ -106,7 +106,7 @@ def _plan(request: Request, body: CompletionRequest
 
 async def _complete(request: Request, body: CompletionRequest) -> JSONResponse:
     service = service_of(request)
-    plans, texts, n = _plan(request, body)
+    plans, texts, n = await _plan(request, body)
     flat = [engine_request for plan in plans for engine_request in plan]
     with service.admit(len(flat)):
         results = await cancel_on_disconnect(
@@ -179,7 +179,7 @@ async def _stream_body(request: Request, body: CompletionRequest, texts: list[st
 
 async def _complete_stream(request: Request, body: CompletionRequest) -> Response:
     service = service_of(request)
-    plans, texts, n = _plan(request, body)
+    plans, texts, n = await _plan(request, body)
     flat = [engine_request for plan in plans for engine_request in plan]
     lease, first, events = await start_stream(request, service, flat, "completions")
     return EventStream(_stream_body(request, body, texts, n, first, events),

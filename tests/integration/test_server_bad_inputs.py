@@ -119,6 +119,11 @@ def test_openai_malformed_json_and_bad_utf8(http) -> None:
         headers=LORAX_JSON))["message"]
 
 
+def test_a_body_beyond_16_mib_is_413_unread(http) -> None:
+    raw = b'{"inputs": "' + b"a" * (17 << 20) + b'"}'
+    assert http.post("/generate", content=raw, headers=LORAX_JSON).status_code == 413
+
+
 def test_unknown_routes_and_methods_are_4xx(http) -> None:
     assert http.get("/no/such/route").status_code == 404
     assert http.get("/generate").status_code == 405
