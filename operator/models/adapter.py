@@ -63,21 +63,24 @@ class AdapterSpec(CamelModel):
 
 
 class AdapterPlacement(CamelModel):
-    pod: str
-    state: PlacementState
-    since: str | None = None
-    message: str = ""
+    pod: str = Field(description="Runtime pod that holds (or is loading) the adapter.")
+    state: PlacementState = Field(description="As the pod reports it.")
+    since: str | None = Field(None, description="When the placement entered this state.")
+    message: str = Field("", description="The pod's error, when Failed.")
 
 
 class AdapterStatus(CamelModel):
-    phase: Phase | None = None
-    rank: int | None = None
-    size_bytes: int | None = None
-    digest: str | None = None
-    replicas: int | None = None
-    ready_replicas: int | None = None
+    phase: Phase | None = Field(None, description="Pending, Loading, Ready or Failed.")
+    rank: int | None = Field(None, description="LoRA rank, as the pod read it.")
+    size_bytes: int | None = Field(None, description="Bytes of adapter weights.")
+    digest: str | None = Field(None, description="sha256 of the adapter's files.")
+    replicas: int | None = Field(None, description="Placements wanted (spec.replicas).")
+    ready_replicas: int | None = Field(None, description="Pods that confirmed the load.")
     ready: str | None = Field(None, description="readyReplicas/replicas, for kubectl.")
-    placements: list[AdapterPlacement] = Field(default_factory=list)
-    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)
-    message: str | None = None
-    observed_generation: int | None = None
+    placements: list[AdapterPlacement] = Field(default_factory=list,
+                                               description="One entry per pod.")
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST,
+                                        description="Ready, Placed, Degraded with reasons.")
+    message: str | None = Field(None, description="Why the adapter is not Ready.")
+    observed_generation: int | None = Field(
+        None, description="The spec generation this status describes.")

@@ -60,8 +60,11 @@ class ModelSpec(CamelModel):
 class ResourceRequirements(CamelModel):
     """The core/v1 ResourceRequirements of each runtime container (GPUs go in limits)."""
 
-    limits: dict[str, Quantity] = Field(default_factory=dict)
-    requests: dict[str, Quantity] = Field(default_factory=dict)
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict, description="Most a runtime container may use, e.g. "
+        "nvidia.com/gpu: 1.")
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, description="What the scheduler reserves for a runtime container.")
 
 
 class Capacity(CamelModel):
@@ -83,13 +86,17 @@ class PlacementSpec(CamelModel):
 
 
 class EngineSpec(CamelModel):
-    max_num_seqs: int = Field(256, ge=1, le=65536)
-    max_num_batched_tokens: int = Field(8192, ge=1, le=1048576)
-    kv_cache_fraction: float = Field(0.85, gt=0, le=1)
+    max_num_seqs: int = Field(256, ge=1, le=65536,
+                              description="Most sequences in one batch (--max-num-seqs).")
+    max_num_batched_tokens: int = Field(
+        8192, ge=1, le=1048576,
+        description="Most tokens in one forward pass; prefill is chunked to fit.")
+    kv_cache_fraction: float = Field(
+        0.85, gt=0, le=1, description="Fraction of free device memory given to the KV cache.")
 
 
 class RouterSpec(CamelModel):
-    replicas: int = Field(2, ge=0, le=100)
+    replicas: int = Field(2, ge=0, le=100, description="Router pods behind the endpoint.")
     image: str | None = Field(None, min_length=1, max_length=1024,
                               description="Router image (default: the runtime image).")
 
@@ -107,22 +114,26 @@ class BaseModelDeploymentSpec(CamelModel):
     router: RouterSpec = Field(default_factory=RouterSpec, json_schema_extra={"default": {}})
     env: list[dict[str, Any]] = Field(default_factory=list,
                                       description="core/v1 EnvVar list for the runtime pods.")
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels the runtime pods must run on.")
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, description="core/v1 Tolerations for the runtime pods.")
 
 
 class AdapterCounts(CamelModel):
-    placed: int = 0
-    ready: int = 0
-    pending: int = 0
-    failed: int = 0
+    placed: int = Field(0, description="Adapters with at least one placement.")
+    ready: int = Field(0, description="Adapters in phase Ready.")
+    pending: int = Field(0, description="Adapters waiting for capacity or a pod.")
+    failed: int = Field(0, description="Adapters whose load failed.")
 
 
 class BmdStatus(CamelModel):
-    replicas: int | None = None
-    ready_replicas: int | None = None
+    replicas: int | None = Field(None, description="Runtime pods that exist.")
+    ready_replicas: int | None = Field(None, description="Runtime pods that answer /ready.")
     ready: str | None = Field(None, description="readyReplicas/replicas, for kubectl.")
-    adapters: AdapterCounts | None = None
-    endpoint: str | None = None
-    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)
-    observed_generation: int | None = None
+    adapters: AdapterCounts | None = Field(None, description="Adapters of this base model.")
+    endpoint: str | None = Field(None, description="In-cluster URL of the router.")
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST,
+                                        description="Ready, Degraded, ... with reasons.")
+    observed_generation: int | None = Field(
+        None, description="The spec generation this status describes.")
