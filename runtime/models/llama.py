@@ -3,7 +3,8 @@
 Written to compute what Hugging Face's `LlamaForCausalLM` computes, operation for
 operation, so greedy output matches it token for token in fp32; the differences are in
 the layout only: the batch is one flat row list with metadata in `ForwardBatch`, q/k/v
-and gate/up are fused projections, and attention reads K/V through block tables.
+and gate/up are fused projections, and attention reads K/V through block tables. LoRA
+deltas are added per projection group right after its base GEMM, from `batch.lora`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from transformers import PretrainedConfig
 
 from loraplex.runtime.layers.attention import PagedAttention
 from loraplex.runtime.layers.forward_batch import ForwardBatch
-from loraplex.runtime.layers.linear import MergedLinear
+from loraplex.runtime.layers.linear import Linear, MergedLinear
 from loraplex.runtime.layers.rms_norm import RMSNorm
 from loraplex.runtime.layers.rotary import RotaryEmbedding, apply_rotary
 
@@ -47,8 +48,9 @@ def check_supported(config: PretrainedConfig) -> None:
 
 
 class Attention(nn.Module):
-    def __init__(self, config: PretrainedConfig) -> None:
+    def __init__(self, config: PretrainedConfig, layer_index: int) -> None:
         super().__init__()
+        self.layer_index = layer_index  # LoRA slot pools are indexed by layer
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
         self.head_dim = head_dim_of(config)
@@ -58,7 +60,7 @@ class Attention(nn.Module):
         self.kv_size = self.num_kv_heads * self.head_dim
         self.qkv_proj = MergedLinear(config.hidden_size,
                                      (self.q_size, self.kv_size, self.kv_size), bias=qkv_bias)
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=attention_bias)
+        self.o_proj = Linear(self.q_size, config.hidden_size, bias=attention_bias)
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim)
 
     def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -66,33 +68,46 @@ class Attention(nn.Module):
                 ) -> torch.Tensor:
         num_tokens = hidden.shape[0]
         qkv = self.qkv_proj(hidden)  # [T, q_size + 2 * kv_size]
+        if batch.lora is not None:
+            batch.lora.apply(qkv, hidden, self.layer_index, "qkv")
         query, key, value = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
         query = apply_rotary(query.view(num_tokens, self.num_heads, self.head_dim), cos, sin)
         key = apply_rotary(key.view(num_tokens, self.num_kv_heads, self.head_dim), cos, sin)
         value = value.reshape(num_tokens, self.num_kv_heads, self.head_dim)
         attended = self.attn(query, key, value, batch, *kv_cache)  # [T, q_size]
-        return self.o_proj(attended)
+        output = self.o_proj(attended)  # [T, d]
+        if batch.lora is not None:
+            batch.lora.apply(output, attended, self.layer_index, "o")
+        return output
 
 
 class MLP(nn.Module):
-    def __init__(self, config: PretrainedConfig) -> None:
+    def __init__(self, config: PretrainedConfig, layer_index: int) -> None:
         super().__init__()
+        self.layer_index = layer_index
         bias = getattr(config, "mlp_bias", False)
         self.intermediate_size = config.intermediate_size
         self.gate_up_proj = MergedLinear(
             config.hidden_size, (config.intermediate_size, config.intermediate_size), bias=bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=bias)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(hidden).split(self.intermediate_size, dim=-1)  # [T, I] x2
-        return self.down_proj(F.silu(gate) * up)
+    def forward(self, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        gate_up = self.gate_up_proj(hidden)  # [T, 2I]
+        if batch.lora is not None:
+            batch.lora.apply(gate_up, hidden, self.layer_index, "gate_up")
+        gate, up = gate_up.split(self.intermediate_size, dim=-1)  # [T, I] x2
+        activated = F.silu(gate) * up  # [T, I]
+        output = self.down_proj(activated)  # [T, d]
+        if batch.lora is not None:
+            batch.lora.apply(output, activated, self.layer_index, "down")
+        return output
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: PretrainedConfig) -> None:
+    def __init__(self, config: PretrainedConfig, layer_index: int) -> None:
         super().__init__()
-        self.self_attn = Attention(config)
-        self.mlp = MLP(config)
+        self.self_attn = Attention(config, layer_index)
+        self.mlp = MLP(config, layer_index)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -103,7 +118,7 @@ class DecoderLayer(nn.Module):
         hidden = self.self_attn(self.input_layernorm(hidden), cos, sin, batch, kv_cache)
         hidden = residual + hidden
         residual = hidden
-        hidden = self.mlp(self.post_attention_layernorm(hidden))
+        hidden = self.mlp(self.post_attention_layernorm(hidden), batch)
         return residual + hidden
 
 
@@ -111,7 +126,8 @@ class LlamaModel(nn.Module):
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, index)
+                                    for index in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config, head_dim_of(config))
 
@@ -129,12 +145,16 @@ class LlamaForCausalLM(nn.Module):
         check_supported(config)
         self.config = config
         self.model = LlamaModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+
+    def pack_weights(self) -> int:
+        """Pre-pack every linear layer's final weights for the CPU; return how many."""
+        return sum(module.pack() for module in self.modules() if isinstance(module, Linear))
 
     def reset_buffers(self) -> None:
         """Compute non-parameter state once the module sits on its device."""

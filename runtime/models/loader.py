@@ -153,6 +153,7 @@ def load_model(config: EngineConfig) -> LoadedModel:
             init_dummy_weights(model, config.seed, getattr(hf_config, "initializer_range", 0.02))
         else:
             model.load_weights(iter_checkpoint(folder, device))
+        model.pack_weights()
     loaded = LoadedModel(
         model=model, hf_config=hf_config, tokenizer=tokenizer, model_id=config.model,
         dtype=dtype, device=device, max_model_len=context_length(hf_config,
