@@ -205,8 +205,6 @@ def overhead(pod_urls: list[str], args, log_dir: Path, upstream: str) -> list[Le
                 if mode == "router":
                     level.router_cpu_ms = (cpu_seconds(pid) - cpu_before) * 1000 / total
                 levels.append(level)
-                print(f"  {level.mode:12s} c={concurrency:3d}  p50 {level.p50_ms:8.2f} ms",
-                      flush=True)
     return levels
 
 
@@ -243,16 +241,6 @@ def table(title: str, levels: list[Level]) -> str:
                      f"{level.p50_ms:9.2f} {level.p99_ms:9.2f} {cpu}  "
                      f"{level.adapter_loads or ''}")
     return "\n".join(lines)
-
-
-def added_latency(levels: list[Level]) -> list[dict]:
-    rows = []
-    for direct, routed in zip(levels[::2], levels[1::2], strict=True):
-        rows.append({"upstream": direct.mode.split(":")[0], "concurrency": direct.concurrency,
-                     "added_p50_ms": routed.p50_ms - direct.p50_ms,
-                     "added_p99_ms": routed.p99_ms - direct.p99_ms,
-                     "throughput_ratio": routed.requests_per_s / direct.requests_per_s})
-    return rows
 
 
 def plot(path: Path, overhead_levels: list[Level], skew_levels: list[Level]) -> None:
@@ -310,13 +298,11 @@ def main(argv: list[str] | None = None) -> int:
         args.concurrency, args.requests, args.cold, args.skew_requests = [1, 8], 40, 20, 120
     work = Path(tempfile.mkdtemp(prefix="bench-router-"))
     (work / "adapters").mkdir()
-    print(f"overhead, stand-in pods answering in {args.stub_delay_ms:.0f} ms:", flush=True)
     with stubs(args.stub_delay_ms) as stub_urls:
         overhead_levels = overhead(stub_urls, args, work, "stub")
     skew_levels: list[Level] = []
     if not args.skip_pods:
         with real_pods(args, work) as urls:
-            print(f"overhead, {args.model} pods:", flush=True)
             overhead_levels += overhead(urls, args, work, "pods")
             if not args.skip_skew:
                 skew_levels = skew(urls, args, work, work / "adapters")
@@ -344,7 +330,13 @@ def report(args, overhead_levels: list[Level], skew_levels: list[Level]) -> int:
                             "python": platform.python_version()},
                 "settings": vars(args),
                 "overhead": [asdict(level) for level in overhead_levels],
-                "added_latency": added_latency(overhead_levels),
+                "added_latency": [
+                    {"upstream": direct.mode.split(":")[0], "concurrency": direct.concurrency,
+                     "added_p50_ms": routed.p50_ms - direct.p50_ms,
+                     "added_p99_ms": routed.p99_ms - direct.p99_ms,
+                     "throughput_ratio": routed.requests_per_s / direct.requests_per_s}
+                    for direct, routed in zip(overhead_levels[::2], overhead_levels[1::2],
+                                              strict=True)],
                 "skew": [asdict(level) for level in skew_levels]}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
