@@ -128,9 +128,18 @@ class AsyncEngine:
     # the engine thread
 
     def _run(self) -> None:
-        while True:
-            if not self._apply_commands(block=not self.engine.has_unfinished()):
-                break
+        try:
+            self._loop_until_stopped()
+            events = self.engine.abort_all()
+        except BaseException as error:  # never leave streams waiting on a dead thread
+            logger.exception("engine loop crashed")
+            events = self.engine.fail_all(f"engine loop crashed: {error}")
+        self._stats = self.engine.stats()
+        if events:
+            self._loop.call_soon_threadsafe(self._dispatch, events)
+
+    def _loop_until_stopped(self) -> None:
+        while self._apply_commands(block=not self.engine.has_unfinished()):
             if not self.engine.has_unfinished():
                 continue
             started = time.perf_counter()
@@ -143,10 +152,6 @@ class AsyncEngine:
             self._stats = self.engine.stats()
             if events:
                 self._loop.call_soon_threadsafe(self._dispatch, events)
-        events = self.engine.abort_all()
-        self._stats = self.engine.stats()
-        if events:
-            self._loop.call_soon_threadsafe(self._dispatch, events)
 
     def _apply_commands(self, block: bool) -> bool:
         """Apply queued commands (waiting for one if `block`); False once asked to stop."""
@@ -161,7 +166,7 @@ class AsyncEngine:
             if isinstance(command, _Add):
                 try:
                     self.engine.add_request(command.request)
-                except ValueError as error:
+                except Exception as error:
                     self._loop.call_soon_threadsafe(self._fail, command.request.request_id,
                                                     error)
             else:
