@@ -158,8 +158,6 @@ class Engine:
         events, self._pending_events = self._pending_events, []
         scheduled = self.scheduler.schedule()
         if not scheduled:
-            if self.scheduler.waiting and not self.scheduler.running:
-                raise RuntimeError("no waiting request fits an empty KV cache")  # a bug
             return events
         self.kv_cache.zero_fresh_blocks(self.block_manager.num_blocks_ever_used)
         output = self.runner.execute(scheduled)
