@@ -99,7 +99,7 @@ async def test_requests_that_cannot_run_raise_and_others_continue(tiny_engine):
         "ok", [5, 6, 7], SamplingParams(max_new_tokens=12, ignore_eos=True))))
     with pytest.raises(ValueError, match="context"):
         await collect(tiny_engine, GenerationRequest("too-long", [5] * 5000))
-    with pytest.raises(ValueError, match="adapters"):
+    with pytest.raises(ValueError, match="adapter"):
         await collect(tiny_engine, GenerationRequest("lora", [5], adapter="some-adapter"))
     events = await survivor
     assert len(events) == 12 and events[-1].finish_reason is FinishReason.LENGTH
