@@ -3,13 +3,17 @@
 Per projection group, one buffer holds every layer and every slot:
 
     lora_a[group]  [L, S, n_slices, R, d_in]
-    lora_b[group]  [L, S, d_out_total, R]        (scaling already folded into B)
+    lora_b[group]  [L, S, R, d_out_total]        rank-major; scaling already folded into B
     ranks          [S] int32                      rank of the adapter in each slot (0: empty)
+    groups_host    [S] frozenset                  projection groups each slot's adapter targets
 
-`group(layer, name)` hands the kernels the contiguous per-layer views `[S, n_slices, R,
-d_in]` and `[S, d_out_total, R]`. Rows past a module's rank are zero, so a kernel may read
-up to the slot's rank and still compute each module exactly. Buffers are allocated once:
-loading an adapter never allocates device memory, so it cannot fragment the KV cache.
+`group(layer, name)` hands the kernels the per-layer views `[S, n_slices, R, d_in]`
+(contiguous) and `[S, d_out_total, R]` (a transposed view of the rank-major buffer: a
+slot's `[:rank]` of B is one contiguous block, which the CPU path reads several times
+faster; both kernel backends accept the view). Rows past a module's rank are zero, so a
+kernel may read up to the slot's rank and still compute each module exactly. Buffers are
+allocated once: loading an adapter never allocates device memory, so it cannot fragment
+the KV cache.
 
 On CUDA, `write` copies from pinned host memory on a side stream and records an event;
 the slot may be used once `SlotCopy.done()`. The copy first waits on a fence recorded on
@@ -60,10 +64,11 @@ class DeviceSlotPool:
             group = target.group(name)
             self.lora_a[name] = torch.zeros(layers, num_slots, group.num_slices, max_rank,
                                             group.d_in, dtype=dtype, device=self.device)
-            self.lora_b[name] = torch.zeros(layers, num_slots, group.d_out, max_rank,
+            self.lora_b[name] = torch.zeros(layers, num_slots, max_rank, group.d_out,
                                             dtype=dtype, device=self.device)
         self.ranks = torch.zeros(num_slots, dtype=torch.int32, device=self.device)
         self.ranks_host = [0] * num_slots  # same values, for building batch metadata on the CPU
+        self.groups_host: list[frozenset[str]] = [frozenset()] * num_slots
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     @staticmethod
@@ -79,7 +84,7 @@ class DeviceSlotPool:
 
     def group(self, layer: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(lora_a [S, n_slices, R, d_in], lora_b [S, d_out_total, R]) of one layer."""
-        return self.lora_a[name][layer], self.lora_b[name][layer]
+        return self.lora_a[name][layer], self.lora_b[name][layer].transpose(1, 2)
 
     def fence(self) -> Any:
         """An event on the calling thread's stream; `write(after=...)` waits for it."""
@@ -116,12 +121,13 @@ class DeviceSlotPool:
             self.lora_b[name][:, slot].zero_()
         self.ranks[slot] = 0
         self.ranks_host[slot] = 0
+        self.groups_host[slot] = frozenset()
 
     def _copy(self, slot: int, weights: AdapterWeights) -> None:
         non_blocking = self._stream is not None
         for name in GROUP_NAMES:
             slot_a = self.lora_a[name][:, slot]  # [L, n_slices, R, d_in]
-            slot_b = self.lora_b[name][:, slot]  # [L, d_out_total, R]
+            slot_b = self.lora_b[name][:, slot]  # [L, R, d_out_total]
             slot_a.zero_()
             slot_b.zero_()
             packed = weights.groups.get(name)
@@ -129,9 +135,10 @@ class DeviceSlotPool:
                 continue
             rank = packed.rank
             slot_a[:, :, :rank].copy_(packed.a, non_blocking=non_blocking)
-            slot_b[:, :, :rank].copy_(packed.b, non_blocking=non_blocking)
+            slot_b[:, :rank].copy_(packed.b.transpose(1, 2), non_blocking=non_blocking)
         self.ranks[slot] = weights.rank
         self.ranks_host[slot] = weights.rank
+        self.groups_host[slot] = frozenset(weights.groups)
 
     def _check_slot(self, slot: int) -> None:
         if not 0 <= slot < self.num_slots:

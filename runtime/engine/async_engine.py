@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from loraplex.runtime.adapters.manager import AdapterManager
 from loraplex.runtime.config import EngineConfig
 from loraplex.runtime.engine.engine import Engine, EngineStats
 from loraplex.runtime.engine.request import GenerationRequest, TokenEvent
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 STEP_HISTORY = 4096  # step durations kept
 IDLE_POLL_S = 0.5  # how often an idle loop thread wakes to check for shutdown
+STALL_WAIT_S = 0.002  # pause when every waiting request waits for its adapter's load
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,11 @@ class AsyncEngine:
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         return self.engine.tokenizer
+
+    @property
+    def adapters(self) -> AdapterManager:
+        """The engine's adapter manager (register adapters here; safe from any thread)."""
+        return self.engine.adapters
 
     @property
     def model_id(self) -> str:
@@ -139,7 +146,7 @@ class AsyncEngine:
             self._loop.call_soon_threadsafe(self._dispatch, events)
 
     def _loop_until_stopped(self) -> None:
-        while self._apply_commands(block=not self.engine.has_unfinished()):
+        while self._apply_commands(*self._command_wait()):
             if not self.engine.has_unfinished():
                 continue
             started = time.perf_counter()
@@ -153,10 +160,16 @@ class AsyncEngine:
             if events:
                 self._loop.call_soon_threadsafe(self._dispatch, events)
 
-    def _apply_commands(self, block: bool) -> bool:
-        """Apply queued commands (waiting for one if `block`); False once asked to stop."""
+    def _command_wait(self) -> tuple[bool, float]:
+        """(block, timeout) for the next command: idle, or every request waits on a load."""
+        if not self.engine.has_unfinished():
+            return True, IDLE_POLL_S
+        return not self.engine.last_step_ran, STALL_WAIT_S
+
+    def _apply_commands(self, block: bool, timeout: float = IDLE_POLL_S) -> bool:
+        """Apply queued commands (waiting up to `timeout` if `block`); False once stopping."""
         try:
-            command = self._commands.get(timeout=IDLE_POLL_S) if block else (
+            command = self._commands.get(timeout=timeout) if block else (
                 self._commands.get_nowait())
         except queue.Empty:
             return True

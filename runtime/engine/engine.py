@@ -4,6 +4,11 @@
 counts, the model runner computes and samples, and the results are turned into events
 (detokenized text, stop sequences, EOS, length). Requests join and leave between any
 two steps. The engine is single-threaded; `AsyncEngine` drives it from a thread.
+
+`adapters` is the engine's `AdapterManager` (LoRA adapters by registered name), built on
+first use because its device slot pool is sized for `device_slots` adapters of
+`max_lora_rank`. A request names a registered adapter; it waits for nothing but that
+adapter, and a failed adapter ends its requests with an ERROR event giving the reason.
 """
 
 from __future__ import annotations
@@ -11,11 +16,16 @@ from __future__ import annotations
 import copy
 import logging
 import random
+import threading
+import time
 from dataclasses import dataclass
 
 import torch
 
+from loraplex.runtime.adapters.manager import AdapterManager
+from loraplex.runtime.adapters.target import LoraTargetShapes
 from loraplex.runtime.config import EngineConfig
+from loraplex.runtime.engine.adapter_admission import AdapterAdmission
 from loraplex.runtime.engine.block_manager import BlockManager
 from loraplex.runtime.engine.detokenizer import IncrementalDetokenizer, special_token_ids
 from loraplex.runtime.engine.kv_cache import (
@@ -34,9 +44,11 @@ from loraplex.runtime.engine.request import (
 )
 from loraplex.runtime.engine.scheduler import Scheduler
 from loraplex.runtime.engine.sequence import Sequence
+from loraplex.runtime.kernels import resolve_backend
 from loraplex.runtime.models.loader import LoadedModel, load_model
 
 logger = logging.getLogger(__name__)
+IDLE_WAIT_S = 0.002  # `generate` pause when every waiting request waits for its adapter
 
 
 @dataclass(slots=True)
@@ -85,13 +97,37 @@ class Engine:
         self._num_steps = 0
         self._num_prompt_tokens = 0
         self._num_generated_tokens = 0
+        self.last_step_ran = False  # whether the last step ran the model
+        self._adapters: AdapterManager | None = None
+        self._adapters_lock = threading.Lock()
+
+    @property
+    def adapters(self) -> AdapterManager:
+        """The adapter manager (built on first use; safe from any thread)."""
+        with self._adapters_lock:
+            if self._adapters is None:
+                loaded = self.loaded
+                manager = AdapterManager(self.config,
+                                         LoraTargetShapes.from_hf_config(loaded.hf_config),
+                                         loaded.device, loaded.dtype)
+                self.runner.lora_backend = resolve_backend(self.config.lora_backend,
+                                                           loaded.device)
+                self.runner.lora_pool = manager.pool
+                self.scheduler.admission = AdapterAdmission(manager)
+                self._adapters = manager
+            return self._adapters
+
+    def close(self) -> None:
+        """Stop the adapter manager's worker threads (the engine is not used afterwards)."""
+        if self._adapters is not None:
+            self._adapters.close()
 
     # requests in
 
     def validate(self, request: GenerationRequest) -> None:
         """Raise ValueError if the request can never run (depends on no mutable state)."""
         if request.adapter is not None:
-            raise ValueError("LoRA adapters are not available in this engine yet")
+            self.adapters.get(request.adapter)  # AdapterNotFound (a ValueError) if unknown
         vocab = self.loaded.hf_config.vocab_size
         bad = [t for t in request.prompt_token_ids if not 0 <= t < vocab]
         if bad:
@@ -157,6 +193,11 @@ class Engine:
     def step(self) -> list[TokenEvent]:
         events, self._pending_events = self._pending_events, []
         scheduled = self.scheduler.schedule()
+        for seq, error in self.scheduler.failed:
+            del self._seqs[seq.request_id]
+            events.append(self._end_event(seq, FinishReason.ERROR, error))
+        self.scheduler.failed.clear()
+        self.last_step_ran = bool(scheduled)
         if not scheduled:
             return events
         self.kv_cache.zero_fresh_blocks(self.block_manager.num_blocks_ever_used)
@@ -185,6 +226,8 @@ class Engine:
         while self.has_unfinished():
             for event in self.step():
                 results.setdefault(event.request_id, []).append(event)
+            if not self.last_step_ran:  # every waiting request waits for its adapter
+                time.sleep(IDLE_WAIT_S)
         return results
 
     def stats(self) -> EngineStats:

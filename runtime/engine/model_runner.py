@@ -1,9 +1,11 @@
 """Runs one scheduled step on the device: batch tensors in, sampled tokens out.
 
-Lays the step's tokens out as one flat batch (decode rows first, then prefill chunks),
-builds the `ForwardBatch` metadata once, runs the model under `inference_mode`, computes
-logits only for the rows that sample (and, in slices, for prompt logprobs), and samples
-every sequence in one call. All per-token host work happens here, in bulk.
+Lays the step's tokens out as one flat batch (decode rows first, then prefill chunks; each
+part ordered by adapter slot, so rows of one adapter form one segment), builds the
+`ForwardBatch` metadata once (with the step's `LoraBatch` when any row has an adapter),
+runs the model under `inference_mode`, computes logits only for the rows that sample
+(and, in slices, for prompt logprobs), and samples every sequence in one call. All
+per-token host work happens here, in bulk.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from loraplex.runtime.adapters.slots import DeviceSlotPool
 from loraplex.runtime.engine.kv_cache import PagedKVCache
 from loraplex.runtime.engine.scheduler import ScheduledSequence
 from loraplex.runtime.engine.sequence import Sequence
 from loraplex.runtime.layers.forward_batch import DecodeGroup, ForwardBatch, PrefillSpan
+from loraplex.runtime.layers.lora import LoraBatch
 from loraplex.runtime.layers.sampler import (
     RepetitionPenalty,
     Sampler,
@@ -51,13 +55,17 @@ class ModelRunner:
         self.block_size = kv_cache.layout.block_size
         self.dtype = kv_cache.layout.dtype
         self.sampler = Sampler()
+        self.lora_pool: DeviceSlotPool | None = None  # set when the engine serves adapters
+        self.lora_backend = "torch"
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSequence]) -> StepOutput:
-        # decode rows first, shortest context first (see DecodeGroup), then prefill chunks
+        # decode rows first, by adapter slot then shortest context (see DecodeGroup), then
+        # prefill chunks by adapter slot
         ordered = (sorted((s for s in scheduled if s.num_new_tokens == 1),
-                          key=lambda s: s.seq.num_computed_tokens)
-                   + [s for s in scheduled if s.num_new_tokens > 1])
+                          key=lambda s: (s.seq.lora_slot, s.seq.num_computed_tokens))
+                   + sorted((s for s in scheduled if s.num_new_tokens > 1),
+                            key=lambda s: s.seq.lora_slot))
         batch, starts = self.prepare(ordered)
         hidden = self.model(batch, self.kv_cache.layers)  # [T, d]
         output = StepOutput()
@@ -104,6 +112,11 @@ class ModelRunner:
                 mask = (torch.arange(last)[None, :] <= query_pos).to(self.device)
             spans.append(PrefillSpan(start, item.num_new_tokens, last,
                                      torch.tensor(table, device=self.device), mask))
+        lora = None
+        if self.lora_pool is not None:
+            row_slots = [item.seq.lora_slot for item in ordered
+                         for _ in range(item.num_new_tokens)]
+            lora = LoraBatch.build(self.lora_pool, row_slots, self.lora_backend, self.device)
         context_lens = positions[:len(decode_tables)]  # decode row i sees positions 0..pos
         groups = [self._decode_group(start, decode_tables[start:start + DECODE_GROUP_SIZE],
                                      context_lens[start:start + DECODE_GROUP_SIZE])
@@ -111,7 +124,7 @@ class ModelRunner:
         batch = ForwardBatch(
             input_ids=self._tensor(input_ids), positions=self._tensor(positions),
             slot_mapping=self._tensor(slots), decode_groups=groups, prefills=spans,
-            logits_indices=self._tensor(logits_rows))
+            logits_indices=self._tensor(logits_rows), lora=lora)
         return batch, starts
 
     def _tensor(self, values: list[int]) -> torch.Tensor:

@@ -5,7 +5,13 @@ in arrival order (a decode costs one token, an unfinished prefill continues with
 chunk), then on waiting sequences (FIFO) while sequence slots and blocks last. Prefills
 are chunked to the budget left, so prefill and decode mix in one step. When a running
 sequence needs a block and none is free, the newest running sequence is preempted: its
-blocks are freed and it waits at the front of the queue to be recomputed.
+blocks are freed and it waits at the front of the queue to be recomputed (keeping its
+adapter lease, so its adapter stays resident).
+
+With adapters (`admission` set), a waiting sequence is admitted only once its adapter is
+on the device; one whose adapter is still loading is skipped, not waited for, so the
+requests behind it go ahead (no head-of-line blocking). A sequence whose adapter failed
+leaves the queue and is reported in `failed` (with the reason) for the engine to end.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from loraplex.runtime.adapters.errors import AdapterError
+from loraplex.runtime.engine.adapter_admission import AdapterAdmission
 from loraplex.runtime.engine.block_manager import BlockManager
 from loraplex.runtime.engine.sequence import Sequence, SequenceStatus
 
@@ -37,6 +45,8 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self.admission: AdapterAdmission | None = None  # set once adapters are in use
+        self.failed: list[tuple[Sequence, str]] = []  # adapter failures for the engine to end
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -65,19 +75,42 @@ class Scheduler:
             scheduled.append(ScheduledSequence(seq, num_new))
             budget -= num_new
             index += 1
-        while (self.waiting and budget > 0 and not preempted
-               and len(self.running) < self.max_num_seqs):
-            seq = self.waiting[0]
+        admission = self.admission
+        if admission is not None:
+            admission.begin_step()
+        blocked: set[str] = set()  # adapters not admissible this step
+        for seq in list(self.waiting):
+            if budget <= 0 or preempted or len(self.running) >= self.max_num_seqs:
+                break
             num_new = min(seq.num_uncomputed_tokens, budget)
             if not self.block_manager.can_grow(seq.block_table, num_new):
                 break
-            self.waiting.popleft()
+            if not self._adapter_ready(seq, blocked):
+                continue
+            self.waiting.remove(seq)
             self.block_manager.grow(seq.block_table, num_new)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             scheduled.append(ScheduledSequence(seq, num_new))
             budget -= num_new
         return scheduled
+
+    def _adapter_ready(self, seq: Sequence, blocked: set[str]) -> bool:
+        """Whether the sequence's adapter lets it run now (a failed one leaves the queue)."""
+        if self.admission is None or seq.adapter is None or seq.adapter_lease is not None:
+            return True
+        if seq.adapter in blocked:
+            return False
+        try:
+            if self.admission.admit(seq):
+                return True
+        except AdapterError as error:
+            self.waiting.remove(seq)
+            self.finish(seq)
+            self.failed.append((seq, str(error)))
+            return False
+        blocked.add(seq.adapter)
+        return False
 
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.release(seq.block_table)
@@ -92,4 +125,6 @@ class Scheduler:
         elif seq in self.waiting:
             self.waiting.remove(seq)
         self.block_manager.release(seq.block_table)
+        if self.admission is not None:
+            self.admission.release(seq)
         seq.status = SequenceStatus.FINISHED

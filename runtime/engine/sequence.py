@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from loraplex.runtime.adapters.records import AdapterLease
 from loraplex.runtime.engine.detokenizer import IncrementalDetokenizer
 from loraplex.runtime.engine.request import (
     FinishReason,
@@ -44,6 +45,8 @@ class Sequence:
     stop_matcher: StopStringMatcher = field(init=False)
     prompt_logprobs: list[TokenLogprob] | None = None  # filled while prefilling when asked
     prompt_logprobs_sent: bool = False
+    adapter_lease: AdapterLease | None = None  # held while admitted (keeps the slot resident)
+    lora_slot: int = -1  # device slot of the adapter while admitted; -1: base model
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.request.prompt_token_ids)
@@ -55,6 +58,10 @@ class Sequence:
     @property
     def request_id(self) -> str:
         return self.request.request_id
+
+    @property
+    def adapter(self) -> str | None:
+        return self.request.adapter
 
     @property
     def params(self) -> SamplingParams:

@@ -5,14 +5,19 @@ sequences (one new token each) come first, sorted by context length and cut into
 groups (so each group's keys are padded only to its own longest sequence), then prefill
 chunks. The model reads the
 metadata from here, never from a module global, so several engines (or tests) can share
-one process. LoRA metadata rides along in `lora` (built by the adapter layer).
+one process. LoRA metadata rides along in `lora` (see `lora.LoraBatch`; None when no row
+of the step uses an adapter).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from loraplex.runtime.layers.lora import LoraBatch
 
 
 @dataclass(slots=True)
@@ -48,7 +53,7 @@ class ForwardBatch:
     decode_groups: list[DecodeGroup]  # together rows 0:num_decode_tokens, one per sequence
     prefills: list[PrefillSpan]
     logits_indices: torch.Tensor  # int64 [N]: rows whose logits the step needs
-    lora: object | None = None  # per-row adapter slots (runtime.kernels.segments)
+    lora: LoraBatch | None = None  # per-row adapter slots and the pool they index
 
     @property
     def num_tokens(self) -> int:

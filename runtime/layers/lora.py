@@ -1,0 +1,62 @@
+"""The LoRA part of one forward pass: which rows use which slot, and the slot pool to read.
+
+Built once per step by the model runner and carried in `ForwardBatch.lora` (None when no
+row of the step has an adapter, so a base-only step does no LoRA work at all). The model
+calls `apply(y, x, layer, group)` right after each projection group's base GEMM.
+
+A group that none of the step's adapters targets (an adapter of q and v only touches no
+MLP) is skipped for the whole step; for a group some adapters target, rows of the other
+adapters are masked to "no adapter" so they cost nothing. Each group's `LoraSegments` is
+built once per step and shared by every layer, so its row grouping and kernel plan are
+computed once, not once per layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from loraplex.runtime.adapters.slots import DeviceSlotPool
+from loraplex.runtime.adapters.target import GROUP_NAMES
+from loraplex.runtime.kernels import NO_ADAPTER, LoraSegments, lora_apply
+
+
+@dataclass(frozen=True, slots=True)
+class LoraBatch:
+    pool: DeviceSlotPool
+    segments: dict[str, LoraSegments]  # per projection group some row's adapter targets
+    slice_offsets: dict[str, tuple[int, ...]]
+    backend: str
+
+    @classmethod
+    def build(cls, pool: DeviceSlotPool, row_slots: Sequence[int], backend: str,
+              device: torch.device) -> LoraBatch | None:
+        """From each row's slot (-1: no adapter); None when no row has an adapter."""
+        slots = set(row_slots)
+        slots.discard(NO_ADAPTER)
+        if not slots:
+            return None
+        segments: dict[str, LoraSegments] = {}
+        built: dict[frozenset[int], LoraSegments] = {}  # groups with the same slots share
+        for group in GROUP_NAMES:
+            targeting = frozenset(slot for slot in slots if group in pool.groups_host[slot])
+            if not targeting:
+                continue
+            if targeting not in built:
+                group_slots = [slot if slot in targeting else NO_ADAPTER for slot in row_slots]
+                built[targeting] = LoraSegments.from_token_slots(group_slots, device)
+            segments[group] = built[targeting]
+        offsets = {group: pool.target.slice_offsets(group) for group in segments}
+        return cls(pool, segments, offsets, backend)
+
+    def apply(self, y: torch.Tensor, x: torch.Tensor, layer: int, group: str) -> None:
+        """y [T, d_out_total] += each row's adapter delta of `group` for x [T, d_in]."""
+        segments = self.segments.get(group)
+        if segments is None:
+            return
+        lora_a, lora_b = self.pool.group(layer, group)
+        lora_apply(y, x, lora_a, lora_b, self.slice_offsets[group], segments, self.pool.ranks,
+                   self.backend)
+
