@@ -113,3 +113,15 @@ def test_failed_requests_are_logged_with_their_error_type(http, server) -> None:
     http.post("/generate", headers={"X-Request-Id": request_id}, json={"inputs": 1})
     (entry,) = log_entries(server, request_id)
     assert (entry["status"], entry["error_type"]) == (422, "validation")
+
+
+def test_lora_requests_info_names_the_running_adapter(http) -> None:
+    with http.stream("POST", "/generate_stream", json={"inputs": CHAT_PROMPT, "parameters": {
+            "adapter_id": "alpha", "max_new_tokens": 64, "ignore_eos_token": True}}) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                snapshot = samples(http)
+                break
+    (labels,) = [dict(found) for name, found in snapshot if name == "vllm:lora_requests_info"]
+    assert labels["running_lora_adapters"] == "alpha"
+    assert labels["waiting_lora_adapters"] == ""
