@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -172,7 +173,7 @@ def plot(path: Path, results: list[LevelResult]) -> None:
     for count in dict.fromkeys(result.adapters for result in results):
         points = [result for result in results if result.adapters == count]
         concurrency = [result.concurrency for result in points]
-        label = f"{count} adapters" if count else "base model"
+        label = f"{count} adapter{'s' * (count != 1)}" if count else "base model"
         left.plot(concurrency, [r.output_tokens_per_s for r in points], "o-", label=label)
         right.plot(concurrency, [r.itl_p50_ms for r in points], "o-", label=f"{label} ITL p50")
         right.plot(concurrency, [r.ttft_p50_ms for r in points], "x--",
@@ -254,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_table(results)
     report = {"machine": {"platform": platform.platform(), "python": sys.version.split()[0],
-                          "processor": platform.processor() or platform.machine()},
+                          "processor": platform.processor() or platform.machine(),
+                          "cpus": os.cpu_count(), "load_average": os.getloadavg()},
               "server": info, "max_new_tokens": args.max_new_tokens,
               "results": [asdict(result) for result in results]}
     json_path = Path(args.json)
