@@ -4,8 +4,9 @@ Eight random adapters of ranks 8 to 64 with mixed targets (q+v only, all seven m
 o+down, the MLP only, rsLoRA, a rank_pattern, an alpha_pattern, a subset of layers), strong
 enough to change the builtin SmolLM2's output. The oracle is `PeftModel.from_pretrained`
 on transformers' own model from the builtin folder, the same adapter folders, greedy
-decoding by hand (so EOS handling cannot differ). Each adapter runs alone, then all of
-them in one continuously-batched run together with base-model requests.
+decoding by hand (so EOS handling cannot differ) in PEFT's mixed-adapter batches. Each
+adapter runs alone, then all of them in one continuously-batched run together with
+base-model requests.
 """
 
 from __future__ import annotations
@@ -71,19 +72,23 @@ def adapter_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
             for index, (name, spec) in enumerate(SPECS.items())}
 
 
-def greedy(model: torch.nn.Module, prompt: list[int], num_tokens: int) -> tuple[int, ...]:
-    """Greedy continuation by repeated forward passes with the model's KV cache."""
-    ids = torch.tensor([prompt])
+def peft_greedy(model, prompt: list[int], adapter_names: list[str],
+                num_tokens: int) -> list[tuple[int, ...]]:
+    """Greedy continuations of one prompt, one row per adapter ("__base__": none), using
+    PEFT's mixed-adapter batches (`adapter_names=`) and the model's KV cache."""
+    ids = torch.tensor([prompt] * len(adapter_names))  # [rows, prompt]
     past = None
-    generated: list[int] = []
+    generated: list[list[int]] = [[] for _ in adapter_names]
     with torch.inference_mode():
         for _ in range(num_tokens):
-            output = model(input_ids=ids, past_key_values=past, use_cache=True)
+            output = model(input_ids=ids, past_key_values=past, use_cache=True,
+                           adapter_names=adapter_names)
             past = output.past_key_values
-            token = int(output.logits[0, -1].argmax())
-            generated.append(token)
-            ids = torch.tensor([[token]])
-    return tuple(generated)
+            next_ids = output.logits[:, -1].argmax(dim=-1)  # [rows]
+            for row, token in enumerate(next_ids.tolist()):
+                generated[row].append(token)
+            ids = next_ids[:, None]
+    return [tuple(row) for row in generated]
 
 
 @pytest.fixture(scope="module")
@@ -97,15 +102,12 @@ def references(adapter_folders, prompts) -> dict[str | None, list[tuple[int, ...
     try:
         for name in names[1:]:
             peft_model.load_adapter(adapter_folders[name], adapter_name=name)
-        result: dict[str | None, list[tuple[int, ...]]] = {}
-        for name in names:
-            peft_model.set_adapter(name)
-            result[name] = [greedy(peft_model, prompt, NEW_TOKENS) for prompt in prompts]
-        with peft_model.disable_adapter():
-            result[None] = [greedy(peft_model, prompt, NEW_TOKENS) for prompt in prompts]
+        rows = [*names, "__base__"]
+        per_prompt = [peft_greedy(peft_model, prompt, rows, NEW_TOKENS) for prompt in prompts]
     finally:
         peft_model.unload()  # give the shared transformers model back without LoRA layers
-    return result
+    return {(None if row == "__base__" else row): [outputs[index] for outputs in per_prompt]
+            for index, row in enumerate(rows)}
 
 
 @pytest.fixture(scope="module")
