@@ -67,7 +67,7 @@ class PodPoller:
                 pod.up = False
             return
         pod.up, pod.ready, pod.poll_timeouts = True, ready, 0
-        pod.waiting, pod.running = gauges.waiting, gauges.running
+        pod.report_queue(gauges.running, gauges.waiting)
         if adapters is not None:
             pod.report_residency(adapters)
 

@@ -43,9 +43,11 @@ def test_busy_holders_spill_to_the_least_loaded_pod():
     assert choose_pod(pods, "sql", {URLS[1]}, spill_threshold=11).outcome == "hit"
 
 
-def test_queue_depth_reported_by_the_pod_counts_as_load():
-    pods = pods_with([0, 0])
-    pods[0].waiting = 5
+def test_requests_from_others_reported_by_the_pod_count_as_load():
+    pods = pods_with([2, 3])
+    pods[0].report_queue(running=6, waiting=2)  # 2 of them ours: 6 from elsewhere
+    pods[1].report_queue(running=3, waiting=0)  # all ours
+    assert (pods[0].load, pods[1].load) == (8, 3)
     assert choose_pod(pods, None, ()).pod is pods[1]
     assert choose_pod(pods, "sql", {URLS[0], URLS[1]}).pod is pods[1]
 
