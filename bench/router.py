@@ -266,6 +266,7 @@ def plot(path: Path, overhead_levels: list[Level], skew_levels: list[Level]) -> 
         loads.plot(names, [(level.adapter_loads or {}).get("host", 0) for level in skew_levels],
                    "o", color="tab:red")
         loads.set_ylabel("cold loads (host tier)", color="tab:red")
+        loads.set_ylim(bottom=0)
     else:
         right.axis("off")
     figure.tight_layout()
