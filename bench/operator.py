@@ -10,9 +10,7 @@ writes JSON.
 
 Pods are either `stub` (a minimal in-process admin API that confirms every load at once
 and counts calls: it measures the operator alone, not adapter loading) or `real`
-(`loraplex serve` tiny-llama servers with synthetic adapters: end to end, slower; while
-the engine has no LoRA support they are the integration tests' admin-only pods, and the
-JSON says so in `admin_only_pods`).
+(`loraplex serve` tiny-llama servers with synthetic adapters: end to end, slower).
 """
 
 from __future__ import annotations
@@ -175,7 +173,6 @@ def run(args: argparse.Namespace) -> dict:
             "k8s_calls": sum(calls.values()),
             "k8s_calls_per_adapter": round(sum(calls.values()) / args.adapters, 2),
             "k8s_calls_by_kind": dict(calls.most_common()),
-            "admin_only_pods": real.admin_only if real else None,
             "admin_calls": dict(stubs.calls) if stubs else None,
             "admin_calls_per_adapter": (round(sum(stubs.calls.values()) / args.adapters, 2)
                                         if stubs else None),

@@ -8,8 +8,8 @@ created in one namespace, as `kubectl apply -n NAMESPACE -k manifests/samples` w
 
 What is true here, and what the statuses must say: the GPU model gets no pods (there is no
 GPU), so its adapters wait with `InsufficientCapacity`; the CPU model gets one pod, which
-is asked for the demo adapter and refuses it (its path exists only in a custom image, or
-the engine cannot serve adapters yet), so that Adapter fails with the pod's own words.
+is asked for the demo adapter and refuses it (its path exists only in a custom image), so
+that Adapter fails with the pod's own words.
 """
 
 from __future__ import annotations
@@ -39,15 +39,6 @@ PLURALS = {naming.BMD_KIND: naming.BMD_PLURAL, naming.ADAPTER_KIND: naming.ADAPT
 OPERATOR_FLAGS = ("--resync-interval-s", "2", "--loading-poll-s", "0.3",
                   "--children-resync-s", "3", "--admin-timeout-s", "5")
 KV_CACHE_BYTES = 256 << 20  # the sample's kvCacheFraction would take GiBs of this machine
-
-
-class ServePods(RuntimePods):
-    """Pods that always run `loraplex serve` itself: the samples meet the pod users get,
-    whatever its engine can do (the harness would swap in admin-only pods, which need a
-    dummy model shape, when the engine cannot serve adapters)."""
-
-    def _manages_adapters(self, server) -> bool:
-        return True
 
 
 def children(bmd: str) -> dict[str, list[str]]:
@@ -91,10 +82,10 @@ def operator(emulator: EmulatorThread,
 
 
 @pytest.fixture(scope="module")
-def cpu_pods(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServePods]:
+def cpu_pods(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimePods]:
     with pytest.MonkeyPatch.context() as patch:  # pods inherit this process's environment
         patch.setenv("LORAPLEX_KV_CACHE_BYTES", str(KV_CACHE_BYTES))
-        pods = ServePods(kube, CPU_MODEL, tmp_path_factory.mktemp("samples-pods"),
+        pods = RuntimePods(kube, CPU_MODEL, tmp_path_factory.mktemp("samples-pods"),
                          default_cache_dir())
         yield pods
         pods.stop_all()

@@ -3,10 +3,6 @@
 A "pod" is a Pod object in the emulator (labels of the BMD's runtime Deployment, a Ready
 condition, `status.podIP`) backed by a real runtime server on that address, port 8080,
 started with exactly the flags of the Deployment the operator built.
-
-While `loraplex serve` cannot manage adapters yet (its engine lacks adapter support, the
-admin API answers 503), pods run `admin_pod.py` instead: the same server app and the real
-AdapterManager without a model. `RuntimePods.admin_only` then says why.
 """
 
 from __future__ import annotations
@@ -26,18 +22,6 @@ from tests.integration.runtime_servers import RuntimeServer, start_runtime_serve
 POD_ADDRESS = "127.0.1.{}"  # 127.0.1.2, 127.0.1.3, ... (router tests use 127.0.2.x)
 DROPPED_FLAGS = ("--host", "--port", "--cache-dir")
 REPO = Path(__file__).resolve().parents[3]
-
-
-def start_admin_pod(*args: str, host: str, port: int, env: dict[str, str],
-                    log_dir: Path) -> RuntimeServer:
-    """`admin_pod.py ARGS` on host:port, not yet waited for (see `RuntimeServer.wait_ready`)."""
-    log_path = log_dir / f"admin-pod-{host}-{port}.log"
-    command = [sys.executable, "-m", "tests.integration.operator.admin_pod", "--host", host,
-               "--port", str(port), *args]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **env}, cwd=REPO)
-    return RuntimeServer(host, port, process, log_path, tuple(args))
 
 
 class OperatorProcess:
@@ -110,7 +94,6 @@ class RuntimePods:
         self.kube, self.bmd, self.log_dir, self.cache_dir = kube, bmd, log_dir, cache_dir
         self.pods: dict[str, Pod] = {}
         self.next_index = 0
-        self.admin_only: str | None = None  # why pods run admin_pod.py, once known
 
     def serve_args(self) -> list[str]:
         """The runtime container's args from the Deployment the operator created."""
@@ -135,12 +118,6 @@ class RuntimePods:
     def _start_server(self, index: int, wait: bool) -> RuntimeServer:
         host = POD_ADDRESS.format(index + 2)
         env = {naming.ADMIN_TOKEN_ENV: self.token(), "LORAPLEX_CACHE": str(self.cache_dir)}
-        if self.admin_only:
-            server = start_admin_pod(*self.serve_args(), host=host, port=naming.RUNTIME_PORT,
-                                     env=env, log_dir=self.log_dir)
-            if wait:
-                server.wait_ready()
-            return server
         return start_runtime_server(*self.serve_args(), host=host, port=naming.RUNTIME_PORT,
                                     env=env, log_dir=self.log_dir, wait=wait)
 
@@ -153,12 +130,6 @@ class RuntimePods:
                 started.append((index, self._start_server(index, wait=False)))
             for _, server in started:
                 server.wait_ready()
-            if not self.admin_only and not self._manages_adapters(started[0][1]):
-                for _, server in started:
-                    server.stop()
-                started = [(i, self._start_server(i, wait=False)) for i, _ in started]
-                for _, server in started:
-                    server.wait_ready()
         except BaseException:
             for _, server in started:
                 server.stop()
@@ -170,22 +141,6 @@ class RuntimePods:
             self.pods[pod.name] = pod
             pods.append(pod)
         return pods
-
-    def _manages_adapters(self, server: RuntimeServer) -> bool:
-        """Ask the pod to register a probe adapter: an engine without LoRA support refuses
-        (503 while loading, 422 "cannot serve LoRA adapters"); one with it accepts, and the
-        probe (whose folder does not exist) is removed again."""
-        import httpx
-
-        url = f"{server.url}/v1/adapters/loraplex-capability-probe"
-        headers = {"Authorization": f"Bearer {self.token()}"}
-        response = httpx.put(url, json={"source": "/nonexistent/loraplex-probe"},
-                             headers=headers, timeout=10)
-        if response.status_code == 503 or "cannot serve LoRA" in response.text:
-            self.admin_only = f"loraplex serve cannot manage adapters yet: {response.text}"
-            return False
-        httpx.delete(url, headers=headers, timeout=10)
-        return True
 
     def restart(self, name: str) -> Pod:
         """The container restarts: same pod, same address, empty memory, restartCount+1."""

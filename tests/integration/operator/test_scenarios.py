@@ -8,7 +8,6 @@ operator's own status.
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 
 import httpx
@@ -106,9 +105,6 @@ def test_a_bmd_gets_its_children_and_pods_start_with_its_flags(kube, operator, p
     assert status["replicas"] == 3
     shared["token"] = pods.token()
     pods.add(3)  # real servers, started with the runtime Deployment's own args
-    if pods.admin_only:
-        warnings.warn(f"operator scenarios run on admin-only pods: {pods.admin_only}",
-                      stacklevel=1)
     wait_for(lambda: kube.get("basemodeldeployments", BMD)["status"]["readyReplicas"] == 3,
              30, "3 ready pods in the BMD status")
 
