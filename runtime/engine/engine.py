@@ -219,6 +219,11 @@ class Engine:
 
     def generate(self, requests: list[GenerationRequest]) -> dict[str, list[TokenEvent]]:
         """Run requests to completion (offline use): every event, by request id."""
+        ids = [request.request_id for request in requests]
+        if len(set(ids)) != len(ids):
+            raise ValueError("request ids must be unique")
+        for request in requests:  # refuse the batch before anything of it runs
+            self.validate(request)
         results: dict[str, list[TokenEvent]] = {}
         for request in requests:
             self.add_request(request)
