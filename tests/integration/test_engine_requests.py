@@ -180,3 +180,14 @@ def test_repetition_penalty_matches_transformers(engine):
             torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
             max_new_tokens=16, do_sample=False, repetition_penalty=1.3)[0, len(prompt):]
     assert [e.token_id for e in events] == expected.tolist()
+
+
+def test_generate_refuses_a_batch_with_a_bad_request_before_running_any(engine):
+    good = GenerationRequest("fine", chat_prompt_ids(CAPITAL), SamplingParams(max_new_tokens=4))
+    bad = GenerationRequest("bad", [42] * engine.max_model_len)
+    with pytest.raises(ValueError, match="context holds"):
+        engine.generate([good, bad])
+    with pytest.raises(ValueError, match="unique"):
+        engine.generate([good, good])
+    assert not engine.has_unfinished()
+    assert_all_blocks_free(engine)
