@@ -117,6 +117,14 @@ class Engine:
                 self._adapters = manager
             return self._adapters
 
+    @property
+    def adapters_if_built(self) -> AdapterManager | None:
+        """The adapter manager if something has used adapters yet, else None.
+
+        Observers (metrics) use this so that merely looking does not allocate the slot pool.
+        """
+        return self._adapters
+
     def close(self) -> None:
         """Stop the adapter manager's worker threads (the engine is not used afterwards)."""
         if self._adapters is not None:

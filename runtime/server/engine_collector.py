@@ -44,7 +44,8 @@ class EngineCollector:
         if engine is None:
             return
         yield from self._engine_metrics(engine.stats())
-        manager = getattr(engine, "adapters", None)
+        # Only a manager something already built: looking must not allocate the slot pool.
+        manager = getattr(engine, "adapters_if_built", None)
         if manager is not None:
             yield from self._adapter_metrics(manager)
 

@@ -90,7 +90,7 @@ async def models(request: Request) -> dict[str, Any]:
     created = int(state.started_at)
     data = [{"id": base, "object": "model", "created": created, "owned_by": "loraplex",
              "root": state.engine_config.model, "parent": None}]
-    manager = getattr(state.engine, "adapters", None)
+    manager = getattr(state.engine, "adapters_if_built", None)  # listing allocates nothing
     if manager is not None:
         for adapter in manager.list():
             data.append({"id": adapter.name, "object": "model", "created": created,
