@@ -173,8 +173,8 @@ def test_every_quick_start_block_is_tagged_for_testing() -> None:
 
 def test_the_start_up_adapter_command_parses() -> None:
     _, code = snippets(readme_text())["serve-with-adapter"]
-    _, server = serve_settings(code.strip().replace("$PWD", "/work"))
-    assert server.adapter == ["my-lora=/work/my-lora"]
+    _, server = serve_settings(code.strip().replace("$PWD", "/srv"))
+    assert server.adapter == ["my-lora=/srv/my-lora"]
 
 
 def test_paths_named_in_the_readme_exist() -> None:
