@@ -19,9 +19,6 @@ the device (a short warm-up run loads them). Prints a table, writes JSON and a P
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +26,7 @@ from pathlib import Path
 import torch
 
 from bench.engine import chat_prompts
+from bench.report import machine_info, write_json
 from loraplex.runtime.adapters.synthetic import write_random_adapter
 from loraplex.runtime.adapters.target import LoraTargetShapes
 from loraplex.runtime.config import EngineConfig
@@ -153,15 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "model": args.model, "load_format": args.load_format, "device": device_name,
         "dtype": str(loaded.dtype).removeprefix("torch."), "greedy": True,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "load_average": os.getloadavg(),
-                    "cuda": torch.cuda.get_device_name() if device_name == "cuda" else None},
+        "machine": machine_info(device_name),
         "rows": rows,
     }
     out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"adapters_{device_name}.json").write_text(json.dumps(result, indent=2))
+    write_json(out / f"adapters_{device_name}.json", result)
     plot(rows, out / f"adapters_{device_name}.png", args.model)
     print(f"\nwrote {out / f'adapters_{device_name}.json'} and .png")
     return 0

@@ -20,17 +20,13 @@ and the tiers, not the model. Prints a table, writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import random
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
+from bench.report import machine_info, write_json
 from loraplex.runtime.adapters.slots import DeviceSlotPool
 from loraplex.runtime.adapters.synthetic import write_random_adapter
 from loraplex.runtime.adapters.target import LoraTargetShapes
@@ -153,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         "ttft_by_tier_at_arrival": tiers, "loads_during_zipf_run": loads,
         "device_evictions": after.evictions["device"] - before.evictions["device"],
         "host_evictions": after.evictions["host"] - before.evictions["host"],
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "load_average": os.getloadavg()},
+        "machine": machine_info(),
     }
     print(f"\ndistinct adapters requested: {result['distinct_adapters_requested']}")
     print(f"throughput: zipf {result['zipf_tokens_per_s']:.1f} tok/s, all-resident "
@@ -170,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     for tier, row in loads.items():
         print(f"load to {tier}: {row['loads']:.0f} loads, mean {row['mean_s'] * 1e3:.1f} ms")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_json(out, result)
     print(f"\nwrote {out}")
     return 0
 

@@ -15,15 +15,13 @@ same tokens: the table's "same tokens" column checks that. Prints a table, write
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
 
+from bench.report import machine_info, write_json
 from loraplex.runtime.config import EngineConfig
 from loraplex.runtime.engine.engine import Engine
 from loraplex.runtime.engine.request import GenerationRequest, SamplingParams
@@ -134,14 +132,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['same_tokens']:>12.1%}")
     result = {
         "model": args.model, "dtype": "float32", "device": "cpu", "greedy": True,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "load_average": os.getloadavg()},
+        "machine": machine_info(),
         "rows": rows,
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_json(out, result)
     print(f"\nwrote {out}")
     return 0
 
