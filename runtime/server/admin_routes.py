@@ -4,7 +4,9 @@
 registration) and answers at once, 200 when the weights are resident in host RAM or on
 the device, 202 while they are still being fetched or loaded; the caller polls
 `GET /v1/adapters/{name}`. A load that fails shows as `state: error` with the reason in
-`error` (and a PUT that finds its adapter failed answers 422 with that reason).
+`error` (and a PUT that finds its adapter failed answers 422 with that reason). A PUT
+may carry `credentials` for the source (admin_protocol.py): the manager keeps them in
+memory for this adapter's fetches, and no answer, log line or metric ever shows them.
 `DELETE` unregisters at once; requests still using the adapter finish first, and its
 weights are freed after the last one.
 Errors use LoRAX's flat `{"error", "error_type"}` body.
@@ -14,17 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from pydantic import Field
 
 from loraplex.runtime.adapters.errors import AdapterError, AdapterInUse
 from loraplex.runtime.adapters.errors import AdapterNotFound as UnknownAdapter
 from loraplex.runtime.server.admin_auth import require_admin
+from loraplex.runtime.server.admin_protocol import AdapterRegistration
 from loraplex.runtime.server.errors import ApiError, NotFound, NotReady, ValidationFailed
-from loraplex.runtime.server.lorax_protocol import ErrorResponse, StrictModel
+from loraplex.runtime.server.lorax_protocol import ErrorResponse
 from loraplex.runtime.server.state import state_of
 
 router = APIRouter(prefix="/v1/adapters", tags=["admin"], dependencies=[Depends(require_admin)])
@@ -32,13 +34,6 @@ ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422, 5
 RESIDENT_STATES = frozenset({"host", "device"})
 TIERS = frozenset({"disk", "host", "device"})
 JSON_TYPES = (str, int, float, bool, type(None))
-
-
-class AdapterRegistration(StrictModel):
-    source: str = Field(min_length=1, description="local path, file://, hf://org/repo[@rev] "
-                        "or s3://bucket/prefix")
-    pinned: bool = False
-    preload: Literal["host", "device"] | None = None
 
 
 class Conflict(ApiError):
@@ -128,9 +123,12 @@ async def get_adapter(request: Request, name: str) -> dict[str, Any]:
 @router.put("/{name:path}", responses={202: {"description": "registered, still loading"},
                                        **ERRORS})
 async def put_adapter(request: Request, name: str, body: AdapterRegistration) -> JSONResponse:
-    """Register `name` (idempotent): 200 once resident, 202 while loading."""
+    """Register `name` (idempotent): 200 once resident, 202 while loading. `credentials`,
+    when given, are used for this adapter's fetches (kept in memory, never reported)."""
     manager = _manager(request)
-    await _call(manager.register, name, body.source, pinned=body.pinned, preload=body.preload)
+    credentials = body.credentials.source_credentials() if body.credentials else None
+    await _call(manager.register, name, body.source, pinned=body.pinned, preload=body.preload,
+                credentials=credentials)
     document = adapter_json(await _info(manager, name))
     if document.get("state") == "error":
         return JSONResponse({"error": document.get("error") or "the adapter failed to load",

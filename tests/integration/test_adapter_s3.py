@@ -1,7 +1,8 @@
 """Adapters from S3, against a real S3 API (moto's server on loopback via AWS_ENDPOINT_URL).
 
 Covers the disk tier too: downloads land in hashed folders, are reused by other names and
-by a restarted manager, and are evicted LRU within the byte budget unless pinned.
+by a restarted manager, and are evicted LRU within the byte budget unless pinned. And
+per-adapter credentials, against a bucket that serves only requests signed with its key.
 """
 
 from __future__ import annotations
@@ -15,14 +16,18 @@ from moto.server import ThreadedMotoServer
 
 from loraplex.runtime.adapters.manager import AdapterManager
 from loraplex.runtime.adapters.peft_format import load_peft_adapter
+from loraplex.runtime.adapters.source import SourceCredentials
 from loraplex.runtime.adapters.synthetic import write_random_adapter
 from loraplex.runtime.adapters.target import LoraTargetShapes
 from loraplex.runtime.config import EngineConfig
+from tests.helpers.s3 import KeyedS3Server
 from tests.unit.adapters.helpers import wait_on_device, wait_state
 
 TARGET = LoraTargetShapes(num_layers=2, hidden_size=576, num_heads=9, num_kv_heads=3,
                           head_dim=64, intermediate_size=1536)
 BUCKET = "adapters"
+LOCKED_BUCKET = "locked-adapters"
+KEY_ID, SECRET_KEY = "AKIDLORAPLEXREADER", "reader-secret-key"
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +57,23 @@ def s3(tmp_path_factory) -> Iterator[dict[str, Path]]:
                 client.upload_file(str(path), BUCKET, f"{prefix}/{path.name}")
         yield twins
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def locked_s3(tmp_path_factory) -> Iterator[tuple[KeyedS3Server, dict[str, Path]]]:
+    """A bucket that answers only requests signed with KEY_ID/SECRET_KEY, with two adapters
+    of equal size (so byte budgets can be set to hold exactly one)."""
+    with KeyedS3Server({KEY_ID: SECRET_KEY}) as server:
+        client = boto3.client("s3", endpoint_url=server.url, region_name="us-east-1",
+                              aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET_KEY)
+        client.create_bucket(Bucket=LOCKED_BUCKET)
+        root = tmp_path_factory.mktemp("locked-twins")
+        twins = {prefix: write_random_adapter(root / prefix, TARGET, rank=4, seed=10 + seed)
+                 for seed, prefix in enumerate(["keyed/one", "keyed/two"])}
+        for prefix, folder in twins.items():
+            for path in folder.iterdir():
+                client.upload_file(str(path), LOCKED_BUCKET, f"{prefix}/{path.name}")
+        yield server, twins
 
 
 @pytest.fixture
@@ -130,3 +152,34 @@ def test_disk_budget_evicts_lru_but_not_pinned(s3, managers, tmp_path: Path) -> 
     assert stats.resident_bytes["disk"] == sizes["team/sql"] + sizes["team/code"]
     assert manager.disk.evictions == 1
     assert len([p for p in (cache / "adapters").iterdir()]) == 2
+
+
+@pytest.mark.timeout(120)
+def test_credentials_given_at_registration_serve_every_fetch(
+        s3, locked_s3, managers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server, twins = locked_s3
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)  # the environment's keys are "testing"
+    source = f"s3://{LOCKED_BUCKET}/keyed/one"
+    size = sum(f.stat().st_size for f in twins["keyed/one"].iterdir())
+    weights = load_peft_adapter(twins["keyed/one"], TARGET, max_rank=16).size_bytes
+    manager = new_manager(managers, tmp_path / "cache", disk_bytes=size * 3 // 2,
+                          host_bytes=weights * 3 // 2)
+    right = SourceCredentials(aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET_KEY)
+    wrong = SourceCredentials(aws_access_key_id=KEY_ID, aws_secret_access_key="not-it")
+
+    manager.register("no-keys", source)
+    manager.register("one", source, credentials=wrong)
+    for name, code in (("no-keys", "InvalidAccessKeyId"), ("one", "SignatureDoesNotMatch")):
+        wait_state(manager, name, ["error"])
+        assert manager.get(name).error_reason == "download_failed"
+        assert code in manager.get(name).error
+    assert "not-it" not in manager.get("one").error
+
+    manager.register("one", source, credentials=right)  # a failed adapter is retried
+    assert wait_state(manager, "one", ["host", "error"]) == "host", manager.get("one").error
+    manager.register("two", f"s3://{LOCKED_BUCKET}/keyed/two", credentials=right)
+    wait_state(manager, "two", ["host"])
+    assert manager.get("one").state == "disk"  # out of RAM, and out of the disk cache too:
+    assert manager.disk.evictions == 1 and len(manager.disk) == 1
+    wait_on_device(manager, "one")  # so this is a new download, with the kept credentials
+    assert manager.stats().loads["disk"] == 3

@@ -93,6 +93,27 @@ def test_register_use_and_remove_an_adapter(http, admin_headers, gamma) -> None:
     assert gone.status_code == 404
 
 
+def test_credentials_are_taken_but_never_shown(server, http, admin_headers, gamma) -> None:
+    secrets = {"hf_token": "hf_never-shown-1", "aws_access_key_id": "AKIDNEVERSHOWN2",
+               "aws_secret_access_key": "never-shown-3", "aws_session_token": "never-shown-4"}
+    response = http.put("/v1/adapters/with-keys", headers=admin_headers,
+                        json={"source": str(gamma), "credentials": secrets})
+    assert response.status_code in (200, 202)
+    wait_for_state(http, admin_headers, "with-keys", {"host", "device"})
+    again = http.put("/v1/adapters/with-keys", headers=admin_headers,
+                     json={"source": str(gamma), "credentials": {"hf_token": 1}})
+    assert again.status_code == 422
+    assert "credentials.hf_token" in again.json()["error"]
+    shown = [response.text, again.text,
+             http.get("/v1/adapters", headers=admin_headers).text,
+             http.get("/v1/adapters/with-keys", headers=admin_headers).text,
+             http.get("/info").text, http.get("/metrics").text, http.get("/v1/models").text]
+    assert http.delete("/v1/adapters/with-keys", headers=admin_headers).status_code == 200
+    shown.append(server.log_text())
+    for secret in secrets.values():
+        assert not any(secret in text for text in shown), secret
+
+
 def test_a_broken_adapter_fails_alone(http, admin_headers, tmp_path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
