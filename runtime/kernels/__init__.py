@@ -2,6 +2,8 @@
 
 `lora_apply` is what the model's LoRA layers call: shrink + expand on stacked per-slot
 pools, dispatched to the Triton SGMV kernels on CUDA and to the torch ops elsewhere.
+`lora_apply_tiles` is the Triton path over fixed-size tile buffers, for decode steps
+captured in CUDA graphs.
 Triton is imported only when the Triton path runs, so this package imports on machines
 without CUDA or without Triton.
 """
@@ -13,11 +15,13 @@ from collections.abc import Sequence
 import torch
 
 from . import torch_ops
-from .segments import NO_ADAPTER, LoraSegments
+from .configs import KernelConfig
+from .segments import NO_ADAPTER, KernelTiles, LoraSegments
 
 BACKENDS = ("auto", "triton", "torch")
 
-__all__ = ["BACKENDS", "NO_ADAPTER", "LoraSegments", "lora_apply", "resolve_backend"]
+__all__ = ["BACKENDS", "NO_ADAPTER", "LoraSegments", "lora_apply", "lora_apply_tiles",
+           "resolve_backend"]
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -55,3 +59,25 @@ def lora_apply(
 
     v = sgmv.sgmv_shrink(x, lora_a, segments, ranks)  # fp32 [T, n_slices, R]
     sgmv.sgmv_expand(y, v, lora_b, slice_offsets, segments, ranks)
+
+
+def lora_apply_tiles(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    slice_offsets: Sequence[int],
+    tiles: KernelTiles,
+    ranks: torch.Tensor,
+    configs: tuple[KernelConfig, KernelConfig],
+) -> None:
+    """`lora_apply` (Triton) over a fixed-size tile list: unused tiles carry slot -1.
+
+    configs: (shrink, expand), both with the block_m the tiles were cut with. Launches
+    nothing whose size depends on the tiles' values, so it can be captured in a CUDA graph.
+    """
+    from . import sgmv  # imports triton
+
+    shrink, expand = configs
+    v = sgmv.sgmv_shrink_tiles(x, lora_a, tiles, ranks, shrink)  # fp32 [T, n_slices, R]
+    sgmv.sgmv_expand_tiles(y, v, lora_b, slice_offsets, tiles, ranks, expand)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .segments import LoraSegments
+from .segments import KernelTiles, LoraSegments
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -20,6 +20,18 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 def check_shrink_args(
     x: torch.Tensor, lora_a: torch.Tensor, segments: LoraSegments, ranks: torch.Tensor
 ) -> None:
+    _check_shrink_operands(x, lora_a, ranks)
+    _check_segments("lora_a", lora_a, segments, num_rows=x.shape[0], device=x.device)
+
+
+def check_shrink_tiles_args(
+    x: torch.Tensor, lora_a: torch.Tensor, tiles: KernelTiles, ranks: torch.Tensor
+) -> None:
+    _check_shrink_operands(x, lora_a, ranks)
+    _check_tiles(tiles, num_rows=x.shape[0], device=x.device)
+
+
+def _check_shrink_operands(x: torch.Tensor, lora_a: torch.Tensor, ranks: torch.Tensor) -> None:
     _check_matrix("x", x)
     if lora_a.dim() != 4:
         raise ValueError(f"lora_a must be [S, n_slices, R, d_in], got shape {tuple(lora_a.shape)}")
@@ -30,7 +42,7 @@ def check_shrink_args(
     _check_same("lora_a", lora_a, "x", x)
     if not lora_a.is_contiguous():
         raise ValueError("lora_a must be contiguous")
-    _check_pool("lora_a", lora_a, ranks, segments, num_rows=x.shape[0], device=x.device)
+    _check_ranks("lora_a", lora_a, ranks, device=x.device)
 
 
 def check_expand_args(
@@ -41,9 +53,31 @@ def check_expand_args(
     segments: LoraSegments,
     ranks: torch.Tensor,
 ) -> None:
+    _check_v_dim(v)
+    _check_expand_target(y, lora_b, slice_offsets, segments, ranks, num_slices=v.shape[1])
+    _check_v_matches(y, v, lora_b)
+
+
+def check_expand_tiles_args(
+    y: torch.Tensor,
+    v: torch.Tensor,
+    lora_b: torch.Tensor,
+    slice_offsets: Sequence[int],
+    tiles: KernelTiles,
+    ranks: torch.Tensor,
+) -> None:
+    _check_v_dim(v)
+    _check_expand_operands(y, lora_b, slice_offsets, ranks, num_slices=v.shape[1])
+    _check_tiles(tiles, num_rows=y.shape[0], device=y.device)
+    _check_v_matches(y, v, lora_b)
+
+
+def _check_v_dim(v: torch.Tensor) -> None:
     if v.dim() != 3:
         raise ValueError(f"v must be [T, n_slices, R], got shape {tuple(v.shape)}")
-    _check_expand_target(y, lora_b, slice_offsets, segments, ranks, num_slices=v.shape[1])
+
+
+def _check_v_matches(y: torch.Tensor, v: torch.Tensor, lora_b: torch.Tensor) -> None:
     if v.shape[0] != y.shape[0] or v.shape[2] != lora_b.shape[2]:
         raise ValueError(
             f"v must be [T={y.shape[0]}, n_slices, R={lora_b.shape[2]}], got {tuple(v.shape)}"
@@ -97,6 +131,17 @@ def _check_expand_target(
     ranks: torch.Tensor,
     num_slices: int,
 ) -> None:
+    _check_expand_operands(y, lora_b, slice_offsets, ranks, num_slices)
+    _check_segments("lora_b", lora_b, segments, num_rows=y.shape[0], device=y.device)
+
+
+def _check_expand_operands(
+    y: torch.Tensor,
+    lora_b: torch.Tensor,
+    slice_offsets: Sequence[int],
+    ranks: torch.Tensor,
+    num_slices: int,
+) -> None:
     _check_matrix("y", y)
     if lora_b.dim() != 3:
         raise ValueError(f"lora_b must be [S, d_out_total, R], got shape {tuple(lora_b.shape)}")
@@ -107,7 +152,7 @@ def _check_expand_target(
         raise ValueError(
             "lora_b must be contiguous, or a transposed view of a contiguous [S, R, d_out_total]"
         )
-    _check_pool("lora_b", lora_b, ranks, segments, num_rows=y.shape[0], device=y.device)
+    _check_ranks("lora_b", lora_b, ranks, device=y.device)
     check_slice_offsets(slice_offsets, num_slices=num_slices, d_out_total=y.shape[1])
 
 
@@ -132,14 +177,8 @@ def _check_same(name: str, tensor: torch.Tensor, other_name: str, other: torch.T
         raise ValueError(f"{name} is on {tensor.device} but {other_name} is on {other.device}")
 
 
-def _check_pool(
-    name: str,
-    pool: torch.Tensor,
-    ranks: torch.Tensor,
-    segments: LoraSegments,
-    num_rows: int,
-    device: torch.device,
-) -> None:
+def _check_ranks(name: str, pool: torch.Tensor, ranks: torch.Tensor,
+                 device: torch.device) -> None:
     num_slots = pool.shape[0]
     if ranks.dim() != 1 or ranks.dtype != torch.int32:
         raise ValueError(f"ranks must be int32 [S], got {ranks.dtype} {tuple(ranks.shape)}")
@@ -147,9 +186,30 @@ def _check_pool(
         raise ValueError(f"{name} has {num_slots} slots but ranks has {ranks.shape[0]}")
     if ranks.device != device or not ranks.is_contiguous():
         raise ValueError(f"ranks must be a contiguous tensor on {device}, got {ranks.device}")
+
+
+def _check_segments(name: str, pool: torch.Tensor, segments: LoraSegments, num_rows: int,
+                    device: torch.device) -> None:
     if segments.num_rows != num_rows:
         raise ValueError(f"segments cover {segments.num_rows} rows but the batch has {num_rows}")
     if segments.indptr.device != device:
         raise ValueError(f"segments are on {segments.indptr.device} but the batch is on {device}")
-    if segments.max_slot >= num_slots:
-        raise ValueError(f"segments use slot {segments.max_slot} but {name} has {num_slots} slots")
+    if segments.max_slot >= pool.shape[0]:
+        raise ValueError(
+            f"segments use slot {segments.max_slot} but {name} has {pool.shape[0]} slots"
+        )
+
+
+def _check_tiles(tiles: KernelTiles, num_rows: int, device: torch.device) -> None:
+    """Shapes only: the tiles' values live on the device (reading them would sync)."""
+    rows, info = tiles.sorted_rows, tiles.tile_info
+    if rows.dim() != 1 or rows.dtype != torch.int32 or rows.shape[0] > num_rows:
+        raise ValueError(f"sorted_rows must be int32 [<= {num_rows}], got {rows.dtype} "
+                         f"{tuple(rows.shape)}")
+    if info.dtype != torch.int32 or tuple(info.shape) != (tiles.num_tiles, 3):
+        raise ValueError(f"tile_info must be int32 [num_tiles={tiles.num_tiles}, 3], got "
+                         f"{info.dtype} {tuple(info.shape)}")
+    if not (rows.is_contiguous() and info.is_contiguous()):
+        raise ValueError("sorted_rows and tile_info must be contiguous")
+    if rows.device != device or info.device != device:
+        raise ValueError(f"tiles are on {rows.device} but the batch is on {device}")

@@ -15,6 +15,8 @@ import torch
 
 from .segments import LoraSegments
 
+FIXED_BLOCK_M = 16  # rows per tile of fixed-size tile lists: decode rarely has more per slot
+
 
 @dataclass(frozen=True)
 class KernelConfig:
@@ -32,14 +34,9 @@ def shrink_config(
     """Tile sizes for the shrink (vLLM's defaults as a start: block_n 16, big block_k
     and split-K for small batches), with split-K sized to fill the GPU."""
     block_m = row_block(segments)
-    block_n = 16
-    block_k = 256 if segments.num_rows < 128 else 64
-    num_ctas = segments.kernel_tiles(block_m).num_tiles * num_slices
-    num_ctas *= _cdiv(max_rank, block_n)
-    # a power of two, so that few kernel variants get compiled across batch shapes
-    wanted = _next_power_of_2(_cdiv(4 * num_sms, num_ctas))
-    split_k = max(1, min(wanted, _cdiv(d_in, block_k), 64))
-    return KernelConfig(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split_k)
+    num_tiles = segments.kernel_tiles(block_m).num_tiles
+    return _shrink_config(block_m, num_tiles, segments.num_rows, max_rank, d_in, num_slices,
+                          num_sms)
 
 
 def expand_config(segments: LoraSegments, max_rank: int, num_slices: int) -> KernelConfig:
@@ -48,9 +45,37 @@ def expand_config(segments: LoraSegments, max_rank: int, num_slices: int) -> Ker
     Loads past a slot's rank are masked off and fetch nothing, so a rank block wider than
     the rank costs no bandwidth, while each row of B is read in one contiguous piece.
     """
+    return _expand_config(row_block(segments), max_rank, num_slices)
+
+
+def fixed_tile_configs(
+    num_rows: int, num_tiles: int, max_rank: int, d_in: int, num_slices: int, num_sms: int
+) -> tuple[KernelConfig, KernelConfig]:
+    """(shrink, expand) tile sizes for a fixed-size tile list of FIXED_BLOCK_M-row tiles.
+
+    Chosen from the buffer sizes alone (the rows per slot are unknown when a decode step
+    is captured): split-K is sized as if every tile were used.
+    """
+    shrink = _shrink_config(FIXED_BLOCK_M, num_tiles, num_rows, max_rank, d_in, num_slices,
+                            num_sms)
+    return shrink, _expand_config(FIXED_BLOCK_M, max_rank, num_slices)
+
+
+def _shrink_config(block_m: int, num_tiles: int, num_rows: int, max_rank: int, d_in: int,
+                   num_slices: int, num_sms: int) -> KernelConfig:
+    block_n = 16
+    block_k = 256 if num_rows < 128 else 64
+    num_ctas = num_tiles * num_slices * _cdiv(max_rank, block_n)
+    # a power of two, so that few kernel variants get compiled across batch shapes
+    wanted = _next_power_of_2(_cdiv(4 * num_sms, num_ctas))
+    split_k = max(1, min(wanted, _cdiv(d_in, block_k), 64))
+    return KernelConfig(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split_k)
+
+
+def _expand_config(block_m: int, max_rank: int, num_slices: int) -> KernelConfig:
     block_n = 128 if num_slices == 1 else 64
     block_k = min(64, max(16, _next_power_of_2(max_rank)))
-    return KernelConfig(block_m=row_block(segments), block_n=block_n, block_k=block_k)
+    return KernelConfig(block_m=block_m, block_n=block_n, block_k=block_k)
 
 
 def row_block(segments: LoraSegments) -> int:

@@ -7,7 +7,8 @@ kernels) is computed once per step and cached on the object, not once per layer.
 A segment is a run of rows `indptr[g]:indptr[g+1]` that all use slot `slots[g]`; slot -1
 means "no adapter" (the rows are skipped). Segments may be empty, and one slot may own
 several segments: both paths group rows by slot, so weights are read once per distinct
-slot and step, whatever the order of the rows.
+slot and step, whatever the order of the rows. `fixed_tile_lists` lays the same tiles out
+in lists of a fixed size, for the persistent buffers of a captured decode step.
 """
 
 from __future__ import annotations
@@ -186,15 +187,7 @@ class LoraSegments:
         return RowGrouping(groups=tuple(groups), permutation=permutation)
 
     def _build_tiles(self, block_m: int) -> KernelTiles:
-        if block_m <= 0:
-            raise ValueError(f"block_m must be positive, got {block_m}")
-        rows: list[int] = []
-        tiles: list[int] = []
-        for slot, slot_rows in self.slot_rows().items():
-            start = len(rows)
-            rows += slot_rows
-            for tile_start in range(start, len(rows), block_m):
-                tiles += (slot, tile_start, min(tile_start + block_m, len(rows)))
+        rows, tiles = tile_lists(self.slot_rows(), block_m)
         # one host->device copy for both
         packed = torch.tensor(rows + tiles, dtype=torch.int32).to(self.indptr.device)
         return KernelTiles(
@@ -202,3 +195,47 @@ class LoraSegments:
             tile_info=packed[len(rows) :].view(-1, 3),
             num_tiles=len(tiles) // 3,
         )
+
+
+def tile_lists(slot_rows: dict[int, list[int]], block_m: int) -> tuple[list[int], list[int]]:
+    """(sorted_rows, flat tile_info) of `KernelTiles` for the rows of each slot."""
+    if block_m <= 0:
+        raise ValueError(f"block_m must be positive, got {block_m}")
+    rows: list[int] = []
+    tiles: list[int] = []
+    for slot, rows_of_slot in slot_rows.items():
+        start = len(rows)
+        rows += rows_of_slot
+        for tile_start in range(start, len(rows), block_m):
+            tiles += (slot, tile_start, min(tile_start + block_m, len(rows)))
+    return rows, tiles
+
+
+def max_tiles(num_rows: int, num_slots: int, block_m: int) -> int:
+    """Most tiles `num_rows` rows spread over at most `num_slots` slots can need.
+
+    A slot of n rows needs ceil(n / block_m) <= n // block_m + 1 tiles, and each tile has
+    at least one row.
+    """
+    return min(num_rows, num_slots + num_rows // block_m)
+
+
+def fixed_tile_lists(
+    row_slots: Sequence[int], block_m: int, num_tiles: int
+) -> tuple[list[int], list[int]]:
+    """Tiles for a batch whose metadata buffers have a fixed size (a captured CUDA graph).
+
+    Returns sorted_rows padded with row 0 to one entry per row, and exactly `num_tiles`
+    flat (slot, start, end) triples, the unused ones (-1, 0, 0): the kernels exit at once
+    on slot -1, so the launch grid can be sized by `num_tiles` alone.
+    """
+    slot_rows: dict[int, list[int]] = {}
+    for row, slot in enumerate(row_slots):
+        if slot != NO_ADAPTER:
+            slot_rows.setdefault(int(slot), []).append(row)
+    rows, tiles = tile_lists(slot_rows, block_m)
+    if len(tiles) > 3 * num_tiles:
+        raise ValueError(f"{len(tiles) // 3} tiles do not fit in {num_tiles}")
+    rows += [0] * (len(row_slots) - len(rows))
+    tiles += [NO_ADAPTER, 0, 0] * (num_tiles - len(tiles) // 3)
+    return rows, tiles

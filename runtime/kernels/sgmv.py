@@ -16,6 +16,9 @@
   fp32 atomics into an fp32 `v` (no bf16 atomics needed); expand needs no split (K = rank).
 - Slices are fused: one shrink covers q/k/v (grid axis 2 = slice), one expand covers all
   slices, each slice writing its own column range `slice_offsets[s]:slice_offsets[s+1]`.
+- The `*_tiles` launchers take a fixed-size tile list instead (unused tiles carry slot -1
+  and exit at once), so their grid never depends on the batch: the decode step captured
+  in a CUDA graph launches them on persistent tile buffers refilled every step.
 """
 
 from __future__ import annotations
@@ -28,9 +31,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import check_expand_args, check_shrink_args
+from .checks import (
+    check_expand_args,
+    check_expand_tiles_args,
+    check_shrink_args,
+    check_shrink_tiles_args,
+)
 from .configs import KernelConfig, expand_config, num_sms, shrink_config
-from .segments import LoraSegments
+from .segments import KernelTiles, LoraSegments
 
 INTERPRETER_ENV = "TRITON_INTERPRET"
 
@@ -64,6 +72,8 @@ def _sgmv_shrink_kernel(
     pid_slice = tl.program_id(2)
 
     slot = tl.load(tile_info_ptr + pid_tile * 3)
+    if slot < 0:  # an unused tile of a fixed-size tile list
+        return
     tile_start = tl.load(tile_info_ptr + pid_tile * 3 + 1)
     tile_end = tl.load(tile_info_ptr + pid_tile * 3 + 2)
     rank = tl.minimum(tl.load(ranks_ptr + slot), max_rank)
@@ -135,6 +145,8 @@ def _sgmv_expand_kernel(
     if col_start >= col_end:
         return
     slot = tl.load(tile_info_ptr + pid_tile * 3)
+    if slot < 0:  # an unused tile of a fixed-size tile list
+        return
     tile_start = tl.load(tile_info_ptr + pid_tile * 3 + 1)
     tile_end = tl.load(tile_info_ptr + pid_tile * 3 + 2)
     rank = tl.minimum(tl.load(ranks_ptr + slot), max_rank)
@@ -186,11 +198,80 @@ def sgmv_shrink(
     check_shrink_args(x, lora_a, segments, ranks)
     _check_device(x)
     _, num_slices, max_rank, d_in = lora_a.shape
-    v = torch.zeros(x.shape[0], num_slices, max_rank, dtype=torch.float32, device=x.device)
     if not segments.has_lora:
-        return v
+        return torch.zeros(x.shape[0], num_slices, max_rank, dtype=torch.float32,
+                           device=x.device)
     config = config or shrink_config(segments, max_rank, d_in, num_slices, num_sms(x.device))
-    tiles = segments.kernel_tiles(config.block_m)
+    return _launch_shrink(x, lora_a, segments.kernel_tiles(config.block_m), ranks, config)
+
+
+def sgmv_shrink_tiles(
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    tiles: KernelTiles,
+    ranks: torch.Tensor,
+    config: KernelConfig,
+) -> torch.Tensor:
+    """`sgmv_shrink` over a fixed-size tile list whose unused tiles carry slot -1.
+
+    The grid depends on `tiles.num_tiles` and `config` only, never on the tiles' values,
+    so the launch can be captured in a CUDA graph and replayed after new tiles were
+    copied into the same buffers. Tiles must hold at most `config.block_m` rows each.
+    """
+    check_shrink_tiles_args(x, lora_a, tiles, ranks)
+    _check_device(x)
+    return _launch_shrink(x, lora_a, tiles, ranks, config)
+
+
+def sgmv_expand(
+    y: torch.Tensor,
+    v: torch.Tensor,
+    lora_b: torch.Tensor,
+    slice_offsets: Sequence[int],
+    segments: LoraSegments,
+    ranks: torch.Tensor,
+    *,
+    config: KernelConfig | None = None,
+) -> None:
+    """y[t, slice s] += v[t, s, :rank] @ lora_b[slot, slice s, :rank].T, in place.
+
+    y: [T, d_out_total]; v: fp32 [T, n_slices, R]; lora_b: [S, d_out_total, R], contiguous
+    or a transposed view of a rank-major [S, R, d_out_total] buffer (coalesced along
+    d_out). Rows of slot -1 are left untouched.
+    """
+    check_expand_args(y, v, lora_b, slice_offsets, segments, ranks)
+    _check_device(y)
+    if not segments.has_lora:
+        return
+    config = config or expand_config(segments, v.shape[2], v.shape[1])
+    _launch_expand(y, v, lora_b, slice_offsets, segments.kernel_tiles(config.block_m), ranks,
+                   config)
+
+
+def sgmv_expand_tiles(
+    y: torch.Tensor,
+    v: torch.Tensor,
+    lora_b: torch.Tensor,
+    slice_offsets: Sequence[int],
+    tiles: KernelTiles,
+    ranks: torch.Tensor,
+    config: KernelConfig,
+) -> None:
+    """`sgmv_expand` over a fixed-size tile list (see `sgmv_shrink_tiles`)."""
+    check_expand_tiles_args(y, v, lora_b, slice_offsets, tiles, ranks)
+    _check_device(y)
+    _launch_expand(y, v, lora_b, slice_offsets, tiles, ranks, config)
+
+
+def _launch_shrink(
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    tiles: KernelTiles,
+    ranks: torch.Tensor,
+    config: KernelConfig,
+) -> torch.Tensor:
+    _, num_slices, max_rank, d_in = lora_a.shape
+    v = torch.zeros(x.shape[0], num_slices, max_rank, dtype=torch.float32, device=x.device)
     k_per_split = triton.cdiv(triton.cdiv(d_in, config.split_k), config.block_k) * config.block_k
     split_k = triton.cdiv(d_in, k_per_split)  # no empty splits
     grid = (tiles.num_tiles, triton.cdiv(max_rank, config.block_n) * split_k, num_slices)
@@ -222,33 +303,20 @@ def sgmv_shrink(
     return v
 
 
-def sgmv_expand(
+def _launch_expand(
     y: torch.Tensor,
     v: torch.Tensor,
     lora_b: torch.Tensor,
     slice_offsets: Sequence[int],
-    segments: LoraSegments,
+    tiles: KernelTiles,
     ranks: torch.Tensor,
-    *,
-    config: KernelConfig | None = None,
+    config: KernelConfig,
 ) -> None:
-    """y[t, slice s] += v[t, s, :rank] @ lora_b[slot, slice s, :rank].T, in place.
-
-    y: [T, d_out_total]; v: fp32 [T, n_slices, R]; lora_b: [S, d_out_total, R], contiguous
-    or a transposed view of a rank-major [S, R, d_out_total] buffer (coalesced along
-    d_out). Rows of slot -1 are left untouched.
-    """
-    check_expand_args(y, v, lora_b, slice_offsets, segments, ranks)
-    _check_device(y)
-    if not segments.has_lora:
-        return
     num_slices, max_rank = v.shape[1], v.shape[2]
     offsets = tuple(int(offset) for offset in slice_offsets)
     max_width = max(b - a for a, b in zip(offsets, offsets[1:], strict=False))
     if max_width == 0:
         return
-    config = config or expand_config(segments, max_rank, num_slices)
-    tiles = segments.kernel_tiles(config.block_m)
     grid = (tiles.num_tiles, triton.cdiv(max_width, config.block_n), num_slices)
     _sgmv_expand_kernel[grid](
         y,
@@ -288,7 +356,8 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-@functools.lru_cache(maxsize=64)
+@functools.cache
 def _slice_offsets_tensor(offsets: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    # a model has a handful of slice layouts: each is copied to the device once
+    # a model has a handful of slice layouts: each is copied to the device once and kept
+    # for good, since a captured CUDA graph holds on to the address it was given
     return torch.tensor(offsets, dtype=torch.int32, device=device)
