@@ -72,3 +72,42 @@ def lora_apply(
     segments = LoraSegments.from_lists(*segment_lists)
     apply(y, x, lora_a, lora_b, slice_offsets, segments, ranks, backend="triton")
     return y
+
+
+def lora_apply_fixed_tiles(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    slice_offsets: Sequence[int],
+    row_slots: Sequence[int],
+    ranks: torch.Tensor,
+    num_sms: int,
+    tile_order: Sequence[int] | None,
+) -> torch.Tensor:
+    """The launch a captured decode step makes: a fixed tile count, unused tiles slot -1.
+
+    The unused tiles are given a row range, as stale tiles of an earlier step would have:
+    only their slot -1 may make the kernels skip them.
+    """
+    from loraplex.runtime.kernels import lora_apply_tiles
+    from loraplex.runtime.kernels.configs import FIXED_BLOCK_M, fixed_tile_configs
+    from loraplex.runtime.kernels.segments import (
+        NO_ADAPTER,
+        KernelTiles,
+        fixed_tile_lists,
+        max_tiles,
+    )
+
+    num_rows, num_slots, num_slices, max_rank, d_in = len(row_slots), *lora_a.shape
+    num_tiles = max_tiles(num_rows, num_slots, FIXED_BLOCK_M)
+    rows, tiles = fixed_tile_lists(row_slots, FIXED_BLOCK_M, num_tiles)
+    tile_info = torch.tensor(tiles, dtype=torch.int32).view(num_tiles, 3)
+    unused = tile_info[:, 0] == NO_ADAPTER
+    tile_info[unused, 2] = min(num_rows, FIXED_BLOCK_M)  # a stale row range: must be ignored
+    if tile_order is not None:  # unused tiles between used ones
+        tile_info = tile_info[list(tile_order)].contiguous()
+    kernel_tiles = KernelTiles(torch.tensor(rows, dtype=torch.int32), tile_info, num_tiles)
+    configs = fixed_tile_configs(num_rows, num_tiles, max_rank, d_in, num_slices, num_sms)
+    lora_apply_tiles(y, x, lora_a, lora_b, slice_offsets, kernel_tiles, ranks, configs)
+    return y

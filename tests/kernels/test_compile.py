@@ -15,8 +15,13 @@ import os
 import pytest
 import torch
 
-from loraplex.runtime.kernels.configs import expand_config, shrink_config
-from loraplex.runtime.kernels.segments import LoraSegments
+from loraplex.runtime.kernels.configs import (
+    FIXED_BLOCK_M,
+    expand_config,
+    fixed_tile_configs,
+    shrink_config,
+)
+from loraplex.runtime.kernels.segments import LoraSegments, max_tiles
 
 triton = pytest.importorskip("triton")
 if os.environ.get("TRITON_INTERPRET") == "1":
@@ -77,7 +82,20 @@ def test_kernels_compile_with_chosen_configs(name, rows, adapters, d_in, num_sli
     segments = batch(rows, adapters)
     shrink = shrink_config(segments, MAX_RANK, d_in, num_slices, num_sms=H100_SMS)
     expand = expand_config(segments, MAX_RANK, num_slices)
+    assert_pair_compiles(shrink, expand, capability)
 
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("rows", "d_in", "num_slices"), [(1, 4096, 3), (128, 14336, 1)])
+def test_kernels_compile_with_fixed_tile_configs(rows, d_in, num_slices):
+    """The configurations of a captured decode step's fixed tile lists (32 slots)."""
+    num_tiles = max_tiles(rows, 32, FIXED_BLOCK_M)
+    shrink, expand = fixed_tile_configs(rows, num_tiles, MAX_RANK, d_in, num_slices, H100_SMS)
+    assert_pair_compiles(shrink, expand, 90)
+
+
+def assert_pair_compiles(shrink, expand, capability: int) -> None:
     shrink_binary = compile_kernel(
         sgmv._sgmv_shrink_kernel,
         {"x_ptr": "*bf16", "a_ptr": "*bf16", "v_ptr": "*fp32"},
