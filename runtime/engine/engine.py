@@ -3,7 +3,8 @@
 `step()` is the whole loop body: the scheduler picks this step's sequences and token
 counts, the model runner computes and samples, and the results are turned into events
 (detokenized text, stop sequences, EOS, length). Requests join and leave between any
-two steps. The engine is single-threaded; `AsyncEngine` drives it from a thread.
+two steps. The engine is single-threaded; `AsyncEngine` drives it from a thread. On CUDA,
+decode-only steps replay captured CUDA graphs (`decode_graphs`) unless `enforce_eager`.
 
 `adapters` is the engine's `AdapterManager` (LoRA adapters by registered name), built on
 first use because its device slot pool is sized for `device_slots` adapters of
@@ -27,6 +28,7 @@ from loraplex.runtime.adapters.target import LoraTargetShapes
 from loraplex.runtime.config import EngineConfig
 from loraplex.runtime.engine.adapter_admission import AdapterAdmission
 from loraplex.runtime.engine.block_manager import BlockManager
+from loraplex.runtime.engine.decode_graphs import DecodeGraphRunner
 from loraplex.runtime.engine.detokenizer import IncrementalDetokenizer, special_token_ids
 from loraplex.runtime.engine.kv_cache import (
     KVCacheLayout,
@@ -88,6 +90,10 @@ class Engine:
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
                                    config.max_num_batched_tokens)
         self.runner = ModelRunner(self.loaded.model, self.kv_cache, device)
+        if device.type == "cuda" and not config.enforce_eager:
+            self.runner.decode_graphs = DecodeGraphRunner(
+                self.loaded.model, self.kv_cache, config.max_num_seqs, self.max_model_len,
+                capture=True)
         self._seqs: dict[str, Sequence] = {}
         self._pending_events: list[TokenEvent] = []
         self._seed_source = random.Random(config.seed)

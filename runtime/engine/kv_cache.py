@@ -5,6 +5,10 @@ memory is allocated uninitialized (on the CPU, untouched pages cost no RAM) and 
 block is zeroed the first time it is handed out, before any forward pass reads it:
 attention masks padded positions out, but a NaN left in fresh memory would still leak
 through the masked product, while stale values of a reused block cannot.
+
+One block more than asked for is allocated: the scratch block (id `num_blocks`, never
+handed out), where the padding rows of a captured decode step write their K/V and which
+pads the block tables there. It is zeroed at once.
 """
 
 from __future__ import annotations
@@ -85,13 +89,18 @@ def num_blocks_for_budget(layout: KVCacheLayout, budget_bytes: int, max_num_seqs
 class PagedKVCache:
     def __init__(self, layout: KVCacheLayout, num_blocks: int, device: torch.device) -> None:
         self.layout = layout
-        self.num_blocks = num_blocks
-        shape = (num_blocks, layout.block_size, layout.num_kv_heads, layout.head_dim)
+        self.num_blocks = num_blocks  # blocks for sequences, ids 0..num_blocks-1
+        self.scratch_block = num_blocks
+        self.device = device
+        shape = (num_blocks + 1, layout.block_size, layout.num_kv_heads, layout.head_dim)
         self.layers = [
             (torch.empty(shape, dtype=layout.dtype, device=device),
              torch.empty(shape, dtype=layout.dtype, device=device))
             for _ in range(layout.num_layers)
         ]
+        for key_cache, value_cache in self.layers:
+            key_cache[self.scratch_block].zero_()
+            value_cache[self.scratch_block].zero_()
         self._num_zeroed_blocks = 0
         logger.info("KV cache: %d blocks of %d tokens (%.1f MiB, %d tokens)", num_blocks,
                     layout.block_size, num_blocks * layout.bytes_per_block / 2**20,

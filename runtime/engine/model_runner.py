@@ -5,16 +5,19 @@ part ordered by adapter slot, so rows of one adapter form one segment), builds t
 `ForwardBatch` metadata once (with the step's `LoraBatch` when any row has an adapter),
 runs the model under `inference_mode`, computes logits only for the rows that sample
 (and, in slices, for prompt logprobs), and samples every sequence in one call. All
-per-token host work happens here, in bulk.
+per-token host work happens here, in bulk. Decode-only steps go to `decode_graphs` when
+the engine set one (CUDA graphs, see `decode_graphs.py`), which returns the same rows.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import torch
 
 from loraplex.runtime.adapters.slots import DeviceSlotPool
+from loraplex.runtime.engine.decode_graphs import DecodeGraphRunner
 from loraplex.runtime.engine.kv_cache import PagedKVCache
 from loraplex.runtime.engine.scheduler import ScheduledSequence
 from loraplex.runtime.engine.sequence import Sequence
@@ -57,52 +60,50 @@ class ModelRunner:
         self.sampler = Sampler()
         self.lora_pool: DeviceSlotPool | None = None  # set when the engine serves adapters
         self.lora_backend = "torch"
+        self.decode_graphs: DecodeGraphRunner | None = None  # set by the engine on CUDA
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSequence]) -> StepOutput:
-        # decode rows first, by adapter slot then shortest context (see DecodeGroup), then
-        # prefill chunks by adapter slot
-        ordered = (sorted((s for s in scheduled if s.num_new_tokens == 1),
-                          key=lambda s: (s.seq.lora_slot, s.seq.num_computed_tokens))
-                   + sorted((s for s in scheduled if s.num_new_tokens > 1),
-                            key=lambda s: s.seq.lora_slot))
-        batch, starts = self.prepare(ordered)
-        hidden = self.model(batch, self.kv_cache.layers)  # [T, d]
+        ordered = step_order(scheduled)
+        starts = list(itertools.accumulate((item.num_new_tokens for item in ordered),
+                                           initial=0))  # first row of each sequence
+        hidden = None
+        if self.decode_graphs is not None:
+            hidden = self.decode_graphs.forward(ordered, self.lora_pool, self.lora_backend)
+        if hidden is None:
+            hidden = self.model(self.prepare(ordered), self.kv_cache.layers)  # [T, d]
         output = StepOutput()
-        sampling = [s.seq for s in ordered if s.samples]
+        sampling = [(item, start) for item, start in zip(ordered, starts, strict=False)
+                    if item.samples]
         if sampling:
-            logits = self.model.compute_logits(hidden[batch.logits_indices])  # [N, vocab]
-            result = self.sampler(logits, self._sampling_metadata(sampling))
-            for row, seq in enumerate(sampling):
+            rows = self._tensor([start + item.num_new_tokens - 1 for item, start in sampling])
+            logits = self.model.compute_logits(hidden[rows])  # [N, vocab]
+            seqs = [item.seq for item, _ in sampling]
+            result = self.sampler(logits, self._sampling_metadata(seqs))
+            for row, seq in enumerate(seqs):
                 output.sampled[seq] = _sampled_token(result, row)
-        for item, start in starts:
+        for item, start in zip(ordered, starts, strict=False):
             if item.seq.needs_prompt_logprobs:
                 output.prompt_logprobs[item.seq] = self._prompt_logprobs(item, hidden, start)
         return output
 
-    def prepare(self, ordered: list[ScheduledSequence]
-                ) -> tuple[ForwardBatch, list[tuple[ScheduledSequence, int]]]:
-        """The step's ForwardBatch, and each sequence with the first row of its tokens."""
+    def prepare(self, ordered: list[ScheduledSequence]) -> ForwardBatch:
+        """The step's ForwardBatch (rows in the order of `ordered`)."""
         block_size = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
-        logits_rows: list[int] = []
         decode_tables: list[list[int]] = []
         spans: list[PrefillSpan] = []
-        starts: list[tuple[ScheduledSequence, int]] = []
         for item in ordered:
             seq, first = item.seq, item.seq.num_computed_tokens
             last = first + item.num_new_tokens
             table = seq.block_table
             start = len(input_ids)
-            starts.append((item, start))
             input_ids.extend(seq.token_ids[first:last])
             positions.extend(range(first, last))
             slots.extend(table[p // block_size] * block_size + p % block_size
                          for p in range(first, last))
-            if item.samples:
-                logits_rows.append(len(input_ids) - 1)
             if item.num_new_tokens == 1:
                 decode_tables.append(table[: -(-last // block_size)])
                 continue
@@ -121,11 +122,9 @@ class ModelRunner:
         groups = [self._decode_group(start, decode_tables[start:start + DECODE_GROUP_SIZE],
                                      context_lens[start:start + DECODE_GROUP_SIZE])
                   for start in range(0, len(decode_tables), DECODE_GROUP_SIZE)]
-        batch = ForwardBatch(
+        return ForwardBatch(
             input_ids=self._tensor(input_ids), positions=self._tensor(positions),
-            slot_mapping=self._tensor(slots), decode_groups=groups, prefills=spans,
-            logits_indices=self._tensor(logits_rows), lora=lora)
-        return batch, starts
+            slot_mapping=self._tensor(slots), decode_groups=groups, prefills=spans, lora=lora)
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.int64).to(self.device, non_blocking=True)
@@ -184,6 +183,15 @@ class ModelRunner:
             values = logprobs.gather(1, ids[:, None]).squeeze(1).tolist()
             result.extend(zip(chunk, values, strict=True))
         return result
+
+
+def step_order(scheduled: list[ScheduledSequence]) -> list[ScheduledSequence]:
+    """The step's rows: decode rows first, by adapter slot then shortest context (see
+    DecodeGroup), then prefill chunks by adapter slot."""
+    return (sorted((s for s in scheduled if s.num_new_tokens == 1),
+                   key=lambda s: (s.seq.lora_slot, s.seq.num_computed_tokens))
+            + sorted((s for s in scheduled if s.num_new_tokens > 1),
+                     key=lambda s: s.seq.lora_slot))
 
 
 def _sampled_token(result: SamplerOutput, row: int) -> SampledToken:

@@ -3,21 +3,24 @@
 The engine flattens every scheduled sequence's new tokens into one row list: decode
 sequences (one new token each) come first, sorted by context length and cut into small
 groups (so each group's keys are padded only to its own longest sequence), then prefill
-chunks. The model reads the
-metadata from here, never from a module global, so several engines (or tests) can share
-one process. LoRA metadata rides along in `lora` (see `lora.LoraBatch`; None when no row
-of the step uses an adapter).
+chunks. A decode step replayed as a CUDA graph has one group over persistent buffers
+instead (see `engine.decode_graphs`). The model reads the metadata from here, never from a
+module global, so several engines (or tests) can share one process. LoRA metadata rides
+along in `lora` (`lora.LoraBatch`, or `lora_static.StaticLoraBatch` in a captured step;
+None when no row of the step uses an adapter).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from loraplex.runtime.layers.lora import LoraBatch
+
+class LoraDelta(Protocol):
+    def apply(self, y: torch.Tensor, x: torch.Tensor, layer: int, group: str) -> None:
+        """y [T, d_out_total] += each row's adapter delta of `group` for x [T, d_in]."""
 
 
 @dataclass(slots=True)
@@ -52,8 +55,7 @@ class ForwardBatch:
     slot_mapping: torch.Tensor  # int64 [T]: KV cache slot written by each row
     decode_groups: list[DecodeGroup]  # together rows 0:num_decode_tokens, one per sequence
     prefills: list[PrefillSpan]
-    logits_indices: torch.Tensor  # int64 [N]: rows whose logits the step needs
-    lora: LoraBatch | None = None  # per-row adapter slots and the pool they index
+    lora: LoraDelta | None = None  # per-row adapter slots and the pool they index
 
     @property
     def num_tokens(self) -> int:
