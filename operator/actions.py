@@ -5,14 +5,15 @@ load what a planned pod lacks (or holds with an old source, or failed on before 
 spec changed), unload what a pod holds but should not. Adapters the operator does not
 manage (no Adapter object) are never touched. A `PUT` with a new source makes the pod
 retire the old weights, and a `PUT` of a failed adapter retries it, so no action needs
-an unload first.
+an unload first. A failed load is also retried for adapters named in `retry` (their
+credentials Secret changed since the failed push).
 """
 
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 
 from loraplex.operator.admin import PodAdapter, Preload
 from loraplex.operator.views import AdapterView
@@ -25,6 +26,8 @@ class Load:
     source: str
     pinned: bool
     preload: Preload
+    # Sent with the load, for the source's fetch (credentials.py); secrets, so never shown.
+    credentials: Mapping[str, str] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -53,9 +56,11 @@ def spec_changed_since_status(view: AdapterView) -> bool:
 def plan_actions(placements: Mapping[str, tuple[str, ...]],
                  reports: Mapping[str, Mapping[str, PodAdapter]],
                  adapters: Mapping[str, AdapterView],
-                 refused: Mapping[tuple[str, str], int | None]) -> list[Load | Unload]:
+                 refused: Mapping[tuple[str, str], int | None],
+                 retry: Collection[str] = ()) -> list[Load | Unload]:
     """`reports`: pod → adapters it holds (reachable pods only); `refused`: (adapter, pod)
-    → generation at which the pod refused the load (not retried until the spec changes)."""
+    → generation at which the pod refused the load (not retried until the spec changes);
+    `retry`: adapters whose failed loads are retried anyway."""
     actions: list[Load | Unload] = []
     for name, pods in sorted(placements.items()):
         view = adapters[name]
@@ -70,7 +75,7 @@ def plan_actions(placements: Mapping[str, tuple[str, ...]],
             stale = held is not None and (
                 (held.source is not None
                  and held.source != canonical_source(view.spec.source))
-                or (held.failed and spec_changed_since_status(view))
+                or (held.failed and (spec_changed_since_status(view) or name in retry))
                 or (held.pinned is not None and held.pinned != view.spec.pinned
                     and not held.failed))
             if held is None or stale:

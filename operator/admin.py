@@ -93,8 +93,12 @@ class AdminClient:
         return parse_adapter_list(response.json())
 
     async def load(self, pod_url: str, name: str, source: str, *, pinned: bool,
-                   preload: Preload) -> PodAdapter | None:
-        body = {"source": source, "pinned": pinned, "preload": preload}
+                   preload: Preload, credentials: Mapping[str, str] | None = None
+                   ) -> PodAdapter | None:
+        """`PUT` the adapter; `credentials` (admin API field names) serve its fetches."""
+        body: dict[str, Any] = {"source": source, "pinned": pinned, "preload": preload}
+        if credentials:
+            body["credentials"] = dict(credentials)
         response = await self._call("PUT", f"{pod_url}/v1/adapters/{quote(name, safe='')}",
                                     json=body)
         try:

@@ -4,7 +4,8 @@ Level-based and idempotent: each cycle reads the whole state (the BMD, its ready
 its Adapters, and what every pod reports on `GET /v1/adapters`), computes placement,
 pushes the difference, then writes the placement ConfigMap and every status that
 changed. Nothing depends on which event woke it up, so a missed event, a restarted pod
-or a restarted operator all heal on the next cycle. `spec` is never written.
+or a restarted operator all heal on the next cycle. `spec` is never written. Loads of
+adapters with a `credentialsSecretRef` carry the Secret's credentials (credentials.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from loraplex.operator.builders import (
 from loraplex.operator.cluster import Cluster
 from loraplex.operator.conditions import merge_patch_for, now_iso
 from loraplex.operator.config import OperatorConfig
+from loraplex.operator.credentials import SecretCache, attach_credentials, changed_secrets
 from loraplex.operator.models import BaseModelDeploymentSpec, SpecError, parse_spec
 from loraplex.operator.placement import AdapterDemand, PlacementPlan, PodCapacity, place
 from loraplex.operator.status import (
@@ -72,6 +74,7 @@ class BaseModelReconciler:
         self.table: PlacementTable | None = None  # last written (or read) placement table
         self.observed: dict[str, PodObservation] = {}
         self.unloaded: set[str] = set()  # deleting adapters no reachable pod holds
+        self.secret_versions: dict[str, str] = {}  # adapter → its Secret's version last pushed
 
     async def aclose(self) -> None:
         if self.admin is not None:
@@ -102,8 +105,16 @@ class BaseModelReconciler:
                          and not any(name in held for held in reports.values())}
 
         plan = self._plan(spec, reports, views, silent)
+        secrets = SecretCache(self.cluster.get_secret)
+        retry = await changed_secrets(self._failing(plan, reports), views,
+                                      self.secret_versions, secrets)
         actions = plan_actions(plan.placements, reports, views,
-                               {key: gen for key, (gen, _) in self.refused.items()})
+                               {key: gen for key, (gen, _) in self.refused.items()
+                                if key[0] not in retry}, retry)
+        actions, withheld, versions = await attach_credentials(actions, views, secrets)
+        self.secret_versions = {name: version for name, version
+                                in {**self.secret_versions, **versions}.items()
+                                if name in views}
         executed = await execute(admin, {p.name: p for p in ready}, actions,
                                  self.config.admin_concurrency)
         for action in actions:
@@ -117,7 +128,8 @@ class BaseModelReconciler:
             reports[pod][adapter] = reply
 
         await self._write_table(plan, reports, views, observations)
-        phases = await self._write_adapter_statuses(plan, reports, views, executed, now)
+        phases = await self._write_adapter_statuses(plan, reports, views, executed, withheld,
+                                                    now)
         placed = sum(bool(pods) for pods in plan.placements.values())
         await self._write_bmd_status(body, spec=spec, ready_pods=len(ready), phases=phases,
                                      placed=placed, problem=None, now=now)
@@ -174,6 +186,13 @@ class BaseModelReconciler:
         if observation is None or observation.adapters is not None:
             return None
         return f"pod not answering: {observation.error}"
+
+    def _failing(self, plan: PlacementPlan,
+                 reports: Mapping[str, Mapping[str, Any]]) -> set[str]:
+        """Adapters that a planned pod refused or reports failed."""
+        return {name for name, pods in plan.placements.items() for pod in pods
+                if (name, pod) in self.refused
+                or ((held := reports.get(pod, {}).get(name)) is not None and held.failed)}
 
     def _remembered(self, name: str, view: AdapterView) -> tuple[str, ...]:
         """Where the adapter was placed: the last plan, or after a restart its status."""
@@ -240,7 +259,10 @@ class BaseModelReconciler:
     async def _write_adapter_statuses(self, plan: PlacementPlan,
                                       reports: Mapping[str, Mapping[str, Any]],
                                       views: Mapping[str, AdapterView],
-                                      executed: ExecutionReport, now: str) -> list[str]:
+                                      executed: ExecutionReport, withheld: Mapping[str, str],
+                                      now: str) -> list[str]:
+        """`withheld`: adapters not pushed for want of credentials (adapter → why); pods
+        that do not hold them are left out of their placements."""
         phases = []
         for name, view in sorted(views.items()):
             if view.deleting:
@@ -250,13 +272,15 @@ class BaseModelReconciler:
             else:
                 placement_reports = []
                 for pod in plan.placements[name]:
+                    held = reports.get(pod, {}).get(name)
+                    if held is None and name in withheld:
+                        continue
                     generation, refusal = self.refused.get((name, pod), (None, None))
                     placement_reports.append(PlacementReport(
-                        pod, reports.get(pod, {}).get(name),
-                        refusal if generation == view.generation else None,
+                        pod, held, refusal if generation == view.generation else None,
                         executed.unreachable.get((name, pod)) or self._silence(pod)))
                 status = adapter_status(view, placement_reports,
-                                        plan.shortfalls.get(name), now)
+                                        plan.shortfalls.get(name), now, withheld.get(name))
             phases.append(status["phase"])
             if status != view.status:
                 await self.cluster.patch_adapter_status(view.namespace, view.name,

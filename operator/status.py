@@ -17,6 +17,7 @@ from loraplex.operator.views import AdapterView
 
 BASE_MODEL_NOT_FOUND = "BaseModelNotFound"
 INVALID_SPEC = "InvalidSpec"
+CREDENTIALS_NOT_FOUND = "CredentialsNotFound"
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,10 @@ def _placement_state(report: PlacementReport) -> tuple[str, str]:
 
 
 def adapter_status(view: AdapterView, reports: Sequence[PlacementReport],
-                   shortfall: Shortfall | None, now: str) -> dict[str, Any]:
-    """Status of an Adapter with a valid spec whose base model exists."""
+                   shortfall: Shortfall | None, now: str,
+                   credentials: str | None = None) -> dict[str, Any]:
+    """Status of an Adapter with a valid spec whose base model exists. `credentials`: why
+    its credentials could not be read, so that no pod was asked to load it (`Pending`)."""
     if view.spec is None:
         raise ValueError(f"adapter {view.name!r} has an invalid spec: use invalid_status")
     previous = {p.get("pod"): p for p in view.status.get("placements") or []}
@@ -67,7 +70,10 @@ def adapter_status(view: AdapterView, reports: Sequence[PlacementReport],
     ready = sum(p["state"] == "Ready" for p in placements)
     failed = [p for p in placements if p["state"] == "Failed"]
     loading = [p for p in placements if p["state"] == "Loading"]
-    if ready >= replicas:
+    if credentials is not None:
+        phase, reason = "Pending", CREDENTIALS_NOT_FOUND
+        message = f"{credentials}; ready on {ready}/{replicas} pod(s)" if ready else credentials
+    elif ready >= replicas:
         phase, reason, message = "Ready", "Loaded", f"ready on {ready}/{replicas} pod(s)"
     elif failed and not loading and not ready:
         phase, reason, message = "Failed", "LoadFailed", f"{failed[0]['pod']}: " \

@@ -66,7 +66,8 @@ async def execute(admin: AdminClient, pods: Mapping[str, PodView],
                 else:
                     report.calls += 1
                     reply = await admin.load(url, action.adapter, action.source,
-                                             pinned=action.pinned, preload=action.preload)
+                                             pinned=action.pinned, preload=action.preload,
+                                             credentials=action.credentials)
                     if reply is not None:
                         report.loaded[key] = reply
             except AdminError as error:

@@ -50,7 +50,10 @@ class AdapterSpec(CamelModel):
     replicas: int = Field(1, ge=0, le=64, description="Pods that keep this adapter warm.")
     pinned: bool = Field(False, description="Keep it on the device: never evicted.")
     credentials_secret_ref: LocalObjectReference | None = Field(
-        None, description="Secret with credentials for the source (same namespace).")
+        None, description="Secret (same namespace) with the source's credentials, handed to "
+        "the pods for this adapter only. Keys: HF_TOKEN (hf:// sources), AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY (s3:// sources), optional AWS_SESSION_TOKEN. Missing Secret or "
+        "keys: phase Pending, reason CredentialsNotFound, until the Secret is fixed.")
 
     @field_validator("source")
     @classmethod

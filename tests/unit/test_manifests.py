@@ -32,6 +32,7 @@ from loraplex.operator.builders import (
     build_placements_configmap,
 )
 from loraplex.operator.config import OperatorConfig
+from loraplex.operator.credentials import required_keys
 from loraplex.operator.models import AdapterSpec, BaseModelDeploymentSpec, parse_spec
 from loraplex.operator.rbac import cluster_role_rules
 from loraplex.settings import add_settings_arguments, settings_from_namespace
@@ -211,14 +212,14 @@ def test_the_secrets_the_samples_name_are_in_the_credentials_example() -> None:
     objects = render(SAMPLES)
     defined = {(s["metadata"]["name"], key) for s in of_kind(load(CREDENTIALS), "Secret")
                for key in s["stringData"]}
-    wanted = {(ref["name"], None) for a in of_kind(objects, naming.ADAPTER_KIND)
-              if (ref := a["spec"].get("credentialsSecretRef"))}
+    wanted = {(ref["name"], key) for a in of_kind(objects, naming.ADAPTER_KIND)
+              if (ref := a["spec"].get("credentialsSecretRef"))
+              for key in required_keys(a["spec"]["source"])}
+    assert wanted, "no sample Adapter names a credentials Secret"
     wanted |= {(v["valueFrom"]["secretKeyRef"]["name"], v["valueFrom"]["secretKeyRef"]["key"])
                for bmd in of_kind(objects, naming.BMD_KIND) for v in bmd["spec"].get("env", [])
                if "valueFrom" in v}
-    names = {name for name, _ in defined}
-    for name, key in wanted:
-        assert (name, key) in defined if key else name in names, (name, key)
+    assert wanted <= defined, wanted - defined
 
 
 def test_cluster_role_grants_exactly_the_operators_rules() -> None:

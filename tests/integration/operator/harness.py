@@ -90,8 +90,10 @@ class Pod:
 class RuntimePods:
     """Runtime pods of one BMD: real servers plus the Pod objects that point at them."""
 
-    def __init__(self, kube: Kube, bmd: str, log_dir: Path, cache_dir: Path) -> None:
+    def __init__(self, kube: Kube, bmd: str, log_dir: Path, cache_dir: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.kube, self.bmd, self.log_dir, self.cache_dir = kube, bmd, log_dir, cache_dir
+        self.env = dict(env or {})  # the container's environment (spec.env in a cluster)
         self.pods: dict[str, Pod] = {}
         self.next_index = 0
 
@@ -117,7 +119,8 @@ class RuntimePods:
 
     def _start_server(self, index: int, wait: bool) -> RuntimeServer:
         host = POD_ADDRESS.format(index + 2)
-        env = {naming.ADMIN_TOKEN_ENV: self.token(), "LORAPLEX_CACHE": str(self.cache_dir)}
+        env = {**self.env, naming.ADMIN_TOKEN_ENV: self.token(),
+               "LORAPLEX_CACHE": str(self.cache_dir)}
         return start_runtime_server(*self.serve_args(), host=host, port=naming.RUNTIME_PORT,
                                     env=env, log_dir=self.log_dir, wait=wait)
 

@@ -8,6 +8,7 @@ operator's own status.
 
 from __future__ import annotations
 
+import base64
 from collections import Counter
 
 import httpx
@@ -16,7 +17,7 @@ import pytest
 from loraplex.operator import naming
 from loraplex.operator.rbac import GRANTED_RULES, OPERATOR_RULES, expand
 from loraplex.runtime.router.placements import parse_placements
-from tests.integration.operator.conftest import BMD, NAMESPACE
+from tests.integration.operator.conftest import BMD, NAMESPACE, S3_BUCKET, S3_KEYS
 from tests.integration.operator.kube import TEST_AGENT, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -195,6 +196,50 @@ def test_a_bad_adapter_fails_with_the_pods_message_and_a_fix_recovers(kube, pods
     assert status_of(kube, "too-wide")["rank"] == RANKS["lora-20"]
 
 
+def secret_data(**values: str) -> dict:
+    return {key: base64.b64encode(value.encode()).decode() for key, value in values.items()}
+
+
+def ready_reason(kube, name: str) -> tuple[str | None, str]:
+    status = status_of(kube, name)
+    ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+    return ready.get("reason"), status.get("message", "")
+
+
+def test_an_adapter_waits_for_its_credentials_and_recovers_as_the_secret_is_fixed(
+        kube, pods, operator):
+    key_id, secret_key = S3_KEYS
+    body = adapter_body("keyed", f"s3://{S3_BUCKET}/keyed")
+    body["spec"]["credentialsSecretRef"] = {"name": "s3-keys"}
+    kube.create("adapters", body)
+    wait_for(lambda: ready_reason(kube, "keyed") == (
+        "CredentialsNotFound", f"Secret 's3-keys' (spec.credentialsSecretRef) not found in "
+        f"namespace '{NAMESPACE}'"), 30, "keyed: Secret not found")
+    assert status_of(kube, "keyed")["phase"] == "Pending"
+    assert status_of(kube, "keyed")["placements"] == []
+    assert not any("keyed" in held for held in holdings(pods).values()), "pushed anyway"
+
+    kube.create("secrets", {"metadata": {"name": "s3-keys"},
+                            "data": secret_data(AWS_ACCESS_KEY_ID=key_id)})
+    wait_for(lambda: "has no AWS_SECRET_ACCESS_KEY" in ready_reason(kube, "keyed")[1], 30,
+             "keyed: a key missing from the Secret")
+    assert not any("keyed" in held for held in holdings(pods).values())
+
+    kube.patch("secrets", "s3-keys", {"data": secret_data(AWS_SECRET_ACCESS_KEY="not-it")})
+    wait_for(lambda: status_of(kube, "keyed").get("phase") == "Failed", 60,
+             "keyed: the bucket refuses a wrong key")
+    assert "SignatureDoesNotMatch" in status_of(kube, "keyed")["message"]  # S3's own words
+
+    kube.patch("secrets", "s3-keys", {"data": secret_data(AWS_SECRET_ACCESS_KEY=secret_key)})
+    wait_for(lambda: status_of(kube, "keyed").get("phase") == "Ready", 60,
+             "keyed: Ready once the Secret holds the right key")
+    assert len(loaded_on(pods)["keyed"]) == 1
+    shown = str(kube.list("adapters")) + str(kube.list("events")) + operator.logs() \
+        + "".join(pod.server.log_text() for pod in pods.pods.values())
+    assert secret_key not in shown and "not-it" not in shown
+    assert all_ready(kube, FIRST), "waiting for credentials must not disturb the others"
+
+
 def test_a_deleted_adapter_is_unloaded_before_it_goes(kube, pods):
     name = FIRST[2]
     holders = placed_pods(kube, name)
@@ -236,7 +281,9 @@ def test_an_operator_restart_converges_without_duplicates(kube, pods, operator, 
     wait_for(lambda: converged(kube, pods, REPLICAS), 120, "converged after the restart")
     for name, count in REPLICAS.items():
         assert len(placed_pods(kube, name)) == count
-    assert len(kube.list("deployments")) == 2 and len(kube.list("secrets")) == 1
+    assert len(kube.list("deployments")) == 2
+    assert sorted(s["metadata"]["name"] for s in kube.list("secrets")) == sorted([
+        naming.admin_secret_name(BMD), "s3-keys"])  # one token; the other is the test's
     assert pods.token() == shared["token"], "the admin token must never rotate"
 
 
