@@ -42,6 +42,7 @@ def lora_apply(
     segments: LoraSegments,
     ranks: torch.Tensor,
     backend: str = "auto",
+    zero_padded: bool = False,
 ) -> None:
     """y[t, slice s] += x[t] @ A[slot, s, :rank].T @ B[slot, slice s, :rank].T, in place.
 
@@ -50,10 +51,14 @@ def lora_apply(
     contiguous or a transposed view of a contiguous [S, R, d_out_total] ("rank-major":
     each slot's `[:rank]` of B is then one contiguous block, which the CPU path reads
     several times faster); slice_offsets: n_slices + 1 column offsets of the slices in y;
-    ranks: int32 [S]. Rows whose segment has slot -1 are left untouched.
+    ranks: int32 [S]. Rows whose segment has slot -1 are left untouched. Past each slot's
+    rank the pools may hold anything, unless `zero_padded` promises zeros there and finite
+    values everywhere (as `DeviceSlotPool` does), which the torch path turns into fewer,
+    larger reads.
     """
     if resolve_backend(backend, x.device) == "torch":
-        torch_ops.lora_apply(y, x, lora_a, lora_b, slice_offsets, segments, ranks)
+        torch_ops.lora_apply(y, x, lora_a, lora_b, slice_offsets, segments, ranks,
+                             zero_padded)
         return
     from . import sgmv  # imports triton
 

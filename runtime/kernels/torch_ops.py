@@ -6,8 +6,10 @@ Same contract as the Triton kernels in `sgmv.py`. On a CPU the cost is per-op ov
 - `lora_apply` follows a plan built once per step (`torch_plan`): slots with many rows
   are computed one by one, one shrink matmul and one expand matmul per slice on views of
   the slot's own `[:rank]` weights, in place on contiguous rows; slots with a few rows
-  that share a rank (decode) are batched, a handful of ops for all of them;
-- padded ranks are never read nor computed: a rank-8 slot costs an eighth of a rank-64;
+  each (decode) are computed as ranges of consecutive slots, a handful of batched ops per
+  range that read the pools in place (never a gathered copy of the weights);
+- a slot computed alone never reads past its rank: a rank-8 slot costs an eighth of a
+  rank-64 (a range reads up to its largest rank, where the plan judged that cheaper);
 - B is read along whichever dimension of the pool is contiguous: with a rank-major pool
   (`lora_b` a transposed view of [S, R, d_out_total]) a slot's `[:rank]` is one block;
 - `lora_apply` goes straight from shrink to expand without the padded `[T, n, R]` buffer.
@@ -27,10 +29,9 @@ from .checks import (
     check_lora_args,
     check_rank_values,
     check_shrink_args,
-    is_rank_major,
 )
 from .segments import LoraSegments, RowGrouping
-from .torch_plan import SlotBatch, torch_plan
+from .torch_plan import SlotRange, torch_plan
 
 
 def lora_apply(
@@ -41,14 +42,19 @@ def lora_apply(
     slice_offsets: Sequence[int],
     segments: LoraSegments,
     ranks: torch.Tensor,
+    zero_padded: bool = False,
 ) -> None:
-    """`y[rows of slot] += x @ A[slot].T @ B[slot].T` per slice, in place."""
+    """`y[rows of slot] += x @ A[slot].T @ B[slot].T` per slice, in place.
+
+    `zero_padded`: the pools hold zeros past each slot's rank and only finite values, which
+    lets decode slots be computed as ranges read in place (see `torch_plan`).
+    """
     check_lora_args(y, x, lora_a, lora_b, slice_offsets, segments, ranks)
     if not segments.has_lora:
         return
     rank_list = ranks.tolist()
     check_rank_values([rank_list[slot] for slot in segments.slot_runs()], lora_a.shape[2])
-    plan = torch_plan(segments, rank_list)
+    plan = torch_plan(segments, rank_list, zero_padded)
     bounds = _slice_bounds(slice_offsets)
     for item in plan.direct:
         slot_a = lora_a[item.slot, :, : item.rank]  # [n_slices, rank, d_in]
@@ -59,10 +65,8 @@ def lora_apply(
             delta = y.new_zeros(item.rows.shape[0], y.shape[1])  # [m, d_out_total]
             _expand(delta, _shrink(x.index_select(0, item.rows), slot_a), slot_b_t, bounds)
             y.index_add_(0, item.rows, delta)
-    if plan.batches:
-        x_padded = torch.cat([x, x.new_zeros(1, x.shape[1])])  # row T: the zero row
-        for batch in plan.batches:
-            _apply_batch(y, x_padded, lora_a, lora_b, bounds, batch)
+    for item in plan.ranges:
+        _apply_range(y, x, lora_a, lora_b, bounds, item)
 
 
 def sgmv_shrink(
@@ -150,29 +154,35 @@ def _expand(
             y_rows[:, lo:hi].addmm_(v_slices[index], slot_b_t[:, lo:hi])
 
 
-def _apply_batch(
+def _apply_range(
     y: torch.Tensor,
-    x_padded: torch.Tensor,
+    x: torch.Tensor,
     lora_a: torch.Tensor,
     lora_b: torch.Tensor,
     bounds: Sequence[tuple[int, int]],
-    batch: SlotBatch,
+    item: SlotRange,
 ) -> None:
-    """k slots of one rank, m rows each (padded with the zero row), in a few batched ops."""
-    k, m, rank = batch.num_slots, batch.rows_per_slot, batch.rank
-    d_in = x_padded.shape[1]
-    x_rows = x_padded.index_select(0, batch.source_rows).view(k, 1, m, d_in)
-    slot_a = lora_a[:, :, :rank].index_select(0, batch.slots)  # [k, n_slices, rank, d_in]
+    """Slots lo:hi, m rows each, read in place from the pools in a few batched ops."""
+    k, m, rank = item.num_slots, item.rows_per_slot, item.rank
+    d_in, d_out = x.shape[1], y.shape[1]
+    slot_a = lora_a[item.lo:item.hi, :, :rank]  # [k, n_slices, rank, d_in], a view
+    slot_b_t = lora_b[item.lo:item.hi, :, :rank].transpose(1, 2)  # [k, rank, d_out], a view
+    if item.first_row is not None:
+        rows = slice(item.first_row, item.first_row + k * m)
+        v = torch.matmul(x[rows].view(k, 1, m, d_in), slot_a.transpose(-1, -2))
+        y_rows = y[rows].view(k, m, d_out)  # a view: added to in place
+        for index, (lo, hi) in enumerate(bounds):
+            if hi > lo:
+                y_rows[:, :, lo:hi] += torch.bmm(v[:, index], slot_b_t[:, :, lo:hi])
+        return
+    x_padded = torch.cat([x, x.new_zeros(1, d_in)])  # row T: the zero row
+    x_rows = x_padded.index_select(0, item.source_rows).view(k, 1, m, d_in)
     v = torch.matmul(x_rows, slot_a.transpose(-1, -2))  # [k, n_slices, m, rank]
-    # [k, rank, d_out_total], gathered along the pool's contiguous dimension
-    if is_rank_major(lora_b):
-        slot_b_t = lora_b.transpose(1, 2)[:, :rank].index_select(0, batch.slots)
-    else:
-        slot_b_t = lora_b[:, :, :rank].index_select(0, batch.slots).transpose(1, 2)
+    delta = y.new_zeros(k, m, d_out)
     for index, (lo, hi) in enumerate(bounds):
         if hi > lo:
-            delta = torch.bmm(v[:, index], slot_b_t[:, :, lo:hi])  # [k, m, hi - lo]
-            y[:, lo:hi].index_add_(0, batch.target_rows, delta.view(k * m, hi - lo))
+            delta[:, :, lo:hi] = torch.bmm(v[:, index], slot_b_t[:, :, lo:hi])
+    y.index_add_(0, item.target_rows, delta.view(k * m, d_out))
 
 
 def _group_ranks(ranks: torch.Tensor, grouping: RowGrouping, max_rank: int) -> list[int]:

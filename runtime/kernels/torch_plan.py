@@ -1,16 +1,22 @@
-"""How the torch path splits a step's slots into batched and one-by-one work.
+"""How the torch path splits a step's slots into ranges read in place and one-by-one work.
 
-On a CPU, a small matmul costs several microseconds of Python and dispatch before any
-arithmetic, so a decode batch of 32 adapters with two rows each spent most of its LoRA time
-on overhead. Slots that share a rank and have few rows are therefore computed together:
-their `[:rank]` weights are gathered with one `index_select` per pool (the padding past a
-slot's rank is never read), their rows are gathered into a [k, m, d_in] block (a slot with
-fewer than m rows reads a zero row instead), then one batched matmul per slice, and one
-`index_add_` per slice back into y. Slots with many rows (prefill), or alone at their rank,
-are computed one by one on views of the pools, with no copy at all.
+On a CPU, the LoRA of a decode batch is bound by reading the adapters' weights: 32
+adapters of rank 8-16 are as many bytes per layer as the base layer of a 135M model, while
+their arithmetic is tiny. Gathering the slots' weights into a batch first (one
+`index_select`) writes and reads them a second and third time. So slots with a few rows
+each are computed as *ranges* of consecutive slots: `lora_a[lo:hi, :, :rank]` and the
+matching block of B are strided views of the pool that one batched matmul reads in place,
+at the largest rank of the range (the pool holds zeros past each slot's rank, so reading
+further is exact). A range may contain slots with no rows in this step (their rows read a
+zero row, so they add exact zeros); the plan merges neighbouring slots into a range only
+while the bytes read for padding and holes cost less than one more range's fixed
+overhead. When each slot of a range owns exactly `m` consecutive rows of the batch (the
+model runner orders decode rows by slot, so a steady decode batch does), its rows are a
+view too and nothing is gathered at all.
 
-The plan depends only on the segments and the slots' ranks, so it is built once per step
-and cached on the segments object.
+Slots with many rows (prefill) are computed one by one on views of the pools. The plan
+depends only on the segments and the slots' ranks, so it is built once per step and
+cached on the segments object.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import torch
 
 from .segments import LoraSegments
 
-SMALL_ROWS = 8  # a slot with at most this many rows is batched with others of its rank
+SMALL_ROWS = 8  # a slot with at most this many rows is computed within a range
+# fixed cost of one more range, in slot-rank units of weights read (a rank-64 slot is 64)
+RANGE_OVERHEAD = 64
 
 
 @dataclass(frozen=True)
@@ -35,70 +43,104 @@ class DirectSlot:
 
 
 @dataclass(frozen=True)
-class SlotBatch:
-    """Slots of one rank with a few rows each, computed as one [k, m] batch."""
+class SlotRange:
+    """Slots `lo:hi` at one rank, `m` rows each, computed as one [hi - lo, m] batch."""
 
-    rank: int
-    num_slots: int  # k
-    rows_per_slot: int  # m: the most rows of any of the k slots
-    slots: torch.Tensor  # int64 [k]
-    source_rows: torch.Tensor  # int64 [k*m] rows of x; num_rows = an extra zero row
-    # int64 [k*m] rows of y; a padding position adds its exact zeros to its slot's first row
-    target_rows: torch.Tensor
+    lo: int
+    hi: int
+    rank: int  # the largest rank of the range's slots
+    rows_per_slot: int  # m
+    # first batch row when slot lo + i owns rows first_row + i*m ... + m - 1: no gather
+    first_row: int | None
+    # else: int64 [k*m] rows of x (num_rows = the zero row) and rows of y to add to (a
+    # padding position adds its exact zeros to a real row)
+    source_rows: torch.Tensor | None
+    target_rows: torch.Tensor | None
+
+    @property
+    def num_slots(self) -> int:
+        return self.hi - self.lo
 
 
 @dataclass(frozen=True)
 class TorchPlan:
     direct: tuple[DirectSlot, ...]
-    batches: tuple[SlotBatch, ...]
+    ranges: tuple[SlotRange, ...]
 
 
-def torch_plan(segments: LoraSegments, rank_list: Sequence[int]) -> TorchPlan:
-    """The plan for these segments and slot ranks (cached per rank layout)."""
-    key = ("torch_plan", tuple(rank_list[slot] for slot in segments.slot_runs()))
-    return segments.memo(key, lambda: _build_plan(segments, rank_list))
+def torch_plan(segments: LoraSegments, rank_list: Sequence[int], zero_padded: bool) -> TorchPlan:
+    """The plan for these segments and slot ranks (cached per rank layout).
+
+    Ranges read past slots' ranks and read slots no row uses, so they are formed only for
+    a `zero_padded` pool: zeros past each slot's rank and finite values everywhere (the
+    `DeviceSlotPool` keeps both); otherwise every slot is computed alone.
+    """
+    key = ("torch_plan", zero_padded, tuple(rank_list[slot] for slot in segments.slot_runs()))
+    return segments.memo(key, lambda: _build_plan(segments, rank_list, zero_padded))
 
 
-def _build_plan(segments: LoraSegments, rank_list: Sequence[int]) -> TorchPlan:
+def _build_plan(segments: LoraSegments, rank_list: Sequence[int],
+                zero_padded: bool) -> TorchPlan:
     device = segments.indptr.device
     direct: list[DirectSlot] = []
-    small_by_rank: dict[int, list[tuple[int, list[int]]]] = {}
+    small: dict[int, list[int]] = {}
     for slot, rows in segments.slot_rows().items():
         rank = rank_list[slot]
         if rank == 0:
             continue
-        if len(rows) <= SMALL_ROWS:
-            small_by_rank.setdefault(rank, []).append((slot, rows))
+        if zero_padded and len(rows) <= SMALL_ROWS:
+            small[slot] = rows
         else:
             direct.append(DirectSlot(slot, rank, _row_spec(rows, device)))
-    batches: list[SlotBatch] = []
-    for rank, members in small_by_rank.items():
+    ranges: list[SlotRange] = []
+    for members in _split_into_ranges(sorted(small), rank_list):
         if len(members) == 1:
-            slot, rows = members[0]
-            direct.append(DirectSlot(slot, rank, _row_spec(rows, device)))
-            continue
-        rows_per_slot = max(len(rows) for _, rows in members)
-        source: list[int] = []
-        target: list[int] = []
-        for _, rows in members:
-            padding = rows_per_slot - len(rows)
-            source += rows + [segments.num_rows] * padding
-            target += rows + [rows[0]] * padding
-        slots = [slot for slot, _ in members]
-        # one host->device copy for the three index lists
-        packed = torch.tensor(source + target + slots, dtype=torch.int64).to(device)
-        size = len(source)
-        batches.append(
-            SlotBatch(
-                rank=rank,
-                num_slots=len(members),
-                rows_per_slot=rows_per_slot,
-                slots=packed[2 * size :],
-                source_rows=packed[:size],
-                target_rows=packed[size : 2 * size],
-            )
-        )
-    return TorchPlan(direct=tuple(direct), batches=tuple(batches))
+            slot = members[0]
+            direct.append(DirectSlot(slot, rank_list[slot], _row_spec(small[slot], device)))
+        else:
+            ranges.append(_slot_range(members, small, rank_list, segments.num_rows, device))
+    return TorchPlan(direct=tuple(direct), ranges=tuple(ranges))
+
+
+def _split_into_ranges(slots: list[int], rank_list: Sequence[int]) -> list[list[int]]:
+    """Greedy: extend the current range while that reads less than starting a new one."""
+    ranges: list[list[int]] = []
+    for slot in slots:
+        rank = rank_list[slot]
+        if ranges:
+            current = ranges[-1]
+            lo, last = current[0], current[-1]
+            current_rank = max(rank_list[s] for s in current)
+            merged = (slot - lo + 1) * max(current_rank, rank)
+            separate = (last - lo + 1) * current_rank + rank + RANGE_OVERHEAD
+            if merged <= separate:
+                current.append(slot)
+                continue
+        ranges.append([slot])
+    return ranges
+
+
+def _slot_range(members: list[int], rows_of: dict[int, list[int]], rank_list: Sequence[int],
+                num_rows: int, device: torch.device) -> SlotRange:
+    lo, hi = members[0], members[-1] + 1
+    rank = max(rank_list[slot] for slot in members)
+    m = max(len(rows_of[slot]) for slot in members)
+    first = rows_of[lo][0]
+    in_place = len(members) == hi - lo and all(
+        rows_of[slot] == list(range(first + (slot - lo) * m, first + (slot - lo + 1) * m))
+        for slot in members)
+    if in_place:
+        return SlotRange(lo, hi, rank, m, first, None, None)
+    source: list[int] = []
+    target: list[int] = []
+    for slot in range(lo, hi):
+        rows = rows_of.get(slot, [])
+        padding = m - len(rows)
+        source += rows + [num_rows] * padding
+        target += rows + [first] * padding
+    packed = torch.tensor(source + target, dtype=torch.int64).to(device)  # one copy
+    size = len(source)
+    return SlotRange(lo, hi, rank, m, None, packed[:size], packed[size:])
 
 
 def _row_spec(rows: list[int], device: torch.device) -> slice | torch.Tensor:

@@ -57,6 +57,7 @@ class LoraBatch:
         if segments is None:
             return
         lora_a, lora_b = self.pool.group(layer, group)
+        # the pool keeps zeros past each slot's rank and refuses non-finite adapters
         lora_apply(y, x, lora_a, lora_b, self.slice_offsets[group], segments, self.pool.ranks,
-                   self.backend)
+                   self.backend, zero_padded=True)
 

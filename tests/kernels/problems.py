@@ -2,7 +2,9 @@
 
 Every slot's padded region (`[rank:]` rows of A, columns of B) and every slot no row uses
 is filled with garbage (NaN and 1e30), so a kernel that reads past a slot's rank turns the
-result into NaN/inf instead of passing by luck.
+result into NaN/inf instead of passing by luck. A `zero_padded` problem is a pool as
+`DeviceSlotPool` keeps it instead: zeros past each slot's rank, and the slots no row uses
+hold another adapter's (finite) weights that must not leak into any row.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def make_problem(
     dtype: torch.dtype,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    zero_padded: bool = False,
 ) -> LoraProblem:
     """Unit-scale activations and weights: v and the LoRA delta are O(1)."""
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -70,6 +73,10 @@ def make_problem(
     used = {slot for slot in slots if slot >= 0}
     garbage = itertools.cycle(GARBAGE)
     for slot, rank in enumerate(ranks):
+        if zero_padded:
+            lora_a[slot, :, rank:] = 0.0
+            lora_b[slot, :, rank:] = 0.0
+            continue
         rank = rank if slot in used else 0
         lora_a[slot, :, rank:] = next(garbage)
         lora_b[slot, :, rank:] = next(garbage)

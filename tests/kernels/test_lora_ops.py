@@ -14,14 +14,15 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from loraplex.runtime.kernels import torch_ops
 from loraplex.runtime.kernels.segments import NO_ADAPTER
 from tests.kernels.backends import TorchBackend
 from tests.kernels.problems import LoraProblem, make_problem, segments_of
 from tests.kernels.reference import expand_ref, lora_ref, shrink_ref
 
 MAX_RANK = 20
-# slot 3 has rank 0: it must change nothing; slots 2, 5 and 7 share rank 5, so the torch
-# path batches them wherever they have few rows
+# slot 3 has rank 0: it must change nothing; ranks differ between neighbouring slots, so
+# the torch path's slot ranges (on a zero-padded pool) read past most slots' ranks
 RANKS = [1, MAX_RANK, 5, 0, 13, 5, 8, 5]
 
 SHAPES = {  # name: (d_in, slice widths)
@@ -39,6 +40,7 @@ LAYOUTS = {  # name: (indptr, slots)
     "decode_shuffled": segments_of([5, 1, 5, 7, 1, 1, -1, 5, 7, 0]),
     "empty_segments": ([0, 0, 3, 3, 5, 5], [1, 6, 2, 4, -1]),
     "long_segment": segments_of([1] * 37 + [6]),
+    "decode_sorted": segments_of([-1, 0, 0, 1, 1, 2, 2, 4, 4, 5, 5]),
 }
 
 # (atol, rtol); values are O(1) by construction (see problems.make_problem)
@@ -71,7 +73,7 @@ CASES = [Case(layout, "qkv_gqa", torch.float32) for layout in LAYOUTS] + [
 ]
 
 
-def build(case: Case, seed: int = 0) -> LoraProblem:
+def build(case: Case, seed: int = 0, zero_padded: bool = False) -> LoraProblem:
     d_in, widths = SHAPES[case.shape]
     indptr, slots = LAYOUTS[case.layout]
     return make_problem(
@@ -83,6 +85,7 @@ def build(case: Case, seed: int = 0) -> LoraProblem:
         slots=slots,
         dtype=case.dtype,
         seed=seed,
+        zero_padded=zero_padded,
     )
 
 
@@ -210,3 +213,29 @@ def test_rank_major_lora_b_matches_reference(backend, case: Case) -> None:
     y_split = problem.y.clone()
     backend.expand(y_split, v, rank_major, problem.slice_offsets, problem.segments(), problem.ranks)
     assert_close(y_split, expected, case.dtype)
+
+
+@pytest.mark.parametrize("rank_major", [False, True], ids=["b_contiguous", "b_rank_major"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("shape", SHAPES)
+def test_lora_apply_on_a_zero_padded_pool_matches_reference(layout: str, shape: str,
+                                                            rank_major: bool) -> None:
+    """The torch path's slot ranges read past ranks and unused slots: exact all the same."""
+    problem = build(Case(layout, shape, torch.float32), zero_padded=True)
+    lora_b = problem.lora_b
+    if rank_major:
+        lora_b = lora_b.transpose(1, 2).contiguous().transpose(1, 2)
+    y = problem.y.clone()
+
+    torch_ops.lora_apply(
+        y, problem.x, problem.lora_a, lora_b, problem.slice_offsets,
+        problem.segments(), problem.ranks, zero_padded=True,
+    )  # fmt: skip
+
+    expected = lora_ref(
+        problem.y, problem.x, problem.lora_a, problem.lora_b, problem.slice_offsets,
+        problem.token_slots, problem.rank_list,
+    )  # fmt: skip
+    assert_close(y, expected, torch.float32)
+    rows = untouched_rows(problem)
+    assert torch.equal(y[rows], problem.y[rows])
