@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One prepared check for a CUDA machine, in under 5 minutes:
-#   1. the kernel tests, GPU ones included (tests/kernels),
+#   1. the kernel tests, GPU ones included (tests/kernels), and the captured decode graphs'
+#      GPU tests (tests/unit/engine/test_decode_graphs_cuda.py),
 #   2. the kernel benchmark (python -m bench.kernels),
-#   3. the adapter-count benchmark on a dummy Llama-3-8B, if bench/adapters.py exists.
+#   3. decode step time, eager against CUDA graphs (python -m bench.decode_graphs),
+#   4. the adapter-count benchmark on a dummy Llama-3-8B, if bench/adapters.py exists.
 # It installs nothing heavy: torch and triton must be there already, and the repository
 # goes in editable without dependencies (works offline). Every part has its own time limit
 # and its own log; a part that fails or runs out of time does not stop the next one.
@@ -43,11 +45,14 @@ print("torch", torch.__version__, "| cuda:", torch.cuda.is_available(),
       torch.cuda.get_device_name() if torch.cuda.is_available() else "(GPU tests will skip)")
 PY
 
-run_part install 30 "$python" -m pip install --quiet --no-deps --no-build-isolation -e .
-run_part kernel-tests 100 "$python" -m pytest tests/kernels -q -p no:cacheprovider --timeout 90
-run_part bench-kernels 100 "$python" -m bench.kernels --out "$out"
+run_part install 20 "$python" -m pip install --quiet --no-deps --no-build-isolation -e .
+run_part kernel-tests 95 "$python" -m pytest tests/kernels \
+  tests/unit/engine/test_decode_graphs_cuda.py -q -p no:cacheprovider --timeout 90
+run_part bench-kernels 75 "$python" -m bench.kernels --out "$out"
+run_part decode-graphs 50 "$python" -m bench.decode_graphs --new-tokens 16 \
+  --out "$out/decode_graphs.json"
 if [ -f bench/adapters.py ]; then
-  run_part bench-adapters 60 "$python" -m bench.adapters --model llama-3-8b \
+  run_part bench-adapters 50 "$python" -m bench.adapters --model llama-3-8b \
     --load-format dummy --quick
 else
   printf "%-16s %-14s %6ss  %s\n" bench-adapters skipped 0 "bench/adapters.py not found" \
@@ -61,3 +66,6 @@ cat "$summary"
 echo
 echo "== bench.kernels table"
 sed -n '/^device /,/^wrote /p' "$out/bench-kernels.log"
+echo
+echo "== bench.decode_graphs table"
+sed -n '/^decode step, /,/^wrote /p' "$out/decode-graphs.log"
