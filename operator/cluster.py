@@ -1,9 +1,10 @@
 """The operator's own reads and writes to the API server (kopf does the watching).
 
-Children are created when missing and merge-patched when they drift from what the
-builders say; the admin Secret is only ever created; status is patched through the
-`status` subresource and never touches `spec`. Built on lightkube's async client, which
-reads the same kubeconfig or in-cluster service account as kopf.
+Children are created when missing, merge-patched when they drift from what the builders
+say, and deleted (only if owned) when the spec no longer wants them; the admin Secret is
+only ever created; status is patched through the `status` subresource and never touches
+`spec`. Built on lightkube's async client, which reads the same kubeconfig or in-cluster
+service account as kopf.
 """
 
 from __future__ import annotations
@@ -86,6 +87,28 @@ class Cluster:
             return "unchanged"
         logger.info("created %s %s/%s", wanted["kind"], meta["namespace"], meta["name"])
         return "created"
+
+    async def delete_owned(self, api_version: str, kind: str, namespace: str, name: str,
+                           owner_uid: str) -> bool:
+        """Delete a child the owner no longer wants; an object it does not own is left be."""
+        resource = resource_registry.load(api_version, kind)
+        try:
+            live = (await self._client.get(resource, name, namespace=namespace)).to_dict()
+        except ApiError as error:
+            if error.status.code != 404:
+                raise
+            return False
+        owners = live.get("metadata", {}).get("ownerReferences") or []
+        if not any(reference.get("uid") == owner_uid for reference in owners):
+            return False
+        try:
+            await self._client.delete(resource, name, namespace=namespace)
+        except ApiError as error:
+            if error.status.code != 404:
+                raise
+            return False
+        logger.info("deleted %s %s/%s", kind, namespace, name)
+        return True
 
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

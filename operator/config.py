@@ -27,6 +27,9 @@ class OperatorConfig:
     unload_timeout_s: float = setting(
         120.0, help="how long deleting an Adapter waits for its pods to unload it")
     router_image: str = setting("", help="router image (default: the BMD's runtime image)")
+    operator_namespace: str = setting(
+        "", help="namespace of the operator's own pods, which the runtime pods' NetworkPolicy "
+        "admits (the install manifests set it); empty: operator pods in any namespace")
     health_host: str = setting("0.0.0.0", help="address of the liveness endpoint")
     health_port: int = setting(8080, help="port of the liveness endpoint (GET /health); 0: off")
     standalone: bool = setting(True, help="run without peering (one replica, Recreate)")

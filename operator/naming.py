@@ -36,6 +36,8 @@ APP_NAME = "loraplex"
 MANAGED_BY = "loraplex-operator"
 COMPONENT_RUNTIME = "runtime"
 COMPONENT_ROUTER = "router"
+COMPONENT_OPERATOR = "operator"  # the operator's own pods (manifests/base/deployment.yaml)
+LABEL_NAMESPACE_NAME = "kubernetes.io/metadata.name"  # set on every namespace by the API
 
 RUNTIME_PORT = 8080
 ROUTER_PORT = 8080
@@ -79,6 +81,11 @@ def pod_url(pod_ip: str, port: int = RUNTIME_PORT) -> str:
 def selector_labels(bmd: str, component: str) -> dict[str, str]:
     """The labels a Deployment selects its pods by (immutable once created)."""
     return {LABEL_INSTANCE: bmd, LABEL_COMPONENT: component, LABEL_BASE_MODEL: bmd}
+
+
+def operator_labels() -> dict[str, str]:
+    """Labels of the operator's pods, which network policies admit to the runtime pods."""
+    return {LABEL_NAME: APP_NAME, LABEL_COMPONENT: COMPONENT_OPERATOR}
 
 
 def common_labels(bmd: str, component: str) -> dict[str, str]:

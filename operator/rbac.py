@@ -36,6 +36,9 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": CHILD_VERBS},
     {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"],
      "verbs": CHILD_VERBS},
+    # Deleted too when spec.networkPolicy.enabled turns false.
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+     "verbs": [*CHILD_VERBS, "delete"]},
 ]
 
 # What the router's Role grants, minus resourceNames (unknown until a BMD exists).

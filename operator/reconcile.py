@@ -24,6 +24,7 @@ from loraplex.operator.builders import (
     build_admin_secret,
     build_children,
     build_placements_configmap,
+    network_policy,
     placement_table,
     read_admin_token,
     read_placements,
@@ -142,8 +143,13 @@ class BaseModelReconciler:
         due = time.monotonic() - self.children_at >= self.config.children_resync_s
         if key == self.children_key and not due:
             return
-        for child in build_children(self.owner, spec, self.config.router_image):
+        for child in build_children(self.owner, spec, self.config.router_image,
+                                    self.config.operator_namespace):
             await self.cluster.ensure(child)
+        if not spec.network_policy.enabled:
+            for name in network_policy.network_policy_names(self.owner):
+                await self.cluster.delete_owned(network_policy.API_VERSION, network_policy.KIND,
+                                                self.owner.namespace, name, self.owner.uid)
         await self.cluster.create(build_placements_configmap(self.owner))
         self.children_key, self.children_at = key, time.monotonic()
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from loraplex.operator.builders.admin_secret import build_admin_secret, read_admin_token
 from loraplex.operator.builders.meta import Owner
+from loraplex.operator.builders.network_policy import build_network_policies
 from loraplex.operator.builders.placements import (
     build_placements_configmap,
     placement_table,
@@ -26,8 +27,8 @@ from loraplex.operator.builders.runtime import (
 from loraplex.operator.models import BaseModelDeploymentSpec
 
 
-def build_children(owner: Owner, spec: BaseModelDeploymentSpec,
-                   router_image: str = "") -> list[dict[str, Any]]:
+def build_children(owner: Owner, spec: BaseModelDeploymentSpec, router_image: str = "",
+                   operator_namespace: str = "") -> list[dict[str, Any]]:
     """Every child that reconcile keeps in line with the spec (not the Secret or ConfigMap:
     the token is created once, the table is written from observed state)."""
     return [
@@ -39,6 +40,7 @@ def build_children(owner: Owner, spec: BaseModelDeploymentSpec,
         build_router_role_binding(owner),
         build_router_deployment(owner, spec, router_image),
         build_router_service(owner),
+        *build_network_policies(owner, spec, operator_namespace),
     ]
 
 
@@ -46,6 +48,7 @@ __all__ = [
     "Owner",
     "build_admin_secret",
     "build_children",
+    "build_network_policies",
     "build_placements_configmap",
     "build_router_deployment",
     "build_router_role",

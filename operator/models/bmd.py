@@ -101,6 +101,21 @@ class RouterSpec(CamelModel):
                               description="Router image (default: the runtime image).")
 
 
+class NetworkPolicySpec(CamelModel):
+    """Ingress of the pods (two NetworkPolicies the operator owns); egress stays open."""
+
+    enabled: bool = Field(True, description="Runtime pods admit only the router, the operator "
+                          "and runtimeFrom; the router admits routerFrom. false: no policies.")
+    router_from: list[dict[str, Any]] = Field(
+        default_factory=list, max_length=32,
+        description="core/v1 NetworkPolicyPeers that may call the router (port 8080); "
+        "empty: every pod in this namespace.")
+    runtime_from: list[dict[str, Any]] = Field(
+        default_factory=list, max_length=32,
+        description="More NetworkPolicyPeers that may reach the runtime pods' port, e.g. a "
+        "Prometheus namespace (the router and the operator always may).")
+
+
 class BaseModelDeploymentSpec(CamelModel):
     model: ModelSpec
     image: str = Field(min_length=1, max_length=1024, description="Runtime container image.")
@@ -112,6 +127,8 @@ class BaseModelDeploymentSpec(CamelModel):
                                      json_schema_extra={"default": {}})
     engine: EngineSpec = Field(default_factory=EngineSpec, json_schema_extra={"default": {}})
     router: RouterSpec = Field(default_factory=RouterSpec, json_schema_extra={"default": {}})
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec,
+                                              json_schema_extra={"default": {}})
     env: list[dict[str, Any]] = Field(default_factory=list,
                                       description="core/v1 EnvVar list for the runtime pods.")
     node_selector: dict[str, str] = Field(

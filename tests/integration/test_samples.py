@@ -50,6 +50,7 @@ def children(bmd: str) -> dict[str, list[str]]:
         "serviceaccounts": [naming.router_account_name(bmd)],
         "roles": [naming.router_account_name(bmd)],
         "rolebindings": [naming.router_account_name(bmd)],
+        "networkpolicies": [naming.runtime_name(bmd), naming.router_name(bmd)],
         "secrets": [naming.admin_secret_name(bmd)],
         "configmaps": [naming.placements_name(bmd)],
     }

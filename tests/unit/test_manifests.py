@@ -35,7 +35,7 @@ from loraplex.operator.config import OperatorConfig
 from loraplex.operator.credentials import required_keys
 from loraplex.operator.models import AdapterSpec, BaseModelDeploymentSpec, parse_spec
 from loraplex.operator.rbac import cluster_role_rules
-from loraplex.settings import add_settings_arguments, settings_from_namespace
+from loraplex.settings import add_settings_arguments, env_name, settings_from_namespace
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE, OVERLAY = "manifests/base", "manifests/overlays/example"
@@ -285,6 +285,22 @@ def test_the_operator_deployment_is_one_hardened_recreated_replica(folder: str) 
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
     assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp"}
+
+
+@pytest.mark.parametrize("folder", [BASE, OVERLAY])
+def test_runtime_network_policies_admit_the_installed_operator(folder: str) -> None:
+    """The operator's pods carry the labels the runtime pods' NetworkPolicy admits, and
+    learn their namespace (which the policy pins) from the downward API."""
+    objects = render(folder)
+    pod = operator_deployment(objects)["spec"]["template"]
+    assert naming.operator_labels().items() <= pod["metadata"]["labels"].items()
+    (container,) = pod["spec"]["containers"]
+    env = {variable["name"]: variable for variable in container.get("env", [])}
+    variable = env[env_name("operator_namespace")]
+    assert variable["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    config = settings_from_namespace(OperatorConfig, argparse.Namespace(),
+                                     environ={variable["name"]: "ns-from-the-pod"})
+    assert config.operator_namespace == "ns-from-the-pod"
 
 
 def test_the_base_runs_the_released_operator_image() -> None:

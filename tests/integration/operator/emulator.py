@@ -52,6 +52,7 @@ RESOURCES = [
     ("policy/v1/poddisruptionbudgets", "PodDisruptionBudget", ("status",)),
     ("rbac.authorization.k8s.io/v1/roles", "Role", ()),
     ("rbac.authorization.k8s.io/v1/rolebindings", "RoleBinding", ()),
+    ("networking.k8s.io/v1/networkpolicies", "NetworkPolicy", ()),
     ("events.k8s.io/v1/events", "Event", ()),
 ]
 VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}

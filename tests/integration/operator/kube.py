@@ -24,6 +24,7 @@ PATHS = {
     "poddisruptionbudgets": "/apis/policy/v1",
     "roles": "/apis/rbac.authorization.k8s.io/v1",
     "rolebindings": "/apis/rbac.authorization.k8s.io/v1",
+    "networkpolicies": "/apis/networking.k8s.io/v1",
     "basemodeldeployments": "/apis/loraplex.dev/v1alpha1",
     "adapters": "/apis/loraplex.dev/v1alpha1",
 }

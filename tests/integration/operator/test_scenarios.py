@@ -29,6 +29,7 @@ CHILDREN = {
     "serviceaccounts": [naming.router_account_name(BMD)],
     "roles": [naming.router_account_name(BMD)],
     "rolebindings": [naming.router_account_name(BMD)],
+    "networkpolicies": [naming.runtime_name(BMD), naming.router_name(BMD)],
     "secrets": [naming.admin_secret_name(BMD)],
     "configmaps": [naming.placements_name(BMD)],
 }
@@ -268,6 +269,20 @@ def test_children_drift_is_repaired(kube):
             wait_for(lambda p=plural, n=name: kube.get(p, n)["metadata"]["labels"]
                      [naming.LABEL_MANAGED_BY] == naming.MANAGED_BY, 30,
                      f"{plural}/{name} repaired")
+
+
+def test_network_policies_follow_the_spec(kube, pods):
+    names = CHILDREN["networkpolicies"]
+    kube.patch("basemodeldeployments", BMD, {"spec": {"networkPolicy": {"enabled": False}}})
+    wait_for(lambda: all(kube.get("networkpolicies", n) is None for n in names), 30,
+             "network policies deleted")
+    assert all_ready(kube, FIRST), "the pods keep serving"
+    kube.patch("basemodeldeployments", BMD, {"spec": {"networkPolicy": {
+        "enabled": True, "routerFrom": [{"namespaceSelector": {}}]}}})
+    router = wait_for(lambda: kube.get("networkpolicies", naming.router_name(BMD)), 30,
+                      "network policies back")
+    assert router["spec"]["ingress"][0]["from"] == [{"namespaceSelector": {}}]
+    assert kube.get("networkpolicies", naming.runtime_name(BMD)) is not None
 
 
 def test_an_operator_restart_converges_without_duplicates(kube, pods, operator, adapter_dirs):
