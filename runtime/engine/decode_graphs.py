@@ -23,8 +23,8 @@ one memory pool: they are replayed one at a time, so each capture reuses the mem
 others freed, and only each graph's output stays allocated. The LM head and sampling
 stay outside the graphs. On the CPU the same path runs uncaptured (how it is tested
 without a GPU). A step this path does not cover (prefill or mixed, more rows than the
-largest bucket, adapters on a backend other than Triton, a new bucket once `max_graphs`
-are captured) gets None and runs eagerly.
+largest bucket, more padded keys than `max_gather_bytes` allows, adapters on a backend
+other than Triton, a new bucket once `max_graphs` are captured) runs eagerly.
 """
 
 from __future__ import annotations
@@ -89,7 +89,10 @@ class DecodeBucket:
 
 class DecodeGraphRunner:
     def __init__(self, model: LlamaForCausalLM, kv_cache: PagedKVCache, max_num_seqs: int,
-                 max_model_len: int, *, capture: bool, max_graphs: int = MAX_GRAPHS) -> None:
+                 max_model_len: int, *, capture: bool, max_graphs: int = MAX_GRAPHS,
+                 max_gather_bytes: int | None = None) -> None:
+        """max_gather_bytes: most bytes of K/V one layer's attention may gather, for every
+        padded key (Bb * W * block_size) at once; larger steps run eagerly (None: any)."""
         if capture and kv_cache.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
         self.model = model
@@ -100,6 +103,9 @@ class DecodeGraphRunner:
         self.scratch_block = kv_cache.scratch_block
         self.capture = capture
         self.max_graphs = max_graphs
+        layout = kv_cache.layout
+        key_bytes = 2 * layout.num_kv_heads * layout.head_dim * layout.dtype.itemsize
+        self.max_keys = None if max_gather_bytes is None else max_gather_bytes // key_bytes
         self.batch_sizes = batch_buckets(max_num_seqs)
         self.widths = width_buckets(-(-max_model_len // self.block_size))
         max_rows, max_width = self.batch_sizes[-1], self.widths[-1]
@@ -123,6 +129,8 @@ class DecodeGraphRunner:
         positions = [item.seq.num_computed_tokens for item in ordered]
         size = bucket_of(len(ordered), self.batch_sizes)
         width = bucket_of(max(positions) // self.block_size + 1, self.widths)
+        if self.max_keys is not None and size * width * self.block_size > self.max_keys:
+            return None
         bucket = self._bucket(size, width, lora_pool if with_lora else None)
         if bucket is None:
             return None

@@ -81,8 +81,8 @@ class Engine:
         self.max_model_len = self.loaded.max_model_len
         hf_config, device = self.loaded.hf_config, self.loaded.device
         layout = KVCacheLayout.of(hf_config, config.block_size, self.loaded.dtype)
-        budget = kv_cache_budget(config, device,
-                                 activation_bytes(hf_config, config, self.loaded.dtype))
+        reserved = activation_bytes(hf_config, config, self.loaded.dtype)
+        budget = kv_cache_budget(config, device, reserved)
         num_blocks = num_blocks_for_budget(layout, budget, config.max_num_seqs,
                                            self.max_model_len)
         self.kv_cache = PagedKVCache(layout, num_blocks, device)
@@ -91,9 +91,10 @@ class Engine:
                                    config.max_num_batched_tokens)
         self.runner = ModelRunner(self.loaded.model, self.kv_cache, device)
         if device.type == "cuda" and not config.enforce_eager:
+            # a captured step gathers the K/V of all its padded keys: keep that in the reserve
             self.runner.decode_graphs = DecodeGraphRunner(
                 self.loaded.model, self.kv_cache, config.max_num_seqs, self.max_model_len,
-                capture=True)
+                capture=True, max_gather_bytes=reserved)
         self._seqs: dict[str, Sequence] = {}
         self._pending_events: list[TokenEvent] = []
         self._seed_source = random.Random(config.seed)

@@ -48,9 +48,9 @@ def test_buckets():
 class RecordingGraphs(DecodeGraphRunner):
     """Records, for every step offered, its rows and deepest context, and if it ran."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, **options: object) -> None:
         super().__init__(engine.loaded.model, engine.kv_cache, engine.config.max_num_seqs,
-                         engine.max_model_len, capture=False)
+                         engine.max_model_len, capture=False, **options)
         self.steps: list[tuple[int, int, bool]] = []  # (rows, blocks of the longest, ran)
 
     def forward(self, ordered, lora_pool, lora_backend):
@@ -60,8 +60,8 @@ class RecordingGraphs(DecodeGraphRunner):
         return hidden
 
 
-def with_static_decode(engine: Engine) -> RecordingGraphs:
-    graphs = RecordingGraphs(engine)
+def with_static_decode(engine: Engine, **options: object) -> RecordingGraphs:
+    graphs = RecordingGraphs(engine, **options)
     engine.runner.decode_graphs = graphs
     return graphs
 
@@ -110,6 +110,21 @@ def test_tiny_llama_static_decode_equals_eager():
 
     assert_same_output(run(engine, tiny_requests()), eager)
     assert_padded_and_crossed_widths(graphs, num_widths=3)
+
+
+@pytest.mark.timeout(120)
+def test_steps_gathering_too_many_keys_run_eagerly():
+    eager = run(tiny_engine(), tiny_requests())
+    engine = tiny_engine()
+    layout = engine.kv_cache.layout
+    key_bytes = 2 * layout.num_kv_heads * layout.head_dim * layout.dtype.itemsize
+    graphs = with_static_decode(engine, max_gather_bytes=8 * 4 * key_bytes)  # 8 x 1 block
+
+    assert_same_output(run(engine, tiny_requests()), eager)
+    ran = [(rows, blocks) for rows, blocks, used in graphs.steps if used]
+    assert ran and all(bucket_of(rows, graphs.batch_sizes) * bucket_of(blocks, graphs.widths)
+                       <= 8 for rows, blocks in ran)
+    assert len(ran) < len(graphs.steps) - 1  # some decode steps ran eagerly
 
 
 @pytest.mark.model
