@@ -39,6 +39,10 @@ COMPONENT_ROUTER = "router"
 COMPONENT_OPERATOR = "operator"  # the operator's own pods (manifests/base/deployment.yaml)
 LABEL_NAMESPACE_NAME = "kubernetes.io/metadata.name"  # set on every namespace by the API
 
+# The runtime pods' own volumes (emptyDirs) and where the container mounts them: volumes
+# a user adds (spec.volumes, spec.volumeMounts) may take neither the names nor the paths.
+RUNTIME_VOLUMES = {"cache": "/cache", "tmp": "/tmp", "dshm": "/dev/shm"}
+
 RUNTIME_PORT = 8080
 ROUTER_PORT = 8080
 PLACEMENTS_KEY = "placements.json"

@@ -2,6 +2,8 @@
 
 The container's flags are those of `loraplex serve` (runtime/config.py), derived from
 spec.model, spec.engine and spec.capacity, so a pod holds exactly what placement assumes.
+The user's volumes and mounts (spec.volumes, spec.volumeMounts: a PVC of models, say) are
+added after the pod's own cache, tmp and shared-memory emptyDirs, as written.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from loraplex.operator.builders.security import (
 )
 from loraplex.operator.models import BaseModelDeploymentSpec
 
-CACHE_DIR = "/cache"
+CACHE_DIR = naming.RUNTIME_VOLUMES["cache"]
+# emptyDir of each of the pod's own volumes; the user's (spec.volumes) come after them.
+OWN_VOLUMES = {"cache": {}, "tmp": {}, "dshm": {"medium": "Memory"}}
 STARTUP_BUDGET_S = 1800  # a large model may take minutes to download and load
 
 
@@ -65,9 +69,8 @@ def build_runtime_deployment(owner: Owner, spec: BaseModelDeploymentSpec) -> dic
         "readinessProbe": http_probe("/ready", period_s=5, failures=2),
         "securityContext": container_security_context(),
         "volumeMounts": [
-            {"name": "cache", "mountPath": CACHE_DIR},
-            {"name": "tmp", "mountPath": "/tmp"},
-            {"name": "dshm", "mountPath": "/dev/shm"},
+            *({"name": name, "mountPath": naming.RUNTIME_VOLUMES[name]} for name in OWN_VOLUMES),
+            *(mount.model_dump(by_alias=True, mode="json") for mount in spec.volume_mounts),
         ],
     }
     labels = naming.common_labels(owner.name, naming.COMPONENT_RUNTIME)
@@ -91,9 +94,9 @@ def build_runtime_deployment(owner: Owner, spec: BaseModelDeploymentSpec) -> dic
                     "terminationGracePeriodSeconds": 60,
                     "containers": [container],
                     "volumes": [
-                        {"name": "cache", "emptyDir": {}},
-                        {"name": "tmp", "emptyDir": {}},
-                        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+                        *({"name": name, "emptyDir": dict(empty_dir)}
+                          for name, empty_dir in OWN_VOLUMES.items()),
+                        *(volume.model_dump(mode="json") for volume in spec.volumes),
                     ],
                     "nodeSelector": dict(spec.node_selector),
                     "tolerations": list(spec.tolerations),

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from loraplex.operator.models.common import (
     CONDITIONS_LIST,
+    DNS_LABEL_PATTERN,
     CamelModel,
     Condition,
     Quantity,
     quantity_bytes,
 )
+from loraplex.operator.naming import RUNTIME_VOLUMES
 
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 # builtin:NAME, hf://org/repo, s3://bucket/prefix, an absolute path, or a bare shape name
@@ -116,6 +118,40 @@ class NetworkPolicySpec(CamelModel):
         "Prometheus namespace (the router and the operator always may).")
 
 
+OWN_NAMES = ", ".join(RUNTIME_VOLUMES)
+OWN_PATHS = ", ".join(RUNTIME_VOLUMES.values())
+RESERVED_VOLUME = f"volume names {OWN_NAMES} are the operator's own"
+RESERVED_MOUNT = f"mount paths {OWN_PATHS} are the operator's own"
+DUPLICATE_VOLUME = "volume names must be unique"
+DUPLICATE_MOUNT = "mount paths must be unique"
+UNKNOWN_VOLUME = "every volumeMount must name a volume of spec.volumes"
+MAX_VOLUMES = 64
+
+
+def _cel_list(values: object) -> str:
+    return "[" + ", ".join(f"'{value}'" for value in values) + "]"
+
+
+class PodVolume(BaseModel):
+    """A core/v1 Volume of the runtime pods: `name` is checked, the rest passed as written."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN,
+                      description="Volume name (not cache, tmp or dshm).")
+
+
+class PodVolumeMount(BaseModel):
+    """A core/v1 VolumeMount of the runtime container, of a volume in spec.volumes."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN,
+                      description="A volume of spec.volumes.")
+    mount_path: str = Field(alias="mountPath", min_length=2, max_length=1024, pattern=r"^/",
+                            description="Absolute path in the container.")
+
+
 class BaseModelDeploymentSpec(CamelModel):
     model: ModelSpec
     image: str = Field(min_length=1, max_length=1024, description="Runtime container image.")
@@ -135,6 +171,60 @@ class BaseModelDeploymentSpec(CamelModel):
         default_factory=dict, description="Node labels the runtime pods must run on.")
     tolerations: list[dict[str, Any]] = Field(
         default_factory=list, description="core/v1 Tolerations for the runtime pods.")
+    volumes: list[PodVolume] = Field(
+        default_factory=list, max_length=MAX_VOLUMES,
+        description="core/v1 Volumes added to the runtime pods (e.g. a PersistentVolumeClaim "
+        f"holding models), after their own ({OWN_NAMES}).",
+        json_schema_extra={"x-kubernetes-validations": [
+            {"rule": f"self.all(v, !(v.name in {_cel_list(RUNTIME_VOLUMES)}))",
+             "message": RESERVED_VOLUME},
+            {"rule": "self.all(v, self.exists_one(w, w.name == v.name))",
+             "message": DUPLICATE_VOLUME},
+        ]})
+    volume_mounts: list[PodVolumeMount] = Field(
+        default_factory=list, max_length=MAX_VOLUMES,
+        description="core/v1 VolumeMounts of the runtime container, each of a volume in "
+        "spec.volumes (readOnly: true for shared models).",
+        json_schema_extra={"x-kubernetes-validations": [
+            {"rule": f"self.all(m, !(m.mountPath in {_cel_list(RUNTIME_VOLUMES.values())}))",
+             "message": RESERVED_MOUNT},
+            {"rule": "self.all(m, self.exists_one(n, n.mountPath == m.mountPath))",
+             "message": DUPLICATE_MOUNT},
+        ]})
+
+    model_config = CamelModel.model_config | {
+        "json_schema_extra": {"x-kubernetes-validations": [{
+            "rule": "!has(self.volumeMounts) || self.volumeMounts.all(m, has(self.volumes) "
+                    "&& self.volumes.exists(v, v.name == m.name))",
+            "message": UNKNOWN_VOLUME,
+        }]},
+    }
+
+    @field_validator("volumes")
+    @classmethod
+    def _own_volume_names(cls, volumes: list[PodVolume]) -> list[PodVolume]:
+        names = [volume.name for volume in volumes]
+        if set(names) & set(RUNTIME_VOLUMES):
+            raise ValueError(RESERVED_VOLUME)
+        if len(set(names)) != len(names):
+            raise ValueError(DUPLICATE_VOLUME)
+        return volumes
+
+    @field_validator("volume_mounts")
+    @classmethod
+    def _own_mount_paths(cls, mounts: list[PodVolumeMount]) -> list[PodVolumeMount]:
+        paths = [mount.mount_path for mount in mounts]
+        if set(paths) & set(RUNTIME_VOLUMES.values()):
+            raise ValueError(RESERVED_MOUNT)
+        if len(set(paths)) != len(paths):
+            raise ValueError(DUPLICATE_MOUNT)
+        return mounts
+
+    @model_validator(mode="after")
+    def _mounts_name_volumes(self) -> BaseModelDeploymentSpec:
+        if {mount.name for mount in self.volume_mounts} - {v.name for v in self.volumes}:
+            raise ValueError(UNKNOWN_VOLUME)
+        return self
 
 
 class AdapterCounts(CamelModel):
