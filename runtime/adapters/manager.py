@@ -26,8 +26,10 @@ returned cannot be handed to another adapter in between):
     manager.release(seq.lease)                # when the sequence finishes or is aborted
 
 Eviction: every tier is LRU; adapters holding leases and pinned adapters are never
-evicted. A slot that was wanted or used within `slot_grace_s` is not reused either, so two
-adapters competing for one slot do not evict each other on every step.
+evicted. An adapter wanted or used since the previous `poll()` (the engine polls once per
+step) keeps its slot too, so two adapters competing for one slot do not evict each other
+on every step, while a slot whose adapter went idle is free again one step later, however
+short the steps (fair turns between competing adapters are the scheduler's job).
 """
 
 from __future__ import annotations
@@ -73,12 +75,13 @@ TRANSIENT_REASONS = ("download_failed", "load_failed")
 
 class AdapterManager:
     def __init__(self, config: EngineConfig, target: LoraTargetShapes,
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 slot_grace_s: float = 0.25) -> None:
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+                 ) -> None:
         self.config = config
         self.target = target
         self.device = torch.device(device)
-        self.slot_grace_s = slot_grace_s
+        self._last_poll = 0.0  # monotonic time of the latest poll()
+        self._protect_since = 0.0  # ... and of the one before: slots used since are kept
         self.pool = DeviceSlotPool(target, config.device_slots, config.max_lora_rank, dtype,
                                    self.device)
         self.disk = DiskCache(Path(config.cache_dir) / "adapters", config.disk_bytes)
@@ -241,6 +244,7 @@ class AdapterManager:
     def poll(self) -> None:
         """Advance finished device copies and device preloads. Never blocks."""
         with self._lock:
+            self._protect_since, self._last_poll = self._last_poll, time.monotonic()
             for record in self._slots.copying():
                 self._refresh_copy(record)
             for record in list(self._preloads.values()):
@@ -313,7 +317,7 @@ class AdapterManager:
 
     def _assign_slot(self, record: AdapterRecord) -> bool:
         """Give `record` a slot (free, or the least recently used idle one); start the copy."""
-        choice = self._slots.choose(time.monotonic(), self.slot_grace_s)
+        choice = self._slots.choose(self._protect_since)
         if choice is None:
             return False
         slot, victim = choice

@@ -35,12 +35,11 @@ def make_manager(tmp_path: Path) -> Iterator[Callable[..., AdapterManager]]:
     """Build managers with a private cache folder; every one is closed after the test."""
     managers: list[AdapterManager] = []
 
-    def build(target: LoraTargetShapes, slot_grace_s: float = 0.0,
-              **settings) -> AdapterManager:
+    def build(target: LoraTargetShapes, **settings) -> AdapterManager:
         settings.setdefault("cache_dir", str(tmp_path / "cache"))
         settings.setdefault("device_slots", 4)
         settings.setdefault("max_lora_rank", 16)
-        manager = AdapterManager(EngineConfig(**settings), target, slot_grace_s=slot_grace_s)
+        manager = AdapterManager(EngineConfig(**settings), target)
         managers.append(manager)
         return manager
 

@@ -57,16 +57,21 @@ def test_leased_and_pinned_slots_are_never_evicted(tmp_path, smol_target, make_m
     assert on_device(manager) == {"p", "c"}
 
 
-def test_recently_wanted_slot_survives_the_grace_period(tmp_path, smol_target,
-                                                        make_manager) -> None:
-    manager = make_manager(smol_target, device_slots=1, slot_grace_s=60.0)
+def test_a_slot_wanted_every_step_is_not_taken(tmp_path, smol_target, make_manager) -> None:
+    manager = make_manager(smol_target, device_slots=1)
     register_all(manager, tmp_path, smol_target, ["a", "b"])
     slot = wait_on_device(manager, "a")
-    for _ in range(5):  # without the grace, b and a would take the slot from each other
+    for _ in range(5):  # else b and a would take the slot from each other on every step
         manager.poll()
         assert manager.want("b") is None
         assert manager.want("a") == slot
     assert manager.stats().evictions["device"] == 0
+    manager.poll()  # a step in which only b is wanted: a's slot is still protected
+    assert manager.want("b") is None
+    manager.poll()  # a was not wanted in the previous step: b takes its slot
+    manager.want("b")
+    assert manager.stats().evictions["device"] == 1
+    wait_on_device(manager, "b")
 
 
 def test_host_budget_evicts_lru_but_keeps_pinned_and_leased(tmp_path, smol_target,

@@ -39,7 +39,7 @@ class Clock:
 @pytest.fixture
 def manager(tmp_path: Path):
     config = EngineConfig(cache_dir=str(tmp_path / "cache"), device_slots=1, max_lora_rank=8)
-    manager = AdapterManager(config, TARGET, slot_grace_s=0.0)
+    manager = AdapterManager(config, TARGET)
     for index, name in enumerate(("a", "b")):
         folder = write_random_adapter(tmp_path / name, TARGET, 4, seed=index)
         manager.register(name, str(folder))
