@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loraplex.operator import naming
-from loraplex.operator.actions import canonical_source, plan_actions
+from loraplex.operator.actions import Load, Unload, canonical_source, plan_actions
 from loraplex.operator.admin import AdminClient
 from loraplex.operator.builders import (
     Owner,
@@ -106,16 +106,7 @@ class BaseModelReconciler:
                          and not any(name in held for held in reports.values())}
 
         plan = self._plan(spec, reports, views, silent)
-        secrets = SecretCache(self.cluster.get_secret)
-        retry = await changed_secrets(self._failing(plan, reports), views,
-                                      self.secret_versions, secrets)
-        actions = plan_actions(plan.placements, reports, views,
-                               {key: gen for key, (gen, _) in self.refused.items()
-                                if key[0] not in retry}, retry)
-        actions, withheld, versions = await attach_credentials(actions, views, secrets)
-        self.secret_versions = {name: version for name, version
-                                in {**self.secret_versions, **versions}.items()
-                                if name in views}
+        actions, withheld = await self._actions(plan, reports, views)
         executed = await execute(admin, {p.name: p for p in ready}, actions,
                                  self.config.admin_concurrency)
         for action in actions:
@@ -192,6 +183,23 @@ class BaseModelReconciler:
         if observation is None or observation.adapters is not None:
             return None
         return f"pod not answering: {observation.error}"
+
+    async def _actions(self, plan: PlacementPlan, reports: Mapping[str, Mapping[str, Any]],
+                       views: Mapping[str, AdapterView]
+                       ) -> tuple[list[Load | Unload], dict[str, str]]:
+        """Loads and unloads to push, loads carrying their adapter's credentials, and the
+        adapters held back for want of them (adapter → why)."""
+        secrets = SecretCache(self.cluster.get_secret)
+        retry = await changed_secrets(self._failing(plan, reports), views,
+                                      self.secret_versions, secrets)
+        refused = {key: generation for key, (generation, _) in self.refused.items()
+                   if key[0] not in retry}
+        actions = plan_actions(plan.placements, reports, views, refused, retry)
+        actions, withheld, versions = await attach_credentials(actions, views, secrets)
+        self.secret_versions = {name: version for name, version
+                                in {**self.secret_versions, **versions}.items()
+                                if name in views}
+        return actions, withheld
 
     def _failing(self, plan: PlacementPlan,
                  reports: Mapping[str, Mapping[str, Any]]) -> set[str]:
