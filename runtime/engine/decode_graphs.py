@@ -95,15 +95,15 @@ class DecodeGraphRunner:
         padded key (Bb * W * block_size) at once; larger steps run eagerly (None: any)."""
         if capture and kv_cache.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
+        layout = kv_cache.layout
         self.model = model
         self.kv_cache = kv_cache
         self.device = kv_cache.device
-        self.dtype = kv_cache.layout.dtype
-        self.block_size = kv_cache.layout.block_size
+        self.dtype = layout.dtype
+        self.block_size = layout.block_size
         self.scratch_block = kv_cache.scratch_block
         self.capture = capture
         self.max_graphs = max_graphs
-        layout = kv_cache.layout
         key_bytes = 2 * layout.num_kv_heads * layout.head_dim * layout.dtype.itemsize
         self.max_keys = None if max_gather_bytes is None else max_gather_bytes // key_bytes
         self.batch_sizes = batch_buckets(max_num_seqs)
