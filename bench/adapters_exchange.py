@@ -2,10 +2,11 @@
 
 1,000 synthetic adapters (ranks 4 and 8, all seven projections) are written to disk and
 registered; the manager validates each in the background and keeps at most ~200 in host
-RAM (the rest drop to the `disk` state). A stream of requests whose adapters follow a Zipf
-law (s = `--zipf`) arrives a few per engine step; each request generates `--new-tokens`
-tokens. Reported: throughput relative to the same stream when every request's adapter is
-one of 16 resident ones (same ranks, no loads), p50/p99 time to first token for requests
+RAM (the rest drop to the `disk` state). Requests whose adapters follow a Zipf law
+(s = `--zipf`) run in a closed loop of `--concurrency` requests in flight (one that
+finishes is replaced at once); each generates `--new-tokens` tokens. Reported: throughput
+relative to the same loop when every request's adapter is one of 16 resident ones (same
+ranks, no loads), p50/p99 time to first token for requests
 whose adapter was on the device, in host RAM, or only on disk when the request arrived,
 and the mean load time per tier from the manager's counters.
 
@@ -44,29 +45,37 @@ def zipf_choices(count: int, num_requests: int, s: float, seed: int) -> list[int
     return random.Random(seed).choices(range(count), weights=weights, k=num_requests)
 
 
-def run_stream(engine: Engine, adapters: list[str], new_tokens: int, per_step: int
+def run_stream(engine: Engine, adapters: list[str], new_tokens: int, concurrency: int
                ) -> tuple[float, list[dict]]:
-    """Seconds for the whole stream, and per request: tier at arrival and TTFT."""
-    state = {info.name: info.state for info in engine.adapters.list()}
+    """Seconds for the whole stream, and per request: tier at arrival and TTFT.
+
+    A closed loop: `concurrency` requests are in flight and each one that finishes is
+    replaced by the next, so a batch runs full when every adapter is resident and shrinks
+    exactly as much as requests wait for adapters.
+    """
     pending = [GenerationRequest(f"x{i}", PROMPT, SamplingParams(max_new_tokens=new_tokens,
                                                                 ignore_eos=True), adapter=name)
                for i, name in enumerate(adapters)]
+    pending.reverse()  # pop() takes them in order
     records: dict[str, dict] = {}
+    in_flight = 0
     started = time.perf_counter()
-    while pending or engine.has_unfinished():
-        if pending:
+    while pending or in_flight:
+        if pending and in_flight < concurrency:
             state = {info.name: info.state for info in engine.adapters.list()}
-        for request in pending[:per_step]:
-            records[request.request_id] = {"tier": state[request.adapter],
-                                           "arrived": time.perf_counter(), "ttft": None}
-            engine.add_request(request)
-        pending = pending[per_step:]
+            while pending and in_flight < concurrency:
+                request = pending.pop()
+                records[request.request_id] = {"tier": state[request.adapter],
+                                               "arrived": time.perf_counter(), "ttft": None}
+                engine.add_request(request)
+                in_flight += 1
         for event in engine.step():
             record = records[event.request_id]
             if event.error:
                 raise RuntimeError(f"request {event.request_id} failed: {event.error}")
             if record["ttft"] is None:
                 record["ttft"] = time.perf_counter() - record["arrived"]
+            in_flight -= event.finished
         if not engine.last_step_ran:
             time.sleep(0.002)
     return time.perf_counter() - started, list(records.values())
@@ -89,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host-adapters", type=int, default=200, help="host RAM budget")
     parser.add_argument("--zipf", type=float, default=1.1)
     parser.add_argument("--new-tokens", type=int, default=8)
-    parser.add_argument("--per-step", type=int, default=4, help="arrivals per engine step")
+    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
+    parser.add_argument("--time-slice", type=float, default=EngineConfig().adapter_time_slice_s,
+                        help="--adapter-time-slice-s of the engine")
     parser.add_argument("--out", default="bench/results/adapters_exchange.json")
     args = parser.parse_args(argv)
 
@@ -99,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     adapter_bytes = DeviceSlotPool.bytes_needed(target, 1, max(RANKS), loaded.dtype)
     with tempfile.TemporaryDirectory() as scratch:
         config = EngineConfig(model=args.model, load_format=args.load_format, device="cpu",
-                              cache_dir=str(Path(scratch) / "cache"), max_num_seqs=32,
+                              cache_dir=str(Path(scratch) / "cache"),
+                              max_num_seqs=args.concurrency,
+                              adapter_time_slice_s=args.time_slice,
                               device_slots=args.device_slots, max_lora_rank=max(RANKS),
                               host_bytes=args.host_adapters * adapter_bytes,
                               kv_cache_bytes=64 << 20)
@@ -118,11 +131,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{time.perf_counter() - written:.1f} s", flush=True)
         choices = zipf_choices(args.adapters, args.requests, args.zipf, seed=0)
         resident = [names[i % args.device_slots] for i in choices]  # same ranks, 16 adapters
-        run_stream(engine, resident[: 2 * args.device_slots], 2, args.per_step)  # warm-up
-        resident_s, _ = run_stream(engine, resident, args.new_tokens, args.per_step)
+        # warm-up: puts all 16 on the device, so the all-resident run loads nothing
+        run_stream(engine, names[: args.device_slots] * 2, 2, args.concurrency)
+        resident_s, _ = run_stream(engine, resident, args.new_tokens, args.concurrency)
         before = engine.adapters.stats()
         zipf_s, records = run_stream(engine, [names[i] for i in choices], args.new_tokens,
-                                     args.per_step)
+                                     args.concurrency)
         after = engine.adapters.stats()
         engine.close()
 
@@ -142,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "adapters": args.adapters, "requests": args.requests, "zipf_s": args.zipf,
         "device_slots": args.device_slots, "host_budget_adapters": args.host_adapters,
         "new_tokens": args.new_tokens, "ranks": list(RANKS),
+        "concurrency": args.concurrency, "adapter_time_slice_s": args.time_slice,
         "distinct_adapters_requested": len(set(choices)),
         "all_resident_tokens_per_s": tokens / resident_s,
         "zipf_tokens_per_s": tokens / zipf_s,

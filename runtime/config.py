@@ -51,6 +51,9 @@ class EngineConfig:
     host_bytes: int = setting(8 << 30, help="host RAM budget for adapter weights")
     disk_bytes: int = setting(64 << 30, help="disk cache budget for downloaded adapters")
     load_workers: int = setting(4, help="adapter loads that run in parallel")
+    adapter_time_slice_s: float = setting(
+        2.0, help="seconds an adapter keeps admitting requests to its device slot while "
+        "adapters without a slot wait (LoRAX's adapter cycle time)")
     allow_dynamic_adapters: list[str] = setting(
         factory=list, help="source prefixes a request may name in adapter_source/adapter_id "
         "(e.g. hf://my-org/, s3://bucket/); none by default")
@@ -63,7 +66,8 @@ class EngineConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 < self.kv_cache_fraction <= 1:
             raise ValueError(f"kv_cache_fraction must be in (0, 1], got {self.kv_cache_fraction}")
-        for name in ("kv_cache_bytes", "max_model_len", "host_bytes", "disk_bytes"):
+        for name in ("kv_cache_bytes", "max_model_len", "host_bytes", "disk_bytes",
+                     "adapter_time_slice_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.dtype not in DTYPES:

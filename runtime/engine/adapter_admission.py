@@ -27,11 +27,9 @@ from collections.abc import Callable
 from loraplex.runtime.adapters.manager import AdapterManager
 from loraplex.runtime.engine.sequence import Sequence
 
-DEFAULT_TIME_SLICE_S = 2.0  # LoRAX's default adapter_cycle_time_s
-
 
 class AdapterAdmission:
-    def __init__(self, manager: AdapterManager, time_slice_s: float = DEFAULT_TIME_SLICE_S,
+    def __init__(self, manager: AdapterManager, time_slice_s: float = 2.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if time_slice_s < 0:
             raise ValueError(f"time_slice_s must not be negative, got {time_slice_s}")

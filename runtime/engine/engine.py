@@ -120,7 +120,8 @@ class Engine:
                 self.runner.lora_backend = resolve_backend(self.config.lora_backend,
                                                            loaded.device)
                 self.runner.lora_pool = manager.pool
-                self.scheduler.admission = AdapterAdmission(manager)
+                self.scheduler.admission = AdapterAdmission(
+                    manager, self.config.adapter_time_slice_s)
                 self._adapters = manager
             return self._adapters
 
