@@ -6,9 +6,10 @@ RAM (the rest drop to the `disk` state). Requests whose adapters follow a Zipf l
 (s = `--zipf`) run in a closed loop of `--concurrency` requests in flight (one that
 finishes is replaced at once); each generates `--new-tokens` tokens. Reported: throughput
 relative to the same loop when every request's adapter is one of 16 resident ones (same
-ranks, no loads), p50/p99 time to first token for requests
-whose adapter was on the device, in host RAM, or only on disk when the request arrived,
-and the mean load time per tier from the manager's counters.
+ranks, no loads), in tokens per second and in tokens per model step (how full the
+scheduler kept the batch: on a shared machine the steadier figure), p50/p99 time to
+first token for requests whose adapter was on the device, in host RAM, or only on disk
+when the request arrived, and the mean load time per tier from the manager's counters.
 
 Default model: `tiny-llama` with random weights (`--load-format dummy`; 2 layers, hidden
 64) so the run takes a few minutes on a 2-core CPU; the numbers measure the scheduler
@@ -46,8 +47,8 @@ def zipf_choices(count: int, num_requests: int, s: float, seed: int) -> list[int
 
 
 def run_stream(engine: Engine, adapters: list[str], new_tokens: int, concurrency: int
-               ) -> tuple[float, list[dict]]:
-    """Seconds for the whole stream, and per request: tier at arrival and TTFT.
+               ) -> tuple[float, int, list[dict]]:
+    """Seconds and model steps for the whole stream; per request: tier at arrival, TTFT.
 
     A closed loop: `concurrency` requests are in flight and each one that finishes is
     replaced by the next, so a batch runs full when every adapter is resident and shrinks
@@ -58,7 +59,7 @@ def run_stream(engine: Engine, adapters: list[str], new_tokens: int, concurrency
                for i, name in enumerate(adapters)]
     pending.reverse()  # pop() takes them in order
     records: dict[str, dict] = {}
-    in_flight = 0
+    in_flight = steps = 0
     started = time.perf_counter()
     while pending or in_flight:
         if pending and in_flight < concurrency:
@@ -76,9 +77,10 @@ def run_stream(engine: Engine, adapters: list[str], new_tokens: int, concurrency
             if record["ttft"] is None:
                 record["ttft"] = time.perf_counter() - record["arrived"]
             in_flight -= event.finished
+        steps += engine.last_step_ran
         if not engine.last_step_ran:
             time.sleep(0.002)
-    return time.perf_counter() - started, list(records.values())
+    return time.perf_counter() - started, steps, list(records.values())
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -133,10 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         resident = [names[i % args.device_slots] for i in choices]  # same ranks, 16 adapters
         # warm-up: puts all 16 on the device, so the all-resident run loads nothing
         run_stream(engine, names[: args.device_slots] * 2, 2, args.concurrency)
-        resident_s, _ = run_stream(engine, resident, args.new_tokens, args.concurrency)
+        resident_s, resident_steps, _ = run_stream(engine, resident, args.new_tokens,
+                                                   args.concurrency)
         before = engine.adapters.stats()
-        zipf_s, records = run_stream(engine, [names[i] for i in choices], args.new_tokens,
-                                     args.concurrency)
+        zipf_s, zipf_steps, records = run_stream(engine, [names[i] for i in choices],
+                                                 args.new_tokens, args.concurrency)
         after = engine.adapters.stats()
         engine.close()
 
@@ -161,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         "all_resident_tokens_per_s": tokens / resident_s,
         "zipf_tokens_per_s": tokens / zipf_s,
         "relative_throughput": resident_s / zipf_s,
+        # tokens per model step: the batch the scheduler kept full, whatever the machine's noise
+        "all_resident_tokens_per_step": tokens / resident_steps,
+        "zipf_tokens_per_step": tokens / zipf_steps,
+        "relative_batch_fill": resident_steps / zipf_steps,
         "ttft_by_tier_at_arrival": tiers, "loads_during_zipf_run": loads,
         "device_evictions": after.evictions["device"] - before.evictions["device"],
         "host_evictions": after.evictions["host"] - before.evictions["host"],
@@ -170,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"throughput: zipf {result['zipf_tokens_per_s']:.1f} tok/s, all-resident "
           f"{result['all_resident_tokens_per_s']:.1f} tok/s "
           f"({result['relative_throughput']:.2f}x)")
+    print(f"tokens per step: zipf {result['zipf_tokens_per_step']:.1f}, all-resident "
+          f"{result['all_resident_tokens_per_step']:.1f} ({result['relative_batch_fill']:.2f}x)")
     print(f"{'tier at arrival':>16} {'requests':>9} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12}")
     for tier, row in tiers.items():
         p50, p99 = row["ttft_p50_s"], row["ttft_p99_s"]
