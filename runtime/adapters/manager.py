@@ -317,7 +317,8 @@ class AdapterManager:
 
     def _assign_slot(self, record: AdapterRecord) -> bool:
         """Give `record` a slot (free, or the least recently used idle one); start the copy."""
-        choice = self._slots.choose(self._protect_since)
+        choice = self._slots.choose(self._protect_since, record.rank or 1,
+                                     self.config.max_lora_rank)
         if choice is None:
             return False
         slot, victim = choice

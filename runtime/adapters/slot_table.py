@@ -4,9 +4,17 @@ A free slot first; otherwise the least recently used slot whose adapter is idle:
 (its copy finished), holding no lease, not pinned, and not wanted or used since
 `protect_since` (the start of the engine's previous step). Only the engine thread changes
 the table (under the manager's lock).
+
+Among free slots, adapters of one rank are kept together: each rank has a home position
+in the pool (higher ranks higher, on a log scale) and takes the nearest free slot at or
+below it, else the nearest above. The CPU path reads consecutive slots as one range at
+the range's largest rank (`kernels/torch_plan.py`), so a pool where rank-8 and rank-64
+adapters alternate would read every slot at rank 64; clustered, each run reads its own.
 """
 
 from __future__ import annotations
+
+import math
 
 from loraplex.runtime.adapters.records import AdapterRecord
 
@@ -21,17 +29,25 @@ class SlotTable:
     def copying(self) -> list[AdapterRecord]:
         return [r for r in self.owners if r is not None and not r.slot_ready]
 
-    def choose(self, protect_since: float) -> tuple[int, AdapterRecord | None] | None:
+    def choose(self, protect_since: float, rank: int, max_rank: int
+               ) -> tuple[int, AdapterRecord | None] | None:
         """(slot, adapter to evict from it or None), or None when every slot is busy."""
-        for slot, owner in enumerate(self.owners):
-            if owner is None:
-                return slot, None
+        free = [slot for slot, owner in enumerate(self.owners) if owner is None]
+        if free:
+            home = self.home(rank, max_rank)
+            below = [slot for slot in free if slot <= home]
+            return (max(below) if below else min(free)), None
         idle = [r for r in self.ready()
                 if r.refcount == 0 and not r.pinned and r.last_used < protect_since]
         if not idle:
             return None
         victim = min(idle, key=lambda r: r.last_used)
         return victim.slot, victim
+
+    def home(self, rank: int, max_rank: int) -> int:
+        """The slot adapters of `rank` gather around: 0 for rank 1, the last for max_rank."""
+        scale = math.log2(max(max_rank, 2))
+        return round((len(self.owners) - 1) * min(math.log2(max(rank, 1)) / scale, 1.0))
 
     def assign(self, slot: int, record: AdapterRecord) -> None:
         self.owners[slot] = record
