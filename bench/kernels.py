@@ -2,9 +2,13 @@
 
 On CPU: the torch path at SmolLM2-135M shapes (hidden 576, ffn 1536, 9 q / 3 kv heads of
 64), batch 64, with 1, 8, 32 and 64 distinct adapters of mixed ranks (8..64), rows sorted
-by adapter and shuffled (decode order), against the four base projections of one layer.
-Layers rotate over several copies so that weights come from memory, as in a real forward.
-Both storage orders of B are timed: the standard [S, d_out, R] and the rank-major view of
+by adapter and shuffled (decode order), against the four base projections of one layer
+(oneDNN with pre-packed weights, as the engine runs them). Layers rotate over several
+copies so that weights come from memory, as in a real forward. The pools hold zeros past
+each slot's rank, as the engine's slot pool does, so the torch path reads runs of slots
+in place (`zero_padded`); mixed ranks are timed both interleaved slot by slot ("8-64
+mixed") and grouped by rank as the slot table places them ("8-64 grouped"). Both storage
+orders of B are timed: the standard [S, d_out, R] and the rank-major view of
 [S, R, d_out] (a slot's `[:rank]` is then one contiguous block).
 
 On CUDA: the Triton shrink+expand at Llama-3-8B shapes in bf16, batch 1..256 with 1..256
@@ -34,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from loraplex.runtime.kernels import LoraSegments, lora_apply
+from loraplex.runtime.layers.linear import Linear
 
 RESULTS_DIR = Path(__file__).parent / "results"
 SMOLLM2_135M = {  # group: (d_in, slice widths)
@@ -102,6 +107,23 @@ def make_layer(
     return layer
 
 
+def packed_linear(weight: torch.Tensor) -> Linear:
+    """The engine's CPU linear (oneDNN, weight packed once) around `weight` [d_out, d_in]."""
+    linear = Linear(weight.shape[1], weight.shape[0], bias=False)
+    linear.weight.data = weight
+    linear.pack()
+    return linear
+
+
+def zero_past_ranks(layer: Layer, ranks: list[int]) -> None:
+    """Zeros past each slot's rank, as the engine's slot pool keeps them."""
+    for group in layer.lora_a:
+        for slot, rank in enumerate(ranks):
+            layer.lora_a[group][slot, :, rank:] = 0.0
+            layer.lora_b[group][slot, :, rank:] = 0.0
+            layer.lora_b_rank_major[group][slot, :, rank:] = 0.0
+
+
 def token_slots(batch: int, adapters: int, layout: str, seed: int = 0) -> list[int]:
     slots = [row % adapters for row in range(batch)]
     if layout == "shuffled":
@@ -147,17 +169,24 @@ def bench_cpu(quick: bool) -> Iterator[Row]:
     inputs = {group: torch.randn(batch, d_in) for group, (d_in, _) in SMOLLM2_135M.items()}
     outputs = {group: torch.zeros(batch, sum(w)) for group, (_, w) in SMOLLM2_135M.items()}
 
+    packed = [{group: packed_linear(weight) for group, weight in layer.weights.items()}
+              for layer in layers]
+
     def base() -> None:
-        for layer in layers:
-            for group, weight in layer.weights.items():
-                F.linear(inputs[group], weight)
+        for weights in packed:
+            for group, weight in weights.items():
+                weight(inputs[group])
 
     repeats = 5 if quick else 15
     base_s = time_cpu(base, repeats) / num_layers
-    cases = [(adapters, "8-64", mixed) for adapters in adapter_counts]
+    cases = [(adapters, "8-64 mixed", mixed) for adapters in adapter_counts]
+    cases += [(adapters, "8-64 grouped", sorted(mixed[:adapters]) + mixed[adapters:])
+              for adapters in adapter_counts if adapters > 1]
     cases += [(32, "16", [16] * num_slots), (32, "8", [8] * num_slots)]
     for adapters, rank_label, ranks in cases:
         rank_tensor = torch.tensor(ranks, dtype=torch.int32)
+        for layer in layers:
+            zero_past_ranks(layer, ranks)
         for layout in ("sorted", "shuffled"):
             segments = LoraSegments.from_token_slots(token_slots(batch, adapters, layout))
             for b_layout in (STANDARD, RANK_MAJOR):
@@ -168,7 +197,7 @@ def bench_cpu(quick: bool) -> Iterator[Row]:
                             lora_apply(
                                 outputs[group], inputs[group], layer.lora_a[group],
                                 layer.pool_b(group, b_layout), layer.slice_offsets[group],
-                                segments, rank_tensor, backend="torch",
+                                segments, rank_tensor, backend="torch", zero_padded=True,
                             )  # fmt: skip
 
                 lora_s = time_cpu(lora, repeats) / num_layers
