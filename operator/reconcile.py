@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lightkube import ApiError
+
 from loraplex.operator import naming
 from loraplex.operator.actions import Load, Unload, canonical_source, plan_actions
 from loraplex.operator.admin import AdminClient
@@ -50,6 +52,9 @@ from loraplex.runtime.router.placements import PlacementTable
 logger = logging.getLogger(__name__)
 
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]  # ref, type, reason, message
+# the API server finds a child invalid or forbidden: a spec or setup problem to report,
+# where anything else (5xx, timeouts) is retried by kopf
+REFUSED_CODES = (400, 403, 422)
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ class BaseModelReconciler:
             await self._write_bmd_status(body, spec=None, ready_pods=0, phases=[], placed=0,
                                          problem=str(error), now=now)
             return CycleOutcome(busy=False, admin_calls=0)
-        await self._ensure_children(spec, generation)
+        rejected = await self._ensure_children(spec, generation)
         admin = await self._admin_client()
 
         ready = sorted((pod for pod in pods if pod.ready), key=lambda pod: pod.name)
@@ -124,25 +129,40 @@ class BaseModelReconciler:
                                                     now)
         placed = sum(bool(pods) for pods in plan.placements.values())
         await self._write_bmd_status(body, spec=spec, ready_pods=len(ready), phases=phases,
-                                     placed=placed, problem=None, now=now)
+                                     placed=placed, problem=None, now=now, rejected=rejected)
         busy = bool(actions) or any(phase == "Loading" for phase in phases)
         return CycleOutcome(busy=busy, admin_calls=len(observations) + executed.calls)
 
     async def _ensure_children(self, spec: BaseModelDeploymentSpec,
-                               generation: int | None) -> None:
+                               generation: int | None) -> str | None:
+        """Create or repair the children; what the API server refused (retried each cycle).
+
+        A child the API server finds invalid (say, a user volume it cannot accept) does not
+        stop the others, nor the adapters' reconcile on the pods that run: it is reported.
+        """
         key = (generation, spec.model_dump_json())
         due = time.monotonic() - self.children_at >= self.config.children_resync_s
         if key == self.children_key and not due:
-            return
+            return None
+        refused: list[str] = []
         for child in build_children(self.owner, spec, self.config.router_image,
                                     self.config.operator_namespace):
-            await self.cluster.ensure(child)
+            try:
+                await self.cluster.ensure(child)
+            except ApiError as error:
+                if error.status.code not in REFUSED_CODES:
+                    raise
+                refused.append(f"the API server refused {child['kind']} "
+                               f"{child['metadata']['name']}: {error.status.message}")
         if not spec.network_policy.enabled:
             for name in network_policy.network_policy_names(self.owner):
                 await self.cluster.delete_owned(network_policy.API_VERSION, network_policy.KIND,
                                                 self.owner.namespace, name, self.owner.uid)
         await self.cluster.create(build_placements_configmap(self.owner))
+        if refused:
+            return "; ".join(refused)
         self.children_key, self.children_at = key, time.monotonic()
+        return None
 
     async def _admin_client(self) -> AdminClient:
         if self.admin is not None:
@@ -313,13 +333,14 @@ class BaseModelReconciler:
     async def _write_bmd_status(self, body: Mapping[str, Any], *,
                                 spec: BaseModelDeploymentSpec | None, ready_pods: int,
                                 phases: list[str], placed: int, problem: str | None,
-                                now: str) -> None:
+                                now: str, rejected: str | None = None) -> None:
         previous = body.get("status") or {}
         status = bmd_status(
             previous, replicas=spec.replicas if spec else 0, ready_pods=ready_pods,
             adapter_phases=phases, placed=placed,
             endpoint=naming.endpoint_url(self.owner.name, self.owner.namespace),
-            generation=body.get("metadata", {}).get("generation"), problem=problem, now=now)
+            generation=body.get("metadata", {}).get("generation"), problem=problem, now=now,
+            rejected=rejected)
         if status != previous:
             await self.cluster.patch_bmd_status(self.owner.namespace, self.owner.name,
                                                 merge_patch_for(previous, status))

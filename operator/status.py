@@ -145,7 +145,10 @@ def pending_status(view: AdapterView, reason: str, message: str, now: str) -> di
 
 def bmd_status(previous: Mapping[str, Any], *, replicas: int, ready_pods: int,
                adapter_phases: Sequence[str], placed: int, endpoint: str,
-               generation: int | None, problem: str | None, now: str) -> dict[str, Any]:
+               generation: int | None, problem: str | None, now: str,
+               rejected: str | None = None) -> dict[str, Any]:
+    """`problem`: the spec cannot be read; `rejected`: the API server refused a child
+    object (the pods of the previous version may still serve, so Available is theirs)."""
     counts = {
         "placed": placed,
         "ready": sum(phase == "Ready" for phase in adapter_phases),
@@ -158,17 +161,21 @@ def bmd_status(previous: Mapping[str, Any], *, replicas: int, ready_pods: int,
         conditions, "Available", available,
         "PodsReady" if available else ("ReconcileError" if problem else "NoReadyPods"),
         problem or f"{ready_pods}/{replicas} runtime pod(s) ready", generation, now)
-    all_ready = (problem is None and ready_pods >= replicas
+    all_ready = (problem is None and rejected is None and ready_pods >= replicas
                  and counts["ready"] == len(adapter_phases))
+    not_ready_reason = ("ReconcileError" if problem else
+                        "ChildRejected" if rejected else "Progressing")
     conditions = set_condition(
-        conditions, "Ready", all_ready,
-        "AllReady" if all_ready else ("ReconcileError" if problem else "Progressing"),
-        problem or f"{ready_pods}/{replicas} pod(s), "
+        conditions, "Ready", all_ready, "AllReady" if all_ready else not_ready_reason,
+        problem or rejected or f"{ready_pods}/{replicas} pod(s), "
         f"{counts['ready']}/{len(adapter_phases)} adapter(s) ready", generation, now)
-    degraded = counts["failed"] > 0
+    failures = [rejected] if rejected else []
+    if counts["failed"]:
+        failures.append(f"{counts['failed']} adapter(s) failed")
     conditions = set_condition(
-        conditions, "Degraded", degraded, "AdapterFailed" if degraded else "AsExpected",
-        f"{counts['failed']} adapter(s) failed" if degraded else "", generation, now)
+        conditions, "Degraded", bool(failures),
+        "ChildRejected" if rejected else "AdapterFailed" if failures else "AsExpected",
+        "; ".join(failures), generation, now)
     status = {
         "replicas": replicas,
         "readyReplicas": ready_pods,

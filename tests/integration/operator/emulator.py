@@ -2,10 +2,12 @@
 
 The emulator keeps objects and serves list/watch/patch/delete with finalizers, but does
 not assign uid/resourceVersion/generation/creationTimestamp, resolve `generateName`,
-validate custom resources, reject a stale JSON-patch `test`, or collect garbage. kopf
-needs the first ones (optimistic concurrency on finalizers), the operator's status needs
-generation, and the tests need schema validation against `crds/` (jsonschema) and an
-explicit garbage collection by ownerReferences. Runs in its own thread and event loop
+validate objects, reject a stale JSON-patch `test`, or collect garbage. kopf needs the
+first ones (optimistic concurrency on finalizers), the operator's status needs
+generation, and the tests need schema validation (custom resources against `crds/` with
+jsonschema, Deployments against Kubernetes' own OpenAPI schema with kubernetes-validate:
+a user's volume can make the operator's Deployment invalid) and an explicit garbage
+collection by ownerReferences. Runs in its own thread and event loop
 so the operator (a subprocess) and the synchronous tests can both talk to it over HTTP.
 
 kmock matches each request against every past request (its DSL views iterate the
@@ -29,6 +31,7 @@ import aiohttp.web
 import attrs
 import jsonschema
 import kmock
+import kubernetes_validate
 import yaml
 from kmock._internal import dicts
 
@@ -56,6 +59,8 @@ RESOURCES = [
     ("events.k8s.io/v1/events", "Event", ()),
 ]
 VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
+BUILTIN_VALIDATED = {"deployments"}  # built-in kinds checked against Kubernetes' schema
+K8S_VERSION = kubernetes_validate.latest_version()
 
 
 def _now() -> str:
@@ -158,6 +163,14 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             self._validate(request.resource.plural, merged)
 
     def _validate(self, plural: str, body: dict[str, Any]) -> None:
+        if plural in BUILTIN_VALIDATED:
+            try:
+                kubernetes_validate.validate(body, K8S_VERSION, strict=False)
+            except kubernetes_validate.ValidationError as error:
+                path = ".".join(map(str, error.path))
+                raise kmock.KubernetesError(status=422, reason="Invalid",
+                                            message=f"{path}: {error.message}") from None
+            return
         validator = self._validators.get(plural)
         if validator is None:
             return

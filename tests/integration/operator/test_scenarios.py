@@ -285,6 +285,29 @@ def test_network_policies_follow_the_spec(kube, pods):
     assert kube.get("networkpolicies", naming.runtime_name(BMD)) is not None
 
 
+def bmd_condition(kube, kind: str) -> dict:
+    status = kube.get("basemodeldeployments", BMD).get("status") or {}
+    return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
+
+
+def test_a_child_the_api_server_refuses_is_reported_and_a_fix_recovers(kube, pods):
+    """A user volume the CRD accepts but Kubernetes does not (a PVC without claimName)
+    makes the Deployment invalid: the BMD says so; the running pods keep serving."""
+    kube.patch("basemodeldeployments", BMD, {"spec": {"volumes": [
+        {"name": "models", "persistentVolumeClaim": {}}]}})
+    degraded = wait_for(lambda: bmd_condition(kube, "Degraded").get("reason")
+                        == "ChildRejected" and bmd_condition(kube, "Degraded"), 30,
+                        "the refusal reported")
+    assert degraded["status"] == "True"
+    assert "Deployment" in degraded["message"] and "claimName" in degraded["message"]
+    ready = bmd_condition(kube, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ChildRejected")
+    assert all_ready(kube, FIRST), "the pods of the previous version keep serving"
+    kube.patch("basemodeldeployments", BMD, {"spec": {"volumes": []}})
+    wait_for(lambda: bmd_condition(kube, "Degraded").get("status") == "False"
+             and bmd_condition(kube, "Ready").get("status") == "True", 60, "recovered")
+
+
 def test_an_operator_restart_converges_without_duplicates(kube, pods, operator, adapter_dirs):
     operator.stop()
     kube.create("adapters", adapter_body("lora-20", str(adapter_dirs["lora-20"]), 2))
