@@ -62,14 +62,12 @@ def run_stream(engine: Engine, adapters: list[str], new_tokens: int, concurrency
     in_flight = steps = 0
     started = time.perf_counter()
     while pending or in_flight:
-        if pending and in_flight < concurrency:
-            state = {info.name: info.state for info in engine.adapters.list()}
-            while pending and in_flight < concurrency:
-                request = pending.pop()
-                records[request.request_id] = {"tier": state[request.adapter],
-                                               "arrived": time.perf_counter(), "ttft": None}
-                engine.add_request(request)
-                in_flight += 1
+        while pending and in_flight < concurrency:
+            request = pending.pop()
+            records[request.request_id] = {"tier": engine.adapters.get(request.adapter).state,
+                                           "arrived": time.perf_counter(), "ttft": None}
+            engine.add_request(request)
+            in_flight += 1
         for event in engine.step():
             record = records[event.request_id]
             if event.error:
