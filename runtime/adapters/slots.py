@@ -15,6 +15,13 @@ kernel may read up to the slot's rank and still compute each module exactly. Buf
 allocated once: loading an adapter never allocates device memory, so it cannot fragment
 the KV cache.
 
+On the CPU the buffers are anonymous memory maps, zero by definition, whose pages the
+operating system commits only when first written (in 4 KiB pages: huge pages are turned
+off for them): the pool costs memory for the ranks adapters really use, not for
+`num_slots` x `max_rank` (2.5 GB for 32 slots of rank 64 on SmolLM2-135M). A slot is
+only ever zeroed up to the rank it held before, so the pages past the largest rank a slot
+has held stay uncommitted.
+
 On CUDA, `write` copies from pinned host memory on a side stream and records an event;
 the slot may be used once `SlotCopy.done()`. The copy first waits on a fence recorded on
 the engine's stream when the slot was handed out, so it never overwrites weights a kernel
@@ -23,6 +30,8 @@ already queued is still reading.
 
 from __future__ import annotations
 
+import math
+import mmap
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,10 +71,10 @@ class DeviceSlotPool:
         self.lora_b: dict[str, torch.Tensor] = {}
         for name in GROUP_NAMES:
             group = target.group(name)
-            self.lora_a[name] = torch.zeros(layers, num_slots, group.num_slices, max_rank,
-                                            group.d_in, dtype=dtype, device=self.device)
-            self.lora_b[name] = torch.zeros(layers, num_slots, max_rank, group.d_out,
-                                            dtype=dtype, device=self.device)
+            self.lora_a[name] = _zeros((layers, num_slots, group.num_slices, max_rank,
+                                        group.d_in), dtype, self.device)
+            self.lora_b[name] = _zeros((layers, num_slots, max_rank, group.d_out), dtype,
+                                       self.device)
         self.ranks = torch.zeros(num_slots, dtype=torch.int32, device=self.device)
         self.ranks_host = [0] * num_slots  # same values, for building batch metadata on the CPU
         self.groups_host: list[frozenset[str]] = [frozenset()] * num_slots
@@ -116,20 +125,22 @@ class DeviceSlotPool:
 
     def clear(self, slot: int) -> None:
         self._check_slot(slot)
+        held = self.ranks_host[slot]  # nothing past it was ever written
         for name in GROUP_NAMES:
-            self.lora_a[name][:, slot].zero_()
-            self.lora_b[name][:, slot].zero_()
+            self.lora_a[name][:, slot, :, :held].zero_()
+            self.lora_b[name][:, slot, :held].zero_()
         self.ranks[slot] = 0
         self.ranks_host[slot] = 0
         self.groups_host[slot] = frozenset()
 
     def _copy(self, slot: int, weights: AdapterWeights) -> None:
         non_blocking = self._stream is not None
+        held = self.ranks_host[slot]  # the previous adapter wrote nothing past its rank
         for name in GROUP_NAMES:
             slot_a = self.lora_a[name][:, slot]  # [L, n_slices, R, d_in]
             slot_b = self.lora_b[name][:, slot]  # [L, R, d_out_total]
-            slot_a.zero_()
-            slot_b.zero_()
+            slot_a[:, :, :held].zero_()
+            slot_b[:, :held].zero_()
             packed = weights.groups.get(name)
             if packed is None:
                 continue
@@ -143,3 +154,14 @@ class DeviceSlotPool:
     def _check_slot(self, slot: int) -> None:
         if not 0 <= slot < self.num_slots:
             raise ValueError(f"slot {slot} is outside 0..{self.num_slots - 1}")
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Zeros; on the CPU in pages committed only when written (see the module docstring)."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+    memory = mmap.mmap(-1, max(nbytes, 1))  # the tensor keeps it alive
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):  # a 2 MiB page per written slot row would be wasted
+        memory.madvise(mmap.MADV_NOHUGEPAGE)
+    return torch.frombuffer(memory, dtype=torch.uint8)[:nbytes].view(dtype).view(shape)

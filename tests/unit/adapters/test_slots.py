@@ -140,3 +140,20 @@ def test_kernels_read_the_pool_as_written(tmp_path: Path, smol_target) -> None:
                         columns = slice(group.offsets[index], group.offsets[index + 1])
                         expected[row, columns] = x[row] @ parsed[0].T @ parsed[1].T
             torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_cpu_pool_commits_memory_only_for_what_adapters_write(tmp_path: Path,
+                                                                 smol_target) -> None:
+    psutil = pytest.importorskip("psutil")
+    process = psutil.Process()
+    weights = adapter(tmp_path, smol_target, "small", rank=8, seed=4)
+    before = process.memory_info().rss
+    pool = DeviceSlotPool(smol_target, num_slots=128, max_rank=64)
+    assert pool.size_bytes > 512 << 20
+    assert process.memory_info().rss - before < 16 << 20
+    before = process.memory_info().rss
+    for slot in range(4):
+        pool.write(slot, weights)
+    written = 4 * DeviceSlotPool.bytes_needed(smol_target, 1, 8, torch.float32)
+    assert process.memory_info().rss - before < 2 * written + (16 << 20)
+    assert written * 32 < pool.size_bytes  # what the bound above tells apart
