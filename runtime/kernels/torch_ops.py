@@ -65,8 +65,11 @@ def lora_apply(
             delta = y.new_zeros(item.rows.shape[0], y.shape[1])  # [m, d_out_total]
             _expand(delta, _shrink(x.index_select(0, item.rows), slot_a), slot_b_t, bounds)
             y.index_add_(0, item.rows, delta)
+    # row T of x_padded is the zero row the gathered ranges' padding reads
+    x_padded = (torch.cat([x, x.new_zeros(1, x.shape[1])])
+                if any(item.first_row is None for item in plan.ranges) else x)
     for item in plan.ranges:
-        _apply_range(y, x, lora_a, lora_b, bounds, item)
+        _apply_range(y, x_padded, lora_a, lora_b, bounds, item)
 
 
 def sgmv_shrink(
@@ -156,26 +159,28 @@ def _expand(
 
 def _apply_range(
     y: torch.Tensor,
-    x: torch.Tensor,
+    x_padded: torch.Tensor,
     lora_a: torch.Tensor,
     lora_b: torch.Tensor,
     bounds: Sequence[tuple[int, int]],
     item: SlotRange,
 ) -> None:
-    """Slots lo:hi, m rows each, read in place from the pools in a few batched ops."""
+    """Slots lo:hi, m rows each, read in place from the pools in a few batched ops.
+
+    x_padded: x [T, d_in], with the zero row T appended when some range gathers rows.
+    """
     k, m, rank = item.num_slots, item.rows_per_slot, item.rank
-    d_in, d_out = x.shape[1], y.shape[1]
+    d_in, d_out = x_padded.shape[1], y.shape[1]
     slot_a = lora_a[item.lo:item.hi, :, :rank]  # [k, n_slices, rank, d_in], a view
     slot_b_t = lora_b[item.lo:item.hi, :, :rank].transpose(1, 2)  # [k, rank, d_out], a view
     if item.first_row is not None:
         rows = slice(item.first_row, item.first_row + k * m)
-        v = torch.matmul(x[rows].view(k, 1, m, d_in), slot_a.transpose(-1, -2))
+        v = torch.matmul(x_padded[rows].view(k, 1, m, d_in), slot_a.transpose(-1, -2))
         y_rows = y[rows].view(k, m, d_out)  # a view: added to in place
         for index, (lo, hi) in enumerate(bounds):
             if hi > lo:
                 y_rows[:, :, lo:hi] += torch.bmm(v[:, index], slot_b_t[:, :, lo:hi])
         return
-    x_padded = torch.cat([x, x.new_zeros(1, d_in)])  # row T: the zero row
     x_rows = x_padded.index_select(0, item.source_rows).view(k, 1, m, d_in)
     v = torch.matmul(x_rows, slot_a.transpose(-1, -2))  # [k, n_slices, m, rank]
     delta = y.new_zeros(k, m, d_out)

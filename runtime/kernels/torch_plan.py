@@ -105,18 +105,20 @@ def _build_plan(segments: LoraSegments, rank_list: Sequence[int],
 def _split_into_ranges(slots: list[int], rank_list: Sequence[int]) -> list[list[int]]:
     """Greedy: extend the current range while that reads less than starting a new one."""
     ranges: list[list[int]] = []
+    current_rank = 0  # the largest rank of ranges[-1]
     for slot in slots:
         rank = rank_list[slot]
         if ranges:
             current = ranges[-1]
             lo, last = current[0], current[-1]
-            current_rank = max(rank_list[s] for s in current)
             merged = (slot - lo + 1) * max(current_rank, rank)
             separate = (last - lo + 1) * current_rank + rank + RANGE_OVERHEAD
             if merged <= separate:
                 current.append(slot)
+                current_rank = max(current_rank, rank)
                 continue
         ranges.append([slot])
+        current_rank = rank
     return ranges
 
 
