@@ -25,7 +25,7 @@ from tests.integration.operator.emulator import EmulatorThread
 from tests.integration.operator.harness import (
     OperatorProcess,
     RuntimePods,
-    write_kubeconfig,
+    running_operator,
 )
 from tests.integration.operator.kube import Kube, wait_for
 from tests.unit.test_manifests import SAMPLES, render, schema_problems
@@ -73,13 +73,9 @@ def kube(emulator: EmulatorThread) -> Iterator[Kube]:
 @pytest.fixture(scope="module")
 def operator(emulator: EmulatorThread,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    folder = tmp_path_factory.mktemp("samples-operator")
-    kubeconfig = write_kubeconfig(folder / "kubeconfig", emulator.url, NAMESPACE)
-    process = OperatorProcess(kubeconfig, NAMESPACE, folder, *OPERATOR_FLAGS)
-    process.start()
-    yield process
-    process.stop()
-    print(process.logs()[-20000:])  # shown by pytest when a test of the module failed
+    with running_operator(emulator.url, NAMESPACE, tmp_path_factory.mktemp("samples-operator"),
+                          *OPERATOR_FLAGS) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

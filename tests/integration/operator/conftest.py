@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers.s3 import KeyedS3Server
 from tests.integration.operator.emulator import EmulatorThread
-from tests.integration.operator.harness import OperatorProcess, RuntimePods, write_kubeconfig
+from tests.integration.operator.harness import RuntimePods, running_operator
 from tests.integration.operator.kube import Kube
 
 NAMESPACE = "loraplex-test"
@@ -41,13 +41,9 @@ def kube(emulator):
 
 @pytest.fixture(scope="module")
 def operator(emulator, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("operator")
-    kubeconfig = write_kubeconfig(folder / "kubeconfig", emulator.url, NAMESPACE)
-    process = OperatorProcess(kubeconfig, NAMESPACE, folder, *OPERATOR_FLAGS)
-    process.start()
-    yield process
-    process.stop()
-    print(process.logs()[-20000:])  # shown by pytest when a test of the module failed
+    with running_operator(emulator.url, NAMESPACE, tmp_path_factory.mktemp("operator"),
+                          *OPERATOR_FLAGS) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,12 @@ started with exactly the flags of the Deployment the operator built.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,21 @@ class OperatorProcess:
     def logs(self) -> str:
         return "\n".join(path.read_text(errors="replace")
                          for path in sorted(self.log_dir.glob("operator-*.log")))
+
+
+@contextlib.contextmanager
+def running_operator(server: str, namespace: str, folder: Path,
+                     *flags: str) -> Iterator[OperatorProcess]:
+    """An operator subprocess against `server` while the block runs; its logs are printed
+    at the end (pytest shows them when a test of the module failed)."""
+    process = OperatorProcess(write_kubeconfig(folder / "kubeconfig", server, namespace),
+                              namespace, folder, *flags)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        print(process.logs()[-20000:])
 
 
 def write_kubeconfig(path: Path, server: str, namespace: str) -> Path:

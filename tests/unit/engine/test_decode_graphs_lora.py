@@ -13,13 +13,13 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
-import torch
 
 from loraplex.runtime.adapters.synthetic import write_random_adapter
 from loraplex.runtime.adapters.target import LoraTargetShapes
 from loraplex.runtime.models.shapes import shape_config
 from tests.kernels import interpreter_worker
 from tests.unit.engine import adapter_engine_worker
+from tests.unit.engine.test_decode_graphs import assert_same_output
 
 ADAPTERS = {  # name: (rank, target modules)
     "all-r8": (8, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
@@ -47,12 +47,7 @@ def test_static_decode_with_adapters_equals_eager(tmp_path):
         executor.shutdown(cancel_futures=True)
 
     assert ran and all(ran)  # every decode step ran the static path, with LoRA
-    assert outputs.keys() == eager.keys()
-    for request_id, events in eager.items():
-        assert [token for token, _ in outputs[request_id]] == [token for token, _ in events]
-        torch.testing.assert_close(torch.tensor([lp for _, lp in outputs[request_id]]),
-                                   torch.tensor([lp for _, lp in events]),
-                                   atol=1e-4, rtol=1e-4)
+    assert_same_output(outputs, eager)
     with_adapter = [f"r{index}" for index, (adapter, *_) in
                     enumerate(adapter_engine_worker.REQUESTS) if adapter]
     assert all(eager[request_id] != base[request_id] for request_id in with_adapter)
