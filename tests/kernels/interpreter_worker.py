@@ -111,3 +111,21 @@ def lora_apply_fixed_tiles(
     configs = fixed_tile_configs(num_rows, num_tiles, max_rank, d_in, num_slices, num_sms)
     lora_apply_tiles(y, x, lora_a, lora_b, slice_offsets, kernel_tiles, ranks, configs)
     return y
+
+
+def paged_decode(query, key_cache, value_cache, block_tables, seq_lens, scale,
+                 num_splits) -> torch.Tensor:
+    from loraplex.runtime.kernels import paged_attention
+
+    return paged_attention.paged_decode(query, key_cache, value_cache, block_tables, seq_lens,
+                                        scale, num_splits=num_splits)
+
+
+def paged_prefill(query, key_cache, value_cache, block_tables, query_starts, query_lens,
+                  context_lens, max_query_len, scale) -> torch.Tensor:
+    from loraplex.runtime.kernels import paged_attention
+
+    out = torch.zeros_like(query)
+    return paged_attention.paged_prefill(query, key_cache, value_cache, block_tables,
+                                         query_starts, query_lens, context_lens,
+                                         max_query_len, scale, out=out)

@@ -1,0 +1,89 @@
+"""Paged attention in torch, for the CPU: the same ops as the Triton kernels.
+
+Keys are gathered through the block tables, but never more than a few sequences' worth
+of one layer at a time: decode rows go in small groups of similar length (each padded to
+its own longest, masked by length), prefill chunks one sequence at a time, and a long
+chunk over a cached prefix in slices of QUERY_SLICE queries, so no score matrix grows
+beyond [heads, QUERY_SLICE, context]. `scaled_dot_product_attention` does the math
+(`enable_gqa`: K/V are never repeated per query head). Lengths are read on the host:
+free on the CPU, which is the only place this path serves.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .attention_checks import check_decode_args, check_prefill_args
+
+DECODE_GROUP = 8  # decode sequences per attention call
+QUERY_SLICE = 256  # queries of a chunk over a cached prefix attended at once
+
+
+def paged_decode(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                 block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """As `paged_attention.paged_decode`: query [B, H, D] -> out [B, H, D]."""
+    check_decode_args(query, key_cache, value_cache, block_tables, seq_lens)
+    out = torch.empty_like(query) if out is None else out
+    lengths = seq_lens.tolist()
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    block_size = key_cache.shape[1]
+    for first in range(0, len(order), DECODE_GROUP):
+        rows = order[first:first + DECODE_GROUP]
+        longest = max(lengths[row] for row in rows)
+        index = torch.tensor(rows, device=query.device)
+        tables = block_tables[index, :-(-longest // block_size)]  # [n, w]
+        keys = _gathered(key_cache, tables)  # [n, Hkv, w * block_size, D]
+        values = _gathered(value_cache, tables)
+        key_positions = torch.arange(keys.shape[2], device=query.device)
+        lens = torch.tensor([lengths[row] for row in rows], device=query.device)
+        visible = key_positions[None, :] < lens[:, None]  # [n, L]
+        hidden = ~visible[:, None, :, None]  # keys past a row's length may be stale
+        keys.masked_fill_(hidden, 0.0)
+        values.masked_fill_(hidden, 0.0)
+        attended = F.scaled_dot_product_attention(
+            query[index].unsqueeze(2), keys, values, attn_mask=visible[:, None, None, :],
+            scale=scale, enable_gqa=True)  # [n, H, 1, D]
+        out[index] = attended.squeeze(2)
+    return out
+
+
+def paged_prefill(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                  block_tables: torch.Tensor, query_starts: torch.Tensor,
+                  query_lens: torch.Tensor, context_lens: torch.Tensor, max_query_len: int,
+                  scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """As `paged_attention.paged_prefill`: the spans' rows of out [T, H, D]."""
+    check_prefill_args(query, key_cache, value_cache, block_tables, query_starts, query_lens,
+                       context_lens)
+    out = torch.empty_like(query) if out is None else out
+    block_size = key_cache.shape[1]
+    spans = zip(query_starts.tolist(), query_lens.tolist(), context_lens.tolist(), strict=True)
+    for span, (start, length, context) in enumerate(spans):
+        table = block_tables[span:span + 1, :-(-context // block_size)]
+        keys = _gathered(key_cache, table)[:, :, :context]  # [1, Hkv, C, D]
+        values = _gathered(value_cache, table)[:, :, :context]
+        prefix = context - length
+        for offset in range(0, length, QUERY_SLICE):
+            rows = slice(start + offset, start + min(offset + QUERY_SLICE, length))
+            q = query[rows].transpose(0, 1).unsqueeze(0)  # [1, H, Qs, D]
+            if prefix == 0 and length <= QUERY_SLICE:
+                attended = F.scaled_dot_product_attention(
+                    q, keys, values, is_causal=True, scale=scale, enable_gqa=True)
+            else:
+                seen = prefix + offset + q.shape[2]  # keys any query of the slice sees
+                query_positions = torch.arange(prefix + offset, seen, device=query.device)
+                visible = (torch.arange(seen, device=query.device)[None, :]
+                           <= query_positions[:, None])  # [Qs, seen]
+                attended = F.scaled_dot_product_attention(
+                    q, keys[:, :, :seen], values[:, :, :seen], attn_mask=visible,
+                    scale=scale, enable_gqa=True)
+            out[rows] = attended[0].transpose(0, 1)
+    return out
+
+
+def _gathered(cache: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+    """cache [num_blocks, block_size, Hkv, D], tables [n, w] -> [n, Hkv, w * block_size, D]"""
+    num_seqs, width = tables.shape
+    blocks = cache[tables.long()]  # [n, w, block_size, Hkv, D]
+    return blocks.view(num_seqs, width * cache.shape[1], *cache.shape[2:]).transpose(1, 2)
