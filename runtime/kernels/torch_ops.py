@@ -88,7 +88,8 @@ def sgmv_shrink(
         x_grouped, v_grouped = x, v
     else:
         x_grouped = x.index_select(0, permutation)
-        v_grouped = torch.zeros(permutation.shape[0], num_slices, max_rank, device=x.device)
+        v_grouped = torch.zeros(permutation.shape[0], num_slices, max_rank,
+                                dtype=torch.float32, device=x.device)
     for group, rank in zip(grouping.groups, group_ranks, strict=True):
         if rank == 0:
             continue

@@ -37,7 +37,9 @@ class RotaryEmbedding(nn.Module):
         self.config = config
         self.rope_type = rope_type
         self.head_dim = head_dim
-        self.register_buffer("inv_freq", torch.empty(head_dim // 2), persistent=False)
+        # fp32 whatever the model's dtype: a bf16 buffer turns position 2,000 by radians
+        self.register_buffer("inv_freq", torch.empty(head_dim // 2, dtype=torch.float32),
+                             persistent=False)
         self.attention_scaling = 1.0
 
     def reset_parameters(self) -> None:
@@ -48,12 +50,12 @@ class RotaryEmbedding(nn.Module):
         if inv_freq.numel() * 2 != self.head_dim:
             raise ValueError(f"partial rotary embeddings are not supported "
                              f"({inv_freq.numel() * 2} of {self.head_dim} dims)")
-        self.inv_freq.copy_(inv_freq.float())
+        self.inv_freq.copy_(inv_freq)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         # positions [T] -> cos, sin [T, 1, head_dim] (broadcast over heads)
-        freqs = positions.float()[:, None] * self.inv_freq.float()[None, :]  # [T, head_dim/2]
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # fp32 [T, head_dim/2]
         emb = torch.cat((freqs, freqs), dim=-1)
         cos = emb.cos() * self.attention_scaling
         sin = emb.sin() * self.attention_scaling
