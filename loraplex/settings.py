@@ -61,29 +61,33 @@ def _convert(kind: type, text: str) -> Any:
     return _parse_bool(text) if kind is bool else kind(text)
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, settings_class: type) -> None:
-    """One flag per field. Defaults come from the environment when set there."""
+def add_settings_arguments(parser: argparse.ArgumentParser,
+                           settings_class: type) -> list[argparse.Action]:
+    """One flag per field (the actions added, in field order). Defaults come from the
+    environment when set there."""
     hints = typing.get_type_hints(settings_class)
+    actions = []
     for field in dataclasses.fields(settings_class):
         kind, _, is_list = _base_type(hints[field.name])
         extra = {k: v for k, v in field.metadata.items() if k != "help"}
         env = env_name(field.name)
         help_text = f"{field.metadata.get('help', '')} [env {env}]"
         if is_list:
-            parser.add_argument(
+            actions.append(parser.add_argument(
                 flag_name(field.name), dest=field.name, action="append", type=kind,
                 default=None, help=help_text + " (repeatable)", **extra,
-            )
+            ))
         elif kind is bool:
-            parser.add_argument(
+            actions.append(parser.add_argument(
                 flag_name(field.name), dest=field.name, default=None,
                 action=argparse.BooleanOptionalAction, help=help_text,
-            )
+            ))
         else:
-            parser.add_argument(
+            actions.append(parser.add_argument(
                 flag_name(field.name), dest=field.name, type=kind, default=None,
                 help=help_text, **extra,
-            )
+            ))
+    return actions
 
 
 def settings_from_namespace(settings_class: type, namespace: argparse.Namespace,

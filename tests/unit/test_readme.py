@@ -118,11 +118,11 @@ def test_missing_or_unknown_sections_are_refused(tmp_path, capsys, edit, complai
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_settings_tables_list_every_flag_the_command_parses(command: str) -> None:
     parser = argparse.ArgumentParser()
+    actions = []
     for path in COMMANDS[command].settings:
         module, _, name = path.partition(":")
-        add_settings_arguments(parser, getattr(importlib.import_module(module), name))
-    parsed = {option for action in parser._actions for option in action.option_strings
-              if option not in ("-h", "--help")}
+        actions += add_settings_arguments(parser, getattr(importlib.import_module(module), name))
+    parsed = {option for action in actions for option in action.option_strings}
     rows = generated_table(readme_text(), f"{command}-settings")
     documented = {flag.strip() for row in rows for flag in row[0].strip("`").split(" / ")}
     assert documented == parsed
