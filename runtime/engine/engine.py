@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+import xgrammar
 
 from loraplex.runtime.adapters.manager import AdapterManager
 from loraplex.runtime.adapters.target import LoraTargetShapes
@@ -126,6 +127,15 @@ class Engine:
             return self._adapters
 
     @property
+    def vocab_size(self) -> int:
+        """Width of the model's logits (grammars are compiled for it)."""
+        return self.loaded.hf_config.vocab_size
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        return sorted(self._eos_ids)
+
+    @property
     def adapters_if_built(self) -> AdapterManager | None:
         """The adapter manager if something has used adapters yet, else None.
 
@@ -174,6 +184,8 @@ class Engine:
         detokenizer = IncrementalDetokenizer(self._decoder, request.prompt_token_ids,
                                              self._num_tokenizer_ids)
         seq = Sequence(request, detokenizer, seed=seed, generator=generator)
+        if request.grammar is not None:
+            seq.grammar = xgrammar.GrammarMatcher(request.grammar)
         self._seqs[request.request_id] = seq
         self.scheduler.add(seq)
 
@@ -271,7 +283,17 @@ class Engine:
         self._num_generated_tokens += 1
         params = seq.params
         finish = None
-        if token_id in self._eos_ids and not params.ignore_eos:
+        grammar_done = False
+        if seq.grammar is not None:
+            if not seq.grammar.accept_token(token_id):  # the mask let it through: a bug
+                logger.error("request %s: its grammar refused sampled token %d",
+                             seq.request_id, token_id)
+                self.scheduler.finish(seq)
+                del self._seqs[seq.request_id]
+                return self._end_event(seq, FinishReason.ERROR,
+                                       "the output constraint refused a sampled token")
+            grammar_done = seq.grammar.is_terminated()
+        if token_id in self._eos_ids and (grammar_done or not params.ignore_eos):
             finish, text = FinishReason.EOS, seq.stop_matcher.flush()
         else:
             text, stopped = seq.stop_matcher.feed(seq.detokenizer.step(token_id))

@@ -22,6 +22,7 @@ from loraplex.runtime.engine.kv_cache import PagedKVCache
 from loraplex.runtime.engine.scheduler import ScheduledSequence
 from loraplex.runtime.engine.sequence import Sequence
 from loraplex.runtime.layers.forward_batch import DecodeGroup, ForwardBatch, PrefillSpan
+from loraplex.runtime.layers.grammar_mask import GrammarBitmask, TokenMask
 from loraplex.runtime.layers.lora import LoraBatch
 from loraplex.runtime.layers.sampler import (
     RepetitionPenalty,
@@ -61,6 +62,7 @@ class ModelRunner:
         self.lora_pool: DeviceSlotPool | None = None  # set when the engine serves adapters
         self.lora_backend = "torch"
         self.decode_graphs: DecodeGraphRunner | None = None  # set by the engine on CUDA
+        self._grammar_bitmask: GrammarBitmask | None = None  # built for the first grammar
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSequence]) -> StepOutput:
@@ -164,7 +166,16 @@ class ModelRunner:
             generators=[seq.generator if s else None for seq, s in zip(seqs, sampled,
                                                                        strict=True)],
             penalties=penalties,
-            max_num_logprobs=max(p.logprobs for p in params))
+            max_num_logprobs=max(p.logprobs for p in params),
+            token_mask=self._token_mask(seqs))
+
+    def _token_mask(self, seqs: list[Sequence]) -> TokenMask | None:
+        if all(seq.grammar is None for seq in seqs):
+            return None
+        if self._grammar_bitmask is None:
+            self._grammar_bitmask = GrammarBitmask(self.model.config.vocab_size, len(seqs),
+                                                   self.device)
+        return self._grammar_bitmask.build([seq.grammar for seq in seqs])
 
     def _prompt_logprobs(self, item: ScheduledSequence, hidden: torch.Tensor,
                          start: int) -> list[tuple[int, float]]:

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from xgrammar import CompiledGrammar
 
 
 class FinishReason(str, Enum):
@@ -61,6 +65,7 @@ class GenerationRequest:
     prompt_token_ids: list[int]
     params: SamplingParams = field(default_factory=SamplingParams)
     adapter: str | None = None  # registered adapter name; None: the base model
+    grammar: CompiledGrammar | None = None  # output constraint (structured output); None: free
 
     def __post_init__(self) -> None:
         if not self.prompt_token_ids:

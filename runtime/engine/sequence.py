@@ -12,6 +12,7 @@ import enum
 from dataclasses import dataclass, field
 
 import torch
+import xgrammar
 
 from loraplex.runtime.adapters.records import AdapterLease
 from loraplex.runtime.engine.detokenizer import IncrementalDetokenizer
@@ -47,6 +48,7 @@ class Sequence:
     prompt_logprobs_sent: bool = False
     adapter_lease: AdapterLease | None = None  # held while admitted (keeps the slot resident)
     lora_slot: int = -1  # device slot of the adapter while admitted; -1: base model
+    grammar: xgrammar.GrammarMatcher | None = None  # state of a constrained output
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.request.prompt_token_ids)

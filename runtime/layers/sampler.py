@@ -3,7 +3,8 @@
 The processing order is Hugging Face's (repetition penalty, then temperature, top-k,
 top-p), so greedy and penalized greedy choices equal `generate`'s. Every sampled row has
 its own `torch.Generator`, seeded per request, so a seeded request draws the same tokens
-whatever else shares its batch. Reported logprobs are those of the model's own
+whatever else shares its batch. Rows of constrained requests (structured output) are first
+masked to the tokens their grammar allows. Reported logprobs are those of the model's own
 distribution (log-softmax of the raw logits), before any processing.
 """
 
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from loraplex.runtime.layers.grammar_mask import TokenMask
 
 
 @dataclass(slots=True)
@@ -30,6 +33,7 @@ class SamplingMetadata:
     generators: list[torch.Generator | None]  # None on greedy rows
     penalties: list[RepetitionPenalty] = field(default_factory=list)
     max_num_logprobs: int = 0  # alternatives to report per row (the most any row asks)
+    token_mask: TokenMask | None = None  # grammar masks of the constrained rows
 
     @property
     def all_greedy(self) -> bool:
@@ -48,6 +52,8 @@ class Sampler(nn.Module):
     def forward(self, logits: torch.Tensor, meta: SamplingMetadata) -> SamplerOutput:
         # logits float32 [N, vocab]
         logprobs = torch.log_softmax(logits, dim=-1)
+        if meta.token_mask is not None:
+            meta.token_mask.apply(logits)
         if meta.penalties:
             logits = apply_repetition_penalties(logits.clone(), meta.penalties)
         token_ids = logits.argmax(dim=-1) if meta.all_greedy else self._sample(logits, meta)

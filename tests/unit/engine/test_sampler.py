@@ -96,3 +96,23 @@ def test_sampling_respects_top_k():
     meta.temperatures = torch.tensor([5.0])  # flat: without the mask, others would appear
     draws = {Sampler()(logits, meta).token_ids[0] for _ in range(50)}
     assert draws <= allowed and len(draws) > 1
+
+
+def test_a_token_mask_constrains_only_its_rows():
+    import xgrammar
+
+    from loraplex.runtime.layers.grammar_mask import TokenMask
+
+    logits = random_logits()
+    bitmask = xgrammar.allocate_token_bitmask(4, VOCAB)  # int32 [4, 2], all allowed
+    bitmask[1] = torch.tensor([1 << 7, 0], dtype=torch.int32)  # row 1: token 7 only
+    bitmask[3] = torch.tensor([0, 1 << 3], dtype=torch.int32)  # row 3: token 35 only
+    bitmask[2] = 0  # row 2 says nothing is allowed, but is not one of the mask's rows
+    meta = SamplingMetadata(temperatures=torch.ones(4), top_ks=None, top_ps=None,
+                            generators=[None] * 4, max_num_logprobs=1,
+                            token_mask=TokenMask(bitmask, [1, 3]))
+    free = logits.argmax(dim=-1).tolist()
+    output = Sampler()(logits.clone(), meta)
+    assert output.token_ids == [free[0], 7, free[2], 35]
+    raw = torch.log_softmax(logits, dim=-1)  # logprobs stay the model's own
+    assert output.logprobs[1] == pytest.approx(raw[1, 7].item())
