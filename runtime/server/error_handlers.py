@@ -2,8 +2,9 @@
 
 FastAPI's own answers (`{"detail": [...]}` with 422, a bare 400 for an undecodable body)
 match neither LoRAX nor OpenAI; these handlers replace them so that a client's mistake,
-whatever it is (malformed JSON, invalid UTF-8, wrong types, unknown fields), is a 422 with
-a sentence that names the problem, in the body shape its client library parses.
+whatever it is (malformed JSON, invalid UTF-8, wrong types, unknown fields), is a 4xx with
+a sentence that names the problem, in the body shape and status its client library
+expects (422 on LoRAX's routes, 400 on OpenAI's).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from loraplex.runtime.server.errors import (
     NotFound,
     ValidationFailed,
     error_body_for_path,
+    status_for_path,
 )
 from loraplex.runtime.server.streaming import ClientDisconnected
 
@@ -59,8 +61,9 @@ def api_error_response(request: Request, error: ApiError) -> JSONResponse:
     state = getattr(request.app.state, "server", None)
     if state is not None:
         state.metrics.http_errors.labels(error.error_type).inc()
-    return JSONResponse(error_body_for_path(request.url.path, error),
-                        status_code=error.status_code, headers=error.headers)
+    path = request.url.path
+    return JSONResponse(error_body_for_path(path, error),
+                        status_code=status_for_path(path, error), headers=error.headers)
 
 
 async def _on_api_error(request: Request, error: Exception) -> JSONResponse:

@@ -7,6 +7,10 @@ exception classes by `error_type`, then by status) or OpenAI's nested
 `{"error": {"message", "type", "param", "code"}}` (which the `openai` package maps by
 status). Keeping one exception type for both protocols means validation code is written
 once and the shape is chosen only at the edge.
+
+The status differs only for a request the server refuses as invalid: LoRAX answers 422,
+OpenAI and vLLM answer 400 (`openai.BadRequestError`), so `openai_status` maps one to
+the other on the OpenAI-shaped routes.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ class ApiError(Exception):
     status_code = 500
     error_type = "internal"
     openai_type = "server_error"
+    openai_code: str | int | None = None  # None: `error_type` (vLLM's own routes: the status)
 
     def __init__(self, message: str, *, param: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
@@ -113,18 +118,36 @@ def lorax_error_body(error: ApiError) -> dict[str, Any]:
 
 
 def openai_error_body(error: ApiError) -> dict[str, Any]:
-    code: str | None = error.error_type
+    code: str | int | None = error.openai_code or error.error_type
     if isinstance(error, AdapterNotFound):
         code = "model_not_found"
     return {"error": {"message": error.message, "type": error.openai_type,
                       "param": error.param, "code": code}}
 
 
-OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models")
+OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models",
+                "/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/tokenize", "/detokenize")
+
+
+def is_openai_path(path: str) -> bool:
+    """Whether `path` speaks OpenAI's (and vLLM's) protocol; admin and probes use LoRAX's.
+
+    `/tokenize` is vLLM's route and LoRAX's at once; it answers in OpenAI's shape.
+    """
+    return path.startswith(OPENAI_PATHS)
+
+
+def openai_status(error: ApiError) -> int:
+    """OpenAI's status for `error`: 400 where LoRAX says 422 (an invalid request)."""
+    return 400 if error.status_code == 422 else error.status_code
 
 
 def error_body_for_path(path: str, error: ApiError) -> dict[str, Any]:
     """The body shape the protocol behind `path` expects (admin and probes use LoRAX's)."""
-    if path.startswith(OPENAI_PATHS):
+    if is_openai_path(path):
         return openai_error_body(error)
     return lorax_error_body(error)
+
+
+def status_for_path(path: str, error: ApiError) -> int:
+    return openai_status(error) if is_openai_path(path) else error.status_code

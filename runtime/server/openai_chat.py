@@ -3,7 +3,8 @@
 The rendered template is tokenized without adding special tokens (the template already
 holds them). A stream sends, per choice, a first chunk with the assistant role, one
 chunk per token, then a chunk with the finish reason; with
-`stream_options.include_usage`, a last chunk with no choices carries the usage.
+`stream_options.include_usage`, a last chunk with no choices carries the usage (and with
+`continuous_usage_stats` each chunk carries its choice's counts so far).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from loraplex.runtime.engine.request import GenerationRequest, TokenEvent
 from loraplex.runtime.server.errors import ValidationFailed
 from loraplex.runtime.server.openai_common import (
     DONE,
+    ChunkUsage,
     choice_counts,
     new_id,
     now,
@@ -93,22 +95,20 @@ async def _complete(request: Request, body: ChatCompletionRequest) -> JSONRespon
 
 
 async def _stream_body(request: Request, body: ChatCompletionRequest, n: int,
-                       first: tuple[int, TokenEvent],
+                       prompt_size: int, first: tuple[int, TokenEvent],
                        events: AsyncIterator[tuple[int, TokenEvent]]) -> AsyncIterator[bytes]:
     service = service_of(request)
     head = {"id": new_id("chatcmpl"), "object": "chat.completion.chunk", "created": now(),
             "model": body.model or service.model_id, "system_fingerprint": None}
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    extra = {"usage": None} if include_usage else {}
+    chunk_usage = ChunkUsage(body)
     top = body.top_logprobs or 0
-    prompt_tokens = 0
     generated: dict[int, int] = {}
 
     def chunk(index: int, delta: dict[str, Any], logprobs: Any = None,
               finish: str | None = None) -> bytes:
         return sse_data({**head, "choices": [{"index": index, "delta": delta,
                                               "logprobs": logprobs, "finish_reason": finish}],
-                         **extra})
+                         **chunk_usage.of(prompt_size, generated.get(index, 0))})
 
     try:
         for index in range(n):
@@ -117,12 +117,11 @@ async def _stream_body(request: Request, body: ChatCompletionRequest, n: int,
         while item is not None:
             index, event = item
             raise_if_failed(event)
+            generated[index] = max(generated.get(index, 0), event.num_generated_tokens)
             if event.token_id is not None and not event.special and event.text:
                 logprobs = _logprobs([event], top) if body.logprobs else None
                 yield chunk(index, {"content": event.text}, logprobs)
             if event.finished:
-                prompt_tokens = event.num_prompt_tokens
-                generated[index] = event.num_generated_tokens
                 yield chunk(index, {}, None, openai_finish_name(event.finish_reason))
             item = await anext(events, None)
     except Exception as error:
@@ -130,9 +129,9 @@ async def _stream_body(request: Request, body: ChatCompletionRequest, n: int,
         return
     finally:
         await events.aclose()
-    if include_usage:
+    if chunk_usage.include:
         yield sse_data({**head, "choices": [],
-                        "usage": usage(prompt_tokens, sum(generated.values()))})
+                        "usage": usage(prompt_size, sum(generated.values()))})
     yield DONE
 
 
@@ -140,7 +139,9 @@ async def _complete_stream(request: Request, body: ChatCompletionRequest) -> Res
     service = service_of(request)
     engine_requests, n = await _plan(request, body)
     lease, first, events = await start_stream(request, service, engine_requests, "chat")
-    return EventStream(_stream_body(request, body, n, first, events), on_close=lease.release)
+    prompt_size = len(engine_requests[0].prompt_token_ids)
+    return EventStream(_stream_body(request, body, n, prompt_size, first, events),
+                       on_close=lease.release)
 
 
 @router.post("/v1/chat/completions")

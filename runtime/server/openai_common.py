@@ -88,6 +88,22 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
+class ChunkUsage:
+    """The `usage` key of each stream chunk, as `stream_options` asks: absent; null until a
+    last chunk that carries the totals (`include_usage`); or, with
+    `continuous_usage_stats` too, the counts so far of the chunk's choice (vLLM)."""
+
+    def __init__(self, body: SamplingFields) -> None:
+        options = body.stream_options
+        self.include = bool(options and options.include_usage)
+        self.continuous = self.include and bool(options and options.continuous_usage_stats)
+
+    def of(self, prompt_tokens: int, generated_tokens: int) -> dict[str, Any]:
+        if self.continuous:
+            return {"usage": usage(prompt_tokens, generated_tokens)}
+        return {"usage": None} if self.include else {}
+
+
 def raise_if_failed(event: TokenEvent) -> None:
     if event.finished and event.finish_reason in (FinishReason.ERROR, FinishReason.ABORT):
         raise GenerationFailed(event.error or "generation failed")

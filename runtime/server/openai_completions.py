@@ -18,6 +18,7 @@ from loraplex.runtime.server.errors import ValidationFailed
 from loraplex.runtime.server.inference import InferenceService
 from loraplex.runtime.server.openai_common import (
     DONE,
+    ChunkUsage,
     choice_counts,
     new_id,
     now,
@@ -64,21 +65,32 @@ async def _prompts(service: InferenceService, prompt: Any) -> list[tuple[list[in
     return prompts
 
 
+def _top(text: str, logprob: float | None, top: list[TokenLogprob]) -> dict[str, float]:
+    """A position's `top_logprobs` entry: its alternatives and always the token itself
+    (so `logprobs: 0` still names the sampled token, as vLLM and OpenAI do)."""
+    entry = {alt.text: finite_logprob(alt.logprob) for alt in top}
+    entry.setdefault(text, finite_logprob(logprob))
+    return entry
+
+
 def _logprobs(events: list[TokenEvent], prompt: list[TokenLogprob] | None,
               offset: int) -> dict[str, Any]:
-    """OpenAI's legacy logprobs block for (echoed prompt tokens +) generated tokens."""
-    entries = [(item.text, None if index == 0 else item.logprob, [])
-               for index, item in enumerate(prompt or [])]
-    entries += [(event.text, event.logprob, event.top_logprobs) for event in events]
+    """OpenAI's legacy logprobs block for (echoed prompt tokens +) generated tokens; only
+    the first prompt token has no logprob (nothing precedes it)."""
+    entries: list[tuple[str, float | None, dict[str, float] | None]] = [
+        (item.text, None, None) if index == 0
+        else (item.text, finite_logprob(item.logprob), _top(item.text, item.logprob, []))
+        for index, item in enumerate(prompt or [])]
+    entries += [(event.text, finite_logprob(event.logprob),
+                 _top(event.text, event.logprob, event.top_logprobs)) for event in events]
     text_offset = []
     for text, _, _ in entries:
         text_offset.append(offset)
         offset += len(text)
     return {
         "tokens": [text for text, _, _ in entries],
-        "token_logprobs": [None if lp is None else finite_logprob(lp) for _, lp, _ in entries],
-        "top_logprobs": [{alt.text: finite_logprob(alt.logprob) for alt in top} or None
-                         for _, _, top in entries],
+        "token_logprobs": [logprob for _, logprob, _ in entries],
+        "top_logprobs": [top for _, _, top in entries],
         "text_offset": text_offset,
     }
 
@@ -131,14 +143,13 @@ async def _complete(request: Request, body: CompletionRequest) -> JSONResponse:
                          "system_fingerprint": None})
 
 
-async def _stream_body(request: Request, body: CompletionRequest, texts: list[str], n: int,
-                       first: tuple[int, TokenEvent],
+async def _stream_body(request: Request, body: CompletionRequest, texts: list[str],
+                       prompt_sizes: list[int], n: int, first: tuple[int, TokenEvent],
                        events: AsyncIterator[tuple[int, TokenEvent]]) -> AsyncIterator[bytes]:
     service = service_of(request)
     head = {"id": new_id("cmpl"), "object": "text_completion", "created": now(),
             "model": body.model or service.model_id, "system_fingerprint": None}
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    extra = {"usage": None} if include_usage else {}
+    chunk_usage = ChunkUsage(body)
     prompt_tokens: dict[int, int] = {}
     generated: dict[int, int] = {}
     offsets: dict[int, int] = {}
@@ -147,7 +158,7 @@ async def _stream_body(request: Request, body: CompletionRequest, texts: list[st
             for index in range(len(texts) * n):
                 yield sse_data({**head, "choices": [{"index": index, "text": texts[index // n],
                                                      "logprobs": None, "finish_reason": None}],
-                                **extra})
+                                **chunk_usage.of(prompt_sizes[index // n], 0)})
         item: tuple[int, TokenEvent] | None = first
         while item is not None:
             index, event = item
@@ -161,7 +172,9 @@ async def _stream_body(request: Request, body: CompletionRequest, texts: list[st
                 text = "" if event.special else event.text
                 yield sse_data({**head, "choices": [{"index": index, "text": text,
                                                      "logprobs": logprobs,
-                                                     "finish_reason": finish}], **extra})
+                                                     "finish_reason": finish}],
+                                **chunk_usage.of(event.num_prompt_tokens,
+                                                 event.num_generated_tokens)})
             if event.finished:
                 prompt_tokens[index // n] = event.num_prompt_tokens
                 generated[index] = event.num_generated_tokens
@@ -171,7 +184,7 @@ async def _stream_body(request: Request, body: CompletionRequest, texts: list[st
         return
     finally:
         await events.aclose()
-    if include_usage:
+    if chunk_usage.include:
         yield sse_data({**head, "choices": [],
                         "usage": usage(sum(prompt_tokens.values()), sum(generated.values()))})
     yield DONE
@@ -182,7 +195,8 @@ async def _complete_stream(request: Request, body: CompletionRequest) -> Respons
     plans, texts, n = await _plan(request, body)
     flat = [engine_request for plan in plans for engine_request in plan]
     lease, first, events = await start_stream(request, service, flat, "completions")
-    return EventStream(_stream_body(request, body, texts, n, first, events),
+    prompt_sizes = [len(plan[0].prompt_token_ids) for plan in plans]
+    return EventStream(_stream_body(request, body, texts, prompt_sizes, n, first, events),
                        on_close=lease.release)
 
 

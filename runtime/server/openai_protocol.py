@@ -1,25 +1,28 @@
 """OpenAI wire format: `/v1/completions` and `/v1/chat/completions` request bodies.
 
 Every field of OpenAI's API is declared, so the `openai` package works unchanged with
-any documented argument; unknown fields are refused (as in `lorax_protocol.py`). Fields
-that only label a request (`user`, `metadata`, `store`, ...) are accepted and ignored;
-fields asking for something loraplex cannot do (tools, logit_bias, structured output,
-audio, ...) are refused with a 422 naming them unless they hold their neutral value
-(see `refuse_unsupported`). LoRAX's extensions (`top_k`, `repetition_penalty`,
-`ignore_eos_token`, `adapter_source`, `api_token`) are accepted too.
+any documented argument; unknown top-level fields are refused (as in `lorax_protocol.py`).
+Fields that only label a request (`user`, `metadata`, `store`, ...) are accepted and
+ignored; fields asking for something loraplex cannot do (tools, structured output,
+audio, ...) are refused with a 400 naming them unless they hold their neutral value (see
+`refuse_unsupported`). What vLLM accepts beyond OpenAI is accepted as vLLM does: a
+missing `model` (the base model), any message `role` and extra keys inside a message
+(both handed to the chat template), and vLLM's sampling extensions (`min_tokens`,
+`allowed_token_ids`, `prompt_logprobs`, ...). LoRAX's extensions (`top_k`,
+`repetition_penalty`, `ignore_eos_token`, `adapter_source`, `api_token`) are accepted too.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from loraplex.runtime.server.errors import ValidationFailed
 from loraplex.runtime.server.lorax_protocol import StrictModel
 
 MAX_TOP_LOGPROBS = 20
-SEED_RANGE = {"ge": -(2**63), "le": 2**64 - 1}
+SEED_RANGE = {"ge": -(2**63), "le": 2**63 - 1}  # vLLM's: a signed 64-bit integer
 
 
 class StreamOptions(StrictModel):
@@ -31,7 +34,8 @@ class StreamOptions(StrictModel):
 class SamplingFields(StrictModel):
     """What both OpenAI endpoints share."""
 
-    model: str = Field(description="an adapter name; the base model id or \"\" for none")
+    model: str | None = Field(None, description="an adapter name; the base model id, \"\" "
+                              "or none at all for the base model")
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
@@ -76,7 +80,11 @@ class OtherPart(StrictModel):
 
 
 class ChatMessage(StrictModel):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    """One message; keys beyond OpenAI's go to the chat template as they are (vLLM)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: str = Field(min_length=1)
     content: str | list[TextPart | OtherPart] | None = None
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
@@ -93,7 +101,8 @@ class ChatMessage(StrictModel):
                                        "supported: this model reads text only",
                                        param="messages")
             content = "\n".join(part.text for part in content if isinstance(part, TextPart))
-        message: dict[str, Any] = {"role": self.role, "content": content or ""}
+        message: dict[str, Any] = {**(self.model_extra or {}), "role": self.role,
+                                   "content": content or ""}
         if self.name is not None:
             message["name"] = self.name
         if self.tool_calls:
@@ -153,3 +162,6 @@ def refuse_unsupported(body: SamplingFields) -> None:
     for name, is_set in refused:
         if is_set:
             raise ValidationFailed(f"{name} is not supported by this server", param=name)
+    if body.stream_options is not None and not body.stream:
+        raise ValidationFailed("stream_options can only be given when stream is true",
+                               param="stream_options")

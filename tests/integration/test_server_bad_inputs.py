@@ -22,7 +22,7 @@ def lorax_error(response: httpx.Response, status: int = 422) -> str:
     return body["error"]
 
 
-def openai_error(response: httpx.Response, status: int = 422) -> dict:
+def openai_error(response: httpx.Response, status: int = 400) -> dict:
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"error"}
@@ -94,9 +94,11 @@ def test_oversize_prompt_is_refused_unless_truncated(http) -> None:
     ("/v1/completions", {"model": "", "prompt": "hi", "n": 2, "best_of": 1}, "best_of"),
     ("/v1/completions", {"model": "", "prompt": [10**9]}, "token ids"),
     ("/v1/completions", {"model": "", "prompt": "hi", "max_tokens": -1}, "max_tokens"),
-    ("/v1/completions", {"prompt": "hi"}, "model"),
+    ("/v1/completions", {"prompt": "hi", "seed": 2**63}, "seed"),
+    ("/v1/completions", {"prompt": "hi", "stream_options": {"include_usage": True}},
+     "stream_options"),
     ("/v1/chat/completions", {"model": "", "messages": []}, "messages"),
-    ("/v1/chat/completions", {"model": "", "messages": [{"role": "wizard", "content": "x"}]},
+    ("/v1/chat/completions", {"model": "", "messages": [{"role": "", "content": "x"}]},
      "role"),
     ("/v1/chat/completions", {"model": "", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "http://x"}}]}]}, "image_url"),
@@ -107,7 +109,7 @@ def test_oversize_prompt_is_refused_unless_truncated(http) -> None:
     ("/v1/chat/completions", {"model": "", "messages": [{"role": "user", "content": "x"}],
                               "response_format": {"type": "json_object"}}, "response_format"),
 ])
-def test_invalid_openai_requests_are_422_in_openai_shape(http, path, body, mentions) -> None:
+def test_invalid_openai_requests_are_400_in_openai_shape(http, path, body, mentions) -> None:
     assert mentions in openai_error(http.post(path, json=body))["message"]
 
 
