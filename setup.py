@@ -1,6 +1,11 @@
-"""Maps the folders `runtime/` and `operator/` to `loraplex.runtime` and `loraplex.operator`.
+"""Maps the folders `runtime/`, `router/` and `operator/` to `loraplex.runtime`,
+`loraplex.router` and `loraplex.operator`.
 
-`operator` is a standard-library name, so the folders cannot be packages of their own;
+`operator` is a standard-library name, so `operator/` has no `__init__.py`: from the
+repository root it is at most a namespace portion, which the standard library's module
+always beats, and `loraplex.operator` is a namespace package. In the checkout,
+`loraplex/operator` is a link to `../operator`, so that an editable install finds that
+namespace too (setuptools' editable finder maps only folders with an `__init__.py`).
 pyproject.toml holds everything else.
 """
 
@@ -9,6 +14,7 @@ from setuptools import find_packages, setup
 PACKAGE_DIRS = {
     "loraplex": "loraplex",
     "loraplex.runtime": "runtime",
+    "loraplex.router": "router",
     "loraplex.operator": "operator",
 }
 
@@ -17,7 +23,7 @@ def packages() -> list[str]:
     names = []
     for package, folder in PACKAGE_DIRS.items():
         names.append(package)
-        names += [f"{package}.{sub}" for sub in find_packages(folder)]
+        names += [f"{package}.{sub}" for sub in find_packages(folder, exclude=["operator*"])]
     return names
 
 

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from bench.report import machine_info, write_json
+from loraplex.contracts.adapters import AdapterState, Tier
 from loraplex.runtime.adapters.slots import DeviceSlotPool
 from loraplex.runtime.adapters.synthetic import write_random_adapter
 from loraplex.runtime.adapters.target import LoraTargetShapes
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                                           RANKS[index % len(RANKS)], seed=index)
             engine.adapters.register(name, str(folder))
             names.append(name)
-        while any(i.state == "downloading" for i in engine.adapters.list()):
+        while any(i.state is AdapterState.DOWNLOADING for i in engine.adapters.list()):
             time.sleep(0.05)
         print(f"{args.adapters} adapters written and validated in "
               f"{time.perf_counter() - written:.1f} s", flush=True)
@@ -143,15 +144,15 @@ def main(argv: list[str] | None = None) -> int:
 
     tokens = args.requests * args.new_tokens
     tiers = {}
-    for tier in ("device", "host", "disk"):
+    for tier in (Tier.DEVICE, Tier.HOST, Tier.DISK):
         ttfts = [r["ttft"] for r in records if r["tier"] == tier]
-        tiers[tier] = {"requests": len(ttfts), "ttft_p50_s": percentile(ttfts, 0.5),
+        tiers[tier.value] = {"requests": len(ttfts), "ttft_p50_s": percentile(ttfts, 0.5),
                        "ttft_p99_s": percentile(ttfts, 0.99),
                        "ttft_mean_s": statistics.fmean(ttfts) if ttfts else None}
-    loads = {tier: {"loads": after.loads[tier] - before.loads[tier],
+    loads = {tier.value: {"loads": after.loads[tier] - before.loads[tier],
                     "mean_s": ((after.load_seconds[tier] - before.load_seconds[tier])
                                / max(1, after.loads[tier] - before.loads[tier]))}
-             for tier in ("host", "device")}
+             for tier in (Tier.HOST, Tier.DEVICE)}
     result = {
         "model": args.model, "load_format": args.load_format, "device": "cpu",
         "adapters": args.adapters, "requests": args.requests, "zipf_s": args.zipf,
@@ -167,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         "zipf_tokens_per_step": tokens / zipf_steps,
         "relative_batch_fill": resident_steps / zipf_steps,
         "ttft_by_tier_at_arrival": tiers, "loads_during_zipf_run": loads,
-        "device_evictions": after.evictions["device"] - before.evictions["device"],
-        "host_evictions": after.evictions["host"] - before.evictions["host"],
+        "device_evictions": after.evictions[Tier.DEVICE] - before.evictions[Tier.DEVICE],
+        "host_evictions": after.evictions[Tier.HOST] - before.evictions[Tier.HOST],
         "machine": machine_info(),
     }
     print(f"\ndistinct adapters requested: {result['distinct_adapters_requested']}")

@@ -30,6 +30,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from loraplex.contracts.adapters import AdapterList, AdapterRegistration, Preload
+
 RANKS = (8, 16, 32, 64)
 PROMPT = ("<|im_start|>user\nWrite a short story about a lighthouse keeper who finds a "
           "message in a bottle.<|im_end|>\n<|im_start|>assistant\n")
@@ -135,16 +137,16 @@ def register_adapters(url: str, folders: list[Path], token: str, timeout_s: floa
     names = [folder.name for folder in folders]
     with httpx.Client(timeout=60, headers=headers, trust_env=False) as http:
         for name, folder in zip(names, folders, strict=True):
-            response = http.put(f"{url}/v1/adapters/{name}",
-                                json={"source": str(folder), "preload": "host"})
+            registration = AdapterRegistration(source=str(folder), preload=Preload.HOST)
+            response = http.put(f"{url}/v1/adapters/{name}", json=registration.wire_body())
             response.raise_for_status()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            states = {a["name"]: a["state"] for a in http.get(f"{url}/v1/adapters").json()[
-                "adapters"]}
-            if all(states.get(name) in ("host", "device") for name in names):
+            listing = AdapterList.model_validate_json(http.get(f"{url}/v1/adapters").content)
+            held = listing.by_name()
+            if all(name in held and held[name].loaded for name in names):
                 return names
-            failed = [n for n in names if states.get(n) == "error"]
+            failed = [n for n in names if n in held and held[n].failed]
             if failed:
                 raise RuntimeError(f"adapters failed to load: {failed}")
             time.sleep(0.5)

@@ -27,6 +27,12 @@ from pathlib import Path
 
 from aiohttp import web
 
+from loraplex.contracts.adapters import (
+    AdapterRegistration,
+    AdapterRemoval,
+    AdapterState,
+    AdapterStatus,
+)
 from loraplex.operator import naming
 from tests.integration.operator.emulator import EmulatorThread
 from tests.integration.operator.harness import OperatorProcess, RuntimePods, write_kubeconfig
@@ -70,15 +76,19 @@ class StubPods:
         async def put(request: web.Request) -> web.Response:
             self.calls["PUT"] += 1
             body, name = await request.json(), request.match_info["name"]
-            held[name] = {"name": name, "source": body["source"], "state": "host",
-                          "pinned": body.get("pinned", False), "rank": 8,
-                          "size_bytes": 1 << 20, "digest": f"sha256:{name}"}
+            registration = AdapterRegistration.model_validate(body, strict=False)
+            held[name] = AdapterStatus(
+                name=name, source=registration.source, state=AdapterState.HOST,
+                pinned=registration.pinned, rank=8, size_bytes=1 << 20,
+                digest=f"sha256:{name}").model_dump(mode="json")
             return web.json_response(held[name])
 
         async def delete(request: web.Request) -> web.Response:
             self.calls["DELETE"] += 1
-            held.pop(request.match_info["name"], None)
-            return web.json_response({"deleted": True})
+            name = request.match_info["name"]
+            held.pop(name, None)
+            return web.json_response(
+                AdapterRemoval(name=name, outcome="removed").model_dump(mode="json"))
 
         app = web.Application()
         app.router.add_get("/v1/adapters", listing)

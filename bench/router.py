@@ -42,6 +42,7 @@ import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from loraplex.contracts.adapters import Tier
 from tests.integration.runtime_servers import start_runtime_server
 
 PROMPT = "<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n"
@@ -263,7 +264,8 @@ def plot(path: Path, overhead_levels: list[Level], skew_levels: list[Level]) -> 
         right.bar(names, [level.tokens_per_s for level in skew_levels], color="tab:blue")
         right.set(ylabel="output tokens/s", title="1 hot + cold adapters, by policy")
         loads = right.twinx()
-        loads.plot(names, [(level.adapter_loads or {}).get("host", 0) for level in skew_levels],
+        loads.plot(names, [(level.adapter_loads or {}).get(Tier.HOST, 0)
+                           for level in skew_levels],
                    "o", color="tab:red")
         loads.set_ylabel("cold loads (host tier)", color="tab:red")
         loads.set_ylim(bottom=0)

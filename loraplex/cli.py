@@ -30,8 +30,8 @@ COMMANDS = {
     ),
     "router": Command(
         "run the adapter-aware router in front of a base model's pods",
-        ("loraplex.runtime.router.config:RouterConfig",),
-        "loraplex.runtime.router.main:run",
+        ("loraplex.router.config:RouterConfig",),
+        "loraplex.router.main:run",
     ),
     "operator": Command(
         "run the Kubernetes operator (kopf)",

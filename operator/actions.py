@@ -15,7 +15,7 @@ import posixpath
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from loraplex.operator.admin import PodAdapter, Preload
+from loraplex.contracts.adapters import AdapterStatus, Preload
 from loraplex.operator.views import AdapterView
 
 
@@ -54,7 +54,7 @@ def spec_changed_since_status(view: AdapterView) -> bool:
 
 
 def plan_actions(placements: Mapping[str, tuple[str, ...]],
-                 reports: Mapping[str, Mapping[str, PodAdapter]],
+                 reports: Mapping[str, Mapping[str, AdapterStatus]],
                  adapters: Mapping[str, AdapterView],
                  refused: Mapping[tuple[str, str], int | None],
                  retry: Collection[str] = ()) -> list[Load | Unload]:
@@ -80,7 +80,7 @@ def plan_actions(placements: Mapping[str, tuple[str, ...]],
                     and not held.failed))
             if held is None or stale:
                 actions.append(Load(pod, name, view.spec.source, view.spec.pinned,
-                                    "device" if view.spec.pinned else "host"))
+                                    Preload.DEVICE if view.spec.pinned else Preload.HOST))
     for pod, held in sorted(reports.items()):
         for name in sorted(held):
             view = adapters.get(name)

@@ -7,14 +7,19 @@ was asked, decides whether a placement is Ready.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote
 
 import httpx
+from pydantic import ValidationError
 
-LOADED_STATES = frozenset({"host", "device"})
-Preload = Literal["host", "device"]
+from loraplex.contracts.adapters import (
+    AdapterCredentials,
+    AdapterList,
+    AdapterRegistration,
+    AdapterStatus,
+    Preload,
+)
 
 
 class AdminError(RuntimeError):
@@ -31,48 +36,12 @@ class AdminError(RuntimeError):
             and self.status not in (404, 408, 409, 429)
 
 
-@dataclass(frozen=True)
-class PodAdapter:
-    """One adapter as a pod reports it."""
-
-    name: str
-    state: str  # downloading | host | device | error
-    source: str | None = None
-    pinned: bool | None = None
-    rank: int | None = None
-    size_bytes: int | None = None
-    digest: str | None = None
-    error: str | None = None
-
-    @property
-    def loaded(self) -> bool:
-        return self.state in LOADED_STATES
-
-    @property
-    def failed(self) -> bool:
-        return self.state == "error"
-
-
-def parse_adapter_list(payload: Any) -> dict[str, PodAdapter]:
-    """`{"adapters": [...]}`, a bare list, or a name → entry mapping, all accepted."""
-    if isinstance(payload, Mapping) and "adapters" in payload:
-        payload = payload["adapters"]
-    if isinstance(payload, Mapping):
-        payload = [{"name": name, **entry} for name, entry in payload.items()]
-    if not isinstance(payload, list):
-        raise AdminError(f"unexpected /v1/adapters body: {str(payload)[:200]}")
-    adapters = {}
-    for entry in payload:
-        name = entry.get("name") or entry.get("id")
-        if not name:
-            continue
-        adapters[name] = PodAdapter(
-            name=name, state=str(entry.get("state", "")), source=entry.get("source"),
-            pinned=entry.get("pinned"), rank=entry.get("rank"),
-            size_bytes=entry.get("size_bytes"), digest=entry.get("digest"),
-            error=entry.get("error"),
-        )
-    return adapters
+def parse_adapter_list(body: str | bytes) -> dict[str, AdapterStatus]:
+    """The adapters of a `GET /v1/adapters` answer by name; `AdminError` when it is not one."""
+    try:
+        return AdapterList.model_validate_json(body).by_name()
+    except ValidationError as error:
+        raise AdminError(f"unexpected /v1/adapters body: {error}") from None
 
 
 class AdminClient:
@@ -88,25 +57,25 @@ class AdminClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def list_adapters(self, pod_url: str) -> dict[str, PodAdapter]:
+    async def list_adapters(self, pod_url: str) -> dict[str, AdapterStatus]:
         response = await self._call("GET", f"{pod_url}/v1/adapters")
-        return parse_adapter_list(response.json())
+        return parse_adapter_list(response.content)
 
     async def load(self, pod_url: str, name: str, source: str, *, pinned: bool,
                    preload: Preload, credentials: Mapping[str, str] | None = None
-                   ) -> PodAdapter | None:
-        """`PUT` the adapter; `credentials` (admin API field names) serve its fetches."""
-        body: dict[str, Any] = {"source": source, "pinned": pinned, "preload": preload}
-        if credentials:
-            body["credentials"] = dict(credentials)
+                   ) -> AdapterStatus | None:
+        """`PUT` the adapter; `credentials` (admin API field names) serve its fetches. The
+        pod's answer, or None when it is not an adapter's status."""
+        registration = AdapterRegistration(
+            source=source, pinned=pinned, preload=preload,
+            credentials=AdapterCredentials.model_validate(credentials, strict=False)
+            if credentials else None)
         response = await self._call("PUT", f"{pod_url}/v1/adapters/{quote(name, safe='')}",
-                                    json=body)
+                                    json=registration.wire_body())
         try:
-            entry = response.json()
-        except ValueError:
+            return AdapterStatus.model_validate_json(response.content)
+        except ValidationError:
             return None
-        return parse_adapter_list([{"name": name, **entry}]).get(name) \
-            if isinstance(entry, Mapping) else None
 
     async def unload(self, pod_url: str, name: str) -> None:
         await self._call("DELETE", f"{pod_url}/v1/adapters/{quote(name, safe='')}",

@@ -18,6 +18,7 @@ from typing import Any
 
 from lightkube import ApiError
 
+from loraplex.contracts.placements import PlacementTable
 from loraplex.operator import naming
 from loraplex.operator.actions import Load, Unload, canonical_source, plan_actions
 from loraplex.operator.admin import AdminClient
@@ -47,7 +48,6 @@ from loraplex.operator.status import (
 )
 from loraplex.operator.sync import ExecutionReport, PodObservation, execute, observe
 from loraplex.operator.views import AdapterView, PodView
-from loraplex.runtime.router.placements import PlacementTable
 
 logger = logging.getLogger(__name__)
 

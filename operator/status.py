@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from loraplex.operator.admin import PodAdapter
+from loraplex.contracts.adapters import AdapterStatus
 from loraplex.operator.conditions import set_condition
 from loraplex.operator.placement import Shortfall
 from loraplex.operator.views import AdapterView
@@ -25,7 +25,7 @@ class PlacementReport:
     """One planned pod of an adapter: what that pod says, or why it said nothing."""
 
     pod: str
-    held: PodAdapter | None
+    held: AdapterStatus | None
     refusal: str | None = None  # the pod refused the load with this message
     unreachable: str | None = None
 

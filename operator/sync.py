@@ -11,8 +11,9 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from loraplex.contracts.adapters import AdapterStatus
 from loraplex.operator.actions import Load, Unload
-from loraplex.operator.admin import AdminClient, AdminError, PodAdapter
+from loraplex.operator.admin import AdminClient, AdminError
 from loraplex.operator.views import PodView
 
 logger = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class PodObservation:
     pod: PodView
-    adapters: Mapping[str, PodAdapter] | None  # None: the admin API did not answer
+    adapters: Mapping[str, AdapterStatus] | None  # None: the admin API did not answer
     error: str | None = None
 
 
@@ -29,7 +30,7 @@ class PodObservation:
 class ExecutionReport:
     refused: dict[tuple[str, str], str] = field(default_factory=dict)  # (adapter, pod) → why
     unreachable: dict[tuple[str, str], str] = field(default_factory=dict)
-    loaded: dict[tuple[str, str], PodAdapter] = field(default_factory=dict)  # PUT replies
+    loaded: dict[tuple[str, str], AdapterStatus] = field(default_factory=dict)  # PUT replies
     calls: int = 0
 
 

@@ -1,6 +1,6 @@
 """The placement table the router reads: ConfigMap `<bmd>-placements`, key `placements.json`.
 
-The JSON shape is defined once, by the router (`loraplex.runtime.router.placements`,
+The JSON shape is defined once, by the router (`loraplex.contracts.placements`,
 standard library only, so importing it keeps the operator torch-free): every ready pod,
 and per adapter the pods that confirmed the load. The table is rewritten whole, and only
 when pods or adapters changed; `generation` counts the rewrites.
@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from loraplex.operator import naming
-from loraplex.operator.builders.meta import Owner, child_metadata
-from loraplex.runtime.router.placements import (
+from loraplex.contracts.placements import (
     PlacementError,
     PlacementTable,
     build_table,
     parse_placements,
 )
+from loraplex.operator import naming
+from loraplex.operator.builders.meta import Owner, child_metadata
 
 
 def placement_table(owner: Owner, pods: Iterable[str], adapters: Mapping[str, Iterable[str]],

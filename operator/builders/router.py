@@ -23,7 +23,7 @@ SERVICE_PORT = 80
 
 
 def router_args(owner: Owner) -> list[str]:
-    """Flags of `loraplex router` (runtime/router/config.py): where the table is."""
+    """Flags of `loraplex router` (router/config.py): where the table is."""
     return [
         "--host", "0.0.0.0",
         "--port", str(naming.ROUTER_PORT),

@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from loraplex.contracts.adapters import AdapterState, AdapterStatus, Preload, Tier
 from loraplex.runtime.adapters.disk_cache import DiskCache
 from loraplex.runtime.adapters.dynamic import (
     DynamicPolicy,
@@ -54,12 +55,7 @@ from loraplex.runtime.adapters.errors import AdapterError, AdapterNotFound
 from loraplex.runtime.adapters.loader import LoadOutcome, load_adapter
 from loraplex.runtime.adapters.lru import LruBudget
 from loraplex.runtime.adapters.naming import is_valid_adapter_name, validate_adapter_name
-from loraplex.runtime.adapters.records import (
-    PRELOADS,
-    AdapterInfo,
-    AdapterLease,
-    AdapterRecord,
-)
+from loraplex.runtime.adapters.records import AdapterLease, AdapterRecord
 from loraplex.runtime.adapters.slot_table import SlotTable
 from loraplex.runtime.adapters.slots import DeviceSlotPool, SlotCopy
 from loraplex.runtime.adapters.source import AdapterSource, SourceCredentials, parse_source
@@ -98,14 +94,17 @@ class AdapterManager:
 
     # admin side ---------------------------------------------------------------------------
 
-    def register(self, name: str, source: str, pinned: bool = False, preload: str | None = None,
-                 credentials: SourceCredentials | None = None) -> AdapterInfo:
+    def register(self, name: str, source: str, pinned: bool = False,
+                 preload: Preload | str | None = None,
+                 credentials: SourceCredentials | None = None) -> AdapterStatus:
         """Add or update an adapter; loading starts in the background. Idempotent."""
         validate_adapter_name(name)
         parsed = parse_source(source)
-        if preload not in PRELOADS:
-            raise AdapterError("bad_preload", f"preload must be 'host', 'device' or unset, "
-                               f"got {preload!r}")
+        try:
+            preload = None if preload is None else Preload(preload)
+        except ValueError:
+            raise AdapterError("bad_preload", f"preload must be one of "
+                               f"{[p.value for p in Preload]} or unset, got {preload!r}") from None
         with self._lock:
             record = self._adapters.get(name)
             if record is not None and record.source.uri == parsed.uri:
@@ -113,7 +112,7 @@ class AdapterManager:
                 record.credentials = credentials or record.credentials
                 self._set_preload(record)
                 reload = preload is not None and record.weights is None and not record.slot_ready
-                if record.state == "error" or reload:
+                if record.state is AdapterState.ERROR or reload:
                     self._start_load(record)
             else:
                 if record is not None:
@@ -136,11 +135,11 @@ class AdapterManager:
         self._sync_disk_pin(record.source)
         return outcome
 
-    def get(self, name: str) -> AdapterInfo:
+    def get(self, name: str) -> AdapterStatus:
         with self._lock:
             return self._live(name).info()
 
-    def list(self) -> list[AdapterInfo]:
+    def list(self) -> list[AdapterStatus]:
         with self._lock:
             return [record.info() for record in self._adapters.values()]
 
@@ -148,7 +147,7 @@ class AdapterManager:
         """The error message when `name` cannot be served, else None."""
         with self._lock:
             record = self._live(name)
-            return str(record.error) if record.state == "error" else None
+            return str(record.error) if record.state is AdapterState.ERROR else None
 
     def resolve(self, adapter_id: str, adapter_source: str | None = None,
                 api_token: str | None = None) -> str:
@@ -185,11 +184,11 @@ class AdapterManager:
         with self._lock:
             snapshot = self._stats.copy()
             on_device = self._slots.ready()
-            snapshot.resident = {"disk": len(self.disk), "host": len(self._host),
-                                 "device": len(on_device)}
-            snapshot.resident_bytes = {"disk": self.disk.used_bytes,
-                                       "host": self._host.used_bytes,
-                                       "device": sum(r.size_bytes or 0 for r in on_device)}
+            snapshot.resident = {Tier.DISK: len(self.disk), Tier.HOST: len(self._host),
+                                 Tier.DEVICE: len(on_device)}
+            snapshot.resident_bytes = {Tier.DISK: self.disk.used_bytes,
+                                       Tier.HOST: self._host.used_bytes,
+                                       Tier.DEVICE: sum(r.size_bytes or 0 for r in on_device)}
             return snapshot
 
     def close(self) -> None:
@@ -248,7 +247,8 @@ class AdapterManager:
             for record in self._slots.copying():
                 self._refresh_copy(record)
             for record in list(self._preloads.values()):
-                if record.retired or record.state == "error" or record.slot is not None:
+                if record.retired or record.state is AdapterState.ERROR \
+                        or record.slot is not None:
                     continue
                 if record.weights is None:
                     self._start_load(record)
@@ -265,17 +265,18 @@ class AdapterManager:
 
     @staticmethod
     def _raise_if_failed(record: AdapterRecord) -> None:
-        if record.state == "error":  # a fresh exception: re-raising one would grow its traceback
+        # a fresh exception: re-raising one would grow its traceback
+        if record.state is AdapterState.ERROR:
             raise AdapterError(record.error.reason, str(record.error))
 
     def _start_load(self, record: AdapterRecord) -> None:
         if record.load is not None:
             return
-        record.state, record.error = "downloading", None
+        record.state, record.error = AdapterState.DOWNLOADING, None
         record.load = self._loads.submit(self._load_job, record)
 
     def _maybe_retry(self, record: AdapterRecord) -> None:
-        if (record.dynamic and record.state == "error" and record.error is not None
+        if (record.dynamic and record.state is AdapterState.ERROR and record.error is not None
                 and record.error.reason in TRANSIENT_REASONS
                 and time.monotonic() - record.error_at > RETRY_TRANSIENT_S):
             self._start_load(record)
@@ -292,18 +293,18 @@ class AdapterManager:
         if record.retired:
             return
         if outcome.fetched is not None and outcome.fetched.downloaded:
-            self._stats.record_load("disk", outcome.fetched.seconds)
+            self._stats.record_load(Tier.DISK, outcome.fetched.seconds)
         if outcome.error is not None:
             log.warning("adapter %r refused: %s", record.name, outcome.error)
-            record.state, record.error = "error", outcome.error
+            record.state, record.error = AdapterState.ERROR, outcome.error
             record.error_at = time.monotonic()
             self._stats.failures += 1
             return
         weights = outcome.weights
-        self._stats.record_load("host", outcome.parse_seconds)
+        self._stats.record_load(Tier.HOST, outcome.parse_seconds)
         record.weights, record.digest, record.rank = weights, weights.digest, weights.rank
         record.size_bytes = weights.size_bytes
-        record.state = "device" if record.slot_ready else "host"
+        record.state = AdapterState.DEVICE if record.slot_ready else AdapterState.HOST
         self._admit_host(record)
 
     def _admit_host(self, record: AdapterRecord) -> None:
@@ -311,9 +312,9 @@ class AdapterManager:
         for victim in self._host.victims(
                 lambda r: r is not record and not r.pinned and r.refcount == 0):
             victim.weights = None
-            if victim.state == "host":
-                victim.state = "disk"
-            self._stats.evictions["host"] += 1
+            if victim.state is AdapterState.HOST:
+                victim.state = AdapterState.DISK
+            self._stats.evictions[Tier.HOST] += 1
 
     def _assign_slot(self, record: AdapterRecord) -> bool:
         """Give `record` a slot (free, or the least recently used idle one); start the copy."""
@@ -324,8 +325,8 @@ class AdapterManager:
         slot, victim = choice
         if victim is not None:
             self._slots.free(victim)
-            victim.state = "host" if victim.weights is not None else "disk"
-            self._stats.evictions["device"] += 1
+            victim.state = AdapterState.HOST if victim.weights is not None else AdapterState.DISK
+            self._stats.evictions[Tier.DEVICE] += 1
         self._slots.assign(slot, record)
         record.copy_started = time.monotonic()
         fence = self.pool.fence()
@@ -341,7 +342,7 @@ class AdapterManager:
             log.exception("copying adapter %r into slot %d failed", record.name, slot)
             copy = SlotCopy()
             with self._lock:
-                record.state = "error"
+                record.state = AdapterState.ERROR
                 record.error = AdapterError("load_failed", f"adapter {record.name!r}: copy to "
                                             f"the device failed: {unexpected}")
         with self._lock:
@@ -351,16 +352,16 @@ class AdapterManager:
         if record.slot_copy is None or not record.slot_copy.done():
             return
         record.slot_copy = None
-        if record.state == "error" or (record.retired and record.refcount == 0):
+        if record.state is AdapterState.ERROR or (record.retired and record.refcount == 0):
             self._slots.free(record)
             return
         record.slot_ready = True
-        record.state = "device"
+        record.state = AdapterState.DEVICE
         self._preloads.pop(record.name, None)
-        self._stats.record_load("device", time.monotonic() - record.copy_started)
+        self._stats.record_load(Tier.DEVICE, time.monotonic() - record.copy_started)
 
     def _set_preload(self, record: AdapterRecord) -> None:
-        if record.preload == "device" and not record.slot_ready:
+        if record.preload is Preload.DEVICE and not record.slot_ready:
             self._preloads[record.name] = record
         else:
             self._preloads.pop(record.name, None)

@@ -1,7 +1,8 @@
 """What the manager knows about each adapter, and the read-only views it hands out.
 
 `AdapterRecord` is the manager's mutable state for one registration (guarded by the
-manager's lock); `AdapterInfo` is an immutable snapshot for the admin API and metrics;
+manager's lock); its `info()` is the admin API's `AdapterStatus` (an immutable snapshot,
+also read by the metrics);
 `AdapterLease` is what the engine holds while a sequence runs on an adapter. A lease points
 at the record it was taken on, so re-registering a name with a new source while requests
 still run never releases the wrong registration.
@@ -11,39 +12,13 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
+from loraplex.contracts.adapters import AdapterState, AdapterStatus, Preload
 from loraplex.runtime.adapters.errors import AdapterError
 from loraplex.runtime.adapters.slots import SlotCopy
 from loraplex.runtime.adapters.source import AdapterSource, SourceCredentials
 from loraplex.runtime.adapters.weights import AdapterWeights
-
-# downloading: a fetch/parse is running; disk: validated, evicted from RAM (reloads on use);
-# host: parsed weights in (pinned) RAM; device: in a device slot; error: refused or failed.
-STATES = ("downloading", "disk", "host", "device", "error")
-PRELOADS = (None, "host", "device")
-
-
-@dataclass(frozen=True, slots=True)
-class AdapterInfo:
-    name: str
-    source: str
-    state: str
-    rank: int | None
-    size_bytes: int | None
-    digest: str | None
-    error: str | None
-    error_reason: str | None
-    pinned: bool
-    preload: str | None
-    dynamic: bool
-    slot: int | None
-    in_use: int  # sequences holding a lease
-    last_used: float | None  # unix time
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(eq=False)
@@ -52,9 +27,9 @@ class AdapterRecord:
     source: AdapterSource
     credentials: SourceCredentials | None
     pinned: bool
-    preload: str | None
+    preload: Preload | None
     dynamic: bool
-    state: str = "downloading"
+    state: AdapterState = AdapterState.DOWNLOADING
     error: AdapterError | None = None
     error_at: float = 0.0  # monotonic
     digest: str | None = None
@@ -76,8 +51,8 @@ class AdapterRecord:
         self.last_used = time.monotonic()
         self.last_used_wall = time.time()
 
-    def info(self) -> AdapterInfo:
-        return AdapterInfo(
+    def info(self) -> AdapterStatus:
+        return AdapterStatus(
             name=self.name,
             source=self.source.uri,
             state=self.state,

@@ -9,23 +9,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-TIERS = ("disk", "host", "device")
+from loraplex.contracts.adapters import Tier
 
 
-def _per_tier(value: float = 0) -> dict[str, float]:
-    return dict.fromkeys(TIERS, value)
+def _per_tier(value: float = 0) -> dict[Tier, float]:
+    return dict.fromkeys(Tier, value)
 
 
 @dataclass
 class AdapterStats:
-    loads: dict[str, float] = field(default_factory=_per_tier)
-    load_seconds: dict[str, float] = field(default_factory=_per_tier)
-    evictions: dict[str, float] = field(default_factory=_per_tier)
+    loads: dict[Tier, float] = field(default_factory=_per_tier)
+    load_seconds: dict[Tier, float] = field(default_factory=_per_tier)
+    evictions: dict[Tier, float] = field(default_factory=_per_tier)
     failures: int = 0  # loads that ended in an error
-    resident: dict[str, float] = field(default_factory=_per_tier)  # adapters per tier, now
-    resident_bytes: dict[str, float] = field(default_factory=_per_tier)
+    resident: dict[Tier, float] = field(default_factory=_per_tier)  # adapters per tier, now
+    resident_bytes: dict[Tier, float] = field(default_factory=_per_tier)
 
-    def record_load(self, tier: str, seconds: float) -> None:
+    def record_load(self, tier: Tier, seconds: float) -> None:
         self.loads[tier] += 1
         self.load_seconds[tier] += seconds
 

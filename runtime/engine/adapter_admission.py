@@ -24,6 +24,7 @@ import math
 import time
 from collections.abc import Callable
 
+from loraplex.contracts.adapters import AdapterState
 from loraplex.runtime.adapters.manager import AdapterManager
 from loraplex.runtime.engine.sequence import Sequence
 
@@ -62,7 +63,7 @@ class AdapterAdmission:
             return False
         slot = self.manager.want(name)
         if slot is None:
-            if self.manager.get(name).state == "host":  # loaded; waits for a free slot
+            if self.manager.get(name).state is AdapterState.HOST:  # loaded; waits for a free slot
                 self._mark_starving(name)
             return False
         seq.adapter_lease = self.manager.acquire(name)

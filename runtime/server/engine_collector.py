@@ -20,6 +20,7 @@ from prometheus_client.core import (
     SummaryMetricFamily,
 )
 
+from loraplex.contracts.metric_names import REQUESTS_RUNNING, REQUESTS_WAITING
 from loraplex.runtime.server.state import ServerState
 
 
@@ -70,9 +71,9 @@ class EngineCollector:
         preemptions.add_metric([], stats.num_preemptions)
         yield preemptions
         # the names vLLM exports, scraped by the Gateway API Inference Extension
-        yield _gauge("vllm:num_requests_running", "sequences in the running batch",
+        yield _gauge(REQUESTS_RUNNING, "sequences in the running batch",
                      stats.num_running, model)
-        yield _gauge("vllm:num_requests_waiting", "sequences waiting for a batch slot",
+        yield _gauge(REQUESTS_WAITING, "sequences waiting for a batch slot",
                      stats.num_waiting, model)
         yield _gauge("vllm:kv_cache_usage_perc", "KV cache usage (1 = full)",
                      stats.kv_cache_usage, model)

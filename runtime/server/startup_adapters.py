@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
+from loraplex.contracts.adapters import Preload
 from loraplex.runtime.config import ServerConfig
 
-PRELOAD_TIERS = ("host", "device")
 KEYS = frozenset({"name", "source", "pinned", "preload"})
 
 
@@ -24,7 +24,7 @@ class StartupAdapter:
     name: str
     source: str
     pinned: bool = False
-    preload: str | None = None
+    preload: Preload | None = None
 
 
 def _from_entry(entry: Any, where: str) -> StartupAdapter:
@@ -40,8 +40,11 @@ def _from_entry(entry: Any, where: str) -> StartupAdapter:
     if not isinstance(pinned, bool):
         raise ValueError(f"{where}: pinned must be true or false")
     preload = entry.get("preload")
-    if preload is not None and preload not in PRELOAD_TIERS:
-        raise ValueError(f"{where}: preload must be one of {PRELOAD_TIERS}")
+    try:
+        preload = None if preload is None else Preload(preload)
+    except ValueError:
+        raise ValueError(f"{where}: preload must be one of "
+                         f"{[p.value for p in Preload]}") from None
     return StartupAdapter(name, source, pinned, preload)
 
 

@@ -113,7 +113,7 @@ def pods(adapter_root: Path, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 def router(pods: list[RuntimeServer], tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[str]:
-    from loraplex.runtime.router.placements import build_table
+    from loraplex.contracts.placements import build_table
 
     folder = tmp_path_factory.mktemp("router")
     urls = [pod.url for pod in pods]

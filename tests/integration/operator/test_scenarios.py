@@ -14,9 +14,9 @@ from collections import Counter
 import httpx
 import pytest
 
+from loraplex.contracts.placements import parse_placements
 from loraplex.operator import naming
 from loraplex.operator.rbac import GRANTED_RULES, OPERATOR_RULES, expand
-from loraplex.runtime.router.placements import parse_placements
 from tests.integration.operator.conftest import BMD, NAMESPACE, S3_BUCKET, S3_KEYS
 from tests.integration.operator.kube import TEST_AGENT, wait_for
 

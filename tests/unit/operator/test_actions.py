@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
+from loraplex.contracts.adapters import AdapterStatus
 from loraplex.operator.actions import Load, Unload, canonical_source, plan_actions
-from loraplex.operator.admin import PodAdapter, parse_adapter_list
+from loraplex.operator.admin import AdminError, parse_adapter_list
 from loraplex.operator.views import adapter_view
 
 
@@ -21,7 +26,7 @@ def view(name, source="hf://org/a", *, replicas=1, pinned=False, generation=1,
 
 
 def held(name, state="host", source="hf://org/a", pinned=False):
-    return PodAdapter(name=name, state=state, source=source, pinned=pinned)
+    return AdapterStatus(name=name, state=state, source=source, pinned=pinned)
 
 
 def test_missing_adapters_are_loaded_and_surplus_unloaded():
@@ -71,9 +76,12 @@ def test_sources_compare_in_the_pods_spelling():
     assert canonical_source("s3://bucket/p//x/") == "s3://bucket/p/x"
 
 
-def test_adapter_lists_parse_in_every_accepted_shape():
-    entry = {"name": "a", "state": "device", "rank": 8, "size_bytes": 10, "source": "/x"}
-    for payload in ({"adapters": [entry]}, [entry], {"a": {k: v for k, v in entry.items()
-                                                          if k != "name"}}):
-        (parsed,) = parse_adapter_list(payload).values()
-        assert parsed.loaded and parsed.rank == 8 and parsed.size_bytes == 10
+def test_adapter_lists_parse_the_admin_apis_answer_and_nothing_else():
+    entry = {"name": "a", "state": "device", "rank": 8, "size_bytes": 10, "source": "/x",
+             "tier": "device", "added_by_a_newer_pod": 1}
+    (parsed,) = parse_adapter_list(json.dumps({"adapters": [entry]})).values()
+    assert parsed.loaded and parsed.rank == 8 and parsed.size_bytes == 10
+    for wrong in ([entry], {"a": entry}, {"adapters": [{**entry, "state": "ready"}]},
+                  {"adapters": [{**entry, "rank": "eight"}]}, "not json"):
+        with pytest.raises(AdminError, match="unexpected /v1/adapters body"):
+            parse_adapter_list(wrong if isinstance(wrong, str) else json.dumps(wrong))

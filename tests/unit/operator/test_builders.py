@@ -11,6 +11,7 @@ import argparse
 import kubernetes_validate
 import pytest
 
+from loraplex.contracts.placements import parse_placements
 from loraplex.operator import naming
 from loraplex.operator.builders import (
     Owner,
@@ -25,9 +26,8 @@ from loraplex.operator.builders.placements import placement_table, same_placemen
 from loraplex.operator.builders.router import router_args
 from loraplex.operator.builders.runtime import runtime_args
 from loraplex.operator.models import BaseModelDeploymentSpec
+from loraplex.router.config import RouterConfig
 from loraplex.runtime.config import EngineConfig, ServerConfig
-from loraplex.runtime.router.config import RouterConfig
-from loraplex.runtime.router.placements import parse_placements
 from loraplex.settings import add_settings_arguments, settings_from_namespace
 
 K8S_VERSION = kubernetes_validate.utils.latest_version()

@@ -8,8 +8,8 @@ import base64
 
 import pytest
 
+from loraplex.contracts.adapters import AdapterStatus
 from loraplex.operator.actions import Load, Unload, plan_actions
-from loraplex.operator.admin import PodAdapter
 from loraplex.operator.credentials import (
     CredentialsNotFound,
     SecretCache,
@@ -107,7 +107,8 @@ def test_a_failed_load_is_retried_once_its_secret_changed():
     changed = asyncio.run(changed_secrets(["a", "b", "c"], views, {"a": "8", "b": "7"},
                                           SecretCache(secrets.get)))
     assert changed == {"b"}
-    failed = PodAdapter("b", "error", "s3://bucket/a", error="SignatureDoesNotMatch")
+    failed = AdapterStatus(name="b", state="error", source="s3://bucket/a",
+                           error="SignatureDoesNotMatch")
     reports = {"p1": {"b": failed}}
     assert plan_actions({"b": ("p1",)}, reports, views, {}) == []
     assert plan_actions({"b": ("p1",)}, reports, views, {}, retry={"b"}) == [
@@ -119,7 +120,8 @@ def test_held_back_adapters_are_pending_with_the_reason():
     assert (status["phase"], status["message"]) == ("Pending", "Secret 'keys' ...")
     ready = {c["type"]: c for c in status["conditions"]}["Ready"]
     assert (ready["status"], ready["reason"]) == ("False", CREDENTIALS_NOT_FOUND)
-    loaded = PodAdapter("a", "host", "s3://bucket/a", False, 8, 1000, "sha256:1")
+    loaded = AdapterStatus(name="a", state="host", source="s3://bucket/a", pinned=False,
+                           rank=8, size_bytes=1000, digest="sha256:1")
     status = adapter_status(view(replicas=2), [PlacementReport("p1", loaded)], None, T0,
                             credentials="Secret 'keys' ...")
     assert status["phase"] == "Pending" and status["readyReplicas"] == 1

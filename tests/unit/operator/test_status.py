@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loraplex.operator.admin import PodAdapter
+from loraplex.contracts.adapters import AdapterStatus
 from loraplex.operator.conditions import merge_patch_for, set_condition
 from loraplex.operator.placement import Shortfall
 from loraplex.operator.status import PlacementReport, adapter_status, bmd_status, pending_status
@@ -19,7 +19,8 @@ def view(replicas=2, status=None, generation=3):
 
 
 def loaded(rank=8):
-    return PodAdapter("a", "host", "/x", False, rank, 1000, "sha256:1")
+    return AdapterStatus(name="a", state="host", source="/x", pinned=False, rank=rank,
+                         size_bytes=1000, digest="sha256:1")
 
 
 def test_ready_only_when_pods_confirm_and_facts_come_from_the_pod():
@@ -36,7 +37,8 @@ def test_ready_only_when_pods_confirm_and_facts_come_from_the_pod():
 
 
 def test_failures_carry_the_pods_message():
-    error = PodAdapter("a", "error", "/x", error="rank 128 above --max-lora-rank 64")
+    error = AdapterStatus(name="a", state="error", source="/x",
+                          error="rank 128 above --max-lora-rank 64")
     status = adapter_status(view(replicas=1), [PlacementReport("p1", error)], None, T0)
     assert status["phase"] == "Failed" and "rank 128" in status["message"]
     conditions = {c["type"]: c for c in status["conditions"]}

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from loraplex.runtime.router.config import RouterConfig
+from loraplex.router.config import RouterConfig
 from loraplex.settings import add_settings_arguments, settings_from_namespace
 
 
@@ -51,7 +51,7 @@ def test_the_cli_names_a_bad_pod_url_and_exits_non_zero():
 
 
 def test_the_router_imports_without_torch():
-    code = ("import sys, loraplex.runtime.router.main, loraplex.runtime.router.app; "
+    code = ("import sys, loraplex.router.main, loraplex.router.app; "
             "print('torch' in sys.modules, 'transformers' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, check=True)

@@ -9,10 +9,10 @@ import contextlib
 import aiohttp
 import pytest
 
-from loraplex.runtime.router.config import RouterConfig
-from loraplex.runtime.router.configmap_watch import ConfigMapWatch
-from loraplex.runtime.router.metrics import RouterMetrics
-from loraplex.runtime.router.placements import PlacementTable, build_table
+from loraplex.contracts.placements import PlacementTable, build_table
+from loraplex.router.config import RouterConfig
+from loraplex.router.configmap_watch import ConfigMapWatch
+from loraplex.router.metrics import RouterMetrics
 
 pytestmark = pytest.mark.timeout(30)
 POD_A, POD_B = "http://10.0.0.5:8080", "http://10.0.0.6:8080"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from loraplex.runtime.router.metrics import RouterMetrics
-from loraplex.runtime.router.placement_file import PlacementFile
-from loraplex.runtime.router.placements import build_table
+from loraplex.contracts.placements import build_table
+from loraplex.router.metrics import RouterMetrics
+from loraplex.router.placement_file import PlacementFile
 
 POD = "http://10.0.0.5:8080"
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loraplex.runtime.router.placements import (
+from loraplex.contracts.placements import (
     JSON_SCHEMA,
     PlacementError,
     build_table,

@@ -1,12 +1,14 @@
 """Reading what pods report: gauges from a real prometheus_client exposition, adapters
-and models in the shapes the admin and OpenAI APIs use."""
+in the admin API's contract and models in the OpenAI API's shape."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from loraplex.runtime.router.pod_report import (
+from loraplex.router.pod_report import (
     parse_base_model,
     parse_queue_gauges,
     parse_resident_adapters,
@@ -34,21 +36,23 @@ def test_unparseable_metrics_raise_value_error():
         parse_queue_gauges("vllm:num_requests_waiting{ not prometheus\n")
 
 
-@pytest.mark.parametrize("document", [
-    {"adapters": [{"name": "a", "state": "device"}, {"name": "b", "state": "host"},
-                  {"name": "c", "state": "downloading"}, {"name": "d", "state": "error"}]},
-    [{"name": "a", "state": "device"}, {"name": "b", "state": "HOST"},
-     {"id": "c", "state": "downloading"}, {"name": "d", "state": "error"}, {"state": "host"}],
-    {"adapters": {"a": {"state": "device"}, "b": {"state": "host"}, "c": {},
-                  "d": {"state": "error"}}},
+def test_resident_adapters_are_every_reported_one_but_the_failed():
+    document = {"adapters": [
+        {"name": "a", "state": "device"}, {"name": "b", "state": "host"},
+        {"name": "c", "state": "downloading"}, {"name": "d", "state": "error"},
+        {"name": "e", "state": "disk", "tier": "disk", "from_a_newer_pod": True}]}
+    assert parse_resident_adapters(json.dumps(document)) == {"a", "b", "c", "e"}
+
+
+@pytest.mark.parametrize("body", [
+    "surprise", "null", json.dumps([{"name": "a", "state": "device"}]),
+    json.dumps({"adapters": {"a": {"state": "device"}}}),
+    json.dumps({"adapters": [{"name": "a", "state": "ready"}]}),  # no pod sends `ready`
+    json.dumps({"adapters": [{"name": "a"}]}),
 ])
-def test_resident_adapters_exclude_failed_ones(document):
-    assert parse_resident_adapters(document) == {"a", "b", "c"}
-
-
-def test_adapters_in_an_unknown_shape_mean_nothing_known():
-    assert parse_resident_adapters("surprise") == frozenset()
-    assert parse_resident_adapters(None) == frozenset()
+def test_anything_but_the_admin_apis_answer_is_refused(body):
+    with pytest.raises(ValueError):
+        parse_resident_adapters(body)
 
 
 def test_base_model_is_the_entry_without_parent():

@@ -9,9 +9,9 @@ import contextlib
 import aiohttp
 import pytest
 
-from loraplex.runtime.router.metrics import RouterMetrics
-from loraplex.runtime.router.poller import TIMEOUTS_BEFORE_DOWN, PodPoller
-from loraplex.runtime.router.pool import PodPool
+from loraplex.router.metrics import RouterMetrics
+from loraplex.router.poller import TIMEOUTS_BEFORE_DOWN, PodPoller
+from loraplex.router.pool import PodPool
 from tests.unit.router.upstreams import ScriptedPod, closed_port_url, serving
 
 pytestmark = pytest.mark.timeout(30)

@@ -17,12 +17,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from loraplex.runtime.router.app import INFERENCE_ROUTES, pod_session
-from loraplex.runtime.router.config import RouterConfig
-from loraplex.runtime.router.metrics import RouterMetrics
-from loraplex.runtime.router.placements import build_table
-from loraplex.runtime.router.pool import PodPool
-from loraplex.runtime.router.proxy import Proxy
+from loraplex.contracts.placements import build_table
+from loraplex.router.app import INFERENCE_ROUTES, pod_session
+from loraplex.router.config import RouterConfig
+from loraplex.router.metrics import RouterMetrics
+from loraplex.router.pool import PodPool
+from loraplex.router.proxy import Proxy
 from tests.unit.router.upstreams import (
     ScriptedPod,
     chunk,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from loraplex.runtime.router.request_adapter import requested_adapter
+from loraplex.router.request_adapter import requested_adapter
 
 
 @pytest.mark.parametrize(("path", "body", "adapter"), [

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loraplex.runtime.router.pod import Pod
-from loraplex.runtime.router.routing import choose_pod, rendezvous_weight
+from loraplex.router.pod import Pod
+from loraplex.router.routing import choose_pod, rendezvous_weight
 
 URLS = [f"http://10.0.0.{i}:8080" for i in range(1, 6)]
 

@@ -12,10 +12,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from loraplex.runtime.router.app import RouterService
-from loraplex.runtime.router.config import RouterConfig
-from loraplex.runtime.router.placements import build_table
-from loraplex.runtime.router.routing import rendezvous_weight
+from loraplex.contracts.placements import build_table
+from loraplex.router.app import RouterService
+from loraplex.router.config import RouterConfig
+from loraplex.router.routing import rendezvous_weight
 from tests.unit.router.upstreams import ScriptedPod, serving
 
 pytestmark = pytest.mark.timeout(30)

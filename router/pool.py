@@ -10,9 +10,9 @@ from __future__ import annotations
 import random
 from collections.abc import Collection, Iterable
 
-from loraplex.runtime.router.placements import PlacementTable, normalize_pod_url
-from loraplex.runtime.router.pod import Pod
-from loraplex.runtime.router.routing import Choice, choose_pod
+from loraplex.contracts.placements import PlacementTable, normalize_pod_url
+from loraplex.router.pod import Pod
+from loraplex.router.routing import Choice, choose_pod
 
 
 class PodPool:

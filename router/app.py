@@ -19,13 +19,13 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from loraplex.runtime.router.config import RouterConfig
-from loraplex.runtime.router.configmap_watch import ConfigMapWatch
-from loraplex.runtime.router.metrics import RouterMetrics
-from loraplex.runtime.router.placement_file import PlacementFile
-from loraplex.runtime.router.poller import PodPoller
-from loraplex.runtime.router.pool import PodPool
-from loraplex.runtime.router.proxy import Proxy, error_response
+from loraplex.router.config import RouterConfig
+from loraplex.router.configmap_watch import ConfigMapWatch
+from loraplex.router.metrics import RouterMetrics
+from loraplex.router.placement_file import PlacementFile
+from loraplex.router.poller import PodPoller
+from loraplex.router.pool import PodPool
+from loraplex.router.proxy import Proxy, error_response
 
 INFERENCE_ROUTES = ("/", "/generate", "/generate_stream", "/invocations", "/v1/completions",
                     "/v1/chat/completions", "/embed", "/v1/embeddings", "/classify",

@@ -12,8 +12,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from loraplex.runtime.router.metrics import RouterMetrics
-from loraplex.runtime.router.placements import PlacementError, PlacementTable, parse_placements
+from loraplex.contracts.placements import PlacementError, PlacementTable, parse_placements
+from loraplex.router.metrics import RouterMetrics
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from loraplex.runtime.router.pod import Pod
+from loraplex.router.pod import Pod
 
 Outcome = Literal["base", "hit", "miss", "spill"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from loraplex.runtime.router.placements import normalize_pod_url
+from loraplex.contracts.placements import normalize_pod_url
 from loraplex.settings import setting
 
 POLICIES = ("affinity", "least-loaded", "random")

@@ -22,14 +22,14 @@ from typing import Any
 
 import aiohttp
 
-from loraplex.runtime.router.config import RouterConfig
-from loraplex.runtime.router.metrics import RouterMetrics
-from loraplex.runtime.router.placements import (
+from loraplex.contracts.placements import (
     CONFIGMAP_KEY,
     PlacementError,
     PlacementTable,
     parse_placements,
 )
+from loraplex.router.config import RouterConfig
+from loraplex.router.metrics import RouterMetrics
 
 log = logging.getLogger(__name__)
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")

@@ -25,11 +25,11 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from loraplex.runtime.router.metrics import RouterMetrics
-from loraplex.runtime.router.pod import Pod
-from loraplex.runtime.router.pool import PodPool
-from loraplex.runtime.router.request_adapter import requested_adapter
-from loraplex.runtime.router.routing import Choice
+from loraplex.router.metrics import RouterMetrics
+from loraplex.router.pod import Pod
+from loraplex.router.pool import PodPool
+from loraplex.router.request_adapter import requested_adapter
+from loraplex.router.routing import Choice
 
 log = logging.getLogger(__name__)
 

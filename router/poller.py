@@ -12,15 +12,15 @@ import logging
 
 import aiohttp
 
-from loraplex.runtime.router.metrics import RouterMetrics
-from loraplex.runtime.router.pod import Pod
-from loraplex.runtime.router.pod_report import (
+from loraplex.router.metrics import RouterMetrics
+from loraplex.router.pod import Pod
+from loraplex.router.pod_report import (
     QueueGauges,
     parse_base_model,
     parse_queue_gauges,
     parse_resident_adapters,
 )
-from loraplex.runtime.router.pool import PodPool
+from loraplex.router.pool import PodPool
 
 log = logging.getLogger(__name__)
 POLL_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
@@ -99,9 +99,10 @@ class PodPoller:
                                 response.status)
                 return None
             try:
-                return parse_resident_adapters(await response.json(content_type=None))
+                return parse_resident_adapters(await response.read())
             except ValueError as error:
-                log.warning("pod %s /v1/adapters is not JSON: %s", pod.url, error)
+                log.warning("pod %s /v1/adapters is not the admin API's answer: %s",
+                            pod.url, error)
                 return None
 
     async def _base_model(self, pod: Pod) -> str:

@@ -13,8 +13,8 @@ import signal
 
 from aiohttp import web
 
-from loraplex.runtime.router.app import RouterService
-from loraplex.runtime.router.config import RouterConfig
+from loraplex.router.app import RouterService
+from loraplex.router.config import RouterConfig
 
 log = logging.getLogger("loraplex.router")
 
