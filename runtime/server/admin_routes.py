@@ -63,7 +63,7 @@ class NoAdapters:
         raise UnknownAdapter(f"adapter {name!r} is not registered")
 
 
-def _manager(request: Request) -> Any:
+def manager_of(request: Request) -> Any:
     engine = state_of(request).engine
     if engine is None:
         raise NotReady("adapters cannot be managed yet: the model is still loading")
@@ -78,7 +78,7 @@ def _admin_error(error: AdapterError) -> ApiError:
     return ValidationFailed(str(error))
 
 
-async def _call(function: Any, *args: Any, **kwargs: Any) -> Any:
+async def call_manager(function: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         result = function(*args, **kwargs)
         if inspect.isawaitable(result):
@@ -89,7 +89,7 @@ async def _call(function: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 async def _info(manager: Any, name: str) -> AdapterStatus:
-    info = await _call(manager.get, name)
+    info = await call_manager(manager.get, name)
     if info is None:
         raise NotFound(f"adapter {name!r} is not registered")
     return info
@@ -98,12 +98,12 @@ async def _info(manager: Any, name: str) -> AdapterStatus:
 @router.get("", responses=ERRORS)
 async def list_adapters(request: Request) -> AdapterList:
     """Every registered adapter with its state, tier, rank, size, digest and error."""
-    return AdapterList(adapters=await _call(_manager(request).list))
+    return AdapterList(adapters=await call_manager(manager_of(request).list))
 
 
 @router.get("/{name:path}", responses=ERRORS)
 async def get_adapter(request: Request, name: str) -> AdapterStatus:
-    return await _info(_manager(request), name)
+    return await _info(manager_of(request), name)
 
 
 @router.put("/{name:path}", response_model=AdapterStatus,
@@ -112,9 +112,9 @@ async def get_adapter(request: Request, name: str) -> AdapterStatus:
 async def put_adapter(request: Request, name: str, body: AdapterRegistration) -> JSONResponse:
     """Register `name` (idempotent): 200 once resident, 202 while loading. `credentials`,
     when given, are used for this adapter's fetches (kept in memory, never reported)."""
-    manager = _manager(request)
+    manager = manager_of(request)
     credentials = SourceCredentials(**body.credentials.revealed()) if body.credentials else None
-    await _call(manager.register, name, body.source, pinned=body.pinned, preload=body.preload,
+    await call_manager(manager.register, name, body.source, pinned=body.pinned, preload=body.preload,
                 credentials=credentials)
     info = await _info(manager, name)
     document = info.model_dump(mode="json")
@@ -129,4 +129,4 @@ async def put_adapter(request: Request, name: str, body: AdapterRegistration) ->
 async def delete_adapter(request: Request, name: str) -> AdapterRemoval:
     """Unregister `name`: new requests for it get 404 at once; its weights are freed when
     the requests still using it finish (`outcome`: `removed` now, or `deferred`)."""
-    return AdapterRemoval(name=name, outcome=await _call(_manager(request).unregister, name))
+    return AdapterRemoval(name=name, outcome=await call_manager(manager_of(request).unregister, name))
