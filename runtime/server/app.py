@@ -20,6 +20,7 @@ from loraplex.runtime.server import (
     openai_chat,
     openai_completions,
     probe_routes,
+    tokenize_routes,
     vllm_lora_routes,
 )
 from loraplex.runtime.server.access_log import AccessLogMiddleware
@@ -37,7 +38,7 @@ def create_app(state: ServerState, lifespan: Callable[[FastAPI], Any] | None = N
     app.state.server = state
     state.metrics.registry.register(EngineCollector(state))
     for module in (probe_routes, lorax_routes, openai_completions, openai_chat, admin_routes,
-                   vllm_lora_routes):
+                   vllm_lora_routes, tokenize_routes):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(AccessLogMiddleware)

@@ -60,11 +60,14 @@ class InferenceService:
             return list(encode(text, add_special_tokens=add_special_tokens))
         return list(await asyncio.to_thread(encode, text, add_special_tokens=add_special_tokens))
 
-    def render_chat(self, messages: list[dict[str, Any]]) -> str:
-        """The chat template applied to `messages`, ending with the assistant's turn."""
+    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+                    continue_final_message: bool = False) -> str:
+        """The chat template applied to `messages`, by default ending with the assistant's
+        turn opened."""
         try:
             return self.engine.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True)
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message)
         except Exception as error:  # jinja raises many kinds; all are the caller's input
             raise ValidationFailed(f"the chat template rejected these messages: {error}",
                                    param="messages") from error
