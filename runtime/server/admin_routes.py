@@ -114,8 +114,8 @@ async def put_adapter(request: Request, name: str, body: AdapterRegistration) ->
     when given, are used for this adapter's fetches (kept in memory, never reported)."""
     manager = manager_of(request)
     credentials = SourceCredentials(**body.credentials.revealed()) if body.credentials else None
-    await call_manager(manager.register, name, body.source, pinned=body.pinned, preload=body.preload,
-                credentials=credentials)
+    await call_manager(manager.register, name, body.source, pinned=body.pinned,
+                       preload=body.preload, credentials=credentials)
     info = await _info(manager, name)
     document = info.model_dump(mode="json")
     if info.failed:
@@ -129,4 +129,5 @@ async def put_adapter(request: Request, name: str, body: AdapterRegistration) ->
 async def delete_adapter(request: Request, name: str) -> AdapterRemoval:
     """Unregister `name`: new requests for it get 404 at once; its weights are freed when
     the requests still using it finish (`outcome`: `removed` now, or `deferred`)."""
-    return AdapterRemoval(name=name, outcome=await call_manager(manager_of(request).unregister, name))
+    outcome = await call_manager(manager_of(request).unregister, name)
+    return AdapterRemoval(name=name, outcome=outcome)

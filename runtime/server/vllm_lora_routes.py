@@ -21,8 +21,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict
 
-from loraplex.runtime.server.admin_auth import require_admin
 from loraplex.contracts.adapters import AdapterState, AdapterStatus
+from loraplex.runtime.server.admin_auth import require_admin
 from loraplex.runtime.server.admin_routes import call_manager, manager_of
 from loraplex.runtime.server.errors import ApiError, NotReady
 
