@@ -90,6 +90,8 @@ class ServerConfig:
     max_input_length: int = setting(0, help="longest prompt in tokens (0: context length - 1)")
     max_best_of: int = setting(4, help="largest best_of / n")
     max_stop_sequences: int = setting(8, help="most stop sequences per request")
+    grammar_cache_bytes: int = setting(256 << 20, help="memory for compiled output "
+                                       "constraints (structured output), LRU beyond it")
     shutdown_grace_s: float = setting(30.0, help="seconds SIGTERM waits for in-flight requests")
     served_model_name: str = setting("", help="model id shown to clients (default: --model)")
     log_level: str = setting("info", help="log level", choices=("debug", "info", "warning",

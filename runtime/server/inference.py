@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loraplex.runtime.adapters.errors import AdapterError
 from loraplex.runtime.adapters.errors import AdapterNotFound as EngineAdapterNotFound
@@ -28,6 +28,11 @@ from loraplex.runtime.server.errors import (
 )
 from loraplex.runtime.server.generation import GenerationResult, collect
 from loraplex.runtime.server.metrics import ServerMetrics
+from loraplex.runtime.structured.grammar_cache import GrammarCache, GrammarError
+from loraplex.runtime.structured.grammar_spec import GrammarSpec
+
+if TYPE_CHECKING:
+    from xgrammar import CompiledGrammar
 
 CLIENT_MISTAKES = frozenset({"bad_name", "bad_source", "bad_preload"})  # AdapterError reasons
 INLINE_TOKENIZE_CHARS = 8192  # longer prompts are tokenized in a worker thread
@@ -39,6 +44,7 @@ class Limits:
     max_input_length: int
     max_best_of: int
     max_stop_sequences: int
+    grammar_cache_bytes: int = 256 << 20
 
 
 class InferenceService:
@@ -49,6 +55,7 @@ class InferenceService:
         self.limits = limits
         self.gate = gate
         self.metrics = metrics
+        self._grammars: GrammarCache | None = None  # built for the first constraint
 
     # --- input -----------------------------------------------------------------------
 
@@ -61,12 +68,14 @@ class InferenceService:
         return list(await asyncio.to_thread(encode, text, add_special_tokens=add_special_tokens))
 
     def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
-                    continue_final_message: bool = False) -> str:
-        """The chat template applied to `messages`, by default ending with the assistant's
-        turn opened."""
+                    continue_final_message: bool = False,
+                    tools: list[dict[str, Any]] | None = None) -> str:
+        """The chat template applied to `messages` (and `tools`, for a template that lists
+        them), by default ending with the assistant's turn opened."""
         try:
             return self.engine.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                messages, tools=tools, tokenize=False,
+                add_generation_prompt=add_generation_prompt,
                 continue_final_message=continue_final_message)
         except Exception as error:  # jinja raises many kinds; all are the caller's input
             raise ValidationFailed(f"the chat template rejected these messages: {error}",
@@ -142,11 +151,37 @@ class InferenceService:
     def admit(self, num_sequences: int = 1) -> Lease:
         return self.gate.admit(num_sequences)
 
+    def chat_template_has_tools(self) -> bool:
+        template = getattr(self.engine.tokenizer, "chat_template", None) or ""
+        return isinstance(template, str) and "tools" in template
+
+    async def compile_grammar(self, spec: GrammarSpec | None) -> CompiledGrammar | None:
+        """The compiled constraint (from the cache, or compiled in a worker thread while
+        other requests go on); `ValidationFailed` if it cannot compile."""
+        if spec is None:
+            return None
+        if self._grammars is None:
+            engine = self.engine
+            self._grammars = GrammarCache(engine.tokenizer, engine.vocab_size,
+                                          engine.eos_token_ids,
+                                          self.limits.grammar_cache_bytes)
+        try:
+            entry = await self._grammars.get(spec)
+        except GrammarError as error:
+            raise ValidationFailed(str(error), param="response_format") from error
+        metrics = self.metrics
+        metrics.constrained_requests.labels(spec.kind.value).inc()
+        metrics.grammar_cache.labels("hit" if entry.cached else "miss").inc()
+        if not entry.cached:
+            metrics.grammar_compile.observe(entry.compile_seconds)
+        return entry.grammar
+
     # --- running ---------------------------------------------------------------------
 
     def make_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
-                     adapter: str | None) -> GenerationRequest:
-        return GenerationRequest(request_id, prompt_ids, params, adapter)
+                     adapter: str | None,
+                     grammar: CompiledGrammar | None = None) -> GenerationRequest:
+        return GenerationRequest(request_id, prompt_ids, params, adapter, grammar)
 
     async def stream(self, request: GenerationRequest, record: RequestRecord,
                      endpoint: str) -> AsyncIterator[TokenEvent]:

@@ -2,9 +2,10 @@
 
 Sampling follows LoRAX: greedy unless `do_sample` is true or a sampling knob
 (`temperature`, `top_k`, `top_p`) is given; `temperature: 0` is always greedy.
-Features LoRAX has and loraplex does not (adapter merging, structured output, typical
-decoding, watermarking, frequency/presence penalties, `apply_chat_template`) are refused
-with a 422 that names them, never silently ignored.
+Features LoRAX has and loraplex does not (adapter merging, typical decoding,
+watermarking, frequency/presence penalties, `apply_chat_template`) are refused with a 422
+that names them, never silently ignored. `response_format` is read by
+`structured_fields.py`.
 """
 
 from __future__ import annotations
@@ -25,9 +26,6 @@ def refuse_unsupported(params: GenerateParameters) -> None:
                                param="typical_p")
     if params.watermark:
         raise ValidationFailed("watermark is not supported", param="watermark")
-    if params.response_format is not None and params.response_format.get("type") != "text":
-        raise ValidationFailed("response_format (structured output) is not supported; "
-                               "only {\"type\": \"text\"} is accepted", param="response_format")
     for name in ("frequency_penalty", "presence_penalty"):
         if getattr(params, name) not in (None, 0):
             raise ValidationFailed(f"{name} is not supported; use repetition_penalty",

@@ -39,6 +39,7 @@ from loraplex.runtime.server.streaming import (
     sse_data,
     stream_failure,
 )
+from loraplex.runtime.server.structured_fields import lorax_spec
 from loraplex.runtime.server.token_json import finish_name, lorax_prefill, lorax_token
 
 router = APIRouter(tags=["lorax"])
@@ -82,10 +83,11 @@ async def _prepare(request: Request, body: GenerateRequest, stream: bool
     prompt_ids, max_new_tokens = service.fit_prompt(
         await service.tokenize(body.inputs), params.max_new_tokens, truncate=params.truncate)
     sampling = sampling_params(params, max_new_tokens, stop)
+    grammar = await service.compile_grammar(lorax_spec(params.response_format))
     request_id = request.state.record.request_id
     engine_requests = [
         service.make_request(f"{request_id}-{index}", prompt_ids,
-                             dataclasses.replace(sampling), adapter)
+                             dataclasses.replace(sampling), adapter, grammar)
         for index in range(best_of)]
     return engine_requests, params
 

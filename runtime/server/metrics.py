@@ -22,6 +22,7 @@ BASE_LABEL = "__base__"  # the `adapter` label value of base-model requests
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+COMPILE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 @dataclass
@@ -99,6 +100,15 @@ class ServerMetrics:
         self.duration = Histogram("loraplex_request_duration_seconds",
                                   "time from arrival to the last token", ["adapter"],
                                   buckets=DURATION_BUCKETS, registry=registry)
+        self.constrained_requests = Counter(
+            "loraplex_constrained_requests", "requests with an output constraint, by kind "
+            "(json_schema, json_object, regex, choice, grammar)", ["kind"], registry=registry)
+        self.grammar_compile = Histogram(
+            "loraplex_grammar_compile_seconds", "time to compile one output constraint "
+            "(cache misses only)", buckets=COMPILE_BUCKETS, registry=registry)
+        self.grammar_cache = Counter(
+            "loraplex_grammar_cache_lookups", "compiled-grammar lookups, by result (hit, miss)",
+            ["result"], registry=registry)
 
     def request_series(self, endpoint: str, adapter: str | None) -> RequestSeries:
         return RequestSeries(self, endpoint, adapter)

@@ -5,6 +5,10 @@ holds them). A stream sends, per choice, a first chunk with the assistant role, 
 chunk per token, then a chunk with the finish reason; with
 `stream_options.include_usage`, a last chunk with no choices carries the usage (and with
 `continuous_usage_stats` each chunk carries its choice's counts so far).
+
+Output constraints (`response_format`, vLLM's `guided_*`) are compiled before the request
+runs; a forced tool call (`tool_choice` "required" or a named function) comes back as
+`tool_calls` with finish reason `tool_calls`, and streams as `tool_calls` deltas.
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ from loraplex.runtime.server.streaming import (
     sse_data,
     stream_failure,
 )
+from loraplex.runtime.server.structured_fields import openai_spec
 from loraplex.runtime.server.token_json import finite_logprob, openai_finish_name
+from loraplex.runtime.server.tool_calls import ToolCallStream, ToolPlan, plan_tools, tool_call
 
 router = APIRouter(tags=["openai"])
 
@@ -54,8 +60,17 @@ def _logprobs(events: list[TokenEvent], top: int) -> dict[str, Any]:
                         for event in events]}
 
 
+def _message(result_text: str, finish: str, plan: ToolPlan | None
+             ) -> tuple[dict[str, Any], str]:
+    """The assistant message and finish reason of one choice."""
+    call = tool_call(plan, result_text) if plan is not None else None
+    if call is None:
+        return {"role": "assistant", "content": result_text}, finish
+    return {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
+
+
 async def _plan(request: Request, body: ChatCompletionRequest
-                ) -> tuple[list[GenerationRequest], int]:
+                ) -> tuple[list[GenerationRequest], int, ToolPlan | None]:
     service = service_of(request)
     refuse_unsupported(body)
     if body.top_logprobs and not body.logprobs:
@@ -64,28 +79,37 @@ async def _plan(request: Request, body: ChatCompletionRequest
     service.check_best_of(n, "n")
     adapter = service.resolve_adapter(body.model, body.adapter_source, body.api_token)
     stop = service.check_stop(stop_list(body.stop))
-    prompt = service.render_chat([message.template_message() for message in body.messages])
+    tools = plan_tools(body.tools, body.tool_choice, service.chat_template_has_tools())
+    spec = openai_spec(body.response_format, body)
+    if tools is not None and spec is not None:
+        raise ValidationFailed("a forced tool call and an output format cannot be combined",
+                               param="tool_choice")
+    grammar = await service.compile_grammar(tools.spec if tools is not None else spec)
+    prompt = service.render_chat([message.template_message() for message in body.messages],
+                                 tools=body.tools if tools is not None else None)
     ids, max_new = service.fit_prompt(await service.tokenize(prompt, add_special_tokens=False),
                                       body.max_completion_tokens or body.max_tokens)
     top = (body.top_logprobs or 0) if body.logprobs else 0
     params = sampling_params(body, max_new, stop, logprobs=top)
     request_id = request.state.record.request_id
-    return [service.make_request(f"{request_id}-{index}", ids, params, adapter)
-            for index in range(n)], n
+    return [service.make_request(f"{request_id}-{index}", ids, params, adapter, grammar)
+            for index in range(n)], n, tools
 
 
 async def _complete(request: Request, body: ChatCompletionRequest) -> JSONResponse:
     service = service_of(request)
-    engine_requests, _ = await _plan(request, body)
+    engine_requests, _, tools = await _plan(request, body)
     with service.admit(len(engine_requests)):
         results = await cancel_on_disconnect(
             request, service.complete_many(engine_requests, request.state.record, "chat"))
     top = body.top_logprobs or 0
-    choices = [{"index": index,
-                "message": {"role": "assistant", "content": result.text},
-                "logprobs": _logprobs(result.tokens, top) if body.logprobs else None,
-                "finish_reason": openai_finish_name(result.finish_reason)}
-               for index, result in enumerate(results)]
+    choices = []
+    for index, result in enumerate(results):
+        message, finish = _message(result.text, openai_finish_name(result.finish_reason),
+                                   tools)
+        choices.append({"index": index, "message": message,
+                        "logprobs": _logprobs(result.tokens, top) if body.logprobs else None,
+                        "finish_reason": finish})
     return JSONResponse({
         "id": new_id("chatcmpl"), "object": "chat.completion", "created": now(),
         "model": body.model or service.model_id, "choices": choices,
@@ -95,7 +119,7 @@ async def _complete(request: Request, body: ChatCompletionRequest) -> JSONRespon
 
 
 async def _stream_body(request: Request, body: ChatCompletionRequest, n: int,
-                       prompt_size: int, first: tuple[int, TokenEvent],
+                       tools: ToolPlan | None, prompt_size: int, first: tuple[int, TokenEvent],
                        events: AsyncIterator[tuple[int, TokenEvent]]) -> AsyncIterator[bytes]:
     service = service_of(request)
     head = {"id": new_id("chatcmpl"), "object": "chat.completion.chunk", "created": now(),
@@ -103,6 +127,7 @@ async def _stream_body(request: Request, body: ChatCompletionRequest, n: int,
     chunk_usage = ChunkUsage(body)
     top = body.top_logprobs or 0
     generated: dict[int, int] = {}
+    calls = {index: ToolCallStream(tools) for index in range(n)} if tools else {}
 
     def chunk(index: int, delta: dict[str, Any], logprobs: Any = None,
               finish: str | None = None) -> bytes:
@@ -120,9 +145,17 @@ async def _stream_body(request: Request, body: ChatCompletionRequest, n: int,
             generated[index] = max(generated.get(index, 0), event.num_generated_tokens)
             if event.token_id is not None and not event.special and event.text:
                 logprobs = _logprobs([event], top) if body.logprobs else None
-                yield chunk(index, {"content": event.text}, logprobs)
+                if index in calls:
+                    deltas = calls[index].feed(event.text)
+                    if deltas:
+                        yield chunk(index, {"tool_calls": deltas}, logprobs)
+                else:
+                    yield chunk(index, {"content": event.text}, logprobs)
             if event.finished:
-                yield chunk(index, {}, None, openai_finish_name(event.finish_reason))
+                finish = openai_finish_name(event.finish_reason)
+                if index in calls and calls[index].started and finish == "stop":
+                    finish = "tool_calls"
+                yield chunk(index, {}, None, finish)
             item = await anext(events, None)
     except Exception as error:
         yield sse_error(stream_failure(request, error))
@@ -137,10 +170,10 @@ async def _stream_body(request: Request, body: ChatCompletionRequest, n: int,
 
 async def _complete_stream(request: Request, body: ChatCompletionRequest) -> Response:
     service = service_of(request)
-    engine_requests, n = await _plan(request, body)
+    engine_requests, n, tools = await _plan(request, body)
     lease, first, events = await start_stream(request, service, engine_requests, "chat")
     prompt_size = len(engine_requests[0].prompt_token_ids)
-    return EventStream(_stream_body(request, body, n, prompt_size, first, events),
+    return EventStream(_stream_body(request, body, n, tools, prompt_size, first, events),
                        on_close=lease.release)
 
 

@@ -38,6 +38,7 @@ from loraplex.runtime.server.streaming import (
     sse_data,
     stream_failure,
 )
+from loraplex.runtime.server.structured_fields import openai_spec
 from loraplex.runtime.server.token_json import finite_logprob, openai_finish_name
 
 router = APIRouter(tags=["openai"])
@@ -104,6 +105,7 @@ async def _plan(request: Request, body: CompletionRequest
     service.check_best_of(best_of, "best_of" if body.best_of else "n")
     adapter = service.resolve_adapter(body.model, body.adapter_source, body.api_token)
     stop = service.check_stop(stop_list(body.stop))
+    grammar = await service.compile_grammar(openai_spec(body.response_format, body))
     request_id = request.state.record.request_id
     plans, texts = [], []
     for prompt_index, (ids, text) in enumerate(await _prompts(service, body.prompt)):
@@ -111,7 +113,8 @@ async def _plan(request: Request, body: CompletionRequest
         params = sampling_params(body, max_new, stop, body.logprobs or 0,
                                  prompt_logprobs=bool(body.echo and body.logprobs is not None))
         plans.append([service.make_request(f"{request_id}-{prompt_index}-{index}", ids,
-                                           params, adapter) for index in range(best_of)])
+                                           params, adapter, grammar)
+                      for index in range(best_of)])
         texts.append(text)
     return plans, texts, n
 

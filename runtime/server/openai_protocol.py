@@ -3,13 +3,15 @@
 Every field of OpenAI's API is declared, so the `openai` package works unchanged with
 any documented argument; unknown top-level fields are refused (as in `lorax_protocol.py`).
 Fields that only label a request (`user`, `metadata`, `store`, ...) are accepted and
-ignored; fields asking for something loraplex cannot do (tools, structured output,
-audio, ...) are refused with a 400 naming them unless they hold their neutral value (see
+ignored; fields asking for something loraplex cannot do (legacy `functions`, audio,
+...) are refused with a 400 naming them unless they hold their neutral value (see
 `refuse_unsupported`). What vLLM accepts beyond OpenAI is accepted as vLLM does: a
 missing `model` (the base model), any message `role` and extra keys inside a message
 (both handed to the chat template), and vLLM's sampling extensions (`min_tokens`,
 `allowed_token_ids`, `prompt_logprobs`, ...). LoRAX's extensions (`top_k`,
 `repetition_penalty`, `ignore_eos_token`, `adapter_source`, `api_token`) are accepted too.
+Output constraints (`response_format`, vLLM's `guided_*` and `structured_outputs`, forced
+tool calls) are read by `structured_fields.py` and `tool_calls.py`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pydantic import ConfigDict, Field
 
 from loraplex.runtime.server.errors import ValidationFailed
 from loraplex.runtime.server.lorax_protocol import StrictModel
+from loraplex.runtime.server.structured_fields import GuidedFields
 
 MAX_TOP_LOGPROBS = 20
 SEED_RANGE = {"ge": -(2**63), "le": 2**63 - 1}  # vLLM's: a signed 64-bit integer
@@ -31,8 +34,8 @@ class StreamOptions(StrictModel):
     continuous_usage_stats: bool | None = None
 
 
-class SamplingFields(StrictModel):
-    """What both OpenAI endpoints share."""
+class SamplingFields(GuidedFields):
+    """What both OpenAI endpoints share (vLLM's guided decoding fields included)."""
 
     model: str | None = Field(None, description="an adapter name; the base model id, \"\" "
                               "or none at all for the base model")
@@ -62,6 +65,7 @@ class CompletionRequest(SamplingFields):
     echo: bool | None = None
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     suffix: str | None = None
+    response_format: dict[str, Any] | None = None  # vLLM takes it on completions too
 
 
 class TextPart(StrictModel):
@@ -147,12 +151,8 @@ def refuse_unsupported(body: SamplingFields) -> None:
         refused.append(("suffix", bool(body.suffix)))
     if isinstance(body, ChatCompletionRequest):
         refused += [
-            ("tools", bool(body.tools)),
-            ("tool_choice", body.tool_choice not in (None, "none", "auto")),
             ("functions", bool(body.functions)),
             ("function_call", body.function_call not in (None, "none", "auto")),
-            ("response_format", body.response_format is not None
-             and body.response_format.get("type") != "text"),
             ("audio", body.audio is not None),
             ("modalities", body.modalities not in (None, ["text"])),
             ("prediction", body.prediction is not None),

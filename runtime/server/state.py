@@ -57,7 +57,8 @@ class ServerState:
         limits = Limits(max_model_len=max_model_len,
                         max_input_length=min(max_input, max_model_len - 1),
                         max_best_of=self.server_config.max_best_of,
-                        max_stop_sequences=self.server_config.max_stop_sequences)
+                        max_stop_sequences=self.server_config.max_stop_sequences,
+                        grammar_cache_bytes=self.server_config.grammar_cache_bytes)
         self.engine = engine
         self.service = InferenceService(engine, self.model_id, limits, self.gate, self.metrics)
         self.phase = Phase.READY

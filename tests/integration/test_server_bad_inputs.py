@@ -62,8 +62,12 @@ def test_unparseable_bodies_are_422(http, path, raw, mentions) -> None:
     ({"inputs": "hi", "parameters": {"best_of": 10**6, "do_sample": True}}, "best_of"),
     ({"inputs": "hi", "parameters": {"best_of": 2}}, "sampling"),
     ({"inputs": "hi", "parameters": {"merged_adapters": {"ids": ["a"]}}}, "merged_adapters"),
-    ({"inputs": "hi", "parameters": {"response_format": {"type": "json_object"}}},
-     "response_format"),
+    ({"inputs": "hi", "parameters": {"response_format": {"type": "xml"}}},
+     "response_format.type"),
+    ({"inputs": "hi", "parameters": {"response_format": {"type": "json_schema"}}},
+     "json_schema.schema"),
+    ({"inputs": "hi", "parameters": {"response_format": {
+        "type": "json_object", "schema": {"type": "objekt"}}}}, "cannot be compiled"),
     ({"inputs": "hi", "parameters": {"stop": ["a"] * 100}}, "stop sequences"),
     ({"inputs": "hi", "parameters": {"return_k_alternatives": 1000}}, "return_k_alternatives"),
 ])
@@ -107,7 +111,19 @@ def test_oversize_prompt_is_refused_unless_truncated(http) -> None:
     ("/v1/chat/completions", {"model": "", "messages": [{"role": "user", "content": "x"}],
                               "frobnicate": True}, "frobnicate: unknown field"),
     ("/v1/chat/completions", {"model": "", "messages": [{"role": "user", "content": "x"}],
-                              "response_format": {"type": "json_object"}}, "response_format"),
+                              "response_format": {"type": "json_schema", "json_schema": {
+                                  "name": "x", "schema": {"type": "objekt"}}}},
+     "Unsupported type"),
+    ("/v1/completions", {"prompt": "hi", "guided_regex": "(a"}, "cannot be compiled"),
+    ("/v1/completions", {"prompt": "hi", "guided_regex": "a", "guided_choice": ["a"]},
+     "one output constraint"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                              "tools": [{"type": "function", "function": {"name": "f"}}]},
+     "no tool format"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                              "tools": [{"type": "function", "function": {"name": "f"}}],
+                              "tool_choice": {"type": "function", "function": {"name": "g"}}},
+     "must name one of the tools"),
 ])
 def test_invalid_openai_requests_are_400_in_openai_shape(http, path, body, mentions) -> None:
     assert mentions in openai_error(http.post(path, json=body))["message"]
