@@ -21,7 +21,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-import torch
 import xgrammar
 
 from loraplex.runtime.adapters.manager import AdapterManager
@@ -176,14 +175,13 @@ class Engine:
         if request.request_id in self._seqs:
             raise ValueError(f"request id {request.request_id!r} is already running")
         self.validate(request)
-        seed = generator = None
+        seed = None
         if not request.params.greedy:
             seed = (request.params.seed if request.params.seed is not None
                     else self._seed_source.getrandbits(63))
-            generator = torch.Generator(device=self.loaded.device).manual_seed(seed)
         detokenizer = IncrementalDetokenizer(self._decoder, request.prompt_token_ids,
                                              self._num_tokenizer_ids)
-        seq = Sequence(request, detokenizer, seed=seed, generator=generator)
+        seq = Sequence(request, detokenizer, seed=seed)
         if request.grammar is not None:
             seq.grammar = xgrammar.GrammarMatcher(request.grammar)
         self._seqs[request.request_id] = seq

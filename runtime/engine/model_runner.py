@@ -21,26 +21,14 @@ from loraplex.runtime.engine.decode_graphs import DecodeGraphRunner
 from loraplex.runtime.engine.kv_cache import PagedKVCache
 from loraplex.runtime.engine.scheduler import ScheduledSequence
 from loraplex.runtime.engine.sequence import Sequence
+from loraplex.runtime.engine.step_sampling import SampledToken, StepSampling
 from loraplex.runtime.layers.forward_batch import DecodeGroup, ForwardBatch, PrefillSpan
-from loraplex.runtime.layers.grammar_mask import GrammarBitmask, TokenMask
 from loraplex.runtime.layers.lora import LoraBatch
-from loraplex.runtime.layers.sampler import (
-    RepetitionPenalty,
-    Sampler,
-    SamplerOutput,
-    SamplingMetadata,
-)
+from loraplex.runtime.layers.sampler import Sampler
 from loraplex.runtime.models.llama import LlamaForCausalLM
 
 PROMPT_LOGPROBS_ROWS = 256  # rows of prompt logits materialized at once ([rows, vocab])
 DECODE_GROUP_SIZE = 8  # decode sequences per attention call (padded to the group's longest)
-
-
-@dataclass(slots=True)
-class SampledToken:
-    token_id: int
-    logprob: float
-    top: list[tuple[int, float]]  # alternatives, most likely first
 
 
 @dataclass(slots=True)
@@ -58,11 +46,11 @@ class ModelRunner:
         self.device = device
         self.block_size = kv_cache.layout.block_size
         self.dtype = kv_cache.layout.dtype
-        self.sampler = Sampler()
+        self.sampler = Sampler()  # logits processors join through Sampler(processors)
+        self.step_sampling = StepSampling(model.config.vocab_size, device)
         self.lora_pool: DeviceSlotPool | None = None  # set when the engine serves adapters
         self.lora_backend = "torch"
         self.decode_graphs: DecodeGraphRunner | None = None  # set by the engine on CUDA
-        self._grammar_bitmask: GrammarBitmask | None = None  # built for the first grammar
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSequence]) -> StepOutput:
@@ -81,9 +69,9 @@ class ModelRunner:
             rows = self._tensor([start + item.num_new_tokens - 1 for item, start in sampling])
             logits = self.model.compute_logits(hidden[rows])  # [N, vocab]
             seqs = [item.seq for item, _ in sampling]
-            result = self.sampler(logits, self._sampling_metadata(seqs))
-            for row, seq in enumerate(seqs):
-                output.sampled[seq] = _sampled_token(result, row)
+            tensors = self.step_sampling.tensors(seqs)
+            sampled = self.step_sampling.finish(tensors, self.sampler(logits, tensors))
+            output.sampled = dict(zip(seqs, sampled, strict=True))
         for item, start in zip(ordered, starts, strict=False):
             if item.seq.needs_prompt_logprobs:
                 output.prompt_logprobs[item.seq] = self._prompt_logprobs(item, hidden, start)
@@ -142,41 +130,6 @@ class ModelRunner:
         return DecodeGroup(start, len(tables), padded.view(len(tables), width),
                            key_mask[:, None, None, :].to(self.device, non_blocking=True))
 
-    def _sampling_metadata(self, seqs: list[Sequence]) -> SamplingMetadata:
-        params = [seq.params for seq in seqs]
-        sampled = [not p.greedy for p in params]
-        vocab = self.model.config.vocab_size
-        temperatures = [p.temperature if s else 1.0 for p, s in zip(params, sampled,
-                                                                  strict=True)]
-        top_ks = [p.top_k if s and p.top_k else vocab for p, s in zip(params, sampled,
-                                                                     strict=True)]
-        top_ps = [p.top_p if s else 1.0 for p, s in zip(params, sampled, strict=True)]
-        penalties = [
-            RepetitionPenalty(row, p.repetition_penalty,
-                              torch.tensor(seq.token_ids, device=self.device))
-            for row, (seq, p) in enumerate(zip(seqs, params, strict=True))
-            if p.repetition_penalty != 1.0
-        ]
-        return SamplingMetadata(
-            temperatures=torch.tensor(temperatures, dtype=torch.float32, device=self.device),
-            top_ks=(torch.tensor(top_ks, device=self.device) if min(top_ks) < vocab
-                    else None),
-            top_ps=(torch.tensor(top_ps, dtype=torch.float32, device=self.device)
-                    if min(top_ps) < 1.0 else None),
-            generators=[seq.generator if s else None for seq, s in zip(seqs, sampled,
-                                                                       strict=True)],
-            penalties=penalties,
-            max_num_logprobs=max(p.logprobs for p in params),
-            token_mask=self._token_mask(seqs))
-
-    def _token_mask(self, seqs: list[Sequence]) -> TokenMask | None:
-        if all(seq.grammar is None for seq in seqs):
-            return None
-        if self._grammar_bitmask is None:
-            self._grammar_bitmask = GrammarBitmask(self.model.config.vocab_size, len(seqs),
-                                                   self.device)
-        return self._grammar_bitmask.build([seq.grammar for seq in seqs])
-
     def _prompt_logprobs(self, item: ScheduledSequence, hidden: torch.Tensor,
                          start: int) -> list[tuple[int, float]]:
         """Logprob of each prompt token this chunk predicts (row i predicts token i+1)."""
@@ -204,9 +157,3 @@ def step_order(scheduled: list[ScheduledSequence]) -> list[ScheduledSequence]:
             + sorted((s for s in scheduled if s.num_new_tokens > 1),
                      key=lambda s: s.seq.lora_slot))
 
-
-def _sampled_token(result: SamplerOutput, row: int) -> SampledToken:
-    top: list[tuple[int, float]] = []
-    if result.top_token_ids is not None:
-        top = list(zip(result.top_token_ids[row], result.top_logprobs[row], strict=True))
-    return SampledToken(result.token_ids[row], result.logprobs[row], top)

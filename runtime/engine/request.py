@@ -30,7 +30,9 @@ class SamplingParams:
     temperature: float = 0.0  # 0: greedy
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1: off
-    repetition_penalty: float = 1.0  # 1: off
+    repetition_penalty: float = 1.0  # 1: off; prompt and generated tokens (Hugging Face)
+    frequency_penalty: float = 0.0  # 0: off; times generated, subtracted (OpenAI)
+    presence_penalty: float = 0.0  # 0: off; subtracted once a token was generated (OpenAI)
     seed: int | None = None  # fixed seed: reproducible sampling for this request
     stop: list[str] = field(default_factory=list)  # stop sequences (not included in output)
     ignore_eos: bool = False
@@ -49,6 +51,9 @@ class SamplingParams:
         if self.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be positive, got "
                              f"{self.repetition_penalty}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
         if self.logprobs < 0:
             raise ValueError(f"logprobs must not be negative, got {self.logprobs}")
         if any(not isinstance(s, str) or not s for s in self.stop):

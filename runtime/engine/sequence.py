@@ -11,7 +11,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-import torch
 import xgrammar
 
 from loraplex.runtime.adapters.records import AdapterLease
@@ -35,8 +34,7 @@ class SequenceStatus(enum.Enum):
 class Sequence:
     request: GenerationRequest
     detokenizer: IncrementalDetokenizer
-    seed: int | None = None  # None for greedy requests
-    generator: torch.Generator | None = None
+    seed: int | None = None  # None for greedy requests; with the token index, the noise
     token_ids: list[int] = field(init=False)
     num_prompt_tokens: int = field(init=False)
     num_computed_tokens: int = 0

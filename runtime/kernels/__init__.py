@@ -43,6 +43,7 @@ def lora_apply(
     ranks: torch.Tensor,
     backend: str = "auto",
     zero_padded: bool = False,
+    host_ranks: Sequence[int] | None = None,
 ) -> None:
     """y[t, slice s] += x[t] @ A[slot, s, :rank].T @ B[slot, slice s, :rank].T, in place.
 
@@ -54,11 +55,12 @@ def lora_apply(
     ranks: int32 [S]. Rows whose segment has slot -1 are left untouched. Past each slot's
     rank the pools may hold anything, unless `zero_padded` promises zeros there and finite
     values everywhere (as `DeviceSlotPool` does), which the torch path turns into fewer,
-    larger reads.
+    larger reads. `host_ranks`: the same values as `ranks`, known on the host, which spares
+    the torch path a read of `ranks` back from the device.
     """
     if resolve_backend(backend, x.device) == "torch":
         torch_ops.lora_apply(y, x, lora_a, lora_b, slice_offsets, segments, ranks,
-                             zero_padded)
+                             zero_padded, host_ranks)
         return
     from . import sgmv  # imports triton
 

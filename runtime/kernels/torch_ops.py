@@ -43,16 +43,18 @@ def lora_apply(
     segments: LoraSegments,
     ranks: torch.Tensor,
     zero_padded: bool = False,
+    host_ranks: Sequence[int] | None = None,
 ) -> None:
     """`y[rows of slot] += x @ A[slot].T @ B[slot].T` per slice, in place.
 
     `zero_padded`: the pools hold zeros past each slot's rank and only finite values, which
     lets decode slots be computed as ranges read in place (see `torch_plan`).
+    `host_ranks`: `ranks` as the host knows them (else they are read from the device).
     """
     check_lora_args(y, x, lora_a, lora_b, slice_offsets, segments, ranks)
     if not segments.has_lora:
         return
-    rank_list = ranks.tolist()
+    rank_list = list(host_ranks) if host_ranks is not None else ranks.tolist()
     check_rank_values([rank_list[slot] for slot in segments.slot_runs()], lora_a.shape[2])
     plan = torch_plan(segments, rank_list, zero_padded)
     bounds = _slice_bounds(slice_offsets)

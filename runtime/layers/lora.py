@@ -29,6 +29,7 @@ class LoraBatch:
     segments: dict[str, LoraSegments]  # per projection group some row's adapter targets
     slice_offsets: dict[str, tuple[int, ...]]
     backend: str
+    host_ranks: tuple[int, ...]  # the pool's slot ranks at build time (no device read)
 
     @classmethod
     def build(cls, pool: DeviceSlotPool, row_slots: Sequence[int], backend: str,
@@ -49,7 +50,7 @@ class LoraBatch:
                 built[targeting] = LoraSegments.from_token_slots(group_slots, device)
             segments[group] = built[targeting]
         offsets = {group: pool.target.slice_offsets(group) for group in segments}
-        return cls(pool, segments, offsets, backend)
+        return cls(pool, segments, offsets, backend, tuple(pool.ranks_host))
 
     def apply(self, y: torch.Tensor, x: torch.Tensor, layer: int, group: str) -> None:
         """y [T, d_out_total] += each row's adapter delta of `group` for x [T, d_in]."""
@@ -59,5 +60,5 @@ class LoraBatch:
         lora_a, lora_b = self.pool.group(layer, group)
         # the pool keeps zeros past each slot's rank and refuses non-finite adapters
         lora_apply(y, x, lora_a, lora_b, self.slice_offsets[group], segments, self.pool.ranks,
-                   self.backend, zero_padded=True)
+                   self.backend, zero_padded=True, host_ranks=self.host_ranks)
 

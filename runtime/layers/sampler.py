@@ -1,110 +1,149 @@
-"""Next tokens from logits: penalties, temperature, top-k, top-p, seeded sampling, logprobs.
+"""Next tokens for the whole batch at once, on the device, without waiting for the host.
 
-The processing order is Hugging Face's (repetition penalty, then temperature, top-k,
-top-p), so greedy and penalized greedy choices equal `generate`'s. Every sampled row has
-its own `torch.Generator`, seeded per request, so a seeded request draws the same tokens
-whatever else shares its batch. Rows of constrained requests (structured output) are first
-masked to the tokens their grammar allows. Reported logprobs are those of the model's own
-distribution (log-softmax of the raw logits), before any processing.
+Every step below works on all rows in a few batched operations (no loop over rows, no
+value read back to Python), in this order:
+
+1. logprobs: log-softmax of the raw logits (the model's own distribution, what is
+   reported, before any processing);
+2. grammar masks: the rows of constrained requests (structured output) keep only the
+   tokens their grammar allows (`TokenMask`, free rows untouched);
+3. logits processors: the `processors` hooks, in the order given. Each sees the batch's
+   fp32 logits `[N, vocab]` and the `SamplingTensors` and returns logits of the same shape
+   (masks and biases per row: allowed tokens, logit bias, minimum length). A processor
+   keeps what it needs per row on the device and must not read values back;
+4. penalties from the device-side token counts (`PenaltyBatch`): repetition as Hugging
+   Face applies it (prompt and generated tokens), frequency and presence as OpenAI
+   defines them (generated tokens only);
+5. greedy rows take the argmax of the processed logits;
+6. the other rows: temperature, then top-k and top-p from one sort (Hugging Face's
+   order and tie rules), then one draw by the Gumbel-max trick with counter-based noise
+   (`sampling_noise`): a row's draw depends only on its seed and its token index, so a
+   seeded request gets the same tokens whatever shares its batch.
+
+The result stays on the device; `SamplerOutput.packed` lays it out for the step's single
+device-to-host copy.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from loraplex.runtime.layers.grammar_mask import TokenMask
+from loraplex.runtime.layers.sampling_noise import gumbel_noise
 
 
 @dataclass(slots=True)
-class RepetitionPenalty:
-    row: int
-    penalty: float
-    token_ids: torch.Tensor  # int64 [n]: prompt + generated tokens of that row's sequence
+class PenaltyBatch:
+    """The penalized rows of a step (P of them) with their token counts."""
+
+    rows: torch.Tensor  # int64 [P]: rows of the batch
+    counts: torch.Tensor  # int32 [P, vocab]: times each token was generated
+    seen: torch.Tensor  # bool [P, vocab]: token is in the prompt or was generated
+    repetition: torch.Tensor  # float32 [P]; 1.0: off
+    frequency: torch.Tensor  # float32 [P]; 0.0: off
+    presence: torch.Tensor  # float32 [P]; 0.0: off
 
 
 @dataclass(slots=True)
-class SamplingMetadata:
+class SamplingTensors:
     temperatures: torch.Tensor  # float32 [N]; 1.0 on greedy rows
-    top_ks: torch.Tensor | None  # int64 [N], vocab size where off; None: all off
-    top_ps: torch.Tensor | None  # float32 [N], 1.0 where off; None: all off
-    generators: list[torch.Generator | None]  # None on greedy rows
-    penalties: list[RepetitionPenalty] = field(default_factory=list)
-    max_num_logprobs: int = 0  # alternatives to report per row (the most any row asks)
+    greedy: torch.Tensor  # bool [N]
+    seeds: torch.Tensor  # int64 [N]; any value on greedy rows
+    token_indices: torch.Tensor  # int64 [N]: generated tokens so far (the noise counter)
+    top_ks: torch.Tensor | None = None  # int64 [N], vocab where off; None: off on all rows
+    top_ps: torch.Tensor | None = None  # float32 [N], 1.0 where off; None: off on all rows
+    penalties: PenaltyBatch | None = None  # None: no row is penalized
     token_mask: TokenMask | None = None  # grammar masks of the constrained rows
+    all_greedy: bool = True  # known on the host: skip the sampling path
+    max_num_logprobs: int = 0  # alternatives to report per row (the most any row asks)
 
-    @property
-    def all_greedy(self) -> bool:
-        return all(generator is None for generator in self.generators)
+
+class LogitsProcessor(Protocol):
+    def __call__(self, logits: torch.Tensor, tensors: SamplingTensors) -> torch.Tensor:
+        """fp32 [N, vocab] -> fp32 [N, vocab]; device work only, no host reads."""
+        ...
 
 
 @dataclass(slots=True)
 class SamplerOutput:
-    token_ids: list[int]
-    logprobs: list[float]  # of each chosen token
-    top_token_ids: list[list[int]] | None  # [N][max_num_logprobs]
-    top_logprobs: list[list[float]] | None
+    token_ids: torch.Tensor  # int64 [N]
+    logprobs: torch.Tensor  # float32 [N]: of each chosen token
+    top_token_ids: torch.Tensor | None = None  # int64 [N, max_num_logprobs]
+    top_logprobs: torch.Tensor | None = None  # float32 [N, max_num_logprobs]
+
+    def packed(self) -> torch.Tensor:
+        """float64 [N, 2 + 2k]: id, logprob, k top ids, k top logprobs (ids exact < 2**53)."""
+        columns = [self.token_ids[:, None].double(), self.logprobs[:, None].double()]
+        if self.top_token_ids is not None:
+            columns += [self.top_token_ids.double(), self.top_logprobs.double()]
+        return torch.cat(columns, dim=1)
 
 
 class Sampler(nn.Module):
-    def forward(self, logits: torch.Tensor, meta: SamplingMetadata) -> SamplerOutput:
+    def __init__(self, processors: Sequence[LogitsProcessor] = ()) -> None:
+        super().__init__()
+        self.processors = list(processors)
+
+    def forward(self, logits: torch.Tensor, tensors: SamplingTensors) -> SamplerOutput:
         # logits float32 [N, vocab]
-        logprobs = torch.log_softmax(logits, dim=-1)
-        if meta.token_mask is not None:
-            meta.token_mask.apply(logits)
-        if meta.penalties:
-            logits = apply_repetition_penalties(logits.clone(), meta.penalties)
-        token_ids = logits.argmax(dim=-1) if meta.all_greedy else self._sample(logits, meta)
-        chosen = logprobs.gather(1, token_ids[:, None]).squeeze(1)
-        top_ids = top_values = None
-        if meta.max_num_logprobs:
-            top = logprobs.topk(min(meta.max_num_logprobs, logprobs.shape[-1]), dim=-1)
-            top_ids, top_values = top.indices.tolist(), top.values.tolist()
-        return SamplerOutput(token_ids.tolist(), chosen.tolist(), top_ids, top_values)
-
-    def _sample(self, logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
-        greedy = logits.argmax(dim=-1)  # [N]
-        scaled = logits / meta.temperatures[:, None]
-        if meta.top_ks is not None:
-            scaled = mask_top_k(scaled, meta.top_ks)
-        if meta.top_ps is not None:
-            scaled = mask_top_p(scaled, meta.top_ps)
-        probs = torch.softmax(scaled, dim=-1)
-        sampled = greedy.clone()
-        for row, generator in enumerate(meta.generators):
-            if generator is not None:
-                # exponential race: argmax(p / E), E ~ Exp(1), draws from p
-                noise = torch.empty_like(probs[row]).exponential_(generator=generator)
-                sampled[row] = (probs[row] / noise).argmax()
-        return sampled
+        logprobs = torch.log_softmax(logits, dim=-1)  # [N, vocab]
+        if tensors.token_mask is not None:
+            tensors.token_mask.apply(logits)  # in place
+        for processor in self.processors:
+            logits = processor(logits, tensors)
+        if tensors.penalties is not None:
+            logits = apply_penalties(logits, tensors.penalties)
+        token_ids = logits.argmax(dim=-1)  # [N]
+        if not tensors.all_greedy:
+            token_ids = torch.where(tensors.greedy, token_ids, draw(logits, tensors))
+        output = SamplerOutput(token_ids, logprobs.gather(1, token_ids[:, None]).squeeze(1))
+        if tensors.max_num_logprobs:
+            top = logprobs.topk(min(tensors.max_num_logprobs, logprobs.shape[-1]), dim=-1)
+            output.top_token_ids, output.top_logprobs = top.indices, top.values
+        return output
 
 
-def apply_repetition_penalties(logits: torch.Tensor,
-                               penalties: list[RepetitionPenalty]) -> torch.Tensor:
-    for item in penalties:
-        row = logits[item.row]
-        seen = row.gather(0, item.token_ids)
-        row.scatter_(0, item.token_ids,
-                     torch.where(seen < 0, seen * item.penalty, seen / item.penalty))
-    return logits
+def draw(logits: torch.Tensor, tensors: SamplingTensors) -> torch.Tensor:
+    """A token per row from softmax(logits / T) after top-k/top-p -> int64 [N]."""
+    scaled = logits / tensors.temperatures[:, None]  # [N, vocab]
+    if tensors.top_ks is not None or tensors.top_ps is not None:
+        scaled = mask_top_k_top_p(scaled, tensors.top_ks, tensors.top_ps)
+    noise = gumbel_noise(tensors.seeds, tensors.token_indices, logits.shape[-1])
+    return (scaled + noise).argmax(dim=-1)  # Gumbel-max: a draw from softmax(scaled)
 
 
-def mask_top_k(logits: torch.Tensor, top_ks: torch.Tensor) -> torch.Tensor:
-    # keep each row's k largest (ties at the k-th value kept, as Hugging Face does)
-    vocab = logits.shape[-1]
-    k = top_ks.clamp(1, vocab)
-    kth = logits.sort(dim=-1, descending=True).values.gather(1, (k - 1)[:, None])  # [N, 1]
-    return logits.masked_fill(logits < kth, float("-inf"))
+def apply_penalties(logits: torch.Tensor, penalties: PenaltyBatch) -> torch.Tensor:
+    rows = logits.index_select(0, penalties.rows)  # [P, vocab]
+    repetition = penalties.repetition[:, None]
+    rows = torch.where(penalties.seen,
+                       torch.where(rows < 0, rows * repetition, rows / repetition), rows)
+    counts = penalties.counts.to(rows.dtype)
+    rows = (rows - penalties.frequency[:, None] * counts
+            - penalties.presence[:, None] * (counts > 0).to(rows.dtype))
+    return logits.index_copy(0, penalties.rows, rows)
 
 
-def mask_top_p(logits: torch.Tensor, top_ps: torch.Tensor) -> torch.Tensor:
-    # keep the smallest set of most likely tokens whose probability reaches p
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
-    probs = sorted_logits.softmax(dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs  # [N, vocab]
-    drop_sorted = mass_before >= top_ps[:, None]
-    drop_sorted[:, 0] = False
-    drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
+def mask_top_k_top_p(logits: torch.Tensor, top_ks: torch.Tensor | None,
+                     top_ps: torch.Tensor | None) -> torch.Tensor:
+    """-inf outside each row's top k, then outside its top-p nucleus (one sort).
+
+    Ties at the k-th value are kept, as Hugging Face's TopKLogitsWarper keeps them; the
+    nucleus is the smallest set of most likely tokens whose probability reaches p.
+    """
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # [N, vocab]
+    if top_ks is not None:
+        k = top_ks.clamp(1, logits.shape[-1])
+        kth = sorted_logits.gather(1, (k - 1)[:, None])  # [N, 1]
+        sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, float("-inf"))
+    if top_ps is not None:
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        drop = mass_before >= top_ps[:, None]
+        drop[:, 0] = False
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
