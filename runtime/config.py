@@ -15,6 +15,7 @@ from loraplex.settings import setting
 
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+QUANTIZE = ("none", "int8", "int4", "gguf")
 LOAD_FORMATS = ("auto", "dummy")
 
 
@@ -32,6 +33,11 @@ class EngineConfig:
     load_format: str = setting("auto", help="auto: read weights; dummy: random weights",
                                choices=LOAD_FORMATS)
     device: str = setting("auto", help="auto, cpu, cuda, cuda:N")
+    quantize: str = setting(
+        "none", help="weight-only quantization of the decoder's linears at load: none, int8 "
+        "(per output channel), int4 (per group, round to nearest), gguf (serve a GGUF "
+        "model's own Q4_0/Q4_1 blocks as int4; other types dequantized)", choices=QUANTIZE)
+    quantize_group_size: int = setting(32, help="inputs per int4 group (32, 64, 128, 256)")
     cache_dir: str = setting(factory=default_cache_dir,
                              help="cache folder for converted models and adapters")
     seed: int = setting(0, help="seed for dummy weights and unseeded sampling")
@@ -60,7 +66,7 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         positive = ("max_num_seqs", "max_num_batched_tokens", "block_size", "max_lora_rank",
-                    "device_slots", "load_workers")
+                    "device_slots", "load_workers", "quantize_group_size")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -74,6 +80,8 @@ class EngineConfig:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.load_format not in LOAD_FORMATS:
             raise ValueError(f"load_format must be one of {LOAD_FORMATS}")
+        if self.quantize not in QUANTIZE:
+            raise ValueError(f"quantize must be one of {QUANTIZE}, got {self.quantize!r}")
 
 
 @dataclass(slots=True)

@@ -6,7 +6,9 @@ compiler uses for CPU linears (`mkldnn::_linear_pointwise` over weights reordere
 by `mkldnn::_reorder_linear_weight`), does the same fp32 arithmetic (only the summation
 order differs) in about 0.6x the time there, 0.4x for the 49k-wide LM head at batch 32
 (`python -m bench.engine`). `pack()` is called once the weights are final; until then,
-and on CUDA, the layer is a plain `nn.Linear`.
+and on CUDA, the layer is a plain `nn.Linear`. A packed or quantized layer reads its
+weight through that one path only, so the plain copy is released (`release_weight`)
+unless another module shares it (a tied LM head).
 
 `MergedLinear` is several projections side by side (q|k|v, gate|up): one GEMM instead of
 several, each part at fixed column offsets, so a checkpoint's separate weights load into
@@ -21,13 +23,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from loraplex.runtime.layers.quantized import QuantizedWeight, quantize_weight
+
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 
 
 class Linear(nn.Linear):
     packed_weight: torch.Tensor | None = None  # oneDNN layout of `weight` (CPU only)
+    quantized: QuantizedWeight | None = None  # weight-only int8/int4 in place of `weight`
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, in] -> [T, out]
+        if self.quantized is not None:
+            output = self.quantized.linear(x)
+            return output if self.bias is None else output + self.bias
         if self.packed_weight is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias,
                                                       "none", [], "")
@@ -36,11 +44,37 @@ class Linear(nn.Linear):
     def pack(self) -> bool:
         """Pre-pack the current weight for oneDNN (CPU only); False where not possible."""
         weight = self.weight
-        if (weight.device.type != "cpu" or weight.dtype not in PACKABLE_DTYPES
-                or not torch.backends.mkldnn.is_available()):
+        if (self.quantized is not None or weight.device.type != "cpu"
+                or weight.dtype not in PACKABLE_DTYPES or not torch.backends.mkldnn.is_available()):
             return False
         self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
         return True
+
+    def quantize(self, method: str, group_size: int) -> None:
+        """Replace the weight by its weight-only quantized form (int8 or int4)."""
+        self.use_quantized(quantize_weight(self.weight, method, group_size))
+
+    def use_quantized(self, quantized: QuantizedWeight) -> None:
+        expected = (self.out_features, self.in_features)
+        if (quantized.out_features, quantized.in_features) != expected:
+            raise ValueError(f"quantized weight {quantized.out_features}x"
+                             f"{quantized.in_features} for a {expected[0]}x{expected[1]} layer")
+        self.quantized, self.packed_weight = quantized, None
+
+    def release_weight(self) -> None:
+        """Drop the plain weight once it is read through a packed or quantized form."""
+        if self.quantized is None and self.packed_weight is None:
+            raise ValueError("the plain weight is this layer's only copy")
+        self.register_parameter("weight", None)
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes the layer's weight occupies in the form it is read in."""
+        if self.quantized is not None:
+            return self.quantized.nbytes
+        return self.out_features * self.in_features * (
+            self.weight.element_size() if self.weight is not None
+            else self.packed_weight.element_size())
 
 
 class MergedLinear(Linear):

@@ -152,9 +152,38 @@ class LlamaForCausalLM(nn.Module):
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
+    def own_linears(self) -> list[Linear]:
+        """Linear layers whose weight no other module reads (all but a tied LM head)."""
+        tied = self.lm_head if self.config.tie_word_embeddings else None
+        return [m for m in self.modules() if isinstance(m, Linear) and m is not tied]
+
     def pack_weights(self) -> int:
-        """Pre-pack every linear layer's final weights for the CPU; return how many."""
-        return sum(module.pack() for module in self.modules() if isinstance(module, Linear))
+        """Pre-pack every linear layer's final weights for the CPU; return how many.
+        Packed layers drop their plain weight (one copy in memory, not two)."""
+        packed = [module for module in self.modules()
+                  if isinstance(module, Linear) and module.pack()]
+        owned = set(self.own_linears())
+        for module in packed:
+            if module in owned:
+                module.release_weight()
+        return len(packed)
+
+    def quantize_weights(self, method: str, group_size: int) -> int:
+        """Weight-only quantization of every decoder linear (the LM head stays full: it is
+        small next to the layers in large models and tied to the embedding in small ones)."""
+        layers = [m for m in self.own_linears() if m is not self.lm_head]
+        for module in layers:
+            module.quantize(method, group_size)
+            module.release_weight()
+        return len(layers)
+
+    def weight_bytes(self) -> int:
+        """Bytes of every weight in the form it is served (packed, quantized or plain)."""
+        owned = self.own_linears()
+        linears = {id(m.weight) for m in owned if m.weight is not None}
+        others = sum(p.numel() * p.element_size() for p in self.parameters()
+                     if id(p) not in linears)
+        return others + sum(m.weight_bytes for m in owned)
 
     def reset_buffers(self) -> None:
         """Compute non-parameter state once the module sits on its device."""

@@ -27,6 +27,7 @@ from transformers import (
 from loraplex.runtime.config import EngineConfig
 from loraplex.runtime.models.builtin import (
     BUILTIN_PREFIX,
+    builtin_gguf_path,
     resolve_builtin,
     resolve_builtin_tokenizer,
 )
@@ -36,6 +37,7 @@ from loraplex.runtime.models.checkpoint import (
     safetensors_files,
 )
 from loraplex.runtime.models.device import resolve_device, resolve_dtype
+from loraplex.runtime.models.gguf_quantized import use_gguf_blocks
 from loraplex.runtime.models.llama import LlamaForCausalLM, check_supported
 from loraplex.runtime.models.shapes import SHAPES, SMOLLM2_TOKENIZER, shape_config
 from loraplex.runtime.models.sources import resolve_model_folder
@@ -58,10 +60,17 @@ class LoadedModel:
     max_model_len: int
     eos_token_ids: tuple[int, ...]
     folder: Path | None = None  # the Hugging Face folder the weights came from
+    quantization: str = "none"  # --quantize as applied
+    weight_bytes: int = 0  # the weights as served (packed, quantized or plain)
 
     @property
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        """Parameters of the checkpoint (a released or quantized weight still counts)."""
+        counted = {id(p): p.numel() for p in self.model.parameters()}
+        for module in self.model.own_linears():
+            if module.weight is None:
+                counted[id(module)] = module.in_features * module.out_features
+        return sum(counted.values())
 
 
 @contextlib.contextmanager
@@ -136,6 +145,29 @@ def _dummy_source(config: EngineConfig) -> tuple[PretrainedConfig, Path, Path | 
     return AutoConfig.from_pretrained(folder), tokenizer_folder, folder
 
 
+def gguf_file(source: str) -> Path:
+    """The GGUF file a model source names (for `--quantize gguf`)."""
+    if source.startswith(BUILTIN_PREFIX):
+        return builtin_gguf_path(source)
+    path = Path(source.removeprefix("file://")).expanduser()
+    if path.suffix != ".gguf" or not path.is_file():
+        raise ValueError(f"--quantize gguf serves a GGUF file's own blocks, but the model "
+                         f"source {source!r} is not builtin:NAME or a .gguf file")
+    return path
+
+
+def quantize_model(model: LlamaForCausalLM, config: EngineConfig) -> None:
+    """Apply `--quantize` to a loaded model (before packing for the CPU)."""
+    if config.quantize == "gguf":
+        if config.load_format == "dummy":
+            raise ValueError("--quantize gguf needs the GGUF's weights, not --load-format dummy")
+        served, _ = use_gguf_blocks(model, gguf_file(config.model))
+        logger.info("serving %d linear layers from the GGUF's 4-bit blocks", served)
+    elif config.quantize != "none":
+        layers = model.quantize_weights(config.quantize, config.quantize_group_size)
+        logger.info("quantized %d linear layers to %s", layers, config.quantize)
+
+
 def load_model(config: EngineConfig) -> LoadedModel:
     started = time.perf_counter()
     device = resolve_device(config.device)
@@ -153,14 +185,17 @@ def load_model(config: EngineConfig) -> LoadedModel:
             init_dummy_weights(model, config.seed, getattr(hf_config, "initializer_range", 0.02))
         else:
             model.load_weights(iter_checkpoint(folder, device))
+        quantize_model(model, config)
         model.pack_weights()
     loaded = LoadedModel(
         model=model, hf_config=hf_config, tokenizer=tokenizer, model_id=config.model,
         dtype=dtype, device=device, max_model_len=context_length(hf_config,
                                                                  config.max_model_len),
-        eos_token_ids=eos_ids(hf_config, tokenizer, folder), folder=folder)
-    logger.info("loaded %s (%s weights, %.1fM parameters) as %s on %s, context %d, in %.1fs",
-                config.model, config.load_format, loaded.num_parameters / 1e6,
+        eos_token_ids=eos_ids(hf_config, tokenizer, folder), folder=folder,
+        quantization=config.quantize, weight_bytes=model.weight_bytes())
+    logger.info("loaded %s (%s weights, %.1fM parameters, %.0f MB as served, quantization "
+                "%s) as %s on %s, context %d, in %.1fs", config.model, config.load_format,
+                loaded.num_parameters / 1e6, loaded.weight_bytes / 1e6, config.quantize,
                 str(dtype).removeprefix("torch."), device, loaded.max_model_len,
                 time.perf_counter() - started)
     return loaded

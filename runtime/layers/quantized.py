@@ -1,0 +1,162 @@
+"""Weight-only quantized weights for `Linear`: int8 per output channel, int4 per group.
+
+A pod with a small GPU (or a CPU) holds the base weights in 8 or 4 bits and multiplies
+them with activations in the serving dtype; LoRA deltas are added on top of the output
+exactly as for full weights, so adapters need nothing new. The products use torch's own
+weight-only kernels, no native code of ours:
+- int8: `aten._weight_int8pack_mm(x, q[N, K] int8, scales[N])` (CPU and CUDA),
+  symmetric per output channel: w = q * scale.
+- int4: tinygemm's layout, asymmetric per group of `group_size` inputs:
+  w = (q - 8) * scale + zero with q in 0..15, scales and zeros `[K / g, N, 2]`. On the CPU
+  `aten._weight_int4pack_mm_for_cpu`; elsewhere the weight is dequantized for each product
+  (correct, and the memory at rest is still 4-bit; a Triton dequantize-GEMM is the fast
+  GPU path still to come).
+Every format that maps onto these (round-to-nearest at load, GGUF Q4_0/Q4_1) is built
+through `Int4Weight.from_codes`, so one `dequantize()` is the reference for all of them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+INT4_GROUP_SIZES = (32, 64, 128, 256)
+INT4_CPU_ROWS = 16  # the CPU kernel's output tile
+INT4_INNER_K_TILES = 2  # tinygemm's inner tiling of the packed layout (2, 4 or 8)
+
+
+class QuantizedWeight:
+    """What `Linear` needs of a quantized weight."""
+
+    out_features: int
+    in_features: int
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:  # [T, K] -> [T, N]
+        raise NotImplementedError
+
+    def dequantize(self) -> torch.Tensor:  # [N, K] in fp32
+        raise NotImplementedError
+
+    @property
+    def nbytes(self) -> int:
+        raise NotImplementedError
+
+
+class Int8Weight(QuantizedWeight):
+    """Symmetric int8, one scale per output channel."""
+
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> None:
+        self.codes = codes.to(torch.int8).contiguous()  # [N, K]
+        self.scales = scales.float().contiguous()  # [N], fp32: the format's own precision
+        self.kernel_scales = self.scales.to(dtype)  # [N] in the activation dtype
+        self.out_features, self.in_features = self.codes.shape
+
+    @classmethod
+    def quantize(cls, weight: torch.Tensor) -> Int8Weight:
+        """Round to nearest: scale = max |w| / 127 per output channel."""
+        full = weight.detach().float()  # [N, K]
+        scales = (full.abs().amax(dim=1) / 127.0).clamp(min=torch.finfo(torch.float32).tiny)
+        codes = torch.round(full / scales[:, None]).clamp(-127, 127)
+        return cls(codes, scales, weight.dtype)
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        scales = self.kernel_scales
+        if scales.dtype != x.dtype:
+            scales = self.scales.to(x.dtype)
+        return torch.ops.aten._weight_int8pack_mm(x, self.codes, scales)
+
+    def dequantize(self) -> torch.Tensor:
+        return self.codes.float() * self.scales[:, None]
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.nbytes + self.scales.nbytes + self.kernel_scales.nbytes
+
+
+class Int4Weight(QuantizedWeight):
+    """Asymmetric int4 per group of inputs, packed once for the device's kernel."""
+
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                 group_size: int, dtype: torch.dtype) -> None:
+        """codes [N, K] in 0..15, scales and zeros [N, K / group_size]: w = (q - 8) s + z."""
+        self.out_features, self.in_features = codes.shape
+        check_int4_shape(self.in_features, group_size)
+        if codes.device.type == "cpu" and self.out_features % INT4_CPU_ROWS:
+            raise ValueError(f"int4 on the CPU needs a multiple of {INT4_CPU_ROWS} outputs; "
+                             f"this layer has {self.out_features}")
+        self.group_size = group_size
+        self.device = codes.device
+        self.packed = pack_int4(codes.to(torch.int32).contiguous())
+        # [K / g, N, 2] in the activation dtype, as the kernel reads them
+        self.scales_and_zeros = torch.stack([scales.t(), zeros.t()], dim=-1).to(
+            dtype).contiguous()
+
+    @classmethod
+    def quantize(cls, weight: torch.Tensor, group_size: int) -> Int4Weight:
+        """Round to nearest over each group's [min, max] in 16 steps."""
+        out_features, in_features = weight.shape
+        check_int4_shape(in_features, group_size)
+        groups = weight.detach().float().view(out_features, -1, group_size)  # [N, K/g, g]
+        low, high = groups.amin(dim=-1), groups.amax(dim=-1)  # [N, K/g]
+        scales = ((high - low) / 15.0).clamp(min=torch.finfo(torch.float32).tiny)
+        codes = torch.round((groups - low[..., None]) / scales[..., None]).clamp(0, 15)
+        return cls.from_codes(codes.view(out_features, in_features), scales, low, group_size,
+                              weight.dtype)
+
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor,
+                   group_size: int, dtype: torch.dtype) -> Int4Weight:
+        """From codes with w = q * scale + offset (GGUF Q4_1, round-to-nearest)."""
+        return cls(codes, scales, offsets + 8.0 * scales, group_size, dtype)
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        table = self.scales_and_zeros
+        if table.dtype != x.dtype:
+            table = table.to(x.dtype)
+        if self.device.type == "cpu":
+            return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, self.group_size,
+                                                              table)
+        return F.linear(x, self.dequantize().to(x.dtype))
+
+    def codes(self) -> torch.Tensor:  # [N, K] in 0..15
+        if self.device.type != "cpu":
+            return torch.stack([self.packed & 15, self.packed >> 4], dim=-1).view(
+                self.out_features, self.in_features).int()
+        identity = torch.eye(self.in_features, dtype=torch.float32, device=self.device)
+        unit = torch.zeros_like(self.scales_and_zeros, dtype=torch.float32)
+        unit[..., 0] = 1.0  # scale 1, zero 0: the kernel returns q - 8 per weight
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(
+            identity, self.packed, self.group_size, unit).t().round().int() + 8
+
+    def dequantize(self) -> torch.Tensor:
+        scales, zeros = self.scales_and_zeros.float().unbind(-1)  # [K/g, N] each
+        expand = lambda t: t.t().repeat_interleave(self.group_size, dim=1)  # [N, K]
+        return (self.codes().float() - 8.0) * expand(scales) + expand(zeros)
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.nbytes + self.scales_and_zeros.nbytes
+
+
+def check_int4_shape(in_features: int, group_size: int) -> None:
+    if group_size not in INT4_GROUP_SIZES:
+        raise ValueError(f"int4 group size must be one of {INT4_GROUP_SIZES}, got {group_size}")
+    if in_features % group_size:
+        raise ValueError(f"int4 with groups of {group_size} needs the input width to be a "
+                         f"multiple of it; this layer has {in_features} inputs (choose "
+                         f"--quantize-group-size from {INT4_GROUP_SIZES} dividing it)")
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """Codes [N, K] int32 in 0..15 in the layout of the device's int4 kernel."""
+    if codes.device.type == "cpu":
+        return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, INT4_INNER_K_TILES)
+    return (codes[:, 1::2] << 4 | codes[:, ::2]).to(torch.uint8)  # two codes a byte
+
+
+def quantize_weight(weight: torch.Tensor, method: str, group_size: int) -> QuantizedWeight:
+    if method == "int8":
+        return Int8Weight.quantize(weight)
+    if method == "int4":
+        return Int4Weight.quantize(weight, group_size)
+    raise ValueError(f"unknown quantization {method!r} (int8 or int4)")
