@@ -307,7 +307,8 @@ class Engine:
             top_logprobs=[TokenLogprob(i, self._token_text(i), lp)
                           for i, lp in sampled.top[:params.logprobs]],
             num_prompt_tokens=seq.num_prompt_tokens,
-            num_generated_tokens=seq.num_generated_tokens, seed=seq.seed)
+            num_generated_tokens=seq.num_generated_tokens, seed=seq.seed,
+            queued_s=seq.queued_s)
         if seq.prompt_logprobs is not None and not seq.prompt_logprobs_sent:
             event.prompt_logprobs = seq.prompt_logprobs
             seq.prompt_logprobs_sent = True
@@ -322,7 +323,8 @@ class Engine:
         return TokenEvent(request_id=seq.request_id, token_id=None, text="",
                           finished=True, finish_reason=reason, error=error,
                           num_prompt_tokens=seq.num_prompt_tokens,
-                          num_generated_tokens=seq.num_generated_tokens, seed=seq.seed)
+                          num_generated_tokens=seq.num_generated_tokens, seed=seq.seed,
+                          queued_s=seq.queued_s)
 
     def _token_text(self, token_id: int) -> str:
         if token_id >= self._num_tokenizer_ids:

@@ -105,3 +105,4 @@ class TokenEvent:
     num_prompt_tokens: int = 0
     num_generated_tokens: int = 0
     seed: int | None = None  # the seed sampling used (reported back to lorax clients)
+    queued_s: float | None = None  # seconds the request waited before its first step

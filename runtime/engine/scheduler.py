@@ -16,6 +16,7 @@ leaves the queue and is reported in `failed` (with the reason) for the engine to
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -90,6 +91,8 @@ class Scheduler:
             self.waiting.remove(seq)
             self.block_manager.grow(seq.block_table, num_new)
             seq.status = SequenceStatus.RUNNING
+            if seq.queued_s is None:
+                seq.queued_s = time.monotonic() - seq.arrived_at
             self.running.append(seq)
             scheduled.append(ScheduledSequence(seq, num_new))
             budget -= num_new

@@ -9,6 +9,7 @@ everything (its generated tokens become part of what it prefills again).
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, field
 
 import xgrammar
@@ -47,6 +48,8 @@ class Sequence:
     adapter_lease: AdapterLease | None = None  # held while admitted (keeps the slot resident)
     lora_slot: int = -1  # device slot of the adapter while admitted; -1: base model
     grammar: xgrammar.GrammarMatcher | None = None  # state of a constrained output
+    arrived_at: float = field(default_factory=time.monotonic)
+    queued_s: float | None = None  # waiting time before its first step; set when scheduled
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.request.prompt_token_ids)

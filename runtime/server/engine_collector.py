@@ -21,7 +21,9 @@ from prometheus_client.core import (
 )
 
 from loraplex.contracts.metric_names import REQUESTS_RUNNING, REQUESTS_WAITING
+from loraplex.runtime.server.probe_routes import engine_detail
 from loraplex.runtime.server.state import ServerState
+from loraplex.runtime.server.vllm_metrics import ENGINE_INDEX
 
 
 def _gauge(name: str, documentation: str, value: float, labels: dict[str, str] | None = None
@@ -51,7 +53,7 @@ class EngineCollector:
             yield from self._adapter_metrics(manager)
 
     def _engine_metrics(self, stats: Any) -> Iterator[Metric]:
-        model = {"model_name": self.state.model_id}
+        model = {"model_name": self.state.model_id, "engine": ENGINE_INDEX}
         yield _gauge("loraplex_num_requests_running", "sequences in the running batch",
                      stats.num_running)
         yield _gauge("loraplex_num_requests_waiting", "sequences waiting for a batch slot",
@@ -77,12 +79,28 @@ class EngineCollector:
                      stats.num_waiting, model)
         yield _gauge("vllm:kv_cache_usage_perc", "KV cache usage (1 = full)",
                      stats.kv_cache_usage, model)
+        vllm_preemptions = CounterMetricFamily("vllm:num_preemptions", "Cumulative number of "
+                                               "preemption from the engine.", labels=list(model))
+        vllm_preemptions.add_metric(list(model.values()), stats.num_preemptions)
+        yield vllm_preemptions
+        yield self._cache_config_info(stats)
         activity = self.state.metrics.activity
         yield _gauge("vllm:lora_requests_info", "adapters of running and waiting requests; "
                      "the value is the time of the scrape",
                      time.time(), {"max_lora": str(self.state.engine_config.device_slots),
                                    "running_lora_adapters": activity.names(activity.running),
                                    "waiting_lora_adapters": activity.names(activity.waiting)})
+
+    def _cache_config_info(self, stats: Any) -> Metric:
+        """vLLM's `vllm:cache_config_info`: the KV cache's settings as labels, value 1."""
+        config = self.state.engine_config
+        labels = {"block_size": str(stats.block_size),
+                  "cache_dtype": engine_detail(self.state.engine, "dtype", config.dtype),
+                  "gpu_memory_utilization": str(config.kv_cache_fraction),
+                  "num_gpu_blocks": str(stats.num_total_blocks), "num_cpu_blocks": "0",
+                  "engine": ENGINE_INDEX}
+        return _gauge("vllm:cache_config_info", "Information of the LLMEngine CacheConfig", 1,
+                      labels)
 
     def _adapter_metrics(self, manager: Any) -> Iterator[Metric]:
         stats = manager.stats()

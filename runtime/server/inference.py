@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from loraplex.runtime.adapters.errors import AdapterError
 from loraplex.runtime.adapters.errors import AdapterNotFound as EngineAdapterNotFound
-from loraplex.runtime.engine.request import GenerationRequest, SamplingParams, TokenEvent
+from loraplex.runtime.engine.request import (
+    FinishReason,
+    GenerationRequest,
+    SamplingParams,
+    TokenEvent,
+)
 from loraplex.runtime.server.access_log import RequestRecord
 from loraplex.runtime.server.admission import AdmissionGate, Lease
 from loraplex.runtime.server.errors import (
@@ -194,6 +199,8 @@ class InferenceService:
         series = self.metrics.request_series(endpoint, request.adapter)
         record.adapter = request.adapter
         outcome = "aborted"
+        reason: FinishReason | None = FinishReason.ABORT  # vLLM's count: None if it failed
+        queued_s: float | None = None
         last_token_at: float | None = None
         try:
             async with aclosing(self.engine.generate(request)) as events:
@@ -202,16 +209,16 @@ class InferenceService:
                     if event.token_id is not None:
                         if last_token_at is None:
                             ttft = now - started
-                            series.first_token()
-                            series.ttft.observe(ttft)
+                            series.first_token(ttft)
                             if record.ttft_s is None:
                                 record.ttft_s = round(ttft, 6)
                         else:
-                            series.inter_token.observe(now - last_token_at)
+                            series.next_token(now - last_token_at)
                         last_token_at = now
+                    queued_s = event.queued_s if event.queued_s is not None else queued_s
                     if event.finished:
-                        outcome = (event.finish_reason.value if event.finish_reason
-                                   else "length")
+                        reason = event.finish_reason or FinishReason.LENGTH
+                        outcome = reason.value
                         record.prompt_tokens = max(record.prompt_tokens,
                                                    event.num_prompt_tokens)
                         record.generated_tokens += event.num_generated_tokens
@@ -220,16 +227,16 @@ class InferenceService:
                                              event.num_generated_tokens)
                     yield event
         except EngineAdapterNotFound as error:
-            outcome = "rejected"
+            outcome, reason = "rejected", None
             raise AdapterNotFound(str(error), param="adapter_id") from error
         except AdapterError as error:
-            outcome = "error"
+            outcome, reason = "error", None
             raise GenerationFailed(str(error)) from error
         except ValueError as error:  # the engine refuses what can never fit
-            outcome = "rejected"
+            outcome, reason = "rejected", None
             raise ValidationFailed(str(error)) from error
         finally:
-            series.finish(outcome, time.perf_counter() - started)
+            series.finish(outcome, time.perf_counter() - started, reason, queued_s)
 
     async def complete(self, request: GenerationRequest, record: RequestRecord,
                        endpoint: str) -> GenerationResult:

@@ -4,7 +4,8 @@ Request-level series (counters, TTFT and inter-token histograms, labelled per ad
 are updated as tokens stream; engine and adapter gauges are read from the engine at
 scrape time by `EngineCollector`, so they are never stale and cost nothing between
 scrapes. Alongside `loraplex_*` the pod exports the vLLM names that the Gateway API
-Inference Extension's endpoint picker scrapes (`vllm:num_requests_waiting`, ...).
+Inference Extension's endpoint picker scrapes (`vllm:num_requests_waiting`, ...) and
+vLLM's request series (`vllm_metrics.py`), labelled with the served model's name.
 A per-app `CollectorRegistry` (not the process-global one) lets several apps live in one
 process, as tests do.
 """
@@ -16,6 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from loraplex.runtime.engine.request import FinishReason
+from loraplex.runtime.server.vllm_metrics import VllmRequestMetrics
 
 BASE_LABEL = "__base__"  # the `adapter` label value of base-model requests
 
@@ -50,23 +54,39 @@ class RequestSeries:
         self.ttft = metrics.ttft.labels(self.label)
         self.inter_token = metrics.inter_token.labels(self.label)
         self._started_running = False
+        self._tokens = (0, 0)  # (prompt, generated) once known
         if adapter:
             metrics.activity.waiting[adapter] += 1
 
-    def first_token(self) -> None:
+    def first_token(self, ttft_s: float) -> None:
         if self._adapter and not self._started_running:
             self._metrics.activity.waiting[self._adapter] -= 1
             self._metrics.activity.running[self._adapter] += 1
         self._started_running = True
+        self.ttft.observe(ttft_s)
+        if self._metrics.vllm is not None:
+            self._metrics.vllm.first_token(self._metrics.model_name, ttft_s)
+
+    def next_token(self, gap_s: float) -> None:
+        self.inter_token.observe(gap_s)
+        if self._metrics.vllm is not None:
+            self._metrics.vllm.next_token(self._metrics.model_name, gap_s)
 
     def record_tokens(self, prompt_tokens: int, generated_tokens: int) -> None:
         self._metrics.prompt_tokens.labels(self.label).inc(prompt_tokens)
         self._metrics.generation_tokens.labels(self.label).inc(generated_tokens)
+        self._tokens = (prompt_tokens, generated_tokens)
 
-    def finish(self, outcome: str, duration_s: float) -> None:
+    def finish(self, outcome: str, duration_s: float, reason: FinishReason | None = None,
+               queued_s: float | None = None) -> None:
+        """The request ended: `outcome` for loraplex's series, `reason` (None unless it ran
+        to an end or was aborted) for vLLM's."""
         metrics = self._metrics
         metrics.requests.labels(self._endpoint, self.label, outcome).inc()
         metrics.duration.labels(self.label).observe(duration_s)
+        if metrics.vllm is not None:
+            metrics.vllm.finished(metrics.model_name, reason, *self._tokens, duration_s,
+                                  queued_s)
         if self._adapter:
             tally = metrics.activity.running if self._started_running else \
                 metrics.activity.waiting
@@ -79,6 +99,8 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.activity = AdapterActivity()
+        self.vllm: VllmRequestMetrics | None = None  # once the model's length is known
+        self.model_name = ""
         registry = self.registry
         self.requests = Counter(
             "loraplex_requests", "engine requests finished, by endpoint, adapter and outcome "
@@ -109,6 +131,12 @@ class ServerMetrics:
         self.grammar_cache = Counter(
             "loraplex_grammar_cache_lookups", "compiled-grammar lookups, by result (hit, miss)",
             ["result"], registry=registry)
+
+    def add_vllm_series(self, model_name: str, max_model_len: int) -> None:
+        """Export vLLM's request series too, for `model_name` (once, when the model loads)."""
+        if self.vllm is None:
+            self.model_name = model_name
+            self.vllm = VllmRequestMetrics(self.registry, max_model_len)
 
     def request_series(self, endpoint: str, adapter: str | None) -> RequestSeries:
         return RequestSeries(self, endpoint, adapter)

@@ -60,6 +60,7 @@ class ServerState:
                         max_stop_sequences=self.server_config.max_stop_sequences,
                         grammar_cache_bytes=self.server_config.grammar_cache_bytes)
         self.engine = engine
+        self.metrics.add_vllm_series(self.model_id, max_model_len)
         self.service = InferenceService(engine, self.model_id, limits, self.gate, self.metrics)
         self.phase = Phase.READY
         return self.service
