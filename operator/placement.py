@@ -9,10 +9,14 @@ could not be placed and why. Rules, in order of precedence:
   and no adapter whose rank is above the pod's max rank;
 * never two replicas of one adapter on one pod;
 * existing placements stay where they are (a pod that disappears moves only its own
-  adapters), unless they no longer fit;
+  adapters), unless they no longer fit; `current` lists each adapter's pods in order of
+  preference, so when fewer fit (or fewer are wanted) the first ones stay;
 * new replicas go, largest first, to the least-loaded pod (`Spread`) or to the fullest
   pod that still fits (`BinPack`); ties break by pod name, so the result is deterministic;
 * what cannot be placed is reported as `InsufficientCapacity`, never raised.
+
+Rebalancing (`rebalance.py`) is a separate step: `place` itself never moves a placement
+that fits, so a pod that joins only receives new replicas.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ class PlacementPlan:
 
 
 @dataclass
-class _PodLoad:
+class PodLoad:
     pod: PodCapacity
     used_bytes: int = 0
     pinned: int = 0
@@ -90,13 +94,22 @@ class _PodLoad:
         else:
             self.unpinned += 1
 
+    def remove(self, adapter: AdapterDemand) -> None:
+        self.adapters.discard(adapter.name)
+        self.used_bytes -= adapter.size_bytes
+        if adapter.pinned:
+            self.pinned -= 1
+        else:
+            self.unpinned -= 1
+
 
 def place(pods: Iterable[PodCapacity], adapters: Iterable[AdapterDemand],
           current: Mapping[str, Iterable[str]], strategy: Strategy = "Spread") -> PlacementPlan:
-    """New placements for `adapters` on `pods`, keeping `current` ones where they fit."""
+    """New placements for `adapters` on `pods`, keeping `current` ones where they fit
+    (`current`: adapter → pods, most wanted first)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"placement strategy must be one of {STRATEGIES}, got {strategy!r}")
-    loads = {pod.name: _PodLoad(pod) for pod in sorted(pods, key=lambda pod: pod.name)}
+    loads = {pod.name: PodLoad(pod) for pod in sorted(pods, key=lambda pod: pod.name)}
     demands = sorted(adapters, key=lambda adapter: adapter.name)
     for adapter in demands:
         if adapter.replicas < 0 or adapter.size_bytes < 0:
@@ -105,7 +118,7 @@ def place(pods: Iterable[PodCapacity], adapters: Iterable[AdapterDemand],
 
     # Keep what is already placed, pinned adapters first: they are the hardest to move.
     for adapter in sorted(demands, key=lambda adapter: (not adapter.pinned, adapter.name)):
-        for pod_name in sorted(set(current.get(adapter.name, ()))):
+        for pod_name in dict.fromkeys(current.get(adapter.name, ())):
             load = loads.get(pod_name)
             if len(placed[adapter.name]) < adapter.replicas and load and load.fits(adapter):
                 load.add(adapter)
@@ -117,7 +130,7 @@ def place(pods: Iterable[PodCapacity], adapters: Iterable[AdapterDemand],
             candidates = [load for load in loads.values() if load.fits(adapter)]
             if not candidates:
                 break
-            chosen = min(candidates, key=_spread_key if strategy == "Spread" else _binpack_key)
+            chosen = min(candidates, key=spread_key if strategy == "Spread" else _binpack_key)
             chosen.add(adapter)
             placed[adapter.name].append(chosen.pod.name)
 
@@ -135,15 +148,15 @@ def place(pods: Iterable[PodCapacity], adapters: Iterable[AdapterDemand],
     )
 
 
-def _spread_key(load: _PodLoad) -> tuple[int, int, str]:
+def spread_key(load: PodLoad) -> tuple[int, int, str]:
     return (len(load.adapters), load.used_bytes + load.pod.reserved_bytes, load.pod.name)
 
 
-def _binpack_key(load: _PodLoad) -> tuple[int, int, str]:
+def _binpack_key(load: PodLoad) -> tuple[int, int, str]:
     return (load.free_bytes(), -len(load.adapters), load.pod.name)
 
 
-def _explain(adapter: AdapterDemand, loads: Iterable[_PodLoad], missing: int) -> str:
+def _explain(adapter: AdapterDemand, loads: Iterable[PodLoad], missing: int) -> str:
     loads = list(loads)
     wanted = f"{missing} of {adapter.replicas} replica(s) unplaced"
     if not loads:

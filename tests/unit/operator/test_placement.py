@@ -146,10 +146,10 @@ def test_no_pods_is_a_reason_not_an_exception():
     assert "no ready pods" in plan.shortfalls["a"].message
 
 
-def test_surplus_replicas_are_dropped_on_scale_down():
+def test_surplus_replicas_are_dropped_on_scale_down_the_first_listed_kept():
     pods = [PodCapacity(f"pod-{i}", 100 * MiB, 8, 64) for i in range(3)]
     plan = place(pods, [AdapterDemand("a", 1, MiB)], {"a": ["pod-2", "pod-0", "pod-1"]})
-    assert plan.placements["a"] == ("pod-0",)
+    assert plan.placements["a"] == ("pod-2",)
 
 
 def test_bad_input_is_refused_with_a_message():
