@@ -58,8 +58,9 @@ class Cluster:
     async def aclose(self) -> None:
         await self._client.close()
 
-    async def ensure(self, wanted: dict[str, Any]) -> str:
-        """Create `wanted`, or patch it back if it drifted. Returns created|patched|unchanged."""
+    async def ensure(self, wanted: dict[str, Any], why: str = "it drifted from its spec") -> str:
+        """Create `wanted`, or patch it to match (`why`: logged). Returns
+        created|patched|unchanged."""
         resource = resource_registry.load(wanted["apiVersion"], wanted["kind"])
         meta = wanted["metadata"]
         try:
@@ -73,7 +74,7 @@ class Cluster:
             return "unchanged"
         await self._client.patch(resource, meta["name"], patch, namespace=meta["namespace"],
                                  patch_type=PatchType.MERGE)
-        logger.info("patched drifted %s %s/%s", wanted["kind"], meta["namespace"], meta["name"])
+        logger.info("patched %s %s/%s: %s", wanted["kind"], meta["namespace"], meta["name"], why)
         return "patched"
 
     async def create(self, wanted: dict[str, Any]) -> str:

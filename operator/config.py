@@ -24,6 +24,11 @@ class OperatorConfig:
     admin_concurrency: int = setting(32, help="admin API calls in flight per BaseModelDeployment")
     default_adapter_bytes: int = setting(
         64 << 20, help="host bytes assumed for an adapter until a pod has read its size")
+    rebalance_max_moves: int = setting(
+        4, help="most placements a BaseModelDeployment moves at once to even out its pods "
+        "(Spread; each loads on the new pod before it leaves the old); 0: never move")
+    rebalance_threshold: int = setting(
+        1, help="placements by which pods may differ before Spread moves any (at least 1)")
     unload_timeout_s: float = setting(
         120.0, help="how long deleting an Adapter waits for its pods to unload it")
     router_image: str = setting("", help="router image (default: the BMD's runtime image)")
@@ -31,7 +36,8 @@ class OperatorConfig:
         "", help="namespace of the operator's own pods, which the runtime pods' NetworkPolicy "
         "admits (the install manifests set it); empty: operator pods in any namespace")
     health_host: str = setting("0.0.0.0", help="address of the liveness endpoint")
-    health_port: int = setting(8080, help="port of the liveness endpoint (GET /health); 0: off")
+    health_port: int = setting(
+        8081, help="port of the liveness endpoint (GET /health; not the runtime's 8080); 0: off")
     standalone: bool = setting(True, help="run without peering (one replica, Recreate)")
     log_level: str = setting("info", help="log level",
                              choices=("debug", "info", "warning", "error"))
@@ -43,6 +49,12 @@ class OperatorConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.admin_concurrency <= 0:
             raise ValueError(f"admin_concurrency must be positive, got {self.admin_concurrency}")
+        if self.rebalance_max_moves < 0:
+            raise ValueError(f"rebalance_max_moves must not be negative, got "
+                             f"{self.rebalance_max_moves}")
+        if self.rebalance_threshold < 1:
+            raise ValueError(f"rebalance_threshold must be at least 1, got "
+                             f"{self.rebalance_threshold}")
         if self.default_adapter_bytes < 0:
             raise ValueError("default_adapter_bytes must not be negative")
         if not 0 <= self.health_port < 65536:

@@ -41,6 +41,7 @@ class CrdKind:
     status: type[BaseModel]
     description: str
     columns: tuple[dict[str, Any], ...]
+    subresources: dict[str, Any]
 
 
 AGE_COLUMN = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
@@ -59,6 +60,10 @@ KINDS = (
             {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
             AGE_COLUMN,
         ),
+        # `kubectl scale bmd`, a HorizontalPodAutoscaler or KEDA set spec.replicas
+        {"status": {}, "scale": {"specReplicasPath": ".spec.replicas",
+                                 "statusReplicasPath": ".status.replicas",
+                                 "labelSelectorPath": ".status.selector"}},
     ),
     CrdKind(
         naming.ADAPTER_KIND, naming.ADAPTER_PLURAL, naming.ADAPTER_SINGULAR,
@@ -72,6 +77,7 @@ KINDS = (
             {"name": "Rank", "type": "integer", "jsonPath": ".status.rank"},
             AGE_COLUMN,
         ),
+        {"status": {}},
     ),
 )
 
@@ -111,7 +117,7 @@ def build_crd(kind: CrdKind) -> dict[str, Any]:
                 "name": naming.VERSION,
                 "served": True,
                 "storage": True,
-                "subresources": {"status": {}},
+                "subresources": kind.subresources,
                 "additionalPrinterColumns": list(kind.columns),
                 "schema": {"openAPIV3Schema": schema},
             }],

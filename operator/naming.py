@@ -87,6 +87,12 @@ def selector_labels(bmd: str, component: str) -> dict[str, str]:
     return {LABEL_INSTANCE: bmd, LABEL_COMPONENT: component, LABEL_BASE_MODEL: bmd}
 
 
+def runtime_selector(bmd: str) -> str:
+    """The runtime pods' label selector as a string (the scale subresource's selector)."""
+    return ",".join(f"{key}={value}" for key, value
+                    in sorted(selector_labels(bmd, COMPONENT_RUNTIME).items()))
+
+
 def operator_labels() -> dict[str, str]:
     """Labels of the operator's pods, which network policies admit to the runtime pods."""
     return {LABEL_NAME: APP_NAME, LABEL_COMPONENT: COMPONENT_OPERATOR}

@@ -13,32 +13,28 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
-
-from lightkube import ApiError
 
 from loraplex.contracts.placements import PlacementTable
 from loraplex.operator import naming
 from loraplex.operator.actions import Load, Unload, canonical_source, plan_actions
-from loraplex.operator.admin import AdminClient
 from loraplex.operator.builders import (
     Owner,
-    build_admin_secret,
-    build_children,
-    build_placements_configmap,
-    network_policy,
     placement_table,
-    read_admin_token,
     read_placements,
     same_placements,
 )
+from loraplex.operator.children import ChildObjects
 from loraplex.operator.cluster import Cluster
 from loraplex.operator.conditions import merge_patch_for, now_iso
 from loraplex.operator.config import OperatorConfig
 from loraplex.operator.credentials import SecretCache, attach_credentials, changed_secrets
+from loraplex.operator.decisions import DecisionLog
 from loraplex.operator.models import BaseModelDeploymentSpec, SpecError, parse_spec
+from loraplex.operator.moves import MovesInFlight
 from loraplex.operator.placement import AdapterDemand, PlacementPlan, PodCapacity, place
+from loraplex.operator.rebalance import rebalance
 from loraplex.operator.status import (
     INVALID_SPEC,
     PlacementReport,
@@ -52,9 +48,6 @@ from loraplex.operator.views import AdapterView, PodView
 logger = logging.getLogger(__name__)
 
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]  # ref, type, reason, message
-# the API server finds a child invalid or forbidden: a spec or setup problem to report,
-# where anything else (5xx, timeouts) is retried by kopf
-REFUSED_CODES = (400, 403, 422)
 
 
 @dataclass(frozen=True)
@@ -69,35 +62,36 @@ class BaseModelReconciler:
     def __init__(self, owner: Owner, cluster: Cluster, config: OperatorConfig,
                  events: EventSink) -> None:
         self.owner, self.cluster, self.config, self.events = owner, cluster, config, events
-        self.admin: AdminClient | None = None
-        self.token: str | None = None
+        self.children = ChildObjects(owner, cluster, config)
         self.assigned: dict[str, tuple[str, ...]] = {}  # last plan: adapter → pods
         self.refused: dict[tuple[str, str], tuple[int | None, str]] = {}
         self.incarnations: dict[str, tuple[str, int]] = {}
         self.silent_since: dict[str, float] = {}  # pod → when it stopped answering
-        self.children_key: tuple[Any, ...] | None = None
-        self.children_at = 0.0
         self.table: PlacementTable | None = None  # last written (or read) placement table
         self.observed: dict[str, PodObservation] = {}
         self.unloaded: set[str] = set()  # deleting adapters no reachable pod holds
         self.secret_versions: dict[str, str] = {}  # adapter → its Secret's version last pushed
+        self.moves = MovesInFlight()
+        self.pod_count = 0  # runtime pods that exist, ready or not (status.replicas)
+        self.decisions = DecisionLog()
 
     async def aclose(self) -> None:
-        if self.admin is not None:
-            await self.admin.aclose()
+        await self.children.aclose()
 
     async def cycle(self, body: Mapping[str, Any], pods: Iterable[PodView],
                     adapters: Iterable[AdapterView]) -> CycleOutcome:
         now = now_iso()
         generation = body.get("metadata", {}).get("generation")
+        pods = list(pods)
+        self.pod_count = len(pods)
         try:
             spec = parse_spec(BaseModelDeploymentSpec, body.get("spec"), naming.BMD_KIND)
         except SpecError as error:
             await self._write_bmd_status(body, spec=None, ready_pods=0, phases=[], placed=0,
                                          problem=str(error), now=now)
             return CycleOutcome(busy=False, admin_calls=0)
-        rejected = await self._ensure_children(spec, generation)
-        admin = await self._admin_client()
+        rejected = await self.children.ensure(spec, generation)
+        admin = await self.children.admin_client()
 
         ready = sorted((pod for pod in pods if pod.ready), key=lambda pod: pod.name)
         self._forget_restarted(ready)
@@ -110,8 +104,18 @@ class BaseModelReconciler:
         self.unloaded = {name for name, view in views.items() if view.deleting
                          and not any(name in held for held in reports.values())}
 
-        plan = self._plan(spec, reports, views, silent)
+        plan, capacities, demands = self._plan(spec, reports, views, silent)
         actions, withheld = await self._actions(plan, reports, views)
+        if not actions and spec.placement.strategy == "Spread" and not self.moves:
+            moves = rebalance(capacities, demands, plan.placements,
+                              max_moves=self.config.rebalance_max_moves,
+                              threshold=self.config.rebalance_threshold,
+                              fixed=self._unsettled(plan, reports, withheld))
+            if moves:
+                plan = PlacementPlan(self.moves.start(moves, plan.placements),
+                                     plan.shortfalls)
+                actions, withheld = await self._actions(plan, reports, views)
+        self.decisions.placements(self.assigned, plan.placements, reports, self.moves.pairs())
         executed = await execute(admin, {p.name: p for p in ready}, actions,
                                  self.config.admin_concurrency)
         for action in actions:
@@ -123,6 +127,7 @@ class BaseModelReconciler:
         self.assigned = dict(plan.placements)
         for (adapter, pod), reply in executed.loaded.items():  # the PUT answer is news too
             reports[pod][adapter] = reply
+        self.decisions.loads(plan.placements, reports)
 
         await self._write_table(plan, reports, views, observations)
         phases = await self._write_adapter_statuses(plan, reports, views, executed, withheld,
@@ -132,50 +137,6 @@ class BaseModelReconciler:
                                      placed=placed, problem=None, now=now, rejected=rejected)
         busy = bool(actions) or any(phase == "Loading" for phase in phases)
         return CycleOutcome(busy=busy, admin_calls=len(observations) + executed.calls)
-
-    async def _ensure_children(self, spec: BaseModelDeploymentSpec,
-                               generation: int | None) -> str | None:
-        """Create or repair the children; what the API server refused (retried each cycle).
-
-        A child the API server finds invalid (say, a user volume it cannot accept) does not
-        stop the others, nor the adapters' reconcile on the pods that run: it is reported.
-        """
-        key = (generation, spec.model_dump_json())
-        due = time.monotonic() - self.children_at >= self.config.children_resync_s
-        if key == self.children_key and not due:
-            return None
-        refused: list[str] = []
-        for child in build_children(self.owner, spec, self.config.router_image,
-                                    self.config.operator_namespace):
-            try:
-                await self.cluster.ensure(child)
-            except ApiError as error:
-                if error.status.code not in REFUSED_CODES:
-                    raise
-                refused.append(f"the API server refused {child['kind']} "
-                               f"{child['metadata']['name']}: {error.status.message}")
-        if not spec.network_policy.enabled:
-            for name in network_policy.network_policy_names(self.owner):
-                await self.cluster.delete_owned(network_policy.API_VERSION, network_policy.KIND,
-                                                self.owner.namespace, name, self.owner.uid)
-        await self.cluster.create(build_placements_configmap(self.owner))
-        if refused:
-            return "; ".join(refused)
-        self.children_key, self.children_at = key, time.monotonic()
-        return None
-
-    async def _admin_client(self) -> AdminClient:
-        if self.admin is not None:
-            return self.admin
-        name = naming.admin_secret_name(self.owner.name)
-        secret = await self.cluster.get_secret(self.owner.namespace, name)
-        if secret is None:
-            secret = build_admin_secret(self.owner)
-            if await self.cluster.create(secret) != "created":  # lost a race: read theirs
-                secret = await self.cluster.get_secret(self.owner.namespace, name) or secret
-        self.token = read_admin_token(secret)
-        self.admin = AdminClient(self.token, self.config.admin_timeout_s)
-        return self.admin
 
     def _forget_restarted(self, pods: list[PodView]) -> None:
         """A new or restarted pod deserves a fresh try of loads it refused before."""
@@ -234,9 +195,20 @@ class BaseModelReconciler:
             return self.assigned[name]
         return tuple(p.get("pod") for p in view.status.get("placements") or [])
 
+    def _unsettled(self, plan: PlacementPlan, reports: Mapping[str, Mapping[str, Any]],
+                   withheld: Mapping[str, str]) -> set[str]:
+        """Adapters not to move now: any copy of theirs not confirmed loaded."""
+        return {name for name, pods in plan.placements.items() if name in withheld or any(
+            (held := reports.get(pod, {}).get(name)) is None or not held.loaded
+            for pod in pods)}
+
     def _plan(self, spec: BaseModelDeploymentSpec,
               reports: Mapping[str, Mapping[str, Any]],
-              views: Mapping[str, AdapterView], silent: set[str]) -> PlacementPlan:
+              views: Mapping[str, AdapterView], silent: set[str]
+              ) -> tuple[PlacementPlan, list[PodCapacity], list[AdapterDemand]]:
+        """The plan, with the pods and demands it was made from (for rebalancing: the
+        demands without the extra replica of a move in flight, and without the copies
+        held for silent pods)."""
         capacity = spec.capacity
         pods = []
         for pod_name, held in reports.items():
@@ -247,10 +219,12 @@ class BaseModelReconciler:
                 reserved_bytes=sum(e.size_bytes or self.config.default_adapter_bytes
                                    for e in foreign),
                 reserved_slots=sum(bool(e.pinned) for e in foreign)))
+        sources = {name: canonical_source(view.spec.source) for name, view in views.items()
+                   if view.spec is not None and not view.deleting}
+        dropped = self.moves.review(reports, self.refused, sources, sources)
         demands, current, held_back = [], {}, {}
-        for name, view in views.items():
-            if view.spec is None or view.deleting:
-                continue
+        for name in sources:
+            view = views[name]
             seen = [held[name] for held in reports.values() if name in held]
             size = next((e.size_bytes for e in seen if e.size_bytes), None) \
                 or view.status.get("sizeBytes") or self.config.default_adapter_bytes
@@ -259,13 +233,18 @@ class BaseModelReconciler:
             held_back[name] = tuple(pod for pod in remembered if pod in silent)
             replicas = max(0, view.spec.replicas - len(held_back[name]))
             demands.append(AdapterDemand(name, replicas, int(size), rank, view.spec.pinned))
-            current[name] = {pod for pod, held in reports.items() if name in held} \
-                | set(remembered)
-        plan = place(pods, demands, current, spec.placement.strategy)
-        return PlacementPlan(
+            holders = sorted(pod for pod, held in reports.items() if name in held)
+            # the last plan first, so a copy being unloaded is not kept instead
+            current[name] = [pod for pod in self.moves.order(name, [*remembered, *holders])
+                             if (name, pod) not in dropped]
+        wanted = [replace(d, replicas=d.replicas + self.moves.wanted_extra(d.name))
+                  for d in demands]
+        plan = place(pods, wanted, current, spec.placement.strategy)
+        plan = PlacementPlan(
             placements={name: tuple(sorted(pods + held_back[name]))
                         for name, pods in plan.placements.items()},
             shortfalls=plan.shortfalls)
+        return plan, pods, demands
 
     async def _write_table(self, plan: PlacementPlan, reports: Mapping[str, Mapping[str, Any]],
                            views: Mapping[str, AdapterView],
@@ -326,7 +305,8 @@ class BaseModelReconciler:
         before, after = view.status.get("phase"), status["phase"]
         if before == after or after == "Loading":
             return
-        warning = after == "Failed" or (after == "Pending" and before is not None)
+        warning = after in ("Failed", "Unreachable") or (after == "Pending"
+                                                          and before is not None)
         self.events(view.reference(), "Warning" if warning else "Normal", after,
                     status.get("message") or after)
 
@@ -340,7 +320,8 @@ class BaseModelReconciler:
             adapter_phases=phases, placed=placed,
             endpoint=naming.endpoint_url(self.owner.name, self.owner.namespace),
             generation=body.get("metadata", {}).get("generation"), problem=problem, now=now,
-            rejected=rejected)
+            rejected=rejected, pods=self.pod_count,
+            selector=naming.runtime_selector(self.owner.name))
         if status != previous:
             await self.cluster.patch_bmd_status(self.owner.namespace, self.owner.name,
                                                 merge_patch_for(previous, status))

@@ -18,6 +18,7 @@ from loraplex.operator.views import AdapterView
 BASE_MODEL_NOT_FOUND = "BaseModelNotFound"
 INVALID_SPEC = "InvalidSpec"
 CREDENTIALS_NOT_FOUND = "CredentialsNotFound"
+POD_NOT_ANSWERING = "PodNotAnswering"
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,9 @@ def _placement_state(report: PlacementReport) -> tuple[str, str]:
     if report.refusal:
         return "Failed", report.refusal
     if report.held is None:
-        return "Loading", report.unreachable or "load requested"
+        if report.unreachable:
+            return "Unreachable", report.unreachable
+        return "Loading", "load requested"
     if report.held.failed:
         return "Failed", report.held.error or "the pod reports a load error"
     if report.held.loaded:
@@ -70,14 +73,19 @@ def adapter_status(view: AdapterView, reports: Sequence[PlacementReport],
     ready = sum(p["state"] == "Ready" for p in placements)
     failed = [p for p in placements if p["state"] == "Failed"]
     loading = [p for p in placements if p["state"] == "Loading"]
+    silent = [p for p in placements if p["state"] == "Unreachable"]
     if credentials is not None:
         phase, reason = "Pending", CREDENTIALS_NOT_FOUND
         message = f"{credentials}; ready on {ready}/{replicas} pod(s)" if ready else credentials
     elif ready >= replicas:
         phase, reason, message = "Ready", "Loaded", f"ready on {ready}/{replicas} pod(s)"
-    elif failed and not loading and not ready:
+    elif failed and not loading and not ready and not silent:
         phase, reason, message = "Failed", "LoadFailed", f"{failed[0]['pod']}: " \
             f"{failed[0]['message']}"
+    elif silent and not loading:  # not "still loading": the pod does not answer at all
+        phase, reason = "Unreachable", POD_NOT_ANSWERING
+        message = (f"ready on {ready}/{replicas} pod(s); {silent[0]['pod']}: "
+                   f"{silent[0]['message']}")
     elif placements:
         phase, reason = "Loading", "Loading"
         message = f"ready on {ready}/{replicas} pod(s)"
@@ -146,13 +154,17 @@ def pending_status(view: AdapterView, reason: str, message: str, now: str) -> di
 def bmd_status(previous: Mapping[str, Any], *, replicas: int, ready_pods: int,
                adapter_phases: Sequence[str], placed: int, endpoint: str,
                generation: int | None, problem: str | None, now: str,
-               rejected: str | None = None) -> dict[str, Any]:
-    """`problem`: the spec cannot be read; `rejected`: the API server refused a child
+               rejected: str | None = None, pods: int | None = None,
+               selector: str | None = None) -> dict[str, Any]:
+    """`replicas`: pods wanted; `pods`: runtime pods that exist (status.replicas, what the
+    scale subresource reports; default `ready_pods`); `selector`: their label selector.
+    `problem`: the spec cannot be read; `rejected`: the API server refused a child
     object (the pods of the previous version may still serve, so Available is theirs)."""
     counts = {
         "placed": placed,
         "ready": sum(phase == "Ready" for phase in adapter_phases),
-        "pending": sum(phase in ("Pending", "Loading") for phase in adapter_phases),
+        "pending": sum(phase in ("Pending", "Loading", "Unreachable")
+                       for phase in adapter_phases),
         "failed": sum(phase == "Failed" for phase in adapter_phases),
     }
     conditions = previous.get("conditions") or []
@@ -177,13 +189,15 @@ def bmd_status(previous: Mapping[str, Any], *, replicas: int, ready_pods: int,
         "ChildRejected" if rejected else "AdapterFailed" if failures else "AsExpected",
         "; ".join(failures), generation, now)
     status = {
-        "replicas": replicas,
+        "replicas": ready_pods if pods is None else pods,
         "readyReplicas": ready_pods,
         "ready": f"{ready_pods}/{replicas}",
         "adapters": counts,
         "endpoint": endpoint,
         "conditions": conditions,
     }
+    if selector is not None:
+        status["selector"] = selector
     if generation is not None:
         status["observedGeneration"] = generation
     return status

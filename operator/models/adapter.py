@@ -27,8 +27,9 @@ ADAPTER_SOURCE_PATTERN = (
 PARENT_SEGMENT_PATTERN = r"(^|/)\.\.(/|@|$)"
 NO_PARENT_SEGMENTS = "source must not contain '..' path segments"
 
-Phase = Literal["Pending", "Loading", "Ready", "Failed"]
-PlacementState = Literal["Loading", "Ready", "Failed"]
+# Unreachable: a pod meant to hold the adapter does not answer (not "still loading")
+Phase = Literal["Pending", "Loading", "Ready", "Failed", "Unreachable"]
+PlacementState = Literal["Loading", "Ready", "Failed", "Unreachable"]
 
 
 class AdapterSpec(CamelModel):
@@ -73,7 +74,8 @@ class AdapterPlacement(CamelModel):
 
 
 class AdapterStatus(CamelModel):
-    phase: Phase | None = Field(None, description="Pending, Loading, Ready or Failed.")
+    phase: Phase | None = Field(None, description="Pending, Loading, Ready, Failed, or "
+                                "Unreachable (a pod meant to hold it does not answer).")
     rank: int | None = Field(None, description="LoRA rank, as the pod read it.")
     size_bytes: int | None = Field(None, description="Bytes of adapter weights.")
     digest: str | None = Field(None, description="sha256 of the adapter's files.")

@@ -237,9 +237,12 @@ class AdapterCounts(CamelModel):
 
 
 class BmdStatus(CamelModel):
-    replicas: int | None = Field(None, description="Runtime pods that exist.")
+    replicas: int | None = Field(None, description="Runtime pods that exist (the scale "
+                                 "subresource's current replicas).")
     ready_replicas: int | None = Field(None, description="Runtime pods that answer /ready.")
-    ready: str | None = Field(None, description="readyReplicas/replicas, for kubectl.")
+    ready: str | None = Field(None, description="readyReplicas/spec.replicas, for kubectl.")
+    selector: str | None = Field(None, description="Label selector of the runtime pods, for "
+                                 "the scale subresource (HorizontalPodAutoscaler, KEDA).")
     adapters: AdapterCounts | None = Field(None, description="Adapters of this base model.")
     endpoint: str | None = Field(None, description="In-cluster URL of the router.")
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST,

@@ -274,7 +274,7 @@ def test_the_operator_deployment_is_one_hardened_recreated_replica(folder: str) 
     for probe in ("livenessProbe", "readinessProbe"):
         get = container[probe]["httpGet"]
         assert get["path"] == "/health"
-        assert ports[get["port"]] == config.health_port == 8080
+        assert ports[get["port"]] == config.health_port == 8081  # not the runtime's 8080
     for side in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(container["resources"][side]), side
     assert pod["securityContext"]["runAsNonRoot"] is True

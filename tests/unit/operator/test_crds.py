@@ -59,11 +59,21 @@ def walk(node, path="schema"):
         yield from walk(node["additionalProperties"], f"{path}{{}}")
 
 
+def test_the_bmd_scales_like_a_deployment_and_adapters_do_not():
+    scale = load_crd(naming.BMD_PLURAL)["spec"]["versions"][0]["subresources"]["scale"]
+    schema = load_crd(naming.BMD_PLURAL)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for key in ("specReplicasPath", "statusReplicasPath", "labelSelectorPath"):
+        top, field = scale[key].lstrip(".").split(".")
+        assert field in schema["properties"][top]["properties"], key
+    assert schema["properties"]["status"]["properties"]["selector"]["type"] == "string"
+    assert "scale" not in load_crd(naming.ADAPTER_PLURAL)["spec"]["versions"][0]["subresources"]
+
+
 @pytest.mark.parametrize("plural", [naming.BMD_PLURAL, naming.ADAPTER_PLURAL])
 def test_schemas_are_structural(plural):
     crd = load_crd(plural)
     version = crd["spec"]["versions"][0]
-    assert version["subresources"] == {"status": {}}
+    assert version["subresources"]["status"] == {}
     assert crd["spec"]["names"]["categories"] == ["loraplex"]
     for path, node in walk(version["schema"]["openAPIV3Schema"]):
         assert "$ref" not in node and "title" not in node, path

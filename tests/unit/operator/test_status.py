@@ -49,6 +49,21 @@ def test_failures_carry_the_pods_message():
     assert refused["phase"] == "Failed" and "HTTP 422" in refused["message"]
 
 
+def test_a_pod_not_answering_is_its_own_phase_not_loading():
+    silent = PlacementReport("p2", None, unreachable="pod not answering: connection refused")
+    status = adapter_status(view(), [PlacementReport("p1", loaded()), silent], None, T0)
+    assert status["phase"] == "Unreachable" and status["ready"] == "1/2"
+    assert [p["state"] for p in status["placements"]] == ["Ready", "Unreachable"]
+    assert "p2: pod not answering: connection refused" in status["message"]
+    ready = {c["type"]: c for c in status["conditions"]}["Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "PodNotAnswering")
+    loading = adapter_status(view(), [PlacementReport("p1", None), silent], None, T0)
+    assert loading["phase"] == "Loading"  # a load still in flight elsewhere says so
+    assert bmd_status({}, replicas=1, ready_pods=1, adapter_phases=["Unreachable"], placed=1,
+                      endpoint="e", generation=1, problem=None, now=T0)["adapters"][
+        "pending"] == 1
+
+
 def test_unplaceable_adapters_are_pending_with_the_reason():
     shortfall = Shortfall(2, "InsufficientCapacity", "2 of 2 replica(s) unplaced: no ready pods")
     status = adapter_status(view(), [], shortfall, T0)
