@@ -20,6 +20,7 @@ from loraplex.operator.builders import (
     build_admin_secret,
     build_children,
     build_placements_configmap,
+    inference_pool,
     network_policy,
     read_admin_token,
 )
@@ -27,9 +28,9 @@ from loraplex.operator.cluster import Cluster
 from loraplex.operator.config import OperatorConfig
 from loraplex.operator.models import BaseModelDeploymentSpec
 
-# the API server finds a child invalid or forbidden: a spec or setup problem to report,
-# where anything else (5xx, timeouts) is retried by kopf
-REFUSED_CODES = (400, 403, 422)
+# the API server finds a child invalid or forbidden, or lacks its kind (a CRD not installed):
+# a spec or setup problem to report, where anything else (5xx, timeouts) is retried by kopf
+REFUSED_CODES = (400, 403, 404, 422)
 
 
 class ChildObjects:
@@ -63,12 +64,19 @@ class ChildObjects:
             except ApiError as error:
                 if error.status.code not in REFUSED_CODES:
                     raise
+                hint = f" ({inference_pool.MISSING_CRD_HINT})" if error.status.code == 404 \
+                    and child["kind"] == inference_pool.KIND else ""
                 refused.append(f"the API server refused {child['kind']} "
-                               f"{child['metadata']['name']}: {error.status.message}")
+                               f"{child['metadata']['name']}: {error.status.message}{hint}")
         if not spec.network_policy.enabled:
             for name in network_policy.network_policy_names(self.owner):
                 await self.cluster.delete_owned(network_policy.API_VERSION, network_policy.KIND,
                                                 self.owner.namespace, name, self.owner.uid)
+        if spec.inference_pool is None:
+            await self.cluster.delete_owned(inference_pool.API_VERSION, inference_pool.KIND,
+                                            self.owner.namespace,
+                                            naming.inference_pool_name(self.owner.name),
+                                            self.owner.uid)
         await self.cluster.create(build_placements_configmap(self.owner))
         if refused:
             return "; ".join(refused)

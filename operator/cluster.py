@@ -21,6 +21,7 @@ from lightkube.resources.core_v1 import ConfigMap, Secret
 from lightkube.types import PatchType
 
 from loraplex.operator import naming
+from loraplex.operator.builders import inference_pool
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ BaseModelDeploymentResource = create_namespaced_resource(
     naming.GROUP, naming.VERSION, naming.BMD_KIND, naming.BMD_PLURAL)
 AdapterResource = create_namespaced_resource(
     naming.GROUP, naming.VERSION, naming.ADAPTER_KIND, naming.ADAPTER_PLURAL)
+InferencePoolResource = create_namespaced_resource(
+    inference_pool.GROUP, inference_pool.VERSION, inference_pool.KIND, inference_pool.PLURAL)
 
 
 def is_subset(wanted: Any, live: Any) -> bool:

@@ -65,6 +65,11 @@ def router_account_name(bmd: str) -> str:
     return f"{bmd}-router"
 
 
+def inference_pool_name(bmd: str) -> str:
+    """The InferencePool of the runtime pods (Gateway API Inference Extension)."""
+    return bmd
+
+
 def placements_name(bmd: str) -> str:
     return f"{bmd}-placements"
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from loraplex.operator import naming
+from loraplex.operator.builders import inference_pool
 from loraplex.operator.builders.meta import Owner
 from loraplex.operator.builders.router_rbac import router_rules
 
@@ -38,6 +39,9 @@ OPERATOR_RULES: list[dict[str, Any]] = [
      "verbs": CHILD_VERBS},
     # Deleted too when spec.networkPolicy.enabled turns false.
     {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+     "verbs": [*CHILD_VERBS, "delete"]},
+    # Only with spec.inferencePool; deleted when it is unset.
+    {"apiGroups": [inference_pool.GROUP], "resources": [inference_pool.PLURAL],
      "verbs": [*CHILD_VERBS, "delete"]},
 ]
 

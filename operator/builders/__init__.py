@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from loraplex.operator.builders.admin_secret import build_admin_secret, read_admin_token
+from loraplex.operator.builders.inference_pool import build_inference_pool
 from loraplex.operator.builders.meta import Owner
 from loraplex.operator.builders.network_policy import build_network_policies
 from loraplex.operator.builders.placements import (
@@ -41,6 +42,7 @@ def build_children(owner: Owner, spec: BaseModelDeploymentSpec, router_image: st
         build_router_deployment(owner, spec, router_image),
         build_router_service(owner),
         *build_network_policies(owner, spec, operator_namespace),
+        *filter(None, [build_inference_pool(owner, spec)]),
     ]
 
 
@@ -48,6 +50,7 @@ __all__ = [
     "Owner",
     "build_admin_secret",
     "build_children",
+    "build_inference_pool",
     "build_network_policies",
     "build_placements_configmap",
     "build_router_deployment",

@@ -8,6 +8,9 @@ reason `BaseModelNotFound`, never left stuck in its last phase.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from typing import Any
 
 import kopf
@@ -18,19 +21,30 @@ from loraplex.operator.handlers.indexes import ADAPTERS
 from loraplex.operator.status import BASE_MODEL_NOT_FOUND, INVALID_SPEC, pending_status
 from loraplex.operator.views import adapter_view
 
+logger = logging.getLogger(__name__)
+
 
 async def unload_before_delete(name: str, namespace: str, body: kopf.Body, memo: kopf.Memo,
                                base_models: kopf.Index, **_: Any) -> None:
+    """Waits here (an ordinary wait, logged at info) rather than failing the handler to be
+    retried: kopf logs every retry at ERROR, and a deletion is no error."""
     state = memo.state
     key = (namespace, adapter_view(body).base_model)
-    if key not in base_models:
-        return  # no base model: no pods hold it
-    reconciler = state.reconcilers.get(key)
-    if reconciler is not None and name in reconciler.unloaded:
-        return
-    state.wake(key)
-    raise kopf.TemporaryError(f"waiting for the pods of {key[1]} to unload {name}",
-                              delay=state.config.loading_poll_s)
+    deadline = time.monotonic() + state.config.unload_timeout_s
+    logged = False
+    while key in base_models:  # no base model: no pods hold it
+        reconciler = state.reconcilers.get(key)
+        if reconciler is not None and name in reconciler.unloaded:
+            return
+        if time.monotonic() >= deadline:
+            raise kopf.TemporaryError(f"the pods of {key[1]} did not unload {name} within "
+                                      f"{state.config.unload_timeout_s:.0f} s",
+                                      delay=state.config.loading_poll_s)
+        if not logged:
+            logger.info("waiting for the pods of %s to unload %s", key[1], name)
+            logged = True
+        state.wake(key)
+        await asyncio.sleep(state.config.loading_poll_s)
 
 
 async def report_orphan(name: str, namespace: str, body: kopf.Body, memo: kopf.Memo,

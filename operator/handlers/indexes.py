@@ -50,6 +50,15 @@ def wake_on_adapter(type: str, namespace: str, body: kopf.Body, memo: kopf.Memo,
         memo.state.wake((namespace, view.base_model))
 
 
+def wake_on_base_model(namespace: str, name: str, body: kopf.Body, memo: kopf.Memo,
+                       **_: Any) -> None:
+    """A spec change (say `kubectl scale bmd`) reaches the children at once, not at the next
+    resync; the reconcile loop's body is kopf's live view, already updated."""
+    status = body.get("status") or {}
+    if body.get("metadata", {}).get("generation") != status.get("observedGeneration"):
+        memo.state.wake((namespace, name))
+
+
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     kopf.index("v1", "pods", labels=RUNTIME_POD, id="runtime_pods",
                registry=registry)(runtime_pods)
@@ -58,3 +67,5 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     kopf.on.event("v1", "pods", labels=RUNTIME_POD, id="wake_on_pod",
                   registry=registry)(wake_on_pod)
     kopf.on.event(*ADAPTERS, id="wake_on_adapter", registry=registry)(wake_on_adapter)
+    kopf.on.event(*BASE_MODELS, id="wake_on_base_model",
+                  registry=registry)(wake_on_base_model)

@@ -118,6 +118,25 @@ class NetworkPolicySpec(CamelModel):
         "Prometheus namespace (the router and the operator always may).")
 
 
+class EndpointPickerSpec(CamelModel):
+    """The endpoint picker (EPP) Service that scores this pool's pods for the gateway."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN,
+                      description="Service of the endpoint picker, in this namespace.")
+    port: int = Field(9002, ge=1, le=65535, description="Its Service port (ext-proc gRPC).")
+    failure_mode: Literal["FailClose", "FailOpen"] = Field(
+        "FailClose", description="When the picker does not answer: FailClose refuses the "
+        "request, FailOpen lets the gateway pick a pod itself.")
+
+
+class InferencePoolSpec(CamelModel):
+    """An InferencePool (Gateway API Inference Extension, inference.networking.k8s.io/v1)
+    over the runtime pods, for gateways that route with the extension instead of our router."""
+
+    endpoint_picker: EndpointPickerSpec = Field(
+        description="The endpoint picker the gateway consults for this pool.")
+
+
 OWN_NAMES = ", ".join(RUNTIME_VOLUMES)
 OWN_PATHS = ", ".join(RUNTIME_VOLUMES.values())
 RESERVED_VOLUME = f"volume names {OWN_NAMES} are the operator's own"
@@ -165,6 +184,9 @@ class BaseModelDeploymentSpec(CamelModel):
     router: RouterSpec = Field(default_factory=RouterSpec, json_schema_extra={"default": {}})
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec,
                                               json_schema_extra={"default": {}})
+    inference_pool: InferencePoolSpec | None = Field(
+        None, description="Set: an InferencePool of the runtime pods is kept in sync (named "
+        "after this BaseModelDeployment); unset: none (an earlier one is deleted).")
     env: list[dict[str, Any]] = Field(default_factory=list,
                                       description="core/v1 EnvVar list for the runtime pods.")
     node_selector: dict[str, str] = Field(

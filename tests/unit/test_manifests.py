@@ -40,8 +40,10 @@ from loraplex.settings import add_settings_arguments, env_name, settings_from_na
 ROOT = Path(__file__).resolve().parents[2]
 BASE, OVERLAY = "manifests/base", "manifests/overlays/example"
 SAMPLES, ADAPTERS = "manifests/samples", "manifests/samples/adapters"
-KUSTOMIZATIONS = (BASE, OVERLAY, SAMPLES, ADAPTERS)
+AUTOSCALING = "manifests/samples/autoscaling"
+KUSTOMIZATIONS = (BASE, OVERLAY, SAMPLES, ADAPTERS, AUTOSCALING)
 CREDENTIALS = ROOT / "manifests/samples/credentials.example.yaml"
+PROMETHEUS_RULE = ROOT / AUTOSCALING / "prometheus-adapter-rule.yaml"
 ARGO_APPLICATION = ROOT / "manifests/gitops/argocd/application.yaml"
 ARGO_HEALTH = ROOT / "manifests/gitops/argocd/health-checks.yaml"
 FLUX = ROOT / "manifests/gitops/flux/adapters.yaml"
@@ -141,7 +143,7 @@ def test_kustomize_renders_distinct_objects(folder: str) -> None:
 
 def test_built_in_objects_validate_strictly_against_the_kubernetes_schemas() -> None:
     objects = [obj for folder in KUSTOMIZATIONS for obj in render(folder)]
-    objects += load(CREDENTIALS) + load(ARGO_HEALTH)
+    objects += load(CREDENTIALS) + load(ARGO_HEALTH) + load(PROMETHEUS_RULE)
     built_in = [obj for obj in objects if group_of(obj) not in CUSTOM_GROUPS]
     assert {obj["kind"] for obj in built_in} >= {
         "Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole",
@@ -343,3 +345,19 @@ def test_argo_health_checks_name_both_kinds() -> None:
     (config_map,) = load(ARGO_HEALTH)
     keys = {key.removeprefix("resource.customizations.health.") for key in config_map["data"]}
     assert keys == {f"{naming.GROUP}_{naming.BMD_KIND}", f"{naming.GROUP}_{naming.ADAPTER_KIND}"}
+
+
+def test_the_sample_hpa_scales_a_sample_bmd_on_a_metric_the_pods_export() -> None:
+    hpa = one(render(AUTOSCALING), "HorizontalPodAutoscaler")
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"]) == (naming.API_VERSION, naming.BMD_KIND)
+    assert target["name"] in {bmd["metadata"]["name"]
+                              for bmd in of_kind(render(SAMPLES), naming.BMD_KIND)}
+    crd = load(ROOT / "crds" / f"{naming.GROUP}_{naming.BMD_PLURAL}.yaml")[0]
+    assert "scale" in crd["spec"]["versions"][0]["subresources"]
+    (metric,) = hpa["spec"]["metrics"]
+    rules = yaml.safe_load(load(PROMETHEUS_RULE)[0]["data"]["config.yaml"])["rules"]
+    (rule,) = [r for r in rules if r["name"]["as"] == metric["pods"]["metric"]["name"]]
+    series = rule["seriesQuery"].partition("{")[0].strip("'")
+    exported = (ROOT / "runtime/server/engine_collector.py").read_text(encoding="utf-8")
+    assert f'"{series}"' in exported, f"the runtime pods do not export {series}"

@@ -2,7 +2,8 @@
 
 The emulator keeps objects and serves list/watch/patch/delete with finalizers, but does
 not assign uid/resourceVersion/generation/creationTimestamp, resolve `generateName`,
-validate objects, reject a stale JSON-patch `test`, or collect garbage. kopf needs the
+validate objects, reject a stale JSON-patch `test`, serve a custom resource's `scale`
+subresource, or collect garbage. kopf needs the
 first ones (optimistic concurrency on finalizers), the operator's status needs
 generation, and the tests need schema validation (custom resources against `crds/` with
 jsonschema, Deployments against Kubernetes' own OpenAPI schema with kubernetes-validate:
@@ -36,6 +37,9 @@ import yaml
 from kmock._internal import dicts
 
 CRD_DIR = Path(__file__).resolve().parents[3] / "crds"
+# Other projects' CRDs a cluster may have: the Gateway API Inference Extension's InferencePool.
+FOREIGN_CRDS = [Path(__file__).resolve().parents[2] / "data/gateway-api-inference-extension"
+                / "inferencepools.yaml"]
 
 # (group/version/plural, kind, subresources): what discovery lists. kopf waits for
 # namespaces and CRDs to be discoverable (as in every cluster) even when it does not scan
@@ -82,6 +86,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
     _validators: dict[str, jsonschema.Draft4Validator] = attrs.field(factory=dict, init=False)
     _in_flight: set[int] = attrs.field(factory=set, init=False)
+    _scales: dict[str, dict[str, str]] = attrs.field(factory=dict, init=False)  # plural → paths
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -90,7 +95,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         for key, kind, subresources in RESOURCES:
             self.resources[key] = kmock.ResourceInfo(
                 kind=kind, namespaced=True, verbs=VERBS, subresources=set(subresources))
-        for path in sorted(CRD_DIR.glob("*.yaml")):
+        for path in [*sorted(CRD_DIR.glob("*.yaml")), *FOREIGN_CRDS]:
             crd = yaml.safe_load(path.read_text())
             names, version = crd["spec"]["names"], crd["spec"]["versions"][0]
             key = f"{crd['spec']['group']}/{version['name']}/{names['plural']}"
@@ -100,6 +105,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                 subresources=set(version["subresources"]))
             self._validators[names["plural"]] = jsonschema.Draft4Validator(
                 version["schema"]["openAPIV3Schema"])
+            if "scale" in version["subresources"]:
+                self._scales[names["plural"]] = version["subresources"]["scale"]
 
     async def _handle(self, request: kmock.Request) -> Any:
         if request.resource is not None and request.action is not None:
@@ -108,6 +115,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                                    request.resource.plural, request.subresource))
         self._in_flight.add(id(request))
         try:
+            if request.subresource == "scale" and request.action == kmock.action.FETCH:
+                return aiohttp.web.json_response(self._scale(request))
             if request.resource is not None and request.data is not None:
                 if request.action == kmock.action.CREATE:
                     self._on_create(request)
@@ -123,6 +132,25 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         response = await super()._render_error(exc)
         return aiohttp.web.Response(body=response.body, status=response.status,
                                     headers={"Content-Type": "application/json"})
+
+    def _scale(self, request: kmock.Request) -> dict[str, Any]:
+        """GET .../scale of a custom resource: an autoscaling/v1 Scale read through the
+        CRD's scale paths, as the API server answers `kubectl scale` and autoscalers."""
+        key = (request.resource, request.namespace, request.name)
+        paths = self._scales.get(request.resource.plural)
+        if paths is None or key not in self.objects or self.objects[key].deleted:
+            raise kmock.KubernetesError(status=404, reason="NotFound", message="no scale")
+        body = dict(self.objects[key].last.raw)
+
+        def read(path: str) -> Any:
+            return _pointer(body, "/" + path.lstrip(".").replace(".", "/"))
+
+        return {"apiVersion": "autoscaling/v1", "kind": "Scale",
+                "metadata": {key: body["metadata"].get(key) for key in
+                             ("name", "namespace", "uid", "resourceVersion")},
+                "spec": {"replicas": read(paths["specReplicasPath"])},
+                "status": {"replicas": read(paths["statusReplicasPath"]) or 0,
+                           "selector": read(paths.get("labelSelectorPath", "")) or ""}}
 
     def _on_create(self, request: kmock.Request) -> None:
         meta = request.data.setdefault("metadata", {})
@@ -149,10 +177,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
             merged = dicts.patch_dict(current, data[:-1])
         else:
-            touches_spec = request.subresource is None and "spec" in data
+            touches_spec = request.subresource in (None, "scale") and "spec" in data
             data.setdefault("metadata", {})["resourceVersion"] = version
             merged = dicts.patch_dict(current, data)
-        if touches_spec and request.subresource is None:
+        if touches_spec and request.subresource in (None, "scale"):
             if merged.get("spec") != current.get("spec"):
                 generation = int(current.get("metadata", {}).get("generation") or 0) + 1
                 if isinstance(data, list):

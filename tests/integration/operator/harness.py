@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,8 +142,9 @@ class RuntimePods:
         return start_runtime_server(*self.serve_args(), host=host, port=naming.RUNTIME_PORT,
                                     env=env, log_dir=self.log_dir, wait=wait)
 
-    def add(self, count: int) -> list[Pod]:
-        """Start `count` servers in parallel, then publish them as Ready pods."""
+    def add(self, count: int, gap_s: float = 0.0) -> list[Pod]:
+        """Start `count` servers in parallel, then publish them as Ready pods, `gap_s`
+        seconds apart."""
         started = []
         try:
             for _ in range(count):
@@ -156,6 +158,8 @@ class RuntimePods:
             raise
         pods = []
         for index, server in started:
+            if pods:
+                time.sleep(gap_s)
             pod = Pod(f"{naming.runtime_name(self.bmd)}-{index}", index, server)
             self.kube.create("pods", self._body(pod))
             self.pods[pod.name] = pod

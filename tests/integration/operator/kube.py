@@ -27,6 +27,7 @@ PATHS = {
     "networkpolicies": "/apis/networking.k8s.io/v1",
     "basemodeldeployments": "/apis/loraplex.dev/v1alpha1",
     "adapters": "/apis/loraplex.dev/v1alpha1",
+    "inferencepools": "/apis/inference.networking.k8s.io/v1",
 }
 T = TypeVar("T")
 
@@ -58,8 +59,8 @@ class Kube:
     def create(self, plural: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._check(self.http.post(self._path(plural), json=body))
 
-    def get(self, plural: str, name: str) -> dict[str, Any] | None:
-        response = self.http.get(self._path(plural, name))
+    def get(self, plural: str, name: str, sub: str | None = None) -> dict[str, Any] | None:
+        response = self.http.get(self._path(plural, name, sub))
         return None if response.status_code == 404 else self._check(response)
 
     def list(self, plural: str) -> list[dict[str, Any]]:

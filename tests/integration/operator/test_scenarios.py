@@ -91,6 +91,22 @@ def converged(kube, pods, replicas: dict[str, int]) -> bool:
         len(where.get(name, ())) == count for name, count in replicas.items())
 
 
+def per_pod(pods) -> dict[str, int]:
+    """Loaded placements per pod, from the pods' own reports (pods holding none count 0)."""
+    held = Counter(pod for holders in loaded_on(pods).values() for pod in holders)
+    return {pod: held[pod] for pod in pods.pods}
+
+
+def balanced(kube, pods, replicas: dict[str, int], count: int) -> dict[str, int] | None:
+    """Per-pod loads once `count` pods hold every adapter within one placement of each
+    other (Spread rebalances a pod that joins), else None."""
+    loads = per_pod(pods)
+    if len(loads) == count and max(loads.values()) - min(loads.values()) <= 1 \
+            and converged(kube, pods, replicas):
+        return loads
+    return None
+
+
 def placed_pods(kube, name: str) -> set[str]:
     return {p["pod"] for p in status_of(kube, name).get("placements", [])}
 
@@ -104,7 +120,7 @@ def test_a_bmd_gets_its_children_and_pods_start_with_its_flags(kube, operator, p
     status = wait_for(lambda: (kube.get("basemodeldeployments", BMD) or {}).get("status"),
                       30, "BMD status")
     assert status["endpoint"] == f"http://{BMD}.{NAMESPACE}.svc"
-    assert status["replicas"] == 3
+    assert (status["replicas"], status["ready"]) == (0, "0/3")  # no pod exists yet
     shared["token"] = pods.token()
     pods.add(3)  # real servers, started with the runtime Deployment's own args
     wait_for(lambda: kube.get("basemodeldeployments", BMD)["status"]["readyReplicas"] == 3,
@@ -155,6 +171,7 @@ def test_a_deleted_pods_adapters_move_and_nothing_else_does(kube, pods):
     pods.add(1)
     wait_for(lambda: kube.get("basemodeldeployments", BMD)["status"]["readyReplicas"] == 3,
              30, "the replacement pod counted ready")
+    wait_for(lambda: balanced(kube, pods, REPLICAS, 3), 90, "the replacement given its share")
 
 
 def test_a_restarted_pod_is_refilled_with_what_it_held(kube, pods):
@@ -308,6 +325,29 @@ def test_a_child_the_api_server_refuses_is_reported_and_a_fix_recovers(kube, pod
              and bmd_condition(kube, "Ready").get("status") == "True", 60, "recovered")
 
 
+def test_an_inference_pool_follows_the_spec(kube):
+    """Created for spec.inferencePool (validated by the emulator against the extension's
+    CRD), changed with it, deleted when it is unset; made again for the BMD's deletion."""
+    pool_spec = {"endpointPicker": {"name": f"{BMD}-epp"}}
+    kube.patch("basemodeldeployments", BMD, {"spec": {"inferencePool": pool_spec}})
+    pool = wait_for(lambda: kube.get("inferencepools", BMD), 30, "the InferencePool")
+    assert pool["spec"]["selector"]["matchLabels"] == naming.selector_labels(
+        BMD, naming.COMPONENT_RUNTIME)
+    assert pool["spec"]["targetPorts"] == [{"number": naming.RUNTIME_PORT}]
+    bmd_uid = kube.get("basemodeldeployments", BMD)["metadata"]["uid"]
+    assert pool["metadata"]["ownerReferences"][0]["uid"] == bmd_uid
+    kube.patch("basemodeldeployments", BMD, {"spec": {"inferencePool": {"endpointPicker": {
+        "port": 9100, "failureMode": "FailOpen"}}}})
+    wait_for(lambda: kube.get("inferencepools", BMD)["spec"]["endpointPickerRef"] == {
+        "group": "", "kind": "Service", "name": f"{BMD}-epp", "port": {"number": 9100},
+        "failureMode": "FailOpen"}, 30, "the InferencePool updated")
+    kube.patch("basemodeldeployments", BMD, {"spec": {"inferencePool": None}})
+    wait_for(lambda: kube.get("inferencepools", BMD) is None, 30, "the InferencePool deleted")
+    kube.patch("basemodeldeployments", BMD, {"spec": {"inferencePool": pool_spec}})
+    wait_for(lambda: kube.get("inferencepools", BMD), 30, "the InferencePool back")
+    assert all_ready(kube, FIRST), "the pods keep serving"
+
+
 def test_an_operator_restart_converges_without_duplicates(kube, pods, operator, adapter_dirs):
     operator.stop()
     kube.create("adapters", adapter_body("lora-20", str(adapter_dirs["lora-20"]), 2))
@@ -335,6 +375,7 @@ def test_deleting_the_bmd_leaves_its_adapters_pending_not_stuck(kube, pods):
         assert ready["reason"] == "BaseModelNotFound"
     assert kube.collect_garbage() > 0
     assert kube.list("deployments") == []
+    assert kube.list("inferencepools") == []  # owned by the BMD
 
 
 def test_the_operator_used_exactly_its_rbac_rules(emulator, operator):

@@ -1,0 +1,137 @@
+"""Spread that keeps its promise, end to end: emulated API server, real operator, real pods.
+
+Pods become Ready a second apart, a third joins, one stops answering and is replaced:
+each time the adapters end within one placement of balance, as the pods themselves
+report, and moves never leave an adapter with fewer ready copies than it wants. A scale
+of the BaseModelDeployment (through its `scale` subresource, as `kubectl scale` and a
+HorizontalPodAutoscaler do) reaches the runtime Deployment at once.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from loraplex.operator import naming
+from tests.integration.operator.conftest import BMD, NAMESPACE
+from tests.integration.operator.harness import running_operator
+from tests.integration.operator.kube import wait_for
+from tests.integration.operator.test_scenarios import (
+    adapter_body,
+    bmd_body,
+    loaded_on,
+    per_pod,
+    status_of,
+)
+from tests.integration.operator.test_scenarios import balanced as balanced_on
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+TWELVE = [f"lora-{i:02d}" for i in range(12)]
+REPLICAS = dict.fromkeys(TWELVE, 1)
+# A long resync: what happens quickly here happens because an event woke the operator.
+FLAGS = ("--resync-interval-s", "10", "--loading-poll-s", "0.3", "--children-resync-s", "60",
+         "--unload-timeout-s", "30", "--admin-timeout-s", "5", "--pod-grace-s", "60",
+         "--log-level", "info")
+
+
+@pytest.fixture(scope="module")
+def operator(emulator, tmp_path_factory):
+    with running_operator(emulator.url, NAMESPACE, tmp_path_factory.mktemp("operator"),
+                          *FLAGS) as process:
+        yield process
+
+
+def balanced(kube, pods, count: int) -> dict[str, int] | None:
+    return balanced_on(kube, pods, REPLICAS, count)
+
+
+def test_two_pods_ready_a_second_apart_share_twelve_adapters(kube, operator, pods,
+                                                              adapter_dirs):
+    kube.create("basemodeldeployments", bmd_body(replicas=2))
+    wait_for(lambda: kube.get("secrets", naming.admin_secret_name(BMD)), 30,
+             "the runtime pods' admin token")
+    for name in TWELVE:
+        kube.create("adapters", adapter_body(name, str(adapter_dirs[name])))
+    pods.add(2, gap_s=1.0)
+    loads = wait_for(lambda: balanced(kube, pods, 2), 120, "12 adapters balanced on 2 pods")
+    assert sorted(loads.values()) == [6, 6]
+
+
+def test_a_scale_of_the_bmd_reaches_the_deployment_within_two_seconds(kube, operator):
+    scale = kube.get("basemodeldeployments", BMD, sub="scale")
+    assert scale["kind"] == "Scale"
+    assert (scale["spec"]["replicas"], scale["status"]["replicas"]) == (2, 2)
+    assert scale["status"]["selector"] == naming.runtime_selector(BMD)
+    runtime = naming.runtime_name(BMD)
+    kube.patch("basemodeldeployments", BMD, {"spec": {"replicas": 3}}, sub="scale")
+    started = time.monotonic()
+    wait_for(lambda: kube.get("deployments", runtime)["spec"]["replicas"] == 3, 2,
+             "the runtime Deployment scaled to 3", interval_s=0.05)
+    elapsed = time.monotonic() - started
+    generation = kube.get("basemodeldeployments", BMD)["metadata"]["generation"]
+
+    def logged() -> str | None:
+        text = operator.logs()
+        return text if f"{BMD} generation {generation}" in text else None
+
+    logs = wait_for(logged, 5, "the change logged as the user's")
+    assert f"Deployment {NAMESPACE}/{runtime}: it drifted" not in logs, "a scale is no drift"
+    print(f"replicas change reached the Deployment in {elapsed:.2f} s")
+
+
+def both_passes(pods) -> dict[str, set[str]]:
+    """Where adapters are loaded, in either of two reads of every pod: a move that finishes
+    between reading its target and its source would otherwise look like a lost copy."""
+    first, second = loaded_on(pods), loaded_on(pods)
+    return {name: first.get(name, set()) | second.get(name, set())
+            for name in first.keys() | second.keys()}
+
+
+def test_a_third_pod_gets_its_share_and_no_adapter_drops_below_its_replicas(kube, pods):
+    pods.add(1)
+    deadline, samples = time.monotonic() + 120, 0
+    while not (loads := balanced(kube, pods, 3)):
+        where = both_passes(pods)
+        short = {name: sorted(where.get(name, ())) for name, count in REPLICAS.items()
+                 if len(where.get(name, ())) < count}
+        assert not short, f"fewer ready copies than wanted during the moves: {short}"
+        samples += 1
+        assert time.monotonic() < deadline, f"not balanced on 3 pods: {per_pod(pods)}"
+        time.sleep(0.2)
+    assert sorted(loads.values()) == [4, 4, 4]
+    assert samples > 0
+
+
+def ready_reason(kube, name: str) -> str | None:
+    conditions = status_of(kube, name).get("conditions", [])
+    return next((c["reason"] for c in conditions if c["type"] == "Ready"), None)
+
+
+def test_a_pod_not_answering_is_said_so_and_its_replacement_ends_balanced(kube, pods):
+    victim = sorted(pods.pods)[0]
+    held = sorted(name for name, holders in loaded_on(pods).items() if victim in holders)
+    assert held
+    pods.pods[victim].server.stop()  # the Pod object still says Ready
+    wait_for(lambda: all(status_of(kube, name).get("phase") == "Unreachable"
+                         and ready_reason(kube, name) == "PodNotAnswering" for name in held),
+             60, f"adapters of {victim} reported Unreachable")
+    placement = next(p for p in status_of(kube, held[0])["placements"] if p["pod"] == victim)
+    assert placement["state"] == "Unreachable" and "not answering" in placement["message"]
+    pods.remove(victim)
+    pods.add(1)
+    loads = wait_for(lambda: balanced(kube, pods, 3), 120, "balanced again after the loss")
+    assert sorted(loads.values()) == [4, 4, 4]
+
+
+def test_the_log_tells_each_decision_and_a_deletion_is_no_error(kube, pods, operator):
+    name = TWELVE[0]
+    kube.delete("adapters", name)
+    wait_for(lambda: kube.get("adapters", name) is None, 60, f"{name} finalized")
+    logs = operator.logs()
+    assert " ERROR " not in logs, [line for line in logs.splitlines() if " ERROR " in line]
+    for line in (f"waiting for the pods of {BMD} to unload {name}", "placing lora-",
+                 "confirmed by the pod", ": rebalance", "done: the new copy is ready",
+                 "replacing the copy on", "did not answer"):
+        assert line in logs, f"no log line with {line!r}"
