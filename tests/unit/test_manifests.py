@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from loraplex import __version__
+from loraplex.contracts.metric_names import REQUESTS_WAITING
 from loraplex.operator import naming
 from loraplex.operator.builders import (
     Owner,
@@ -358,6 +359,4 @@ def test_the_sample_hpa_scales_a_sample_bmd_on_a_metric_the_pods_export() -> Non
     (metric,) = hpa["spec"]["metrics"]
     rules = yaml.safe_load(load(PROMETHEUS_RULE)[0]["data"]["config.yaml"])["rules"]
     (rule,) = [r for r in rules if r["name"]["as"] == metric["pods"]["metric"]["name"]]
-    series = rule["seriesQuery"].partition("{")[0].strip("'")
-    exported = (ROOT / "runtime/server/engine_collector.py").read_text(encoding="utf-8")
-    assert f'"{series}"' in exported, f"the runtime pods do not export {series}"
+    assert rule["seriesQuery"].partition("{")[0].strip("'") == REQUESTS_WAITING  # pods export it
