@@ -24,6 +24,9 @@ class OperatorConfig:
     admin_concurrency: int = setting(32, help="admin API calls in flight per BaseModelDeployment")
     default_adapter_bytes: int = setting(
         64 << 20, help="host bytes assumed for an adapter until a pod has read its size")
+    autoscale_interval_s: float = setting(
+        5.0, help="seconds between reads of the pods' load while some Adapter has "
+        "spec.autoscale")
     rebalance_max_moves: int = setting(
         4, help="most placements a BaseModelDeployment moves at once to even out its pods "
         "(Spread; each loads on the new pod before it leaves the old); 0: never move")
@@ -44,6 +47,7 @@ class OperatorConfig:
 
     def __post_init__(self) -> None:
         for name in ("resync_interval_s", "loading_poll_s", "children_resync_s",
+                     "autoscale_interval_s",
                      "admin_timeout_s", "unload_timeout_s", "pod_grace_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -75,6 +75,8 @@ KINDS = (
             {"name": "Ready", "type": "string", "jsonPath": ".status.ready",
              "description": "Pods that confirmed the load / desired replicas."},
             {"name": "Rank", "type": "integer", "jsonPath": ".status.rank"},
+            {"name": "In-Flight", "type": "integer", "jsonPath": ".status.inFlight",
+             "priority": 1, "description": "Running requests over all pods (autoscale)."},
             AGE_COLUMN,
         ),
         {"status": {}},

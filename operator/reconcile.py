@@ -19,6 +19,7 @@ from typing import Any
 from loraplex.contracts.placements import PlacementTable
 from loraplex.operator import naming
 from loraplex.operator.actions import Load, Unload, canonical_source, plan_actions
+from loraplex.operator.autoscale import Autoscaler, Decision
 from loraplex.operator.builders import (
     Owner,
     placement_table,
@@ -54,6 +55,7 @@ EventSink = Callable[[Mapping[str, Any], str, str, str], None]  # ref, type, rea
 class CycleOutcome:
     busy: bool  # loads in flight or just pushed: check again soon
     admin_calls: int
+    autoscaling: bool = False  # some adapter's replicas follow its load: keep watching it
 
 
 class BaseModelReconciler:
@@ -72,6 +74,8 @@ class BaseModelReconciler:
         self.unloaded: set[str] = set()  # deleting adapters no reachable pod holds
         self.secret_versions: dict[str, str] = {}  # adapter → its Secret's version last pushed
         self.moves = MovesInFlight()
+        self.autoscaler = Autoscaler()
+        self.autoscaled: dict[str, Decision] = {}  # this cycle's autoscale decisions
         self.pod_count = 0  # runtime pods that exist, ready or not (status.replicas)
         self.decisions = DecisionLog()
 
@@ -136,7 +140,8 @@ class BaseModelReconciler:
         await self._write_bmd_status(body, spec=spec, ready_pods=len(ready), phases=phases,
                                      placed=placed, problem=None, now=now, rejected=rejected)
         busy = bool(actions) or any(phase == "Loading" for phase in phases)
-        return CycleOutcome(busy=busy, admin_calls=len(observations) + executed.calls)
+        return CycleOutcome(busy=busy, admin_calls=len(observations) + executed.calls,
+                            autoscaling=bool(self.autoscaled))
 
     def _forget_restarted(self, pods: list[PodView]) -> None:
         """A new or restarted pod deserves a fresh try of loads it refused before."""
@@ -222,6 +227,7 @@ class BaseModelReconciler:
         sources = {name: canonical_source(view.spec.source) for name, view in views.items()
                    if view.spec is not None and not view.deleting}
         dropped = self.moves.review(reports, self.refused, sources, sources)
+        self.autoscaled = self.autoscaler.replicas(views, reports, time.monotonic())
         demands, current, held_back = [], {}, {}
         for name in sources:
             view = views[name]
@@ -231,7 +237,9 @@ class BaseModelReconciler:
             rank = next((e.rank for e in seen if e.rank), None) or view.status.get("rank")
             remembered = self._remembered(name, view)
             held_back[name] = tuple(pod for pod in remembered if pod in silent)
-            replicas = max(0, view.spec.replicas - len(held_back[name]))
+            count = self.autoscaled[name].replicas if name in self.autoscaled \
+                else view.spec.replicas
+            replicas = max(0, count - len(held_back[name]))
             demands.append(AdapterDemand(name, replicas, int(size), rank, view.spec.pinned))
             holders = sorted(pod for pod, held in reports.items() if name in held)
             # the last plan first, so a copy being unloaded is not kept instead
@@ -292,8 +300,10 @@ class BaseModelReconciler:
                     placement_reports.append(PlacementReport(
                         pod, held, refusal if generation == view.generation else None,
                         executed.unreachable.get((name, pod)) or self._silence(pod)))
+                scaled = self.autoscaled.get(name)
                 status = adapter_status(view, placement_reports,
-                                        plan.shortfalls.get(name), now, withheld.get(name))
+                                        plan.shortfalls.get(name), now, withheld.get(name),
+                                        scaled and scaled.replicas, scaled and scaled.in_flight)
             phases.append(status["phase"])
             if status != view.status:
                 await self.cluster.patch_adapter_status(view.namespace, view.name,

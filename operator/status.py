@@ -47,9 +47,12 @@ def _placement_state(report: PlacementReport) -> tuple[str, str]:
 
 def adapter_status(view: AdapterView, reports: Sequence[PlacementReport],
                    shortfall: Shortfall | None, now: str,
-                   credentials: str | None = None) -> dict[str, Any]:
+                   credentials: str | None = None, replicas: int | None = None,
+                   in_flight: int | None = None) -> dict[str, Any]:
     """Status of an Adapter with a valid spec whose base model exists. `credentials`: why
-    its credentials could not be read, so that no pod was asked to load it (`Pending`)."""
+    its credentials could not be read, so that no pod was asked to load it (`Pending`);
+    `replicas`: the placements wanted when autoscale decides them, with the `in_flight`
+    requests it decided on (default: spec.replicas)."""
     if view.spec is None:
         raise ValueError(f"adapter {view.name!r} has an invalid spec: use invalid_status")
     previous = {p.get("pod"): p for p in view.status.get("placements") or []}
@@ -69,7 +72,7 @@ def adapter_status(view: AdapterView, reports: Sequence[PlacementReport],
         if facts[key] is None:
             facts[key] = view.status.get(key)
 
-    replicas = view.spec.replicas
+    replicas = view.spec.replicas if replicas is None else replicas
     ready = sum(p["state"] == "Ready" for p in placements)
     failed = [p for p in placements if p["state"] == "Failed"]
     loading = [p for p in placements if p["state"] == "Loading"]
@@ -124,6 +127,8 @@ def adapter_status(view: AdapterView, reports: Sequence[PlacementReport],
         "message": message,
         **{key: value for key, value in facts.items() if value is not None},
     }
+    if in_flight is not None:
+        status["inFlight"] = in_flight
     if generation is not None:
         status["observedGeneration"] = generation
     return status

@@ -34,9 +34,10 @@ class RouterConfig:
     placements_configmap: str = setting("", help="watch this ConfigMap (key placements.json) "
                                         "through the Kubernetes API instead of a file")
     namespace: str = setting("", help="namespace of --placements-configmap (default: the "
-                             "pod's own, from its service account)")
-    kube_api_url: str = setting("", help="Kubernetes API URL (default: in-cluster address "
-                                "with the service account token)")
+                             "pod's own in a cluster, else the kubeconfig context's)")
+    kube_api_url: str = setting("", help="Kubernetes API URL, without credentials (default: "
+                                "the in-cluster service account, else KUBECONFIG or "
+                                "~/.kube/config)")
     placements_poll_s: float = setting(1.0, help="seconds between checks of --placements-file")
     admin_token: str = setting("", help="bearer token for the pods' GET /v1/adapters")
     pod_poll_s: float = setting(2.0, help="seconds between polls of each pod's /ready, "

@@ -63,6 +63,8 @@ async def reconcile_base_model(name: str, namespace: str, body: kopf.Body,
                                                  list(adapters_by_base.get(key, [])))
                 if outcome.busy:
                     delay = config.loading_poll_s
+                elif outcome.autoscaling:
+                    delay = min(delay, config.autoscale_interval_s)
             except Exception:
                 logger.exception("reconcile of %s/%s failed; retrying", namespace, name)
                 delay = min(config.resync_interval_s, 5.0)

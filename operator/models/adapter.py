@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from loraplex.operator.models.common import (
     CONDITIONS_LIST,
@@ -32,6 +32,38 @@ Phase = Literal["Pending", "Loading", "Ready", "Failed", "Unreachable"]
 PlacementState = Literal["Loading", "Ready", "Failed", "Unreachable"]
 
 
+MIN_ABOVE_MAX = "minReplicas must not be above maxReplicas"
+
+
+class AutoscaleSpec(CamelModel):
+    """Replicas that follow the adapter's load, stabilised like a HorizontalPodAutoscaler."""
+
+    min_replicas: int = Field(1, ge=1, le=64, description="Fewest pods that keep it warm.")
+    max_replicas: int = Field(ge=1, le=64, description="Most pods that keep it warm.")
+    target_in_flight: float = Field(
+        gt=0, le=100000, description="Running requests of this adapter per replica to aim "
+        "at: replicas = ceil(in-flight over all pods / target).")
+    scale_up_stabilization_seconds: int = Field(
+        0, ge=0, le=3600, description="Scale up only as far as every recommendation of this "
+        "window allows (0: at once).")
+    scale_down_stabilization_seconds: int = Field(
+        300, ge=0, le=3600, description="Scale down only as far as every recommendation of "
+        "this window allows.")
+
+    model_config = CamelModel.model_config | {
+        "json_schema_extra": {"x-kubernetes-validations": [{
+            "rule": "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
+            "message": MIN_ABOVE_MAX,
+        }]},
+    }
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> AutoscaleSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(MIN_ABOVE_MAX)
+        return self
+
+
 class AdapterSpec(CamelModel):
     base_model: str = Field(
         min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN,
@@ -50,6 +82,9 @@ class AdapterSpec(CamelModel):
     )
     replicas: int = Field(1, ge=0, le=64, description="Pods that keep this adapter warm.")
     pinned: bool = Field(False, description="Keep it on the device: never evicted.")
+    autoscale: AutoscaleSpec | None = Field(
+        None, description="Set: the replicas follow the adapter's running requests between "
+        "minReplicas and maxReplicas, and spec.replicas is not used.")
     credentials_secret_ref: LocalObjectReference | None = Field(
         None, description="Secret (same namespace) with the source's credentials, handed to "
         "the pods for this adapter only. Keys: HF_TOKEN (hf:// sources), AWS_ACCESS_KEY_ID and "
@@ -79,7 +114,10 @@ class AdapterStatus(CamelModel):
     rank: int | None = Field(None, description="LoRA rank, as the pod read it.")
     size_bytes: int | None = Field(None, description="Bytes of adapter weights.")
     digest: str | None = Field(None, description="sha256 of the adapter's files.")
-    replicas: int | None = Field(None, description="Placements wanted (spec.replicas).")
+    replicas: int | None = Field(None, description="Placements wanted (spec.replicas, or "
+                                 "what autoscale decided).")
+    in_flight: int | None = Field(None, description="Running requests of this adapter over "
+                                  "all pods (autoscaled adapters only).")
     ready_replicas: int | None = Field(None, description="Pods that confirmed the load.")
     ready: str | None = Field(None, description="readyReplicas/replicas, for kubectl.")
     placements: list[AdapterPlacement] = Field(default_factory=list,

@@ -127,7 +127,8 @@ def test_each_model_gets_valid_children_and_an_endpoint(kube, applied) -> None:
         status = wait_for(lambda b=bmd: current(kube, naming.BMD_PLURAL, b), 30,
                           f"{bmd} status")
         assert status["endpoint"] == f"http://{bmd}.{NAMESPACE}.svc"
-        assert status["replicas"] == applied[bmd]["spec"]["replicas"]
+        assert status["ready"].endswith(f"/{applied[bmd]['spec']['replicas']}")  # of wanted
+        assert status["selector"] == naming.runtime_selector(bmd)  # for the scale subresource
 
 
 def test_adapters_of_a_model_without_pods_wait_for_capacity(kube, applied) -> None:

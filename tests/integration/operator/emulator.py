@@ -101,7 +101,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             key = f"{crd['spec']['group']}/{version['name']}/{names['plural']}"
             self.resources[key] = kmock.ResourceInfo(
                 kind=names["kind"], singular=names["singular"], namespaced=True, verbs=VERBS,
-                shortnames=set(names["shortNames"]), categories=set(names["categories"]),
+                shortnames=set(names.get("shortNames", [])),
+                categories=set(names.get("categories", [])),
                 subresources=set(version["subresources"]))
             self._validators[names["plural"]] = jsonschema.Draft4Validator(
                 version["schema"]["openAPIV3Schema"])

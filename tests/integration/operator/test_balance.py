@@ -9,8 +9,10 @@ HorizontalPodAutoscaler do) reaches the runtime Deployment at once.
 
 from __future__ import annotations
 
+import threading
 import time
 
+import httpx
 import pytest
 
 from loraplex.operator import naming
@@ -32,6 +34,7 @@ TWELVE = [f"lora-{i:02d}" for i in range(12)]
 REPLICAS = dict.fromkeys(TWELVE, 1)
 # A long resync: what happens quickly here happens because an event woke the operator.
 FLAGS = ("--resync-interval-s", "10", "--loading-poll-s", "0.3", "--children-resync-s", "60",
+         "--autoscale-interval-s", "0.5",
          "--unload-timeout-s", "30", "--admin-timeout-s", "5", "--pod-grace-s", "60",
          "--log-level", "info")
 
@@ -135,3 +138,38 @@ def test_the_log_tells_each_decision_and_a_deletion_is_no_error(kube, pods, oper
                  "confirmed by the pod", ": rebalance", "done: the new copy is ready",
                  "replacing the copy on", "did not answer"):
         assert line in logs, f"no log line with {line!r}"
+
+
+def drive(url: str, adapter: str, stop: threading.Event) -> None:
+    """One client that keeps a long request of `adapter` running until `stop`."""
+    body = {"model": adapter, "prompt": "load", "max_tokens": 256, "ignore_eos_token": True}
+    with httpx.Client(timeout=120) as client:
+        while not stop.is_set():
+            client.post(f"{url}/v1/completions", json=body)
+
+
+def test_an_autoscaled_adapter_follows_its_load_up_and_back_down(kube, pods, adapter_dirs):
+    body = adapter_body("hot", str(adapter_dirs["lora-20"]))
+    body["spec"]["autoscale"] = {"minReplicas": 1, "maxReplicas": 3, "targetInFlight": 1,
+                                 "scaleDownStabilizationSeconds": 3}
+    kube.create("adapters", body)
+    wait_for(lambda: status_of(kube, "hot").get("phase") == "Ready", 60, "hot Ready")
+    assert status_of(kube, "hot")["replicas"] == 1 and status_of(kube, "hot")["inFlight"] == 0
+    (holder,) = loaded_on(pods)["hot"]
+    stop = threading.Event()
+    clients = [threading.Thread(target=drive, args=(pods.pods[holder].server.url, "hot", stop))
+               for _ in range(3)]
+    for client in clients:
+        client.start()
+    try:
+        wait_for(lambda: len(loaded_on(pods).get("hot", ())) == 3
+                 and status_of(kube, "hot").get("replicas") == 3, 90,
+                 "hot on 3 pods under load")
+        assert status_of(kube, "hot")["phase"] == "Ready"
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(150)
+    wait_for(lambda: len(loaded_on(pods).get("hot", ())) == 1
+             and status_of(kube, "hot").get("replicas") == 1, 60, "hot back to 1 pod")
+    assert status_of(kube, "hot")["inFlight"] == 0

@@ -86,6 +86,7 @@ def test_schemas_are_structural(plural):
         assert crd["spec"]["names"]["shortNames"] == ["lora"]
         assert columns == {"Base": ".spec.baseModel", "Phase": ".status.phase",
                            "Ready": ".status.ready", "Rank": ".status.rank",
+                           "In-Flight": ".status.inFlight",  # kubectl get -o wide
                            "Age": ".metadata.creationTimestamp"}
     else:
         assert crd["spec"]["names"]["shortNames"] == ["bmd"]

@@ -31,13 +31,26 @@ async def eventually(condition, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_the_table_follows_the_configmap(kmock, tmp_path):
-    token = tmp_path / "token"
-    token.write_text("sa-token\n")
+def write_kubeconfig(path, server: str) -> str:
+    path.write_text(f"""apiVersion: v1
+kind: Config
+clusters: [{{name: c, cluster: {{server: "{server}"}}}}]
+users: [{{name: u, user: {{token: sa-token}}}}]
+contexts: [{{name: x, context: {{cluster: c, user: u, namespace: ml}}}}]
+current-context: x
+""")
+    return str(path)
+
+
+async def test_the_table_follows_the_configmap_found_through_kubeconfig(kmock, tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", write_kubeconfig(tmp_path / "config",
+                                                      str(kmock.url).rstrip("/")))
     tables: list[PlacementTable] = []
     metrics = RouterMetrics()
-    watch = ConfigMapWatch(str(kmock.url), "ml", "bmd-placements", tables.append, metrics,
-                           token_path=token)
+    watch = ConfigMapWatch.from_config(RouterConfig(placements_configmap="bmd-placements"),
+                                       tables.append, metrics)
+    assert watch.namespace == "ml"  # the context's
     collection = f"{kmock.url}/api/v1/namespaces/ml/configmaps"
     patch = {"Content-Type": "application/merge-patch+json"}
     async with aiohttp.ClientSession() as api:
@@ -72,11 +85,13 @@ async def test_the_table_follows_the_configmap(kmock, tmp_path):
     assert {request.headers.get("Authorization") for request in reads} == {"Bearer sa-token"}
 
 
-def test_outside_a_cluster_the_missing_settings_are_named(monkeypatch):
+def test_without_a_cluster_or_kubeconfig_the_way_out_is_named(monkeypatch, tmp_path):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with pytest.raises(ValueError, match="needs --namespace"):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="set KUBECONFIG"):
         ConfigMapWatch.from_config(RouterConfig(placements_configmap="x"), print,
                                    RouterMetrics())
-    with pytest.raises(ValueError, match="needs --kube-api-url"):
-        ConfigMapWatch.from_config(RouterConfig(placements_configmap="x", namespace="ml"),
-                                   print, RouterMetrics())
+    explicit = ConfigMapWatch.from_config(
+        RouterConfig(placements_configmap="x", kube_api_url="http://127.0.0.1:1",
+                     namespace="ml"), print, RouterMetrics())
+    assert (explicit.kube.cluster.server, explicit.namespace) == ("http://127.0.0.1:1", "ml")
