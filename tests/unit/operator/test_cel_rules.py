@@ -141,13 +141,20 @@ def mount_on_the_cache() -> dict:
     return bmd
 
 
+def autoscale_min_above_max() -> dict:
+    adapter = sample("Adapter")
+    adapter["spec"]["autoscale"] = {"minReplicas": 3, "maxReplicas": 2, "targetInFlight": 4}
+    return adapter
+
+
 @pytest.mark.parametrize(("build", "message"), [
     (broken_adapter_source, "'..'"),
+    (autoscale_min_above_max, "minReplicas must not be above maxReplicas"),
     (lambda: volumes_named("models", "models"), "unique"),
     (lambda: volumes_named("cache"), "cache"),
     (mount_without_volume, "volume"),
     (mount_on_the_cache, "/cache"),
-], ids=["dotdot-source", "duplicate-volume", "reserved-volume", "mount-without-volume",
+], ids=["dotdot-source", "autoscale-bounds", "duplicate-volume", "reserved-volume", "mount-without-volume",
         "reserved-mount"])
 def test_bad_objects_break_the_rule_that_says_so(build, message: str) -> None:
     obj = build()
