@@ -154,8 +154,8 @@ def autoscale_min_above_max() -> dict:
     (lambda: volumes_named("cache"), "cache"),
     (mount_without_volume, "volume"),
     (mount_on_the_cache, "/cache"),
-], ids=["dotdot-source", "autoscale-bounds", "duplicate-volume", "reserved-volume", "mount-without-volume",
-        "reserved-mount"])
+], ids=["dotdot-source", "autoscale-bounds", "duplicate-volume", "reserved-volume",
+        "mount-without-volume", "reserved-mount"])
 def test_bad_objects_break_the_rule_that_says_so(build, message: str) -> None:
     obj = build()
     (problem,) = violations(obj, SCHEMAS[obj["kind"]])
