@@ -56,7 +56,19 @@ class EngineConfig:
     device_slots: int = setting(32, help="adapters resident on the device at once")
     host_bytes: int = setting(8 << 30, help="host RAM budget for adapter weights")
     disk_bytes: int = setting(64 << 30, help="disk cache budget for downloaded adapters")
-    load_workers: int = setting(4, help="adapter loads that run in parallel")
+    load_workers: int = setting(4, help="adapter loads from disk (parse, pin) that run in "
+                                "parallel")
+    download_workers: int = setting(4, help="adapter downloads (hf://, s3://) that run in "
+                                    "parallel, apart from the loads from disk")
+    adapter_connect_timeout_s: float = setting(
+        10.0, help="seconds an adapter download may wait to connect to its source")
+    adapter_read_timeout_s: float = setting(
+        30.0, help="seconds an adapter download may wait for the next bytes")
+    adapter_load_deadline_s: float = setting(
+        300.0, help="seconds after which a load that has not finished fails")
+    dynamic_failure_ttl_s: float = setting(
+        30.0, help="seconds a failed adapter that a request named is remembered (its "
+        "requests fail at once); afterwards it is forgotten and may be tried again")
     adapter_time_slice_s: float = setting(
         2.0, help="seconds an adapter keeps admitting requests to its device slot while "
         "adapters without a slot wait (LoRAX's adapter cycle time)")
@@ -66,14 +78,16 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         positive = ("max_num_seqs", "max_num_batched_tokens", "block_size", "max_lora_rank",
-                    "device_slots", "load_workers", "quantize_group_size")
+                    "device_slots", "load_workers", "quantize_group_size", "download_workers",
+                    "adapter_connect_timeout_s", "adapter_read_timeout_s",
+                    "adapter_load_deadline_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 < self.kv_cache_fraction <= 1:
             raise ValueError(f"kv_cache_fraction must be in (0, 1], got {self.kv_cache_fraction}")
         for name in ("kv_cache_bytes", "max_model_len", "host_bytes", "disk_bytes",
-                     "adapter_time_slice_s"):
+                     "adapter_time_slice_s", "dynamic_failure_ttl_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.dtype not in DTYPES:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loraplex.runtime.adapters.lru import LruBudget
-from loraplex.runtime.adapters.source import AdapterSource, SourceCredentials
+from loraplex.runtime.adapters.source import AdapterSource, FetchLimits, SourceCredentials
 
 MARKER = ".loraplex-source.json"
 
@@ -60,7 +60,8 @@ class DiskCache:
     def __contains__(self, key: str) -> bool:
         return key in self._lru
 
-    def fetch(self, source: AdapterSource, credentials: SourceCredentials | None) -> Fetched:
+    def fetch(self, source: AdapterSource, credentials: SourceCredentials | None,
+              limits: FetchLimits | None = None) -> Fetched:
         """The source's folder, downloaded if needed; held until `release(key)`.
 
         Blocks (download time); call it from a load worker, never from the engine loop.
@@ -79,7 +80,7 @@ class DiskCache:
                 if cached:
                     (self.root / key / MARKER).touch()  # LRU order survives restarts
                 else:
-                    self._download(source, credentials, key)
+                    self._download(source, credentials, key, limits)
         except BaseException:
             self.release(key)
             raise
@@ -101,11 +102,11 @@ class DiskCache:
         self._evict()
 
     def _download(self, source: AdapterSource, credentials: SourceCredentials | None,
-                  key: str) -> None:
+                  key: str, limits: FetchLimits | None) -> None:
         staging = self.root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         staging.mkdir()
         try:
-            source.fetch(staging, credentials)
+            source.fetch(staging, credentials, limits)
             size = sum(p.stat().st_size for p in staging.iterdir() if p.is_file())
             marker = {"uri": source.uri, "size_bytes": size, "fetched_at": time.time()}
             (staging / MARKER).write_text(json.dumps(marker))

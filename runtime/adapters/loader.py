@@ -1,8 +1,11 @@
-"""One adapter load, as a load worker runs it: source → disk → parsed (pinned) weights.
+"""One adapter load, in the two stages the load workers run: fetch, then parse.
 
-Blocking work only, no shared state besides the disk cache: the manager submits this to
-its worker pool and publishes the outcome under its own lock. Every failure becomes an
-`AdapterError` in the outcome; nothing escapes the worker thread.
+`fetch_adapter` is the remote part (download into the disk cache: network time, possibly
+long or hung); `parse_adapter` is the local part (read and check the PEFT files, pin the
+weights). They run on separate worker budgets (see `load_pipeline`), so downloads never
+hold up adapters that are already on disk. Blocking work only, no shared state besides
+the disk cache; every failure becomes an `AdapterError` in the outcome and nothing
+escapes the worker thread.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 from loraplex.runtime.adapters.disk_cache import DiskCache, Fetched
 from loraplex.runtime.adapters.errors import AdapterError
 from loraplex.runtime.adapters.peft_format import load_peft_adapter
-from loraplex.runtime.adapters.source import AdapterSource, SourceCredentials
+from loraplex.runtime.adapters.source import AdapterSource, FetchLimits, SourceCredentials
 from loraplex.runtime.adapters.target import LoraTargetShapes
 from loraplex.runtime.adapters.weights import AdapterWeights
 
@@ -30,29 +33,41 @@ class LoadOutcome:
     parse_seconds: float
 
 
-def load_adapter(name: str, source: AdapterSource, credentials: SourceCredentials | None,
-                 disk: DiskCache, target: LoraTargetShapes, max_rank: int,
-                 pin_memory: bool) -> LoadOutcome:
-    where = f"adapter {name!r} ({source.uri})"
-    fetched = None
+def _where(name: str, source: AdapterSource) -> str:
+    return f"adapter {name!r} ({source.uri})"
+
+
+def _unexpected(where: str, error: Exception) -> AdapterError:
+    log.error("loading %s failed", where, exc_info=error)
+    return AdapterError("load_failed", f"{where}: {type(error).__name__}: {error}")
+
+
+def fetch_adapter(name: str, source: AdapterSource, credentials: SourceCredentials | None,
+                  disk: DiskCache, limits: FetchLimits) -> Fetched | AdapterError:
+    """The remote source's folder in the disk cache (held: `disk.release` it), or why not."""
     try:
-        if source.is_remote:
-            fetched = disk.fetch(source, credentials)
-            folder = fetched.folder
-        else:
-            folder = Path(source.location)
-        started = time.monotonic()
+        return disk.fetch(source, credentials, limits)
+    except AdapterError as refused:
+        return refused
+    except Exception as unexpected:  # a bug or an OS error must not escape the worker
+        return _unexpected(_where(name, source), unexpected)
+
+
+def parse_adapter(name: str, source: AdapterSource, fetched: Fetched | None, disk: DiskCache,
+                  target: LoraTargetShapes, max_rank: int, pin_memory: bool) -> LoadOutcome:
+    """Read and check the adapter's files (releasing the disk hold of `fetched`)."""
+    where = _where(name, source)
+    started = time.monotonic()
+    try:
+        folder = fetched.folder if fetched is not None else Path(source.location)
         weights = load_peft_adapter(folder, target, max_rank, where)
         if pin_memory:
             weights = weights.pin_memory()
         return LoadOutcome(weights, None, fetched, time.monotonic() - started)
     except AdapterError as refused:
         return LoadOutcome(None, refused, fetched, 0.0)
-    except Exception as unexpected:  # a bug or an OS error must not escape the worker
-        log.exception("loading %s failed", where)
-        error = AdapterError("load_failed", f"{where}: {type(unexpected).__name__}: "
-                             f"{unexpected}")
-        return LoadOutcome(None, error, fetched, 0.0)
+    except Exception as unexpected:
+        return LoadOutcome(None, _unexpected(where, unexpected), fetched, 0.0)
     finally:
         if fetched is not None:
             disk.release(fetched.key)

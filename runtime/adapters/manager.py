@@ -10,10 +10,15 @@ Two kinds of callers share one lock that is only held for bookkeeping, never for
 - The admin API and request handlers call `register`, `unregister`, `resolve`, `get`,
   `list`, `stats` from any thread.
 
-Loads (download, parse, pinning) run on `load_workers` threads in parallel; copies into
-device slots run on one more thread (they share one side stream anyway), so a slow
-download never delays an adapter that is already in RAM. A failed adapter records its
-`AdapterError` and everything else keeps serving.
+Loads run in the background on two worker budgets (`load_pipeline`): downloads on
+`download_workers` threads, parsing and pinning on `load_workers`; copies into device
+slots run on one more thread (they share one side stream anyway). So a slow or hung
+download never delays an adapter that is on disk or in RAM, and a load that passes its
+deadline fails instead of keeping its requests waiting. A failed adapter records its
+`AdapterError` and everything else keeps serving. An adapter a request registered
+(dynamic) that failed is forgotten `dynamic_failure_ttl_s` later: until then requests
+naming it get its error at once, afterwards the next one tries again, and the table
+(and every per-adapter metric) holds no trace of the many names a client may try.
 
 An engine step uses it like this (`want` then `acquire` in the same step, so the slot it
 returned cannot be handed to another adapter in between):
@@ -52,21 +57,26 @@ from loraplex.runtime.adapters.dynamic import (
     request_source,
 )
 from loraplex.runtime.adapters.errors import AdapterError, AdapterNotFound
-from loraplex.runtime.adapters.loader import LoadOutcome, load_adapter
+from loraplex.runtime.adapters.load_pipeline import LoadPipeline, LoadTicket
+from loraplex.runtime.adapters.loader import LoadOutcome
 from loraplex.runtime.adapters.lru import LruBudget
 from loraplex.runtime.adapters.naming import is_valid_adapter_name, validate_adapter_name
 from loraplex.runtime.adapters.records import AdapterLease, AdapterRecord
 from loraplex.runtime.adapters.slot_table import SlotTable
 from loraplex.runtime.adapters.slots import DeviceSlotPool, SlotCopy
-from loraplex.runtime.adapters.source import AdapterSource, SourceCredentials, parse_source
+from loraplex.runtime.adapters.source import (
+    AdapterSource,
+    FetchLimits,
+    SourceCredentials,
+    parse_source,
+)
 from loraplex.runtime.adapters.stats import AdapterStats
 from loraplex.runtime.adapters.target import LoraTargetShapes
 from loraplex.runtime.adapters.weights import AdapterWeights
 from loraplex.runtime.config import EngineConfig
 
 log = logging.getLogger(__name__)
-RETRY_TRANSIENT_S = 30.0  # a dynamic adapter whose download failed is retried after this
-TRANSIENT_REASONS = ("download_failed", "load_failed")
+MAX_FAILED_DYNAMIC = 1024  # failed dynamic adapters remembered at once (oldest go first)
 
 
 class AdapterManager:
@@ -89,7 +99,14 @@ class AdapterManager:
         self._slots = SlotTable(config.device_slots)
         self._preloads: dict[str, AdapterRecord] = {}  # preload="device" not reached yet
         self._stats = AdapterStats()
-        self._loads = ThreadPoolExecutor(config.load_workers, thread_name_prefix="adapter-load")
+        self._loading: set[AdapterRecord] = set()  # loads in flight (checked for deadlines)
+        self._failed_dynamic: dict[str, AdapterRecord] = {}  # by name, oldest failure first
+        self._pipeline = LoadPipeline(
+            self.disk, target, config.max_lora_rank, pin_memory=self.device.type == "cuda",
+            download_workers=config.download_workers, load_workers=config.load_workers,
+            limits=FetchLimits(config.adapter_connect_timeout_s,
+                               config.adapter_read_timeout_s),
+            deadline_s=config.adapter_load_deadline_s)
         self._copies = ThreadPoolExecutor(1, thread_name_prefix="adapter-copy")
 
     # admin side ---------------------------------------------------------------------------
@@ -137,15 +154,18 @@ class AdapterManager:
 
     def get(self, name: str) -> AdapterStatus:
         with self._lock:
+            self._expire()
             return self._live(name).info()
 
     def list(self) -> list[AdapterStatus]:
         with self._lock:
+            self._expire()
             return [record.info() for record in self._adapters.values()]
 
     def failed(self, name: str) -> str | None:
         """The error message when `name` cannot be served, else None."""
         with self._lock:
+            self._expire()
             record = self._live(name)
             return str(record.error) if record.state is AdapterState.ERROR else None
 
@@ -155,6 +175,7 @@ class AdapterManager:
         if not adapter_id:
             raise AdapterError("bad_name", "adapter id must not be empty")
         with self._lock:  # a registered name wins; "hub" is what LoRAX clients send by default
+            self._expire()
             if adapter_source in (None, "", "hub") and adapter_id in self._adapters:
                 return adapter_id
         source = request_source(adapter_id, adapter_source)
@@ -165,7 +186,6 @@ class AdapterManager:
         with self._lock:
             for record in self._adapters.values():
                 if record.source.uri == source.uri:
-                    self._maybe_retry(record)
                     return record.name
             if not self._policy.allows(source):
                 raise AdapterNotFound(
@@ -182,6 +202,7 @@ class AdapterManager:
 
     def stats(self) -> AdapterStats:
         with self._lock:
+            self._expire()
             snapshot = self._stats.copy()
             on_device = self._slots.ready()
             snapshot.resident = {Tier.DISK: len(self.disk), Tier.HOST: len(self._host),
@@ -192,7 +213,7 @@ class AdapterManager:
             return snapshot
 
     def close(self) -> None:
-        self._loads.shutdown(wait=False, cancel_futures=True)
+        self._pipeline.close()
         self._copies.shutdown(wait=False, cancel_futures=True)
 
     # engine side: never blocks ------------------------------------------------------------
@@ -204,6 +225,7 @@ class AdapterManager:
         failed. Call from the engine thread: this is where device slots are handed out.
         """
         with self._lock:
+            self._expire_loads()
             record = self._live(name)
             self._raise_if_failed(record)
             record.touch()
@@ -244,6 +266,7 @@ class AdapterManager:
         """Advance finished device copies and device preloads. Never blocks."""
         with self._lock:
             self._protect_since, self._last_poll = self._last_poll, time.monotonic()
+            self._expire()
             for record in self._slots.copying():
                 self._refresh_copy(record)
             for record in list(self._preloads.values()):
@@ -273,32 +296,29 @@ class AdapterManager:
         if record.load is not None:
             return
         record.state, record.error = AdapterState.DOWNLOADING, None
-        record.load = self._loads.submit(self._load_job, record)
+        self._failed_dynamic.pop(record.name, None)
+        record.load = self._pipeline.start(
+            record.name, record.source, record.credentials,
+            lambda ticket, outcome: self._publish_from(record, ticket, outcome))
+        self._loading.add(record)
 
-    def _maybe_retry(self, record: AdapterRecord) -> None:
-        if (record.dynamic and record.state is AdapterState.ERROR and record.error is not None
-                and record.error.reason in TRANSIENT_REASONS
-                and time.monotonic() - record.error_at > RETRY_TRANSIENT_S):
-            self._start_load(record)
-
-    def _load_job(self, record: AdapterRecord) -> None:
-        outcome = load_adapter(record.name, record.source, record.credentials, self.disk,
-                               self.target, self.config.max_lora_rank,
-                               pin_memory=self.device.type == "cuda")
+    def _publish_from(self, record: AdapterRecord, ticket: LoadTicket,
+                      outcome: LoadOutcome) -> None:
+        """A load worker's outcome; dropped if the load was replaced or gave up meanwhile."""
         with self._lock:
-            self._publish_load(record, outcome)
+            if record.load is ticket:
+                self._publish_load(record, outcome)
 
     def _publish_load(self, record: AdapterRecord, outcome: LoadOutcome) -> None:
         record.load = None
+        self._loading.discard(record)
         if record.retired:
             return
         if outcome.fetched is not None and outcome.fetched.downloaded:
             self._stats.record_load(Tier.DISK, outcome.fetched.seconds)
         if outcome.error is not None:
             log.warning("adapter %r refused: %s", record.name, outcome.error)
-            record.state, record.error = AdapterState.ERROR, outcome.error
-            record.error_at = time.monotonic()
-            self._stats.failures += 1
+            self._set_failed(record, outcome.error)
             return
         weights = outcome.weights
         self._stats.record_load(Tier.HOST, outcome.parse_seconds)
@@ -306,6 +326,44 @@ class AdapterManager:
         record.size_bytes = weights.size_bytes
         record.state = AdapterState.DEVICE if record.slot_ready else AdapterState.HOST
         self._admit_host(record)
+
+    def _set_failed(self, record: AdapterRecord, error: AdapterError) -> None:
+        record.state, record.error = AdapterState.ERROR, error
+        record.error_at = time.monotonic()
+        self._stats.failures += 1
+        if record.dynamic:
+            self._failed_dynamic.pop(record.name, None)
+            self._failed_dynamic[record.name] = record
+
+    def _expire(self) -> None:
+        """Give up on loads past their deadline; forget dynamic adapters failed long ago."""
+        self._expire_loads()
+        now = time.monotonic()
+        ttl = self.config.dynamic_failure_ttl_s
+        while self._failed_dynamic:
+            name, record = next(iter(self._failed_dynamic.items()))
+            if (now - record.error_at <= ttl
+                    and len(self._failed_dynamic) <= MAX_FAILED_DYNAMIC):
+                break
+            del self._failed_dynamic[name]
+            if (self._adapters.get(name) is record and record.state is AdapterState.ERROR
+                    and record.dynamic):
+                del self._adapters[name]
+                self._retire(record)
+
+    def _expire_loads(self) -> None:
+        if not self._loading:
+            return
+        now = time.monotonic()
+        for record in [r for r in self._loading if r.load is not None and r.load.expired(now)]:
+            record.load.cancel()
+            record.load = None
+            self._loading.discard(record)
+            log.warning("adapter %r did not load within %.0f s; giving up", record.name,
+                        self.config.adapter_load_deadline_s)
+            self._set_failed(record, AdapterError(
+                "load_timeout", f"adapter {record.name!r} ({record.source.uri}) did not load "
+                f"within {self.config.adapter_load_deadline_s:g} s"))
 
     def _admit_host(self, record: AdapterRecord) -> None:
         self._host.add(record, record.size_bytes or 0)
@@ -342,9 +400,9 @@ class AdapterManager:
             log.exception("copying adapter %r into slot %d failed", record.name, slot)
             copy = SlotCopy()
             with self._lock:
-                record.state = AdapterState.ERROR
-                record.error = AdapterError("load_failed", f"adapter {record.name!r}: copy to "
-                                            f"the device failed: {unexpected}")
+                self._set_failed(record, AdapterError(
+                    "load_failed", f"adapter {record.name!r}: copy to the device failed: "
+                    f"{unexpected}"))
         with self._lock:
             record.slot_copy = copy
 
@@ -372,6 +430,10 @@ class AdapterManager:
             del self._preloads[record.name]
         if record.load is not None:
             record.load.cancel()
+            record.load = None
+        self._loading.discard(record)
+        if self._failed_dynamic.get(record.name) is record:
+            del self._failed_dynamic[record.name]
         if record.refcount > 0:
             self._retiring.append(record)
             return "deferred"

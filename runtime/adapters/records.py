@@ -11,11 +11,11 @@ still run never releases the wrong registration.
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from loraplex.contracts.adapters import AdapterState, AdapterStatus, Preload
 from loraplex.runtime.adapters.errors import AdapterError
+from loraplex.runtime.adapters.load_pipeline import LoadTicket
 from loraplex.runtime.adapters.slots import SlotCopy
 from loraplex.runtime.adapters.source import AdapterSource, SourceCredentials
 from loraplex.runtime.adapters.weights import AdapterWeights
@@ -37,7 +37,7 @@ class AdapterRecord:
     size_bytes: int | None = None
     disk_key: str | None = None
     weights: AdapterWeights | None = None  # host tier
-    load: Future | None = None  # fetch + parse in flight
+    load: LoadTicket | None = None  # fetch + parse in flight
     slot: int | None = None
     slot_copy: SlotCopy | None = None  # set while the slot is being written
     slot_ready: bool = False

@@ -37,6 +37,15 @@ class SourceCredentials:
 
 
 @dataclass(frozen=True, slots=True)
+class FetchLimits:
+    """How long a remote source may keep a download waiting (seconds, per connection)."""
+
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 30.0  # silence allowed between bytes
+    attempts: int = 2
+
+
+@dataclass(frozen=True, slots=True)
 class AdapterSource:
     kind: str  # "local" | "hf" | "s3"
     uri: str  # canonical, see module docstring
@@ -48,13 +57,15 @@ class AdapterSource:
     def is_remote(self) -> bool:
         return self.kind != "local"
 
-    def fetch(self, dest: Path, credentials: SourceCredentials | None = None) -> None:
+    def fetch(self, dest: Path, credentials: SourceCredentials | None = None,
+              limits: FetchLimits | None = None) -> None:
         """Download the adapter's files into the existing empty folder `dest`."""
         credentials = credentials or SourceCredentials()
+        limits = limits or FetchLimits()
         if self.kind == "hf":
-            _fetch_hub(self, dest, credentials)
+            _fetch_hub(self, dest, credentials, limits)
         elif self.kind == "s3":
-            _fetch_s3(self, dest, credentials)
+            _fetch_s3(self, dest, credentials, limits)
         else:
             raise ValueError(f"a local source is read in place, not fetched: {self.uri}")
 
@@ -114,13 +125,17 @@ def _parse_s3(text: str) -> AdapterSource:
     return AdapterSource(kind="s3", uri=uri, location=bucket, path=prefix)
 
 
-def _fetch_hub(source: AdapterSource, dest: Path, credentials: SourceCredentials) -> None:
-    from huggingface_hub import HfApi, hf_hub_download
+def _fetch_hub(source: AdapterSource, dest: Path, credentials: SourceCredentials,
+               limits: FetchLimits) -> None:
+    from huggingface_hub import HfApi, constants, hf_hub_download
 
+    # the file transfer reads its timeout from here (one value for the whole process)
+    constants.HF_HUB_DOWNLOAD_TIMEOUT = limits.read_timeout_s
     prefix = f"{source.path}/" if source.path else ""
     try:
         info = HfApi(token=credentials.hf_token).model_info(
-            source.location, revision=source.revision, timeout=30)
+            source.location, revision=source.revision,
+            timeout=limits.connect_timeout_s + limits.read_timeout_s)
         listed = [s.rfilename[len(prefix):] for s in info.siblings or []
                   if s.rfilename.startswith(prefix) and "/" not in s.rfilename[len(prefix):]]
         check_adapter_files(listed, source.uri)
@@ -128,7 +143,8 @@ def _fetch_hub(source: AdapterSource, dest: Path, credentials: SourceCredentials
             for name in ADAPTER_FILES:
                 downloaded = hf_hub_download(
                     source.location, name, subfolder=source.path or None,
-                    revision=source.revision, token=credentials.hf_token, local_dir=staging)
+                    revision=source.revision, token=credentials.hf_token, local_dir=staging,
+                    etag_timeout=limits.read_timeout_s)
                 shutil.move(downloaded, dest / name)
     except AdapterError:
         raise
@@ -137,7 +153,8 @@ def _fetch_hub(source: AdapterSource, dest: Path, credentials: SourceCredentials
                            f"cannot fetch {source.uri}: {type(error).__name__}: {error}") from None
 
 
-def _fetch_s3(source: AdapterSource, dest: Path, credentials: SourceCredentials) -> None:
+def _fetch_s3(source: AdapterSource, dest: Path, credentials: SourceCredentials,
+              limits: FetchLimits) -> None:
     import boto3
     from botocore.config import Config
 
@@ -147,7 +164,9 @@ def _fetch_s3(source: AdapterSource, dest: Path, credentials: SourceCredentials)
         aws_access_key_id=credentials.aws_access_key_id,
         aws_secret_access_key=credentials.aws_secret_access_key,
         aws_session_token=credentials.aws_session_token,
-        config=Config(connect_timeout=10, read_timeout=60, retries={"max_attempts": 3}),
+        config=Config(connect_timeout=limits.connect_timeout_s,
+                      read_timeout=limits.read_timeout_s,
+                      retries={"max_attempts": limits.attempts, "mode": "standard"}),
     )
     prefix = f"{source.path}/" if source.path else ""
     try:

@@ -44,8 +44,10 @@ from loraplex.runtime.engine.request import (
     TokenEvent,
     TokenLogprob,
 )
+from loraplex.runtime.engine.request_bounds import normalize
 from loraplex.runtime.engine.scheduler import Scheduler
 from loraplex.runtime.engine.sequence import Sequence
+from loraplex.runtime.engine.step_isolation import execute_isolated
 from loraplex.runtime.kernels import resolve_backend
 from loraplex.runtime.models.loader import LoadedModel, load_model
 
@@ -150,13 +152,14 @@ class Engine:
     # requests in
 
     def validate(self, request: GenerationRequest) -> None:
-        """Raise ValueError if the request can never run (depends on no mutable state)."""
+        """Raise ValueError if the request can never run (depends on no mutable state).
+
+        Also normalises its parameters in place (see `request_bounds`), so nothing it
+        brings can fail a step that other requests share.
+        """
         if request.adapter is not None:
             self.adapters.get(request.adapter)  # AdapterNotFound (a ValueError) if unknown
-        vocab = self.loaded.hf_config.vocab_size
-        bad = [t for t in request.prompt_token_ids if not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"prompt token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
+        normalize(request, self.loaded.hf_config.vocab_size)
         num_prompt = len(request.prompt_token_ids)
         if num_prompt >= self.max_model_len:
             raise ValueError(f"the prompt has {num_prompt} tokens; the context holds "
@@ -211,6 +214,17 @@ class Engine:
         self._seqs.clear()
         return events
 
+    def _fail_alone(self, seq: Sequence, error: Exception) -> TokenEvent:
+        """End `seq`, whose own state failed its step, without touching anyone else's."""
+        # its block table may be what failed: only ids the cache owns go back to it
+        seq.block_table[:] = [block for block in seq.block_table if type(block) is int
+                              and 0 <= block < self.block_manager.num_blocks]
+        self.scheduler.finish(seq)
+        del self._seqs[seq.request_id]
+        return self._end_event(seq, FinishReason.ERROR,
+                               f"this request failed the engine step: "
+                               f"{type(error).__name__}: {error}")
+
     # the loop
 
     def has_unfinished(self) -> bool:
@@ -227,10 +241,14 @@ class Engine:
         if not scheduled:
             return events
         self.kv_cache.zero_fresh_blocks(self.block_manager.num_blocks_ever_used)
-        output = self.runner.execute(scheduled)
+        output, culprits = execute_isolated(self.runner.execute, scheduled)
         self._num_steps += 1
+        for seq, error in culprits:
+            events.append(self._fail_alone(seq, error))
         for item in scheduled:
             seq = item.seq
+            if seq.is_finished:
+                continue
             if seq.num_computed_tokens < seq.num_prompt_tokens:
                 self._num_prompt_tokens += min(item.num_new_tokens,
                                                seq.num_prompt_tokens - seq.num_computed_tokens)
