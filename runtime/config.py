@@ -115,6 +115,11 @@ class ServerConfig:
     grammar_cache_bytes: int = setting(256 << 20, help="memory for compiled output "
                                        "constraints (structured output), LRU beyond it")
     shutdown_grace_s: float = setting(30.0, help="seconds SIGTERM waits for in-flight requests")
+    max_request_bytes: int = setting(16 << 20, help="largest request body; larger ones get 413 "
+                                     "unread")
+    max_adapter_metric_labels: int = setting(
+        256, help="adapters with per-adapter metric series of their own (the rest share "
+        "adapter=\"__other__\")")
     served_model_name: str = setting("", help="model id shown to clients (default: --model)")
     log_level: str = setting("info", help="log level", choices=("debug", "info", "warning",
                                                                 "error"))

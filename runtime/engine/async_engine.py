@@ -5,7 +5,8 @@ thread of its own: requests and aborts go in through a thread-safe queue, events
 back to the event loop with `loop.call_soon_threadsafe` and wait in one asyncio queue
 per request. The loop thread never runs model code, so the server stays responsive;
 each step's duration is recorded (a bounded deque) so tests can check that. Closing or
-cancelling a `generate()` iterator aborts its request and frees its KV blocks.
+cancelling a `generate()` iterator aborts its request and frees its KV blocks;
+`interrupt_all` makes every open iterator raise (at shutdown), which aborts them all.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from loraplex.runtime.adapters.manager import AdapterManager
 from loraplex.runtime.config import EngineConfig
 from loraplex.runtime.engine.engine import Engine, EngineStats
-from loraplex.runtime.engine.request import GenerationRequest, TokenEvent
+from loraplex.runtime.engine.request import GenerationRequest, RequestInterrupted, TokenEvent
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,17 @@ class AsyncEngine:
         self._thread = None
         for request_id in list(self._streams):  # added after the loop had stopped
             self._fail(request_id, RuntimeError("the engine stopped"))
+
+    def interrupt_all(self, reason: str) -> int:
+        """End every open `generate()` with `RequestInterrupted(reason)`; return how many.
+
+        Call on the event loop's thread. Each iterator raises at its next event and aborts
+        its request, so the caller can still tell its client why it ended.
+        """
+        open_ids = list(self._streams)
+        for request_id in open_ids:
+            self._fail(request_id, RequestInterrupted(reason))
+        return len(open_ids)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
         """Events of one request, the last with `finished`; ValueError if it cannot run."""

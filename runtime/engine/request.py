@@ -77,6 +77,10 @@ class GenerationRequest:
             raise ValueError("the prompt is empty")
 
 
+class RequestInterrupted(Exception):
+    """Raised into a request's event stream when the server ends it from outside (shutdown)."""
+
+
 @dataclass(slots=True)
 class TokenLogprob:
     token_id: int

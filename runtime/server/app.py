@@ -28,13 +28,12 @@ from loraplex.runtime.server.engine_collector import EngineCollector
 from loraplex.runtime.server.error_handlers import install_error_handlers
 from loraplex.runtime.server.state import ServerState
 
-MAX_BODY_BYTES = 16 << 20  # far beyond any context window; larger bodies get 413 unread
-
 
 def create_app(state: ServerState, lifespan: Callable[[FastAPI], Any] | None = None) -> FastAPI:
     app = FastAPI(title="loraplex runtime",
                   description="Multi-LoRA inference: LoRAX and OpenAI protocols, adapter admin",
-                  version=__version__, lifespan=lifespan, max_body_size=MAX_BODY_BYTES)
+                  version=__version__, lifespan=lifespan,
+                  max_body_size=state.server_config.max_request_bytes)  # beyond: 413 unread
     app.state.server = state
     state.metrics.registry.register(EngineCollector(state))
     for module in (probe_routes, lorax_routes, openai_completions, openai_chat, admin_routes,

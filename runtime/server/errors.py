@@ -69,6 +69,18 @@ class IncompleteGeneration(ApiError):
     openai_type = "server_error"
 
 
+class GenerationInterrupted(ApiError):
+    """The server is shutting down and ended this request before it finished.
+
+    Streams get it as their last event; a request that waits for its whole answer gets
+    a 503 (retry on another replica), with the same `error_type`.
+    """
+
+    status_code = 503
+    error_type = "incomplete_generation"
+    openai_type = "server_error"
+
+
 class Overloaded(ApiError):
     status_code = 429
     error_type = "overloaded"

@@ -1,10 +1,11 @@
 """What both protocols do with a request between parsing it and answering it.
 
-Tokenize (or render the chat template), resolve the adapter, check lengths against the
-context, admit into the bounded queue, then run the engine while timing each token for
-the metrics and the access log. The LoRAX and OpenAI routes differ only in how they map
-fields in and results out; everything that decides *whether* and *how* a request runs is
-here, so the two protocols cannot drift apart.
+Tokenize (or render the chat template; a prompt too long to fit is refused by its length
+in characters before any tokenizing, see `input_cost`), resolve the adapter, check
+lengths against the context, admit into the bounded queue, then run the engine while
+timing each token for the metrics and the access log. The LoRAX and OpenAI routes differ
+only in how they map fields in and results out; everything that decides *whether* and
+*how* a request runs is here, so the two protocols cannot drift apart.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from loraplex.runtime.adapters.errors import AdapterNotFound as EngineAdapterNot
 from loraplex.runtime.engine.request import (
     FinishReason,
     GenerationRequest,
+    RequestInterrupted,
     SamplingParams,
     TokenEvent,
 )
@@ -29,9 +31,11 @@ from loraplex.runtime.server.admission import AdmissionGate, Lease
 from loraplex.runtime.server.errors import (
     AdapterNotFound,
     GenerationFailed,
+    GenerationInterrupted,
     ValidationFailed,
 )
 from loraplex.runtime.server.generation import GenerationResult, collect
+from loraplex.runtime.server.input_cost import LARGE_TEXT_CHARS, release_memory, tail_chars
 from loraplex.runtime.server.metrics import ServerMetrics
 from loraplex.runtime.structured.grammar_cache import GrammarCache, GrammarError
 from loraplex.runtime.structured.grammar_spec import GrammarSpec
@@ -49,7 +53,12 @@ class Limits:
     max_input_length: int
     max_best_of: int
     max_stop_sequences: int
+    max_token_chars: int  # the most characters of text one token covers
     grammar_cache_bytes: int = 256 << 20
+
+    @property
+    def max_prompt_chars(self) -> int:
+        return self.max_input_length * self.max_token_chars
 
 
 class InferenceService:
@@ -64,13 +73,31 @@ class InferenceService:
 
     # --- input -----------------------------------------------------------------------
 
-    async def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of `text`; long texts are encoded off the event loop, so that one huge
-        prompt does not stall every other request's stream."""
+    async def tokenize(self, text: str, add_special_tokens: bool = True,
+                       keep_last: int | None = None) -> list[int]:
+        """Token ids of `text` (only enough of its end for `keep_last` tokens, if given).
+
+        A text with more characters than any allowed prompt can have is refused before
+        tokenizing; long texts are encoded off the event loop, so that one huge prompt
+        does not stall every other request's stream.
+        """
+        limits = self.limits
+        if keep_last is not None and keep_last <= limits.max_input_length:
+            text = tail_chars(text, keep_last, limits.max_token_chars)
+        elif len(text) > limits.max_prompt_chars:
+            raise ValidationFailed(
+                f"the prompt has {len(text)} characters, more than {limits.max_input_length} "
+                f"tokens can hold (at most {limits.max_prompt_chars} characters; LoRAX "
+                "requests may set `truncate` to keep only its end)", param="prompt")
         encode = self.engine.tokenizer.encode
         if len(text) <= INLINE_TOKENIZE_CHARS:
             return list(encode(text, add_special_tokens=add_special_tokens))
-        return list(await asyncio.to_thread(encode, text, add_special_tokens=add_special_tokens))
+        try:
+            return list(await asyncio.to_thread(encode, text,
+                                                add_special_tokens=add_special_tokens))
+        finally:
+            if len(text) >= LARGE_TEXT_CHARS:
+                release_memory()
 
     def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
                     continue_final_message: bool = False,
@@ -226,6 +253,8 @@ class InferenceService:
                         series.record_tokens(event.num_prompt_tokens,
                                              event.num_generated_tokens)
                     yield event
+        except RequestInterrupted as error:
+            raise GenerationInterrupted(f"generation stopped before the end: {error}") from None
         except EngineAdapterNotFound as error:
             outcome, reason = "rejected", None
             raise AdapterNotFound(str(error), param="adapter_id") from error

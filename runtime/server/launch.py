@@ -4,7 +4,10 @@ Order of a pod's life: the HTTP server listens immediately (`/health` 200, `/rea
 while the model loads in the background, with a progress line every few seconds; then
 the start-up adapters are registered and `/ready` turns 200. On SIGTERM the pod stops
 admitting work (`/ready` and new requests 503), lets in-flight requests finish for up to
-`shutdown_grace_s`, stops the engine and exits 0. A second signal exits at once.
+`shutdown_grace_s`, then ends the rest with a word: every open stream gets a last
+`incomplete_generation` event and every request waiting for its whole answer a 503 with
+a JSON body, before the server closes connections (uvicorn's own close timeout only
+starts after that). Then it stops the engine and exits 0. A second signal exits at once.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from loraplex.runtime.server.state import Phase, ServerState
 log = logging.getLogger("loraplex.server")
 
 PROGRESS_EVERY_S = 5.0
-FINAL_CLOSE_TIMEOUT_S = 5  # after the grace period, for connections still open
+FINAL_WORDS_S = 5.0  # after the grace period, for handlers to send their last event
+FINAL_CLOSE_TIMEOUT_S = 5  # then uvicorn's, for connections still open
 
 
 def configure_logging(level: str) -> None:
@@ -132,8 +136,12 @@ class DrainingServer(uvicorn.Server):
         log.info("shutting down: %d sequences in flight, waiting up to %.0f s",
                  state.gate.in_flight, grace)
         if not await state.gate.wait_idle(grace):
-            log.warning("grace period over with %d sequences in flight; cancelling them",
-                        state.gate.in_flight)
+            count = state.engine.interrupt_all("the server is shutting down")
+            log.warning("grace period over with %d sequences in flight; ended %d requests "
+                        "with incomplete_generation", state.gate.in_flight, count)
+            if not await state.gate.wait_idle(FINAL_WORDS_S):
+                log.warning("%d sequences still in flight after their last event",
+                            state.gate.in_flight)
         self.should_exit = True
 
 

@@ -81,7 +81,8 @@ async def _prepare(request: Request, body: GenerateRequest, stream: bool
     stop = service.check_stop(params.stop or [])
     adapter = service.resolve_adapter(params.adapter_id, params.adapter_source, params.api_token)
     prompt_ids, max_new_tokens = service.fit_prompt(
-        await service.tokenize(body.inputs), params.max_new_tokens, truncate=params.truncate)
+        await service.tokenize(body.inputs, keep_last=params.truncate), params.max_new_tokens,
+        truncate=params.truncate)
     sampling = sampling_params(params, max_new_tokens, stop)
     grammar = await service.compile_grammar(lorax_spec(params.response_format))
     request_id = request.state.record.request_id

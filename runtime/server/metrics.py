@@ -8,12 +8,18 @@ Inference Extension's endpoint picker scrapes (`vllm:num_requests_waiting`, ...)
 vLLM's request series (`vllm_metrics.py`), labelled with the served model's name.
 A per-app `CollectorRegistry` (not the process-global one) lets several apps live in one
 process, as tests do.
+
+Per-adapter labels are bounded, because a client can name adapters: at most
+`max_adapter_labels` adapters get series of their own (later ones share the `__other__`
+label), and `prune_adapters` drops the series of adapters that are no longer registered
+(a failed dynamic adapter, once forgotten, leaves no lines behind).
 """
 
 from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -22,6 +28,8 @@ from loraplex.runtime.engine.request import FinishReason
 from loraplex.runtime.server.vllm_metrics import VllmRequestMetrics
 
 BASE_LABEL = "__base__"  # the `adapter` label value of base-model requests
+OTHER_LABEL = "__other__"  # adapters beyond the label budget
+DEFAULT_MAX_ADAPTER_LABELS = 256
 
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -50,7 +58,7 @@ class RequestSeries:
         self._metrics = metrics
         self._endpoint = endpoint
         self._adapter = adapter
-        self.label = adapter or BASE_LABEL
+        self.label = metrics.adapter_label(adapter)
         self.ttft = metrics.ttft.labels(self.label)
         self.inter_token = metrics.inter_token.labels(self.label)
         self._started_running = False
@@ -83,6 +91,7 @@ class RequestSeries:
         to an end or was aborted) for vLLM's."""
         metrics = self._metrics
         metrics.requests.labels(self._endpoint, self.label, outcome).inc()
+        metrics.request_keys.setdefault(self.label, set()).add((self._endpoint, outcome))
         metrics.duration.labels(self.label).observe(duration_s)
         if metrics.vllm is not None:
             metrics.vllm.finished(metrics.model_name, reason, *self._tokens, duration_s,
@@ -96,11 +105,13 @@ class RequestSeries:
 
 
 class ServerMetrics:
-    def __init__(self) -> None:
+    def __init__(self, max_adapter_labels: int = DEFAULT_MAX_ADAPTER_LABELS) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.activity = AdapterActivity()
         self.vllm: VllmRequestMetrics | None = None  # once the model's length is known
         self.model_name = ""
+        self.max_adapter_labels = max_adapter_labels
+        self.request_keys: dict[str, set[tuple[str, str]]] = {}  # label -> (endpoint, outcome)
         registry = self.registry
         self.requests = Counter(
             "loraplex_requests", "engine requests finished, by endpoint, adapter and outcome "
@@ -140,6 +151,28 @@ class ServerMetrics:
 
     def request_series(self, endpoint: str, adapter: str | None) -> RequestSeries:
         return RequestSeries(self, endpoint, adapter)
+
+    def adapter_label(self, adapter: str | None) -> str:
+        """The `adapter` label of a request: its name while the label budget lasts."""
+        if not adapter:
+            return BASE_LABEL
+        if adapter in self.request_keys or len(self.request_keys) < self.max_adapter_labels:
+            self.request_keys.setdefault(adapter, set())
+            return adapter
+        return OTHER_LABEL
+
+    def prune_adapters(self, registered: set[str]) -> None:
+        """Drop the series of adapters no longer registered and with no request in flight."""
+        busy = set(self.activity.waiting) | set(self.activity.running)
+        for label in [label for label in self.request_keys
+                      if label not in registered and label not in busy
+                      and label not in (BASE_LABEL, OTHER_LABEL)]:
+            for endpoint, outcome in self.request_keys.pop(label):
+                self.requests.remove(endpoint, label, outcome)
+            for metric in (self.prompt_tokens, self.generation_tokens, self.ttft,
+                           self.inter_token, self.duration):
+                with suppress(KeyError):
+                    metric.remove(label)
 
     def add_collector(self, collect: Callable) -> None:
         """Register an object with a `collect()` yielding metric families at scrape time."""

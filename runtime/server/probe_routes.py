@@ -77,9 +77,11 @@ async def info(request: Request) -> dict[str, Any]:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    """Prometheus text format."""
-    registry = state_of(request).metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text format (series of adapters no longer registered are dropped first)."""
+    state = state_of(request)
+    manager = getattr(state.engine, "adapters_if_built", None)
+    state.metrics.prune_adapters({info.name for info in manager.list()} if manager else set())
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/models")

@@ -18,6 +18,7 @@ from loraplex.runtime.config import EngineConfig, ServerConfig
 from loraplex.runtime.server.admission import AdmissionGate
 from loraplex.runtime.server.errors import NotReady
 from loraplex.runtime.server.inference import InferenceService, Limits
+from loraplex.runtime.server.input_cost import max_token_chars
 from loraplex.runtime.server.metrics import ServerMetrics
 
 
@@ -32,7 +33,7 @@ class Phase(str, Enum):
 class ServerState:
     engine_config: EngineConfig
     server_config: ServerConfig
-    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    metrics: ServerMetrics = field(init=False)
     phase: Phase = Phase.LOADING
     engine: Any = None
     service: InferenceService | None = None
@@ -41,6 +42,7 @@ class ServerState:
     failure: str | None = None
 
     def __post_init__(self) -> None:
+        self.metrics = ServerMetrics(self.server_config.max_adapter_metric_labels)
         self.gate = AdmissionGate(self.engine_config.max_num_seqs,
                                   self.server_config.max_waiting)
 
@@ -58,7 +60,8 @@ class ServerState:
                         max_input_length=min(max_input, max_model_len - 1),
                         max_best_of=self.server_config.max_best_of,
                         max_stop_sequences=self.server_config.max_stop_sequences,
-                        grammar_cache_bytes=self.server_config.grammar_cache_bytes)
+                        grammar_cache_bytes=self.server_config.grammar_cache_bytes,
+                        max_token_chars=max_token_chars(engine.tokenizer))
         self.engine = engine
         self.metrics.add_vllm_series(self.model_id, max_model_len)
         self.service = InferenceService(engine, self.model_id, limits, self.gate, self.metrics)
