@@ -2,7 +2,7 @@
 
 A real engine (`tiny-llama`, random weights: it starts in a moment) with 2 device slots
 serves an interleaved stream over 12 adapters and the base model. Every adapter load is
-made slow on purpose (the manager's real `load_adapter` behind a sleep, in its worker
+made slow on purpose (the real `parse_adapter` behind a sleep, in the load worker
 threads), and every step of the loop is timed: a step that waited on a load would last as
 long as the sleep. Every request must complete with the tokens it produces when run alone,
 and a failing adapter (a corrupt weights file) must end only its own requests.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from loraplex.runtime.adapters import manager as manager_module
+from loraplex.runtime.adapters import load_pipeline
 from loraplex.runtime.adapters.synthetic import write_random_adapter
 from loraplex.runtime.adapters.target import LoraTargetShapes
 from loraplex.runtime.engine.engine import Engine
@@ -35,13 +35,13 @@ PROMPTS = ([5, 17, 99, 240, 31], [7, 7, 300, 12], [42, 1000, 5, 9, 61, 77, 3])
 
 @pytest.fixture
 def slow_loads(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_load = manager_module.load_adapter
+    real_load = load_pipeline.parse_adapter
 
     def slow_load(*args, **kwargs):
         time.sleep(LOAD_DELAY_S)
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(manager_module, "load_adapter", slow_load)
+    monkeypatch.setattr(load_pipeline, "parse_adapter", slow_load)
 
 
 @pytest.fixture
