@@ -298,7 +298,7 @@ class Engine:
         seq.token_ids.append(token_id)
         self._num_generated_tokens += 1
         params = seq.params
-        finish = None
+        finish, stop_text = None, ""
         grammar_done = False
         if seq.grammar is not None:
             if not seq.grammar.accept_token(token_id):  # the mask let it through: a bug
@@ -314,7 +314,7 @@ class Engine:
         else:
             text, stopped = seq.stop_matcher.feed(seq.detokenizer.step(token_id))
             if stopped:
-                finish = FinishReason.STOP
+                finish, stop_text = FinishReason.STOP, seq.stop_matcher.cut
             elif (seq.num_generated_tokens >= params.max_new_tokens
                   or seq.num_tokens >= self.max_model_len):
                 finish = FinishReason.LENGTH
@@ -326,7 +326,7 @@ class Engine:
                           for i, lp in sampled.top[:params.logprobs]],
             num_prompt_tokens=seq.num_prompt_tokens,
             num_generated_tokens=seq.num_generated_tokens, seed=seq.seed,
-            queued_s=seq.queued_s)
+            queued_s=seq.queued_s, stop_text=stop_text)
         if seq.prompt_logprobs is not None and not seq.prompt_logprobs_sent:
             event.prompt_logprobs = seq.prompt_logprobs
             seq.prompt_logprobs_sent = True

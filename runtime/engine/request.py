@@ -110,3 +110,4 @@ class TokenEvent:
     num_generated_tokens: int = 0
     seed: int | None = None  # the seed sampling used (reported back to lorax clients)
     queued_s: float | None = None  # seconds the request waited before its first step
+    stop_text: str = ""  # on a stop-sequence finish: the text cut from the stop's start on

@@ -2,7 +2,8 @@
 
 Text that could still turn into a stop sequence (a suffix equal to the start of one) is
 held back until the next token decides; when a stop sequence completes, everything from
-its start on is dropped. A stop sequence may span several tokens.
+its start on is dropped (and kept in `cut`: LoRAX's routes return it, as TGI does). A stop
+sequence may span several tokens.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ class StopStringMatcher:
     def __init__(self, stops: list[str]) -> None:
         self._stops = list(stops)
         self._held = ""
+        self.cut = ""  # the text dropped from the stop sequence's start on, once one completes
 
     def feed(self, text: str) -> tuple[str, bool]:
         """(text safe to emit now, whether a stop sequence completed)."""
@@ -21,6 +23,7 @@ class StopStringMatcher:
         found = [i for i in (pending.find(stop) for stop in self._stops) if i >= 0]
         if found:
             self._held = ""
+            self.cut = pending[min(found):]
             return pending[:min(found)], True
         hold = self._longest_partial_stop(pending)
         self._held = pending[len(pending) - hold:] if hold else ""

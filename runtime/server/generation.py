@@ -23,6 +23,7 @@ class GenerationResult:
     num_generated_tokens: int = 0
     seed: int | None = None
     prompt_logprobs: list[TokenLogprob] | None = None
+    stop_text: str = ""  # what a stop sequence cut off (LoRAX's routes put it back)
 
     @property
     def text(self) -> str:
@@ -45,6 +46,7 @@ class GenerationResult:
         if event.seed is not None:
             self.seed = event.seed
         if event.finished:
+            self.stop_text = event.stop_text
             if event.finish_reason is FinishReason.ERROR:
                 raise GenerationFailed(event.error or "generation failed")
             if event.finish_reason is FinishReason.ABORT:

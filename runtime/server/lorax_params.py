@@ -46,6 +46,11 @@ def wants_sampling(params: GenerateParameters) -> bool:
         value is not None for value in (params.temperature, params.top_k, params.top_p))
 
 
+def wants_details(params: GenerateParameters) -> bool:
+    """LoRAX's router (TGI's) answers with details when either flag asks for them."""
+    return bool(params.details or params.decoder_input_details)
+
+
 def check_best_of(params: GenerateParameters, stream: bool) -> int:
     """The number of candidates to generate; refuses what LoRAX refuses."""
     best_of = params.best_of or 1
@@ -79,5 +84,5 @@ def sampling_params(params: GenerateParameters, max_new_tokens: int,
         stop=stop,
         ignore_eos=bool(params.ignore_eos_token),
         logprobs=params.return_k_alternatives or 0,
-        prompt_logprobs=bool(params.details and params.decoder_input_details),
+        prompt_logprobs=bool(params.decoder_input_details),
     )

@@ -5,6 +5,8 @@ engine can only make at that point (its adapter failed to load, the request can 
 fit) still gets a proper status code; later failures arrive as an SSE `data:{error,
 error_type}` event, as LoRAX sends them. Response bodies are built as plain dicts with
 exactly LoRAX's keys (the models in `lorax_protocol.py` document them in the schema).
+As LoRAX's router does (it is TGI's): `decoder_input_details` alone asks for details, and
+`generated_text` keeps the stop sequence that ended it (the OpenAI routes leave it out).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from loraplex.runtime.server.lorax_params import (
     check_best_of,
     refuse_unsupported,
     sampling_params,
+    wants_details,
 )
 from loraplex.runtime.server.lorax_protocol import (
     CompatGenerateRequest,
@@ -62,7 +65,7 @@ def _details(result: GenerationResult, params: GenerateParameters,
     }
     if others:
         details["best_of_sequences"] = [{
-            "generated_text": prefix + other.text,
+            "generated_text": prefix + other.text + other.stop_text,
             "finish_reason": finish_name(other.finish_reason),
             "generated_tokens": other.num_generated_tokens,
             "seed": other.seed,
@@ -103,8 +106,8 @@ async def _generate(request: Request, body: GenerateRequest, endpoint: str
             request, service.complete_many(engine_requests, record, endpoint))
     best = max(results, key=lambda result: result.cumulative_logprob)
     prefix = body.inputs if params.return_full_text else ""
-    answer: dict[str, Any] = {"generated_text": prefix + best.text}
-    if params.details:
+    answer: dict[str, Any] = {"generated_text": prefix + best.text + best.stop_text}
+    if wants_details(params):
         others = [result for result in results if result is not best]
         answer["details"] = _details(best, params, others, prefix)
     headers = {"x-model-id": service.model_id,
@@ -150,7 +153,9 @@ async def _stream_body(first: TokenEvent, events: AsyncIterator[TokenEvent],
                    "prompt_tokens": event.num_prompt_tokens,
                    "generated_tokens": event.num_generated_tokens, "seed": event.seed}
     yield sse_data({"token": lorax_token(last, alternatives),
-                    "generated_text": prefix + "".join(text), "details": details})
+                    "generated_text": prefix + "".join(text) + (
+                        event.stop_text if event is not None else ""),
+                    "details": details})
 
 
 async def _generate_stream(request: Request, body: GenerateRequest, endpoint: str) -> Response:

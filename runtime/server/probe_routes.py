@@ -8,6 +8,7 @@ starts, so that Services send traffic only to pods that can take it.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -45,15 +46,36 @@ def engine_detail(engine: Any, name: str, default: Any) -> str:
     return str(default)
 
 
+def _scheduling_info(engine: Any) -> dict[str, Any]:
+    """LoRAX's (TGI's) batching fields, filled with this engine's real equivalents: the KV
+    cache's capacity in tokens; waiting requests join the batch at the next step (at most
+    one decode step of waiting, whatever the running/waiting ratio) with their prefill
+    chunked into it; prompts are tokenized in the event loop's default thread pool."""
+    stats = engine.stats() if engine is not None else None
+    return {
+        "max_batch_total_tokens": stats.num_total_blocks * stats.block_size if stats else None,
+        "max_waiting_tokens": 1,
+        "waiting_served_ratio": 0.0,
+        "eager_prefill": True,
+        "validation_workers": min(32, (os.cpu_count() or 1) + 4),  # ThreadPoolExecutor's
+        "model_pipeline_tag": "text-generation",
+        "model_sha": None,
+        "sha": None,
+        "docker_label": None,
+    }
+
+
 @router.get("/info")
 async def info(request: Request) -> dict[str, Any]:
-    """The model, its dtype and device, and the limits requests must respect."""
+    """The model, its dtype and device, and the limits requests must respect (with every
+    field of LoRAX's `Info`)."""
     state = state_of(request)
     engine_config, server_config = state.engine_config, state.server_config
     engine = state.engine
     service = state.service
     limits = service.limits if service is not None else None
     return {
+        **_scheduling_info(engine),
         "model_id": state.model_id,
         "model_source": engine_config.model,
         "model_dtype": engine_detail(engine, "dtype", engine_config.dtype),

@@ -21,13 +21,16 @@ def expected_output(text: str, stops: list[str]) -> tuple[str, bool]:
 )
 def test_streamed_output_equals_the_text_cut_at_the_first_stop(pieces, stops):
     matcher = StopStringMatcher(stops)
-    emitted = ""
+    emitted = fed = ""
     stopped = False
     for piece in pieces:
         text, stopped = matcher.feed(piece)
         emitted += text
+        fed += piece
         assert not any(stop in emitted for stop in stops)
         if stopped:
+            assert emitted + matcher.cut == fed  # what was cut is kept, from the stop on
+            assert any(matcher.cut.startswith(stop) for stop in stops)
             break
     if not stopped:
         emitted += matcher.flush()
