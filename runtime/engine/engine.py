@@ -91,7 +91,8 @@ class Engine:
         self.block_manager = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
                                    config.max_num_batched_tokens)
-        self.runner = ModelRunner(self.loaded.model, self.kv_cache, device)
+        self.runner = ModelRunner(self.loaded.model, self.kv_cache, device,
+                                  self.loaded.eos_token_ids)
         if device.type == "cuda" and not config.enforce_eager:
             # a captured step gathers the K/V of all its padded keys: keep that in the reserve
             self.runner.decode_graphs = DecodeGraphRunner(

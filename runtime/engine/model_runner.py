@@ -12,6 +12,7 @@ the engine set one (CUDA graphs, see `decode_graphs.py`), which returns the same
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -24,7 +25,7 @@ from loraplex.runtime.engine.sequence import Sequence
 from loraplex.runtime.engine.step_sampling import SampledToken, StepSampling
 from loraplex.runtime.layers.forward_batch import DecodeGroup, ForwardBatch, PrefillSpan
 from loraplex.runtime.layers.lora import LoraBatch
-from loraplex.runtime.layers.sampler import Sampler
+from loraplex.runtime.layers.sampler import Sampler, token_bias_processor
 from loraplex.runtime.models.llama import LlamaForCausalLM
 
 PROMPT_LOGPROBS_ROWS = 256  # rows of prompt logits materialized at once ([rows, vocab])
@@ -40,14 +41,14 @@ class StepOutput:
 
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, kv_cache: PagedKVCache,
-                 device: torch.device) -> None:
+                 device: torch.device, end_token_ids: Iterable[int] = ()) -> None:
         self.model = model
         self.kv_cache = kv_cache
         self.device = device
         self.block_size = kv_cache.layout.block_size
         self.dtype = kv_cache.layout.dtype
-        self.sampler = Sampler()  # logits processors join through Sampler(processors)
-        self.step_sampling = StepSampling(model.config.vocab_size, device)
+        self.sampler = Sampler([token_bias_processor])
+        self.step_sampling = StepSampling(model.config.vocab_size, device, end_token_ids)
         self.lora_pool: DeviceSlotPool | None = None  # set when the engine serves adapters
         self.lora_backend = "torch"
         self.decode_graphs: DecodeGraphRunner | None = None  # set by the engine on CUDA

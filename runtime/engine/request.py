@@ -38,6 +38,9 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int = 0  # alternatives per generated token to report (0: only the chosen one)
     prompt_logprobs: bool = False  # report a logprob for each prompt token
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to logit
+    min_tokens: int = 0  # end tokens are blocked until this many tokens were generated
+    allowed_token_ids: list[int] | None = None  # only these may be sampled; None: any
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -58,6 +61,14 @@ class SamplingParams:
             raise ValueError(f"logprobs must not be negative, got {self.logprobs}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError("stop sequences must be non-empty strings")
+        if not 0 <= self.min_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_tokens must be in [0, max_new_tokens], got {self.min_tokens}")
+        if any(token < 0 for token in self.logit_bias) or any(
+                not -100 <= bias <= 100 for bias in self.logit_bias.values()):
+            raise ValueError("logit_bias maps token ids (>= 0) to values in [-100, 100]")
+        if self.allowed_token_ids is not None and (
+                not self.allowed_token_ids or min(self.allowed_token_ids) < 0):
+            raise ValueError("allowed_token_ids must name at least one token id (>= 0)")
 
     @property
     def greedy(self) -> bool:

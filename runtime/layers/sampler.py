@@ -35,6 +35,7 @@ from torch import nn
 
 from loraplex.runtime.layers.grammar_mask import TokenMask
 from loraplex.runtime.layers.sampling_noise import gumbel_noise
+from loraplex.runtime.layers.token_bias import TokenBias, apply_token_bias
 
 
 @dataclass(slots=True)
@@ -59,6 +60,7 @@ class SamplingTensors:
     top_ps: torch.Tensor | None = None  # float32 [N], 1.0 where off; None: off on all rows
     penalties: PenaltyBatch | None = None  # None: no row is penalized
     token_mask: TokenMask | None = None  # grammar masks of the constrained rows
+    token_bias: TokenBias | None = None  # logit_bias, min_tokens, allowed_token_ids rows
     all_greedy: bool = True  # known on the host: skip the sampling path
     max_num_logprobs: int = 0  # alternatives to report per row (the most any row asks)
 
@@ -82,6 +84,11 @@ class SamplerOutput:
         if self.top_token_ids is not None:
             columns += [self.top_token_ids.double(), self.top_logprobs.double()]
         return torch.cat(columns, dim=1)
+
+
+def token_bias_processor(logits: torch.Tensor, tensors: SamplingTensors) -> torch.Tensor:
+    """The rows' logit biases and token masks (`token_bias.py`) as a logits processor."""
+    return apply_token_bias(logits, tensors.token_bias)
 
 
 class Sampler(nn.Module):

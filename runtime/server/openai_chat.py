@@ -90,7 +90,8 @@ async def _plan(request: Request, body: ChatCompletionRequest
     ids, max_new = service.fit_prompt(await service.tokenize(prompt, add_special_tokens=False),
                                       body.max_completion_tokens or body.max_tokens)
     top = (body.top_logprobs or 0) if body.logprobs else 0
-    params = sampling_params(body, max_new, stop, logprobs=top)
+    params = sampling_params(body, max_new, stop, logprobs=top,
+                             vocab_size=len(service.engine.tokenizer))
     request_id = request.state.record.request_id
     return [service.make_request(f"{request_id}-{index}", ids, params, adapter, grammar)
             for index in range(n)], n, tools

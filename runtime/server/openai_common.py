@@ -47,10 +47,33 @@ def stop_list(stop: str | list[str] | None) -> list[str]:
     return [stop] if isinstance(stop, str) else list(stop)
 
 
+def token_choice_fields(body: SamplingFields, vocab_size: int,
+                        max_new_tokens: int) -> dict[str, Any]:
+    """`logit_bias` (OpenAI: token id strings to [-100, 100]), vLLM's `min_tokens` and
+    `allowed_token_ids`, checked against the vocabulary -> `SamplingParams` fields."""
+    bias: dict[int, float] = {}
+    for key, value in (body.logit_bias or {}).items():
+        if not key.isdigit() or int(key) >= vocab_size:
+            raise ValidationFailed(f"logit_bias keys must be token ids in [0, {vocab_size}), "
+                                   f"got {key!r}", param="logit_bias")
+        bias[int(key)] = value
+    allowed = body.allowed_token_ids
+    if allowed is not None and any(not 0 <= token < vocab_size for token in allowed):
+        raise ValidationFailed(f"allowed_token_ids must be token ids in [0, {vocab_size})",
+                               param="allowed_token_ids")
+    min_tokens = body.min_tokens or 0
+    if min_tokens > max_new_tokens:
+        raise ValidationFailed(f"min_tokens ({min_tokens}) must not exceed max_tokens "
+                               f"({max_new_tokens})", param="min_tokens")
+    return {"logit_bias": bias, "min_tokens": min_tokens, "allowed_token_ids": allowed}
+
+
 def sampling_params(body: SamplingFields, max_new_tokens: int, stop: list[str],
-                    logprobs: int = 0, prompt_logprobs: bool = False) -> SamplingParams:
+                    *, vocab_size: int, logprobs: int = 0,
+                    prompt_logprobs: bool = False) -> SamplingParams:
     temperature = 1.0 if body.temperature is None else body.temperature
     return SamplingParams(
+        **token_choice_fields(body, vocab_size, max_new_tokens),
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_k=body.top_k or 0,

@@ -110,8 +110,9 @@ async def _plan(request: Request, body: CompletionRequest
     plans, texts = [], []
     for prompt_index, (ids, text) in enumerate(await _prompts(service, body.prompt)):
         ids, max_new = service.fit_prompt(ids, body.max_tokens, DEFAULT_MAX_TOKENS)
-        params = sampling_params(body, max_new, stop, body.logprobs or 0,
-                                 prompt_logprobs=bool(body.echo and body.logprobs is not None))
+        params = sampling_params(body, max_new, stop, logprobs=body.logprobs or 0,
+                                 prompt_logprobs=bool(body.echo and body.logprobs is not None),
+                                 vocab_size=len(service.engine.tokenizer))
         plans.append([service.make_request(f"{request_id}-{prompt_index}-{index}", ids,
                                            params, adapter, grammar)
                       for index in range(best_of)])

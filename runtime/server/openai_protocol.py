@@ -8,7 +8,7 @@ ignored; fields asking for something loraplex cannot do (legacy `functions`, aud
 `refuse_unsupported`). What vLLM accepts beyond OpenAI is accepted as vLLM does: a
 missing `model` (the base model), any message `role` and extra keys inside a message
 (both handed to the chat template), and vLLM's sampling extensions (`min_tokens`,
-`allowed_token_ids`, `prompt_logprobs`, ...). LoRAX's extensions (`top_k`,
+`allowed_token_ids`). LoRAX's extensions (`top_k`,
 `repetition_penalty`, `ignore_eos_token`, `adapter_source`, `api_token`) are accepted too.
 Output constraints (`response_format`, vLLM's `guided_*` and `structured_outputs`, forced
 tool calls) are read by `structured_fields.py` and `tool_calls.py`.
@@ -16,7 +16,7 @@ tool calls) are read by `structured_fields.py` and `tool_calls.py`.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -41,7 +41,7 @@ class SamplingFields(GuidedFields):
                               "or none at all for the base model")
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     max_tokens: int | None = Field(None, ge=1)
     n: int | None = Field(None, ge=1)
     seed: int | None = Field(None, **SEED_RANGE)
@@ -51,6 +51,9 @@ class SamplingFields(GuidedFields):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     user: str | None = None
+    # vLLM extensions
+    min_tokens: int | None = Field(None, ge=0)
+    allowed_token_ids: list[int] | None = Field(None, min_length=1)
     # LoRAX extensions
     top_k: int | None = Field(None, ge=0)
     repetition_penalty: float | None = Field(None, gt=0)
@@ -145,7 +148,6 @@ def refuse_unsupported(body: SamplingFields) -> None:
     refused: list[tuple[str, bool]] = [
         ("frequency_penalty", body.frequency_penalty not in (None, 0)),
         ("presence_penalty", body.presence_penalty not in (None, 0)),
-        ("logit_bias", bool(body.logit_bias)),
     ]
     if isinstance(body, CompletionRequest):
         refused.append(("suffix", bool(body.suffix)))

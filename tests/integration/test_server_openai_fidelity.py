@@ -98,3 +98,44 @@ def test_continuous_usage_stats_count_every_chunk(http) -> None:
     assert {chunk["usage"]["prompt_tokens"] for chunk in chunks} == {
         final["usage"]["prompt_tokens"]}
     assert not math.isnan(final["usage"]["total_tokens"])
+
+
+def test_logit_bias_forces_a_token(client, tokenizer) -> None:
+    forced = tokenizer.encode(" banana")[-1]
+    choice = client.completions.create(model="", prompt="The capital of France is",
+                                       max_tokens=3, temperature=0,
+                                       logit_bias={str(forced): 100}).choices[0]
+    assert choice.text == tokenizer.decode([forced] * 3)
+
+
+def test_min_tokens_holds_off_the_end_token(client) -> None:
+    short = client.chat.completions.create(model="", messages=QUESTION, max_tokens=40,
+                                           temperature=0)
+    assert short.choices[0].finish_reason == "stop"
+    wanted = short.usage.completion_tokens + 5
+    longer = client.chat.completions.create(model="", messages=QUESTION, max_tokens=40,
+                                            temperature=0, extra_body={"min_tokens": wanted})
+    assert longer.usage.completion_tokens >= wanted
+    assert longer.choices[0].message.content.startswith(short.choices[0].message.content)
+
+
+def test_allowed_token_ids_limit_every_token(client, tokenizer) -> None:
+    allowed = sorted(set(tokenizer.encode(" yes no maybe")))
+    choice = client.completions.create(model="", prompt="Answer:", max_tokens=6,
+                                       temperature=1, seed=5, logprobs=0,
+                                       extra_body={"allowed_token_ids": allowed}).choices[0]
+    produced = tokenizer.encode(choice.text, add_special_tokens=False)
+    assert set(produced) <= set(allowed), choice.text
+
+
+@pytest.mark.parametrize("arguments,param", [
+    ({"logit_bias": {"banana": 1}}, "logit_bias"),
+    ({"logit_bias": {"5": 101}}, "logit_bias"),
+    ({"logit_bias": {str(10**9): 1}}, "logit_bias"),
+    ({"extra_body": {"min_tokens": 9}, "max_tokens": 4}, "min_tokens"),
+    ({"extra_body": {"allowed_token_ids": [-1]}}, "allowed_token_ids"),
+])
+def test_bad_token_choices_raise_bad_request_error(client, arguments, param) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.completions.create(model="", prompt="hi", **{"max_tokens": 2, **arguments})
+    assert param in raised.value.body["param"]
