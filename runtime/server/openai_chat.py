@@ -7,8 +7,9 @@ chunk per token, then a chunk with the finish reason; with
 `continuous_usage_stats` each chunk carries its choice's counts so far).
 
 Output constraints (`response_format`, vLLM's `guided_*`) are compiled before the request
-runs; a forced tool call (`tool_choice` "required" or a named function) comes back as
-`tool_calls` with finish reason `tool_calls`, and streams as `tool_calls` deltas.
+runs; a tool call (forced by `tool_choice` "required" or a named function, or chosen by
+the model under "auto") comes back as `tool_calls` with finish reason `tool_calls`, and
+streams as `tool_calls` deltas (see `tool_calls.py`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,13 @@ from loraplex.runtime.server.streaming import (
 )
 from loraplex.runtime.server.structured_fields import openai_spec
 from loraplex.runtime.server.token_json import finite_logprob, openai_finish_name
-from loraplex.runtime.server.tool_calls import ToolCallStream, ToolPlan, plan_tools, tool_call
+from loraplex.runtime.server.tool_calls import (
+    ToolCallStream,
+    ToolPlan,
+    auto_tool_calls,
+    plan_tools,
+    tool_call,
+)
 
 router = APIRouter(tags=["openai"])
 
@@ -63,10 +70,15 @@ def _logprobs(events: list[TokenEvent], top: int) -> dict[str, Any]:
 def _message(result_text: str, finish: str, plan: ToolPlan | None
              ) -> tuple[dict[str, Any], str]:
     """The assistant message and finish reason of one choice."""
-    call = tool_call(plan, result_text) if plan is not None else None
-    if call is None:
+    content, calls = result_text, []
+    if plan is not None and plan.auto:
+        content, calls = auto_tool_calls(plan, result_text)
+    elif plan is not None:
+        call = tool_call(plan, result_text)
+        content, calls = (None, [call]) if call is not None else (result_text, [])
+    if not calls:
         return {"role": "assistant", "content": result_text}, finish
-    return {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
+    return {"role": "assistant", "content": content, "tool_calls": calls}, "tool_calls"
 
 
 async def _plan(request: Request, body: ChatCompletionRequest
@@ -82,7 +94,8 @@ async def _plan(request: Request, body: ChatCompletionRequest
     tools = plan_tools(body.tools, body.tool_choice, service.chat_template_has_tools())
     spec = openai_spec(body.response_format, body)
     if tools is not None and spec is not None:
-        raise ValidationFailed("a forced tool call and an output format cannot be combined",
+        raise ValidationFailed("tools and an output format cannot be combined (set "
+                               "tool_choice to \"none\" to ignore the tools)",
                                param="tool_choice")
     grammar = await service.compile_grammar(tools.spec if tools is not None else spec)
     prompt = service.render_chat([message.template_message() for message in body.messages],
@@ -128,7 +141,9 @@ async def _stream_body(request: Request, body: ChatCompletionRequest, n: int,
     chunk_usage = ChunkUsage(body)
     top = body.top_logprobs or 0
     generated: dict[int, int] = {}
-    calls = {index: ToolCallStream(tools) for index in range(n)} if tools else {}
+    forced, auto = tools is not None and not tools.auto, tools is not None and tools.auto
+    calls = {index: ToolCallStream(tools) for index in range(n)} if forced else {}
+    held: dict[int, list[str]] = {index: [] for index in range(n)} if auto else {}
 
     def chunk(index: int, delta: dict[str, Any], logprobs: Any = None,
               finish: str | None = None) -> bytes:
@@ -150,12 +165,21 @@ async def _stream_body(request: Request, body: ChatCompletionRequest, n: int,
                     deltas = calls[index].feed(event.text)
                     if deltas:
                         yield chunk(index, {"tool_calls": deltas}, logprobs)
+                elif index in held:  # "auto": the answer is read whole at its end
+                    held[index].append(event.text)
                 else:
                     yield chunk(index, {"content": event.text}, logprobs)
             if event.finished:
                 finish = openai_finish_name(event.finish_reason)
                 if index in calls and calls[index].started and finish == "stop":
                     finish = "tool_calls"
+                if index in held:
+                    message, finish = _message("".join(held[index]), finish, tools)
+                    del message["role"]
+                    if message.get("tool_calls"):
+                        message["tool_calls"] = [{"index": number, **call} for number, call
+                                                 in enumerate(message["tool_calls"])]
+                    yield chunk(index, message)
                 yield chunk(index, {}, None, finish)
             item = await anext(events, None)
     except Exception as error:

@@ -5,8 +5,13 @@
 ...}` for one of the tools (an `anyOf`, the name first, so a stream can announce it before
 the arguments). The result is returned as OpenAI `tool_calls`, and streamed as its
 deltas: the call's id, type and name first, then the arguments as they are generated.
-`"auto"` needs the model's own tool format: it is refused, with the reason, for a chat
-template that has none. `"none"` (and no `tool_choice` without tools) ignores the tools.
+`"auto"` (the default with tools) leaves the choice to the model, in its own tool format:
+the tools go into the chat template, the output is free, and calls written the ways chat
+templates ask for them (`<tool_call>{...}</tool_call>` blocks as Hermes and Qwen do, or
+the whole answer a JSON call or list of calls, `[TOOL_CALLS]` first as Mistral does) are
+read back as `tool_calls`; a stream of such an answer sends it whole at its end. For a
+chat template with no tool format, `"auto"` is refused with the reason. `"none"` ignores
+the tools.
 """
 
 from __future__ import annotations
@@ -22,14 +27,21 @@ from loraplex.runtime.structured.grammar_spec import GrammarSpec
 
 FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 REQUIRED_HEAD = re.compile(r'^\{"name": "([A-Za-z0-9_-]+)", "arguments": ')  # compact JSON
+TOOL_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+MISTRAL_PREFIX = "[TOOL_CALLS]"
 
 
 @dataclass(frozen=True, slots=True)
 class ToolPlan:
-    """A forced tool call: the constraint and, for a named function, its name."""
+    """How a request's tools are used: a forced call's constraint, or the model's choice."""
 
-    spec: GrammarSpec
-    function: str | None  # None: "required", the output names the function
+    spec: GrammarSpec | None  # None: "auto", calls are read from free output
+    function: str | None  # the named function; None: the output names it
+    functions: frozenset[str] = frozenset()
+
+    @property
+    def auto(self) -> bool:
+        return self.spec is None
 
 
 def new_call_id() -> str:
@@ -69,12 +81,12 @@ def plan_tools(tools: list[dict[str, Any]] | None, tool_choice: str | dict[str, 
     if tool_choice == "none":
         return None
     if tool_choice in (None, "auto"):
-        reason = ("this model's chat template has a tool format, but reading free-form "
-                  "calls from it is not supported" if template_has_tools else
-                  "this model's chat template has no tool format")
-        raise ValidationFailed(f"tool_choice \"auto\" is not supported: {reason}; set "
-                               "tool_choice to \"required\" or name a function to force a "
-                               "valid call", param="tool_choice")
+        if template_has_tools:
+            return ToolPlan(None, None, frozenset(functions))
+        raise ValidationFailed("tool_choice \"auto\" needs a chat template with a tool "
+                               "format, and this model's chat template has no tool format; "
+                               "set tool_choice to \"required\" or name a function to force "
+                               "a valid call", param="tool_choice")
     if tool_choice == "required":
         options = [{"type": "object",
                     "properties": {"name": {"const": name}, "arguments": parameters},
@@ -93,6 +105,36 @@ def plan_tools(tools: list[dict[str, Any]] | None, tool_choice: str | dict[str, 
                            param="tool_choice")
 
 
+def _call(name: str, arguments: Any) -> dict[str, Any]:
+    return {"id": new_call_id(), "type": "function",
+            "function": {"name": name, "arguments": json.dumps(arguments)}}
+
+
+def auto_tool_calls(plan: ToolPlan, text: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """(content, calls) of a free output: calls only when every one names a known tool."""
+    blocks = TOOL_CALL_BLOCK.findall(text)
+    content = TOOL_CALL_BLOCK.sub("", text).strip() if blocks else None
+    if not blocks:
+        blocks = [text.strip().removeprefix(MISTRAL_PREFIX)]
+    calls = []
+    for block in blocks:
+        try:
+            value = json.loads(block)
+        except json.JSONDecodeError:
+            return text, []
+        for item in value if isinstance(value, list) else [value]:
+            if not isinstance(item, dict) or item.get("name") not in plan.functions:
+                return text, []
+            arguments = item.get("arguments", item.get("parameters", {}))
+            if isinstance(arguments, str):  # some templates write them as a JSON string
+                try:
+                    arguments = json.loads(arguments)
+                except json.JSONDecodeError:
+                    return text, []
+            calls.append(_call(item["name"], arguments))
+    return content or None, calls
+
+
 def tool_call(plan: ToolPlan, text: str) -> dict[str, Any] | None:
     """The OpenAI tool call in a complete output, None if it is not one (cut short)."""
     try:
@@ -105,8 +147,7 @@ def tool_call(plan: ToolPlan, text: str) -> dict[str, Any] | None:
         name, arguments = value["name"], value["arguments"]
     else:
         return None
-    return {"id": new_call_id(), "type": "function",
-            "function": {"name": name, "arguments": json.dumps(arguments)}}
+    return _call(name, arguments)
 
 
 @dataclass

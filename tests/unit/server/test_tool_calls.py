@@ -7,7 +7,12 @@ import json
 import pytest
 
 from loraplex.runtime.server.errors import ValidationFailed
-from loraplex.runtime.server.tool_calls import ToolCallStream, plan_tools, tool_call
+from loraplex.runtime.server.tool_calls import (
+    ToolCallStream,
+    auto_tool_calls,
+    plan_tools,
+    tool_call,
+)
 from loraplex.runtime.structured.grammar_spec import GrammarKind
 
 PARAMS = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
@@ -40,8 +45,8 @@ def test_none_and_no_tools_ignore_them_and_auto_says_why() -> None:
     assert plan_tools(None, None, template_has_tools=False) is None
     with pytest.raises(ValidationFailed, match="no tool format"):
         plan_tools(TOOLS, "auto", template_has_tools=False)
-    with pytest.raises(ValidationFailed, match="has a tool format"):
-        plan_tools(TOOLS, None, template_has_tools=True)
+    auto = plan_tools(TOOLS, None, template_has_tools=True)
+    assert auto.auto and auto.functions == {"weather", "time"}
 
 
 @pytest.mark.parametrize(("tools", "choice", "mentions"), [
@@ -78,3 +83,30 @@ def test_a_named_call_streams_every_piece_as_arguments() -> None:
     deltas = feed_all(stream, ['{"ci', 'ty": "Rome"}'])
     assert deltas[0]["function"]["name"] == "weather" and stream.started
     assert "".join(delta["function"]["arguments"] for delta in deltas) == '{"city": "Rome"}'
+
+
+AUTO = plan_tools(TOOLS, "auto", template_has_tools=True)
+
+
+@pytest.mark.parametrize(("text", "content", "names"), [
+    ('<tool_call>\n{"name": "weather", "arguments": {"city": "Oslo"}}\n</tool_call>',
+     None, ["weather"]),
+    ('Let me check.<tool_call>{"name": "weather", "arguments": {"city": "Oslo"}}</tool_call>'
+     '<tool_call>{"name": "time", "arguments": {}}</tool_call>', "Let me check.",
+     ["weather", "time"]),
+    ('{"name": "weather", "parameters": {"city": "Oslo"}}', None, ["weather"]),
+    ('[TOOL_CALLS] [{"name": "time", "arguments": "{}"}]', None, ["time"]),
+])
+def test_auto_reads_calls_in_the_formats_templates_ask_for(text, content, names) -> None:
+    found_content, calls = auto_tool_calls(AUTO, text)
+    assert found_content == content
+    assert [call["function"]["name"] for call in calls] == names
+    assert all(isinstance(json.loads(call["function"]["arguments"]), dict) for call in calls)
+
+
+@pytest.mark.parametrize("text", [
+    "The weather is fine.", '{"name": "unknown", "arguments": {}}',
+    '<tool_call>{"name": "weather", "argu</tool_call>', '{"city": "Oslo"}',
+])
+def test_auto_leaves_anything_else_as_content(text) -> None:
+    assert auto_tool_calls(AUTO, text) == (text, [])
