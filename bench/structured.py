@@ -115,6 +115,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for share in (0.0, 0.5, 1.0):
             seconds, tokens = run_batch(engine, prompts, grammar, share, args.new_tokens)
+            print(f"  run: {share:.0%} constrained, {seconds:.1f} s", flush=True)
             best[share] = min(best.get(share, seconds), seconds)
             free_tokens[share] = tokens
     total = args.batch * args.new_tokens
