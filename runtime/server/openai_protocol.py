@@ -145,10 +145,7 @@ class ChatCompletionRequest(SamplingFields):
 
 def refuse_unsupported(body: SamplingFields) -> None:
     """422 for any field that asks for a feature loraplex does not have."""
-    refused: list[tuple[str, bool]] = [
-        ("frequency_penalty", body.frequency_penalty not in (None, 0)),
-        ("presence_penalty", body.presence_penalty not in (None, 0)),
-    ]
+    refused: list[tuple[str, bool]] = []
     if isinstance(body, CompletionRequest):
         refused.append(("suffix", bool(body.suffix)))
     if isinstance(body, ChatCompletionRequest):

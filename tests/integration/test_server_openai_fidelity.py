@@ -139,3 +139,28 @@ def test_bad_token_choices_raise_bad_request_error(client, arguments, param) -> 
     with pytest.raises(openai.BadRequestError) as raised:
         client.completions.create(model="", prompt="hi", **{"max_tokens": 2, **arguments})
     assert param in raised.value.body["param"]
+
+
+def test_frequency_penalty_follows_openai(client, tokenizer, model_folder) -> None:
+    """Greedy with frequency_penalty 2: at each step the oracle subtracts 2 x (times
+    generated so far) from each token's logit (OpenAI's formula), on transformers' logits."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    prompt, steps = "Repeat after me: la la la la la la la", 8
+    plain = client.completions.create(model="", prompt=prompt, max_tokens=steps,
+                                      temperature=0, extra_body={"ignore_eos_token": True})
+    penalized = client.completions.create(model="", prompt=prompt, max_tokens=steps,
+                                          temperature=0, frequency_penalty=2,
+                                          extra_body={"ignore_eos_token": True})
+    assert penalized.choices[0].text != plain.choices[0].text
+    ids = tokenizer.encode(prompt)
+    model = AutoModelForCausalLM.from_pretrained(model_folder, torch_dtype=torch.float32).eval()
+    generated: list[int] = []
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(torch.tensor([ids + generated])).logits[0, -1]
+            for token in set(generated):
+                logits[token] -= 2 * generated.count(token)
+            generated.append(int(logits.argmax()))
+    assert penalized.choices[0].text == tokenizer.decode(generated, skip_special_tokens=True)
