@@ -117,6 +117,8 @@ class ServerConfig:
     shutdown_grace_s: float = setting(30.0, help="seconds SIGTERM waits for in-flight requests")
     max_request_bytes: int = setting(16 << 20, help="largest request body; larger ones get 413 "
                                      "unread")
+    max_connections: int = setting(0, help="open connections beyond which new ones get 503 "
+                                   "before anything is read (0: no limit)")
     max_adapter_metric_labels: int = setting(
         256, help="adapters with per-adapter metric series of their own (the rest share "
         "adapter=\"__other__\")")
@@ -127,8 +129,11 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be in 1..65535, got {self.port}")
-        if self.max_waiting < 0:
-            raise ValueError("max_waiting must not be negative")
+        for name in ("max_waiting", "max_connections"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.max_request_bytes <= 0:
+            raise ValueError(f"max_request_bytes must be positive, got {self.max_request_bytes}")
         for item in self.adapter:
             if "=" not in item or not item.split("=", 1)[0]:
                 raise ValueError(f"--adapter takes NAME=SOURCE, got {item!r}")

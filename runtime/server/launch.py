@@ -165,7 +165,8 @@ def build_server(state: ServerState, adapters: list[StartupAdapter]) -> Draining
     app = create_app(state, lifespan=lifespan)
     config = uvicorn.Config(app, host=state.server_config.host, port=state.server_config.port,
                             log_level=state.server_config.log_level, access_log=False,
-                            timeout_graceful_shutdown=FINAL_CLOSE_TIMEOUT_S, log_config=None)
+                            timeout_graceful_shutdown=FINAL_CLOSE_TIMEOUT_S, log_config=None,
+                            limit_concurrency=state.server_config.max_connections or None)
     server = DrainingServer(config, state)
     return server
 
