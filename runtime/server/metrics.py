@@ -68,7 +68,10 @@ class RequestSeries:
 
     def first_token(self, ttft_s: float) -> None:
         if self._adapter and not self._started_running:
-            self._metrics.activity.waiting[self._adapter] -= 1
+            waiting = self._metrics.activity.waiting
+            waiting[self._adapter] -= 1
+            if waiting[self._adapter] <= 0:
+                del waiting[self._adapter]
             self._metrics.activity.running[self._adapter] += 1
         self._started_running = True
         self.ttft.observe(ttft_s)
@@ -112,6 +115,8 @@ class ServerMetrics:
         self.model_name = ""
         self.max_adapter_labels = max_adapter_labels
         self.request_keys: dict[str, set[tuple[str, str]]] = {}  # label -> (endpoint, outcome)
+        self.own_labels: set[str] = set()  # adapters with series of their own
+        self.other_members: set[str] = set()  # adapters counted under OTHER_LABEL
         registry = self.registry
         self.requests = Counter(
             "loraplex_requests", "engine requests finished, by endpoint, adapter and outcome "
@@ -156,18 +161,25 @@ class ServerMetrics:
         """The `adapter` label of a request: its name while the label budget lasts."""
         if not adapter:
             return BASE_LABEL
-        if adapter in self.request_keys or len(self.request_keys) < self.max_adapter_labels:
-            self.request_keys.setdefault(adapter, set())
+        if adapter in self.own_labels or len(self.own_labels) < self.max_adapter_labels:
+            self.own_labels.add(adapter)
             return adapter
+        self.other_members.add(adapter)
         return OTHER_LABEL
 
     def prune_adapters(self, registered: set[str]) -> None:
-        """Drop the series of adapters no longer registered and with no request in flight."""
-        busy = set(self.activity.waiting) | set(self.activity.running)
-        for label in [label for label in self.request_keys
-                      if label not in registered and label not in busy
-                      and label not in (BASE_LABEL, OTHER_LABEL)]:
-            for endpoint, outcome in self.request_keys.pop(label):
+        """Drop the series of adapters no longer registered and with no request in flight
+        (those of `__other__` once none of the adapters counted there is left)."""
+        busy = {name for tally in (self.activity.waiting, self.activity.running)
+                for name, count in tally.items() if count > 0}
+        kept = registered | busy
+        self.other_members &= kept
+        labels = [label for label in self.own_labels if label not in kept]
+        if not self.other_members:
+            labels.append(OTHER_LABEL)
+        for label in labels:
+            self.own_labels.discard(label)
+            for endpoint, outcome in self.request_keys.pop(label, set()):
                 self.requests.remove(endpoint, label, outcome)
             for metric in (self.prompt_tokens, self.generation_tokens, self.ttft,
                            self.inter_token, self.duration):
