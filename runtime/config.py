@@ -47,8 +47,11 @@ class EngineConfig:
                                           "(prefill is chunked to fit)")
     block_size: int = setting(16, help="tokens per paged KV block")
     kv_cache_bytes: int = setting(0, help="KV cache budget in bytes (0: use --kv-cache-fraction)")
-    kv_cache_fraction: float = setting(0.85, help="fraction of free device memory for the KV "
-                                       "cache (on CPU: of available RAM, capped at 4 GiB)")
+    kv_cache_fraction: float = setting(
+        0.85, help="fraction of the device memory free after loading the weights that the "
+        "engine plans with: adapter slot pool, activations, sampler, attention scratch, CUDA "
+        "graphs, then the KV cache from the rest (on CPU: of available RAM, KV cache capped "
+        "at 4 GiB)")
     enforce_eager: bool = setting(False, help="never capture CUDA graphs")
     lora_backend: str = setting("auto", help="auto (triton on CUDA, torch on CPU), triton, torch",
                                 choices=("auto", "triton", "torch"))

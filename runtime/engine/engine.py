@@ -6,10 +6,12 @@ counts, the model runner computes and samples, and the results are turned into e
 two steps. The engine is single-threaded; `AsyncEngine` drives it from a thread. On CUDA,
 decode-only steps replay captured CUDA graphs (`decode_graphs`) unless `enforce_eager`.
 
-`adapters` is the engine's `AdapterManager` (LoRA adapters by registered name), built on
-first use because its device slot pool is sized for `device_slots` adapters of
-`max_lora_rank`. A request names a registered adapter; it waits for nothing but that
-adapter, and a failed adapter ends its requests with an ERROR event giving the reason.
+`adapters` is the engine's `AdapterManager` (LoRA adapters by registered name). Its device
+slot pool (`device_slots` adapters of `max_lora_rank`) is part of the memory plan
+(`memory_plan`): on CUDA it is allocated at start-up, before the KV cache takes what is
+left; on the CPU, where the pool is a lazily committed map, on first use. A request names
+a registered adapter; it waits for nothing but that adapter, and a failed adapter ends
+its requests with an ERROR event giving the reason.
 """
 
 from __future__ import annotations
@@ -30,13 +32,8 @@ from loraplex.runtime.engine.adapter_admission import AdapterAdmission
 from loraplex.runtime.engine.block_manager import BlockManager
 from loraplex.runtime.engine.decode_graphs import DecodeGraphRunner
 from loraplex.runtime.engine.detokenizer import IncrementalDetokenizer, special_token_ids
-from loraplex.runtime.engine.kv_cache import (
-    KVCacheLayout,
-    PagedKVCache,
-    activation_bytes,
-    kv_cache_budget,
-    num_blocks_for_budget,
-)
+from loraplex.runtime.engine.kv_cache import KVCacheLayout, PagedKVCache
+from loraplex.runtime.engine.memory_plan import free_device_bytes, plan_memory
 from loraplex.runtime.engine.model_runner import ModelRunner, SampledToken
 from loraplex.runtime.engine.request import (
     FinishReason,
@@ -83,10 +80,15 @@ class Engine:
         self.max_model_len = self.loaded.max_model_len
         hf_config, device = self.loaded.hf_config, self.loaded.device
         layout = KVCacheLayout.of(hf_config, config.block_size, self.loaded.dtype)
-        reserved = activation_bytes(hf_config, config, self.loaded.dtype)
-        budget = kv_cache_budget(config, device, reserved)
-        num_blocks = num_blocks_for_budget(layout, budget, config.max_num_seqs,
-                                           self.max_model_len)
+        self.memory_plan = plan_memory(hf_config, config, self.loaded.dtype, device,
+                                       free_device_bytes(device), self.loaded.weight_bytes,
+                                       self.max_model_len)
+        logger.info("%s", self.memory_plan.table())
+        self._adapters: AdapterManager | None = None
+        self._adapters_lock = threading.Lock()
+        # on CUDA the slot pool is allocated now, before the KV cache takes what is left
+        early_adapters = self._new_adapter_manager() if device.type == "cuda" else None
+        num_blocks = self.memory_plan.kv_blocks
         self.kv_cache = PagedKVCache(layout, num_blocks, device)
         self.block_manager = BlockManager(num_blocks, config.block_size)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
@@ -97,7 +99,7 @@ class Engine:
             # a captured step gathers the K/V of all its padded keys: keep that in the reserve
             self.runner.decode_graphs = DecodeGraphRunner(
                 self.loaded.model, self.kv_cache, config.max_num_seqs, self.max_model_len,
-                capture=True, max_gather_bytes=reserved)
+                capture=True, max_gather_bytes=self.memory_plan.activations)
         self._seqs: dict[str, Sequence] = {}
         self._pending_events: list[TokenEvent] = []
         self._seed_source = random.Random(config.seed)
@@ -108,25 +110,29 @@ class Engine:
         self._num_prompt_tokens = 0
         self._num_generated_tokens = 0
         self.last_step_ran = False  # whether the last step ran the model
-        self._adapters: AdapterManager | None = None
-        self._adapters_lock = threading.Lock()
+        if early_adapters is not None:
+            self._use_adapters(early_adapters)
 
     @property
     def adapters(self) -> AdapterManager:
-        """The adapter manager (built on first use; safe from any thread)."""
+        """The adapter manager (on the CPU built on first use; safe from any thread)."""
         with self._adapters_lock:
             if self._adapters is None:
-                loaded = self.loaded
-                manager = AdapterManager(self.config,
-                                         LoraTargetShapes.from_hf_config(loaded.hf_config),
-                                         loaded.device, loaded.dtype)
-                self.runner.lora_backend = resolve_backend(self.config.lora_backend,
-                                                           loaded.device)
-                self.runner.lora_pool = manager.pool
-                self.scheduler.admission = AdapterAdmission(
-                    manager, self.config.adapter_time_slice_s)
-                self._adapters = manager
+                self._use_adapters(self._new_adapter_manager())
             return self._adapters
+
+    def _new_adapter_manager(self) -> AdapterManager:
+        """A manager with its device slot pool (allocated here, at its configured size)."""
+        loaded = self.loaded
+        return AdapterManager(self.config, LoraTargetShapes.from_hf_config(loaded.hf_config),
+                              loaded.device, loaded.dtype)
+
+    def _use_adapters(self, manager: AdapterManager) -> None:
+        self.runner.lora_backend = resolve_backend(self.config.lora_backend,
+                                                   self.loaded.device)
+        self.runner.lora_pool = manager.pool
+        self.scheduler.admission = AdapterAdmission(manager, self.config.adapter_time_slice_s)
+        self._adapters = manager
 
     @property
     def vocab_size(self) -> int:

@@ -1,4 +1,4 @@
-"""The paged KV cache tensors, sized from a byte budget.
+"""The paged KV cache tensors (their number of blocks comes from `memory_plan`).
 
 Per layer, keys and values are `[num_blocks, block_size, num_kv_heads, head_dim]`. The
 memory is allocated uninitialized (on the CPU, untouched pages cost no RAM) and each
@@ -16,17 +16,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import psutil
 import torch
 from transformers import PretrainedConfig
 
-from loraplex.runtime.config import EngineConfig
 from loraplex.runtime.models.llama import head_dim_of
 
 logger = logging.getLogger(__name__)
-
-CPU_KV_CACHE_CAP_BYTES = 4 << 30
-
 
 @dataclass(frozen=True)
 class KVCacheLayout:
@@ -48,42 +43,6 @@ class KVCacheLayout:
     def bytes_per_block(self) -> int:
         elements = 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim
         return elements * self.dtype.itemsize
-
-
-def activation_bytes(hf_config: PretrainedConfig, config: EngineConfig,
-                     dtype: torch.dtype) -> int:
-    """A generous bound on one forward pass's temporaries (kept free on the device)."""
-    hidden, intermediate = hf_config.hidden_size, hf_config.intermediate_size
-    per_token = (6 * hidden + 3 * intermediate) * dtype.itemsize
-    logits = 3 * config.max_num_seqs * hf_config.vocab_size * 4  # fp32 logits + softmaxes
-    return config.max_num_batched_tokens * per_token + logits
-
-
-def kv_cache_budget(config: EngineConfig, device: torch.device, reserved_bytes: int = 0) -> int:
-    """Bytes for the KV cache: `kv_cache_bytes`, else a fraction of free memory.
-
-    On CUDA the fraction is of the memory free after loading the model, less
-    `reserved_bytes` for activations; on the CPU it is of the available RAM, capped.
-    """
-    if config.kv_cache_bytes:
-        return config.kv_cache_bytes
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * config.kv_cache_fraction) - reserved_bytes
-    available = psutil.virtual_memory().available
-    return min(int(available * config.kv_cache_fraction), CPU_KV_CACHE_CAP_BYTES)
-
-
-def num_blocks_for_budget(layout: KVCacheLayout, budget_bytes: int, max_num_seqs: int,
-                          max_model_len: int) -> int:
-    """Blocks that fit the budget, and no more than full-length sequences could use."""
-    useful = max_num_seqs * -(-max_model_len // layout.block_size)
-    num_blocks = min(budget_bytes // layout.bytes_per_block, useful)
-    if num_blocks < 1:
-        raise ValueError(f"KV cache budget of {budget_bytes} bytes holds no block "
-                         f"({layout.bytes_per_block} bytes each); raise kv_cache_bytes "
-                         "or kv_cache_fraction")
-    return num_blocks
 
 
 class PagedKVCache:

@@ -65,6 +65,12 @@ def _scheduling_info(engine: Any) -> dict[str, Any]:
     }
 
 
+def memory_plan(engine: Any) -> dict[str, int | str] | None:
+    """The engine's memory plan in bytes (None before the model is loaded)."""
+    plan = getattr(getattr(engine, "engine", None), "memory_plan", None)
+    return plan.as_dict() if plan is not None else None
+
+
 @router.get("/info")
 async def info(request: Request) -> dict[str, Any]:
     """The model, its dtype and device, and the limits requests must respect (with every
@@ -93,6 +99,7 @@ async def info(request: Request) -> dict[str, Any]:
         "max_lora_rank": engine_config.max_lora_rank,
         "device_slots": engine_config.device_slots,
         "block_size": engine_config.block_size,
+        "memory_plan": memory_plan(engine),
         "version": __version__,
     }
 

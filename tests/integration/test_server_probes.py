@@ -47,6 +47,9 @@ def test_health_ready_and_info(http) -> None:
     assert info["max_input_length"] == MAX_MODEL_LEN - 1
     assert info["max_concurrent_requests"] == info["max_num_seqs"] + info["max_waiting"]
     assert info["version"]
+    plan = info["memory_plan"]  # bytes, as the engine planned them at start-up
+    assert plan["device"] == "cpu" and plan["kv_cache"] > 0 and plan["weights"] > 0
+    assert plan["kv_blocks"] * info["block_size"] == plan["kv_tokens"]
 
 
 def test_a_request_moves_the_counters_and_histograms(http, tokenizer) -> None:
