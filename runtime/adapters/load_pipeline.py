@@ -19,6 +19,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import torch
+
 from loraplex.runtime.adapters.disk_cache import DiskCache, Fetched
 from loraplex.runtime.adapters.errors import AdapterError
 from loraplex.runtime.adapters.loader import LoadOutcome, fetch_adapter, parse_adapter
@@ -46,11 +48,13 @@ class LoadTicket:
 
 class LoadPipeline:
     def __init__(self, disk: DiskCache, target: LoraTargetShapes, max_rank: int,
-                 pin_memory: bool, download_workers: int, load_workers: int,
+                 dtype: torch.dtype, pin_memory: bool, download_workers: int,
+                 load_workers: int,
                  limits: FetchLimits, deadline_s: float) -> None:
         self.disk = disk
         self.target = target
         self.max_rank = max_rank
+        self.dtype = dtype  # of the packed host weights: the serving dtype
         self.pin_memory = pin_memory
         self.limits = limits
         self.deadline_s = deadline_s
@@ -95,7 +99,8 @@ class LoadPipeline:
                 self._finish(ticket, LoadOutcome(None, fetched, None, 0.0))
                 return
         self._finish(ticket, parse_adapter(ticket.name, source, fetched, self.disk,
-                                           self.target, self.max_rank, self.pin_memory))
+                                           self.target, self.max_rank, self.dtype,
+                                           self.pin_memory))
 
     @staticmethod
     def _finish(ticket: LoadTicket, outcome: LoadOutcome) -> None:

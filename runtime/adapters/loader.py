@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from loraplex.runtime.adapters.disk_cache import DiskCache, Fetched
 from loraplex.runtime.adapters.errors import AdapterError
 from loraplex.runtime.adapters.peft_format import load_peft_adapter
@@ -54,15 +56,15 @@ def fetch_adapter(name: str, source: AdapterSource, credentials: SourceCredentia
 
 
 def parse_adapter(name: str, source: AdapterSource, fetched: Fetched | None, disk: DiskCache,
-                  target: LoraTargetShapes, max_rank: int, pin_memory: bool) -> LoadOutcome:
-    """Read and check the adapter's files (releasing the disk hold of `fetched`)."""
+                  target: LoraTargetShapes, max_rank: int, dtype: torch.dtype,
+                  pin_memory: bool) -> LoadOutcome:
+    """Read and check the adapter's files (releasing the disk hold of `fetched`), packed in
+    the serving `dtype`, page-locked when `pin_memory`."""
     where = _where(name, source)
     started = time.monotonic()
     try:
         folder = fetched.folder if fetched is not None else Path(source.location)
-        weights = load_peft_adapter(folder, target, max_rank, where)
-        if pin_memory:
-            weights = weights.pin_memory()
+        weights = load_peft_adapter(folder, target, max_rank, where, dtype, pin_memory)
         return LoadOutcome(weights, None, fetched, time.monotonic() - started)
     except AdapterError as refused:
         return LoadOutcome(None, refused, fetched, 0.0)

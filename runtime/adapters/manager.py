@@ -102,7 +102,8 @@ class AdapterManager:
         self._loading: set[AdapterRecord] = set()  # loads in flight (checked for deadlines)
         self._failed_dynamic: dict[str, AdapterRecord] = {}  # by name, oldest failure first
         self._pipeline = LoadPipeline(
-            self.disk, target, config.max_lora_rank, pin_memory=self.device.type == "cuda",
+            self.disk, target, config.max_lora_rank, dtype,
+            pin_memory=self.device.type == "cuda",
             download_workers=config.download_workers, load_workers=config.load_workers,
             limits=FetchLimits(config.adapter_connect_timeout_s,
                                config.adapter_read_timeout_s),

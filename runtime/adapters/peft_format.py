@@ -49,8 +49,14 @@ def check_adapter_files(names: Iterable[str], where: str) -> None:
 
 
 def load_peft_adapter(folder: str | Path, target: LoraTargetShapes, max_rank: int,
-                      where: str | None = None) -> AdapterWeights:
-    """Read, validate and pack one adapter folder; `where` names it in error messages."""
+                      where: str | None = None, dtype: torch.dtype = torch.float32,
+                      pin_memory: bool = False) -> AdapterWeights:
+    """Read, validate and pack one adapter folder; `where` names it in error messages.
+
+    The packed weights are in `dtype` (the serving dtype: scaling is applied in fp32
+    first), allocated page-locked when `pin_memory` so they go to a device slot by DMA
+    without an intermediate copy.
+    """
     folder = Path(folder)
     where = where or str(folder)
     if not folder.is_dir():
@@ -66,7 +72,7 @@ def load_peft_adapter(folder: str | Path, target: LoraTargetShapes, max_rank: in
         raise AdapterError("missing_file", f"{where}: cannot read {ADAPTER_WEIGHTS}: "
                            f"{error}") from None
     tensors = _read_tensors(weights_path, planned, target, where)
-    groups = _pack(planned, tensors, target)
+    groups = _pack(planned, tensors, target, dtype, pin_memory)
     extra = {"base_model_name_or_path": str(config.get("base_model_name_or_path") or "")}
     return AdapterWeights(
         target=target,
@@ -158,7 +164,8 @@ def _checked(tensor: torch.Tensor, key: str, plan: PlannedModule, side: str,
 
 
 def _pack(planned: list[PlannedModule], tensors: dict[tuple[int, str, str], torch.Tensor],
-          target: LoraTargetShapes) -> dict[str, GroupWeights]:
+          target: LoraTargetShapes, dtype: torch.dtype,
+          pin_memory: bool) -> dict[str, GroupWeights]:
     group_ranks: dict[str, int] = {}
     for plan in planned:
         group_name = MODULE_PLACES[plan.module][1]
@@ -166,9 +173,12 @@ def _pack(planned: list[PlannedModule], tensors: dict[tuple[int, str, str], torc
     groups: dict[str, GroupWeights] = {}
     for group_name, rank in group_ranks.items():
         group = target.group(group_name)
-        lora_a = torch.zeros(target.num_layers, group.num_slices, rank, group.d_in)
-        lora_b = torch.zeros(target.num_layers, group.d_out, rank)
-        groups[group_name] = GroupWeights(lora_a, lora_b)
+        lora_a = torch.zeros(target.num_layers, group.num_slices, rank, group.d_in,
+                             dtype=dtype, pin_memory=pin_memory)
+        # B is stored rank-major, like the slot pool, so a slot copy is one contiguous read
+        lora_b = torch.zeros(target.num_layers, rank, group.d_out, dtype=dtype,
+                             pin_memory=pin_memory)
+        groups[group_name] = GroupWeights(lora_a, lora_b.transpose(1, 2))
     for plan in planned:
         _, group_name, index = MODULE_PLACES[plan.module]
         offsets = target.group(group_name).offsets

@@ -24,7 +24,7 @@ from loraplex.runtime.adapters.target import GROUP_NAMES, MODULE_PLACES, LoraTar
 @dataclass(frozen=True, slots=True)
 class GroupWeights:
     a: torch.Tensor  # [L, n_slices, r_group, d_in]
-    b: torch.Tensor  # [L, d_out_total, r_group], scaling folded in
+    b: torch.Tensor  # [L, d_out_total, r_group], scaling folded in (view of [L, r, d_out])
 
     @property
     def rank(self) -> int:
@@ -75,10 +75,3 @@ class AdapterWeights:
         for name in GROUP_NAMES:
             if name in self.groups:
                 yield name, self.groups[name]
-
-    def pin_memory(self) -> AdapterWeights:
-        """A copy in page-locked memory, so host→device copies can run asynchronously."""
-        pinned = {name: GroupWeights(g.a.pin_memory(), g.b.pin_memory())
-                  for name, g in self.groups.items()}
-        return AdapterWeights(self.target, pinned, self.module_ranks, self.module_scalings,
-                              self.digest, self.extra)

@@ -98,10 +98,31 @@ def test_writes_are_checked(tmp_path: Path, smol_target) -> None:
     assert pool.ranks_host == [0, 0]
 
 
+def test_host_weights_in_the_serving_dtype_fill_bf16_slots_exactly(tmp_path: Path,
+                                                                   smol_target) -> None:
+    folder = write_random_adapter(tmp_path / "a", smol_target, 8, seed=3)
+    full = load_peft_adapter(folder, smol_target, max_rank=16)
+    half = load_peft_adapter(folder, smol_target, max_rank=16, dtype=torch.bfloat16)
+    assert half.size_bytes * 2 == full.size_bytes  # half the host RAM and PCIe bytes
+    for name, group in half.groups.items():
+        assert group.a.dtype == group.b.dtype == torch.bfloat16
+        assert group.b.transpose(1, 2).is_contiguous()  # rank-major, as the slot holds it
+        assert torch.equal(group.a, full.groups[name].a.to(torch.bfloat16))
+        assert torch.equal(group.b, full.groups[name].b.to(torch.bfloat16))
+    pool = DeviceSlotPool(smol_target, num_slots=2, max_rank=16, dtype=torch.bfloat16)
+    pool.write(1, half)
+    lora_a, lora_b = half.module(0, "q_proj")
+    pool_a, pool_b = pool.group(0, "qkv")
+    assert torch.equal(pool_a[1, 0, :8], lora_a)
+    assert torch.equal(pool_b[1, :lora_b.shape[0], :8], lora_b)
+
+
 @pytest.mark.gpu
 def test_cuda_copy_is_asynchronous_and_exact(tmp_path: Path, smol_target) -> None:
     pool = DeviceSlotPool(smol_target, num_slots=2, max_rank=16, device="cuda")
-    weights = adapter(tmp_path, smol_target, "a", rank=8).pin_memory()
+    folder = write_random_adapter(tmp_path / "a", smol_target, 8, seed=1)
+    weights = load_peft_adapter(folder, smol_target, max_rank=16, pin_memory=True)
+    assert weights.groups["qkv"].a.is_pinned() and weights.groups["qkv"].b.is_pinned()
     copy = pool.write(1, weights, after=pool.fence())
     torch.cuda.synchronize()
     assert copy.done()
