@@ -36,7 +36,7 @@ LONG_CONFIG = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128,
 PROMPT_LEN = 2300
 NEW_TOKENS = 4
 GREEDY_PROMPTS = CHAT_PROMPTS[:8]
-GREEDY_TOKENS = 10
+GREEDY_TOKENS = 8
 TIE_GAP = 0.25  # logits this close: two bf16 ulps at |logit| 16..32, a tie in bf16
 FIRST_CHECKED = 2000  # positions from here on are compared
 LOGPROB_ATOL = 0.02  # measured 0.0024 at most; a bf16 inv_freq is off by up to 2
@@ -91,7 +91,7 @@ def test_logprobs_past_position_2000_equal_transformers_bf16(long_model):
 
 @pytest.mark.slow
 @pytest.mark.model
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1200)  # bf16 matmuls are slow on CPUs without bf16 units
 def test_greedy_tokens_equal_transformers_bf16_on_the_chat_prompts():
     reference = AutoModelForCausalLM.from_pretrained(builtin_folder(),
                                                      dtype=torch.bfloat16).eval()
