@@ -10,8 +10,11 @@ the runs compute the same number of tokens. Runs alternate (0, 50, 100, 0, ...) 
 `--repeats` rounds and the fastest of each is kept; the ratio to the unconstrained run
 is measured within this one process. Free requests of the mixed batch must produce the
 same tokens as in the unconstrained run ("same tokens"). Compile times are for a cold
-compiler (no cache), per schema, after the tokenizer's one-off preparation. Prints
-tables, writes JSON.
+compiler (no cache), per schema, after the tokenizer's one-off preparation. The mask's own
+cost per decode step (filling `--batch` rows from their matchers and masking the logits,
+matchers walked through the nested schema by random logits) is timed apart from the model,
+since on a shared machine whole runs minutes apart see different loads. `--repeats 0`
+measures only compile and mask costs. Prints tables, writes JSON.
 
     python -m bench.structured
     python -m bench.structured --batch 32 --new-tokens 64 --repeats 2
@@ -25,11 +28,15 @@ import json
 import time
 from pathlib import Path
 
+import torch
+import xgrammar
+
 from bench.engine import chat_prompts
 from bench.report import machine_info, write_json
 from loraplex.runtime.config import EngineConfig
 from loraplex.runtime.engine.engine import Engine
 from loraplex.runtime.engine.request import GenerationRequest, SamplingParams
+from loraplex.runtime.layers.grammar_mask import GrammarBitmask
 from loraplex.runtime.models.loader import load_model
 from loraplex.runtime.structured.grammar_cache import GrammarCache
 from loraplex.runtime.structured.grammar_spec import GrammarSpec
@@ -84,6 +91,22 @@ def run_batch(engine: Engine, prompts: list[list[int]], grammar, share: float,
     return seconds, {i: t for i, t in tokens.items() if i not in constrained}
 
 
+def mask_seconds_per_step(grammar, vocab_size: int, rows: int, steps: int) -> float:
+    """Mean time of one step's grammar masks for `rows` constrained rows (fill + apply)."""
+    matchers = [xgrammar.GrammarMatcher(grammar) for _ in range(rows)]
+    bitmask = GrammarBitmask(vocab_size, rows, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    total = 0.0
+    for _ in range(steps):
+        logits = torch.randn(rows, vocab_size, generator=generator)  # [rows, vocab]
+        started = time.perf_counter()
+        bitmask.build(matchers).apply(logits)
+        total += time.perf_counter() - started
+        for matcher, token in zip(matchers, logits.argmax(dim=-1).tolist(), strict=True):
+            matcher.accept_token(token)
+    return total / steps
+
+
 def compile_times(engine: Engine) -> dict[str, float]:
     cache = GrammarCache(engine.tokenizer, engine.vocab_size, engine.eos_token_ids, 0)
     cache.compile(GrammarSpec.choice(["warm"]))  # the tokenizer's one-off preparation
@@ -109,7 +132,8 @@ def main() -> None:
     prompts = chat_prompts(engine.tokenizer, args.batch)
     cache = GrammarCache(engine.tokenizer, engine.vocab_size, engine.eos_token_ids, 1 << 30)
     grammar = asyncio.run(cache.get(GrammarSpec.json_schema(ORDERS))).grammar
-    run_batch(engine, prompts[:4], grammar, 0.5, 4)  # warm-up
+    if args.repeats:
+        run_batch(engine, prompts[:4], grammar, 0.5, 4)  # warm-up
     best: dict[float, float] = {}
     free_tokens: dict[float, dict[int, tuple[int, ...]]] = {}
     for _ in range(args.repeats):
@@ -120,9 +144,10 @@ def main() -> None:
             free_tokens[share] = tokens
     total = args.batch * args.new_tokens
     rows = []
-    print(f"batch {args.batch}, {args.new_tokens} new tokens each, greedy, best of "
-          f"{args.repeats}")
-    print(f"{'constrained':>12} {'tokens/s':>10} {'vs free':>8} {'same tokens':>12}")
+    if best:
+        print(f"batch {args.batch}, {args.new_tokens} new tokens each, greedy, best of "
+              f"{args.repeats}")
+        print(f"{'constrained':>12} {'tokens/s':>10} {'vs free':>8} {'same tokens':>12}")
     for share, seconds in best.items():
         same = all(free_tokens[0.0][i] == t for i, t in free_tokens[share].items())
         ratio = best[0.0] / seconds
@@ -130,12 +155,14 @@ def main() -> None:
                      "tokens_per_s": total / seconds, "ratio_to_free": ratio,
                      "free_rows_same_tokens": same})
         print(f"{share:>11.0%} {total / seconds:>10.1f} {ratio:>7.2f}x {str(same):>12}")
+    mask_s = mask_seconds_per_step(grammar, engine.vocab_size, args.batch, args.new_tokens)
+    print(f"\ngrammar masks of {args.batch} constrained rows: {mask_s * 1e3:.2f} ms per step")
     times = compile_times(engine)
     print(f"\n{'schema':>16} {'compile ms':>11}")
     for name, seconds in times.items():
         print(f"{name:>16} {seconds * 1e3:>11.1f}")
     write_json(args.out, {"machine": machine_info(), "args": vars(args) | {"out": str(args.out)},
-                          "throughput": rows,
+                          "throughput": rows, "mask_ms_per_step": mask_s * 1e3,
                           "compile_ms": {name: s * 1e3 for name, s in times.items()},
                           "schema": json.loads(GrammarSpec.json_schema(ORDERS).source)})
 

@@ -4,7 +4,8 @@ A constrained sequence carries its own xgrammar `GrammarMatcher` (the grammar's 
 after the tokens it has generated). Before sampling, each constrained row's matcher
 writes which tokens may come next into its row of one preallocated bitmask (32 tokens
 per int32 word); the sampler then masks only those rows, so one batch mixes constrained
-and free sequences of any adapters, and free rows are never touched.
+and free sequences of any adapters, and free rows are never touched. The rows are filled
+together by xgrammar's `BatchGrammarMatcher`, on several threads.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class GrammarBitmask:
     def __init__(self, vocab_size: int, max_rows: int, device: torch.device) -> None:
         self.device = device
         self._buffer = xgrammar.allocate_token_bitmask(max_rows, vocab_size)  # int32, host
+        self._batch = xgrammar.BatchGrammarMatcher()
 
     def build(self, matchers: list[xgrammar.GrammarMatcher | None]) -> TokenMask | None:
         """The step's mask for rows in `matchers` order (None: a free row), or None."""
@@ -40,7 +42,7 @@ class GrammarBitmask:
         if len(matchers) > self._buffer.shape[0]:  # more sampled rows than planned
             self._buffer = xgrammar.allocate_token_bitmask(len(matchers),
                                                            self._buffer.shape[1] * 32)
-        for row in rows:
-            matchers[row].fill_next_token_bitmask(self._buffer, row)
+        self._batch.batch_fill_next_token_bitmask([matchers[row] for row in rows],
+                                                  self._buffer, indices=rows)
         bitmask = self._buffer[:len(matchers)].to(self.device, non_blocking=True)
         return TokenMask(bitmask, rows)

@@ -24,8 +24,8 @@ pytestmark = [pytest.mark.model, pytest.mark.slow, pytest.mark.timeout(600)]
 
 FREE_TOKENS = 8
 SCHEMA = {"type": "object",
-          "properties": {"city": {"type": "string", "maxLength": 20},
-                         "population": {"type": "integer", "minimum": 0, "maximum": 99999999},
+          "properties": {"city": {"type": "string", "maxLength": 12},
+                         "population": {"type": "integer", "minimum": 0, "maximum": 9999},
                          "rivers": {"type": "array", "items": {"enum": ["Seine", "Loire"]},
                                     "minItems": 1, "maxItems": 2}},
           "required": ["city", "population", "rivers"]}
@@ -57,7 +57,7 @@ def test_constrained_and_free_rows_in_one_batch(engine) -> None:
     question = chat_prompt_ids(({"role": "user",
                                  "content": "Describe Paris as JSON with its rivers."},))
     free_prompts = [chat_prompt_ids(messages) for messages in CHAT_PROMPTS[:2]]
-    requests = [GenerationRequest("schema", question, SamplingParams(max_new_tokens=80),
+    requests = [GenerationRequest("schema", question, SamplingParams(max_new_tokens=60),
                                   grammar=schema),
                 GenerationRequest("date", question, SamplingParams(max_new_tokens=20),
                                   grammar=date),
