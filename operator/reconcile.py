@@ -35,6 +35,7 @@ from loraplex.operator.decisions import DecisionLog
 from loraplex.operator.models import BaseModelDeploymentSpec, SpecError, parse_spec
 from loraplex.operator.moves import MovesInFlight
 from loraplex.operator.placement import AdapterDemand, PlacementPlan, PodCapacity, place
+from loraplex.operator.pod_health import PodHealth
 from loraplex.operator.rebalance import rebalance
 from loraplex.operator.status import (
     INVALID_SPEC,
@@ -67,10 +68,8 @@ class BaseModelReconciler:
         self.children = ChildObjects(owner, cluster, config)
         self.assigned: dict[str, tuple[str, ...]] = {}  # last plan: adapter → pods
         self.refused: dict[tuple[str, str], tuple[int | None, str]] = {}
-        self.incarnations: dict[str, tuple[str, int]] = {}
-        self.silent_since: dict[str, float] = {}  # pod → when it stopped answering
+        self.health = PodHealth(config.pod_grace_s)
         self.table: PlacementTable | None = None  # last written (or read) placement table
-        self.observed: dict[str, PodObservation] = {}
         self.unloaded: set[str] = set()  # deleting adapters no reachable pod holds
         self.secret_versions: dict[str, str] = {}  # adapter → its Secret's version last pushed
         self.moves = MovesInFlight()
@@ -98,12 +97,12 @@ class BaseModelReconciler:
         admin = await self.children.admin_client()
 
         ready = sorted((pod for pod in pods if pod.ready), key=lambda pod: pod.name)
-        self._forget_restarted(ready)
+        restarted = set(self.health.restarted(ready))  # their refused loads get a new try
+        self.refused = {k: v for k, v in self.refused.items() if k[1] not in restarted}
         observations = await observe(admin, ready, self.config.admin_concurrency)
-        self.observed = observations
         reports = {name: dict(obs.adapters) for name, obs in observations.items()
                    if obs.adapters is not None}
-        silent = self._silent_within_grace(observations)
+        silent = self.health.silent_within_grace(observations)
         views = {view.name: view for view in adapters}
         self.unloaded = {name for name, view in views.items() if view.deleting
                          and not any(name in held for held in reports.values())}
@@ -142,33 +141,6 @@ class BaseModelReconciler:
         busy = bool(actions) or any(phase == "Loading" for phase in phases)
         return CycleOutcome(busy=busy, admin_calls=len(observations) + executed.calls,
                             autoscaling=bool(self.autoscaled))
-
-    def _forget_restarted(self, pods: list[PodView]) -> None:
-        """A new or restarted pod deserves a fresh try of loads it refused before."""
-        for pod in pods:
-            if self.incarnations.get(pod.name, pod.incarnation) != pod.incarnation:
-                logger.info("pod %s restarted: refilling it", pod.name)
-                self.refused = {k: v for k, v in self.refused.items() if k[1] != pod.name}
-            self.incarnations[pod.name] = pod.incarnation
-
-    def _silent_within_grace(self, observations: Mapping[str, PodObservation]) -> set[str]:
-        """Ready pods that stopped answering a short while ago (a container restarting):
-        their placements are held, not moved, and refilled once they answer again."""
-        now = time.monotonic()
-        for name, observation in observations.items():
-            if observation.adapters is None:
-                self.silent_since.setdefault(name, now)
-            else:
-                self.silent_since.pop(name, None)
-        self.silent_since = {n: t for n, t in self.silent_since.items() if n in observations}
-        return {name for name, since in self.silent_since.items()
-                if now - since < self.config.pod_grace_s}
-
-    def _silence(self, pod: str) -> str | None:
-        observation = self.observed.get(pod)
-        if observation is None or observation.adapters is not None:
-            return None
-        return f"pod not answering: {observation.error}"
 
     async def _actions(self, plan: PlacementPlan, reports: Mapping[str, Mapping[str, Any]],
                        views: Mapping[str, AdapterView]
@@ -299,7 +271,7 @@ class BaseModelReconciler:
                     generation, refusal = self.refused.get((name, pod), (None, None))
                     placement_reports.append(PlacementReport(
                         pod, held, refusal if generation == view.generation else None,
-                        executed.unreachable.get((name, pod)) or self._silence(pod)))
+                        executed.unreachable.get((name, pod)) or self.health.silence(pod)))
                 scaled = self.autoscaled.get(name)
                 status = adapter_status(view, placement_reports,
                                         plan.shortfalls.get(name), now, withheld.get(name),
