@@ -91,18 +91,22 @@ def converged(kube, pods, replicas: dict[str, int]) -> bool:
         len(where.get(name, ())) == count for name, count in replicas.items())
 
 
-def per_pod(pods) -> dict[str, int]:
+def per_pod(pods, where: dict[str, set[str]] | None = None) -> dict[str, int]:
     """Loaded placements per pod, from the pods' own reports (pods holding none count 0)."""
-    held = Counter(pod for holders in loaded_on(pods).values() for pod in holders)
+    where = loaded_on(pods) if where is None else where
+    held = Counter(pod for holders in where.values() for pod in holders)
     return {pod: held[pod] for pod in pods.pods}
 
 
 def balanced(kube, pods, replicas: dict[str, int], count: int) -> dict[str, int] | None:
     """Per-pod loads once `count` pods hold every adapter within one placement of each
-    other (Spread rebalances a pod that joins), else None."""
-    loads = per_pod(pods)
+    other (Spread rebalances a pod that joins), else None. One read of the pods: a move
+    that ends between two reads would make them disagree."""
+    where = loaded_on(pods)
+    loads = per_pod(pods, where)
     if len(loads) == count and max(loads.values()) - min(loads.values()) <= 1 \
-            and converged(kube, pods, replicas):
+            and all(len(where.get(name, ())) == n for name, n in replicas.items()) \
+            and all_ready(kube, replicas):
         return loads
     return None
 
