@@ -81,7 +81,9 @@ def _load_seconds(client: httpx.Client, name: str, folder: Path) -> float:
 
 def load_behind_hung_downloads(pod: RuntimeServer, folder: Path, hung: HungEndpoint
                                ) -> dict[str, Any]:
-    with httpx.Client(base_url=pod.url, timeout=60) as client:
+    # no kept-alive connections: the pod closes idle ones while the downloads start
+    with httpx.Client(base_url=pod.url, timeout=60,
+                      limits=httpx.Limits(max_keepalive_connections=0)) as client:
         alone = sorted(_load_seconds(client, f"alone-{i}", folder) for i in range(5))[2]
         for index in range(NUM_HUNG):
             client.put(f"/v1/adapters/hung-{index}",
