@@ -53,6 +53,9 @@ class EngineConfig:
         "graphs, then the KV cache from the rest (on CPU: of available RAM, KV cache capped "
         "at 4 GiB)")
     enforce_eager: bool = setting(False, help="never capture CUDA graphs")
+    cuda_graph_max_batch: int = setting(0, help="largest decode batch captured as a CUDA "
+                                        "graph at start-up (0: --max-num-seqs); larger "
+                                        "decode steps run eagerly")
     lora_backend: str = setting("auto", help="auto (triton on CUDA, torch on CPU), triton, torch",
                                 choices=("auto", "triton", "torch"))
     max_lora_rank: int = setting(64, help="largest adapter rank accepted")
@@ -90,7 +93,7 @@ class EngineConfig:
         if not 0 < self.kv_cache_fraction <= 1:
             raise ValueError(f"kv_cache_fraction must be in (0, 1], got {self.kv_cache_fraction}")
         for name in ("kv_cache_bytes", "max_model_len", "host_bytes", "disk_bytes",
-                     "adapter_time_slice_s", "dynamic_failure_ttl_s"):
+                     "adapter_time_slice_s", "dynamic_failure_ttl_s", "cuda_graph_max_batch"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.dtype not in DTYPES:

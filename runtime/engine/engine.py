@@ -96,10 +96,10 @@ class Engine:
         self.runner = ModelRunner(self.loaded.model, self.kv_cache, device,
                                   self.loaded.eos_token_ids)
         if device.type == "cuda" and not config.enforce_eager:
-            # a captured step gathers the K/V of all its padded keys: keep that in the reserve
             self.runner.decode_graphs = DecodeGraphRunner(
                 self.loaded.model, self.kv_cache, config.max_num_seqs, self.max_model_len,
-                capture=True, max_gather_bytes=self.memory_plan.activations)
+                capture=True, max_batch=config.cuda_graph_max_batch)
+            self.runner.decode_graphs.capture_all()
         self._seqs: dict[str, Sequence] = {}
         self._pending_events: list[TokenEvent] = []
         self._seed_source = random.Random(config.seed)

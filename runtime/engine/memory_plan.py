@@ -27,7 +27,7 @@ from loraplex.runtime.adapters.slots import DeviceSlotPool
 from loraplex.runtime.adapters.target import LoraTargetShapes
 from loraplex.runtime.config import EngineConfig
 from loraplex.runtime.engine.kv_cache import KVCacheLayout
-from loraplex.runtime.engine.model_runner import DECODE_GROUP_SIZE
+from loraplex.runtime.kernels.attention_torch import DECODE_GROUP as DECODE_GROUP_SIZE
 
 CPU_KV_CACHE_CAP_BYTES = 4 << 30
 SAMPLER_BYTES_PER_LOGIT = 4 * 3 + 12 + 8 * 3  # fp32 logits/logprobs/processed, sort, noise
@@ -94,7 +94,8 @@ def sampler_bytes(hf_config: PretrainedConfig, config: EngineConfig) -> int:
 
 def attention_scratch_bytes(hf_config: PretrainedConfig, layout: KVCacheLayout,
                             max_model_len: int) -> int:
-    """One eager decode group's gathered K/V at full length, heads expanded, and scores."""
+    """One decode group's gathered K/V at full length, heads expanded, and scores (the
+    torch path's; the Triton kernels gather nothing and need far less)."""
     heads = hf_config.num_attention_heads
     keys_values = 2 * DECODE_GROUP_SIZE * max_model_len * heads * layout.head_dim
     scores = DECODE_GROUP_SIZE * heads * max_model_len * 4
@@ -105,8 +106,8 @@ def graph_pool_bytes(hf_config: PretrainedConfig, config: EngineConfig,
                      dtype: torch.dtype, activations: int) -> int:
     """Captured decode graphs: the largest batch's activations and its K/V gathers.
 
-    The graphs gather at most the activation reserve of K/V (`max_gather_bytes`), and
-    hold one batch of `max_num_seqs` rows of activations in their shared pool.
+    The graphs' attention reads K/V in place; their shared pool holds the activation
+    reserve (a bound) and one batch of `max_num_seqs` rows of activations.
     """
     hidden, intermediate = hf_config.hidden_size, hf_config.intermediate_size
     per_token = (6 * hidden + 3 * intermediate) * dtype.itemsize

@@ -23,13 +23,12 @@ from loraplex.runtime.engine.kv_cache import PagedKVCache
 from loraplex.runtime.engine.scheduler import ScheduledSequence
 from loraplex.runtime.engine.sequence import Sequence
 from loraplex.runtime.engine.step_sampling import SampledToken, StepSampling
-from loraplex.runtime.layers.forward_batch import DecodeGroup, ForwardBatch, PrefillSpan
+from loraplex.runtime.layers.forward_batch import DecodeRows, ForwardBatch, PrefillChunks
 from loraplex.runtime.layers.lora import LoraBatch
 from loraplex.runtime.layers.sampler import Sampler, token_bias_processor
 from loraplex.runtime.models.llama import LlamaForCausalLM
 
 PROMPT_LOGPROBS_ROWS = 256  # rows of prompt logits materialized at once ([rows, vocab])
-DECODE_GROUP_SIZE = 8  # decode sequences per attention call (padded to the group's longest)
 
 
 @dataclass(slots=True)
@@ -85,51 +84,53 @@ class ModelRunner:
         positions: list[int] = []
         slots: list[int] = []
         decode_tables: list[list[int]] = []
-        spans: list[PrefillSpan] = []
+        chunk_tables: list[list[int]] = []
+        chunks: list[tuple[int, int, int]] = []  # (first row, new tokens, context after)
         for item in ordered:
             seq, first = item.seq, item.seq.num_computed_tokens
             last = first + item.num_new_tokens
-            table = seq.block_table
+            table = seq.block_table[: -(-last // block_size)]
             start = len(input_ids)
             input_ids.extend(seq.token_ids[first:last])
             positions.extend(range(first, last))
             slots.extend(table[p // block_size] * block_size + p % block_size
                          for p in range(first, last))
             if item.num_new_tokens == 1:
-                decode_tables.append(table[: -(-last // block_size)])
-                continue
-            mask = None
-            if first:  # cached prefix: query i sees keys 0..first+i
-                query_pos = torch.arange(first, last)[:, None]
-                mask = (torch.arange(last)[None, :] <= query_pos).to(self.device)
-            spans.append(PrefillSpan(start, item.num_new_tokens, last,
-                                     torch.tensor(table, device=self.device), mask))
+                decode_tables.append(table)
+            else:
+                chunk_tables.append(table)
+                chunks.append((start, item.num_new_tokens, last))
         lora = None
         if self.lora_pool is not None:
             row_slots = [item.seq.lora_slot for item in ordered
                          for _ in range(item.num_new_tokens)]
             lora = LoraBatch.build(self.lora_pool, row_slots, self.lora_backend, self.device)
-        context_lens = positions[:len(decode_tables)]  # decode row i sees positions 0..pos
-        groups = [self._decode_group(start, decode_tables[start:start + DECODE_GROUP_SIZE],
-                                     context_lens[start:start + DECODE_GROUP_SIZE])
-                  for start in range(0, len(decode_tables), DECODE_GROUP_SIZE)]
+        decode = None
+        if decode_tables:  # decode row i sees positions 0..positions[i]
+            decode = DecodeRows(self._tables(decode_tables),
+                                self._int32([p + 1 for p in positions[:len(decode_tables)]]))
+        prefill = None
+        if chunks:
+            starts, lens, contexts = zip(*chunks, strict=True)
+            prefill = PrefillChunks(self._tables(chunk_tables), self._int32(starts),
+                                    self._int32(lens), self._int32(contexts), max(lens))
         return ForwardBatch(
             input_ids=self._tensor(input_ids), positions=self._tensor(positions),
-            slot_mapping=self._tensor(slots), decode_groups=groups, prefills=spans, lora=lora)
+            slot_mapping=self._tensor(slots), decode=decode, prefill=prefill, lora=lora)
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.int64).to(self.device, non_blocking=True)
 
-    def _decode_group(self, start: int, tables: list[list[int]],
-                      last_positions: list[int]) -> DecodeGroup:
+    def _int32(self, values: Iterable[int]) -> torch.Tensor:
+        return torch.tensor(list(values), dtype=torch.int32).to(self.device, non_blocking=True)
+
+    def _tables(self, tables: list[list[int]]) -> torch.Tensor:
+        """int32 [n, longest]; short tables padded with block 0 (never read: see lengths)."""
         width = max(len(table) for table in tables)
-        padded = self._tensor([table + [0] * (width - len(table)) for table in tables])
-        key_positions = torch.arange(width * self.block_size)
-        outside = key_positions[None, :] > torch.tensor(last_positions)[:, None]  # [n, L]
-        key_mask = torch.zeros(outside.shape, dtype=self.dtype).masked_fill_(
-            outside, float("-inf"))
-        return DecodeGroup(start, len(tables), padded.view(len(tables), width),
-                           key_mask[:, None, None, :].to(self.device, non_blocking=True))
+        padded = torch.zeros(len(tables), width, dtype=torch.int32)
+        for row, table in enumerate(tables):
+            padded[row, :len(table)] = torch.tensor(table, dtype=torch.int32)
+        return padded.to(self.device, non_blocking=True)
 
     def _prompt_logprobs(self, item: ScheduledSequence, hidden: torch.Tensor,
                          start: int) -> list[tuple[int, float]]:
@@ -151,8 +152,8 @@ class ModelRunner:
 
 
 def step_order(scheduled: list[ScheduledSequence]) -> list[ScheduledSequence]:
-    """The step's rows: decode rows first, by adapter slot then shortest context (see
-    DecodeGroup), then prefill chunks by adapter slot."""
+    """The step's rows: decode rows first, by adapter slot then shortest context (the
+    torch attention path pads groups of neighbours), then prefill chunks by adapter slot."""
     return (sorted((s for s in scheduled if s.num_new_tokens == 1),
                    key=lambda s: (s.seq.lora_slot, s.seq.num_computed_tokens))
             + sorted((s for s in scheduled if s.num_new_tokens > 1),

@@ -1,13 +1,13 @@
 """Everything one forward pass needs to know about the batch, passed explicitly.
 
 The engine flattens every scheduled sequence's new tokens into one row list: decode
-sequences (one new token each) come first, sorted by context length and cut into small
-groups (so each group's keys are padded only to its own longest sequence), then prefill
-chunks. A decode step replayed as a CUDA graph has one group over persistent buffers
-instead (see `engine.decode_graphs`). The model reads the metadata from here, never from a
-module global, so several engines (or tests) can share one process. LoRA metadata rides
-along in `lora` (`lora.LoraBatch`, or `lora_static.StaticLoraBatch` in a captured step;
-None when no row of the step uses an adapter).
+sequences (one new token each) come first, then prefill chunks. Attention reads the KV
+cache through the block tables here, with the lengths in device tensors: the kernels
+never need a host-side length, so a decode step replayed as a CUDA graph is the same
+launch for any mix of contexts (see `engine.decode_graphs`). The model reads the metadata
+from here, never from a module global, so several engines (or tests) can share one
+process. LoRA metadata rides along in `lora` (`lora.LoraBatch`, or
+`lora_static.StaticLoraBatch` in a captured step; None when no row uses an adapter).
 """
 
 from __future__ import annotations
@@ -24,28 +24,26 @@ class LoraDelta(Protocol):
 
 
 @dataclass(slots=True)
-class PrefillSpan:
-    """One sequence's chunk of new tokens, rows `start:start + query_len` of the batch."""
+class DecodeRows:
+    """The decode sequences, rows 0:num_seqs of the batch, one new token each."""
 
-    start: int
-    query_len: int
-    context_len: int  # tokens in the KV cache after this step (cached + new)
-    block_table: torch.Tensor  # int64 [num_blocks_of_seq]
-    causal_mask: torch.Tensor | None  # bool [query_len, context_len]; None: no cached prefix
+    block_tables: torch.Tensor  # int32/int64 [num_seqs, W]; entries past a row's length unread
+    seq_lens: torch.Tensor  # int32/int64 [num_seqs]: keys each row sees, its new token's included
 
     @property
-    def has_cached_prefix(self) -> bool:
-        return self.context_len > self.query_len
+    def num_seqs(self) -> int:
+        return int(self.block_tables.shape[0])
 
 
 @dataclass(slots=True)
-class DecodeGroup:
-    """Decode sequences attended together, rows `start:start + num_seqs` of the batch."""
+class PrefillChunks:
+    """Prefill chunks: chunk s is rows query_starts[s]:query_starts[s] + query_lens[s]."""
 
-    start: int
-    num_seqs: int
-    block_tables: torch.Tensor  # int64 [num_seqs, max_blocks], padded with block 0
-    key_mask: torch.Tensor  # float [num_seqs, 1, 1, max_blocks * block_size]: 0 or -inf
+    block_tables: torch.Tensor  # int32 [num_chunks, W]
+    query_starts: torch.Tensor  # int32 [num_chunks]
+    query_lens: torch.Tensor  # int32 [num_chunks]
+    context_lens: torch.Tensor  # int32 [num_chunks]: tokens cached after this step
+    max_query_len: int
 
 
 @dataclass(slots=True)
@@ -53,8 +51,8 @@ class ForwardBatch:
     input_ids: torch.Tensor  # int64 [T]
     positions: torch.Tensor  # int64 [T]
     slot_mapping: torch.Tensor  # int64 [T]: KV cache slot written by each row
-    decode_groups: list[DecodeGroup]  # together rows 0:num_decode_tokens, one per sequence
-    prefills: list[PrefillSpan]
+    decode: DecodeRows | None
+    prefill: PrefillChunks | None
     lora: LoraDelta | None = None  # per-row adapter slots and the pool they index
 
     @property
@@ -63,4 +61,4 @@ class ForwardBatch:
 
     @property
     def num_decode_tokens(self) -> int:
-        return sum(group.num_seqs for group in self.decode_groups)
+        return 0 if self.decode is None else self.decode.num_seqs

@@ -24,14 +24,21 @@ class StaticBuffer:
 
     def fill(self, values: Sequence[int]) -> None:
         """data[:len(values)] = values, before any kernel queued after this call runs."""
-        count = len(values)
-        source = torch.tensor(values, dtype=self.data.dtype)
-        if self._host is None:
-            self.data[:count].copy_(source)
-            return
-        if self._copied is not None:
+        self.fill_pieces([(0, torch.tensor(values, dtype=self.data.dtype))], len(values))
+
+    def fill_pieces(self, pieces: Sequence[tuple[int, torch.Tensor]], count: int,
+                    row_stride: int = 0) -> None:
+        """Writes each piece at its offset in one copy of data[:count] (the gaps keep what
+        they held), before any later kernel runs. A 1-D piece is written contiguously; a
+        2-D piece [n, w] as n rows of w, `row_stride` elements apart."""
+        target = self.data if self._host is None else self._host
+        if self._host is not None and self._copied is not None:
             self._copied.synchronize()
-        self._host[:count].copy_(source)
+        for offset, piece in pieces:
+            shape = piece.shape if piece.dim() == 2 else (1, piece.numel())
+            target.as_strided(shape, (row_stride, 1), offset).copy_(piece.view(shape))
+        if self._host is None:
+            return
         self.data[:count].copy_(self._host[:count], non_blocking=True)
         self._copied = torch.cuda.Event()
         self._copied.record()
