@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# One prepared check for a CUDA machine, in under 5 minutes:
+# One prepared check for a CUDA machine, in under 9 minutes:
 #   1. the kernel tests, GPU ones included (tests/kernels), and the captured decode graphs'
 #      GPU tests (tests/unit/engine/test_decode_graphs_cuda.py),
 #   2. the kernel benchmark (python -m bench.kernels),
 #   3. decode step time, eager against CUDA graphs (python -m bench.decode_graphs),
-#   4. the adapter-count benchmark on a dummy Llama-3-8B, if bench/adapters.py exists.
+#   4. the adapter-count benchmark on a dummy Llama-3-8B, if bench/adapters.py exists,
+#   5. the paged attention kernels' GB/s against the copy bandwidth (python -m bench.attention),
+#   6. the dummy Llama-3-8B decode step at batch 1/16/64 x context 512/2k/8k beside the cost
+#      model's figure (python -m bench.step_time).
 # It installs nothing heavy: torch and triton must be there already, and the repository
 # goes in editable without dependencies (works offline). Every part has its own time limit
 # and its own log; a part that fails or runs out of time does not stop the next one.
@@ -58,6 +61,8 @@ else
   printf "%-16s %-14s %6ss  %s\n" bench-adapters skipped 0 "bench/adapters.py not found" \
     >>"$summary"
 fi
+run_part bench-attention 60 "$python" -m bench.attention
+run_part step-time 150 "$python" -m bench.step_time
 
 echo
 echo "== gpu_check summary (logs and JSON in $out)"
@@ -69,3 +74,9 @@ sed -n '/^device /,/^wrote /p' "$out/bench-kernels.log"
 echo
 echo "== bench.decode_graphs table"
 sed -n '/^decode step, /,/^wrote /p' "$out/decode-graphs.log"
+echo
+echo "== bench.attention table"
+sed -n '/^copy bandwidth/,$p' "$out/bench-attention.log"
+echo
+echo "== bench.step_time table"
+sed -n '/^ *batch/,$p' "$out/step-time.log"

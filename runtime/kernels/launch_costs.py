@@ -37,11 +37,18 @@ def report_launch(kind: str, *, read: int, written: int, flops: int, launches: i
 
 
 @contextmanager
+def listening(listener: Callable[[LaunchCost], None]) -> Iterator[None]:
+    """Calls `listener` with each launch reported inside the block."""
+    _listeners.append(listener)
+    try:
+        yield
+    finally:
+        _listeners.remove(listener)
+
+
+@contextmanager
 def recorded_launches() -> Iterator[list[LaunchCost]]:
     """Collects the launches reported inside the block, in order."""
     costs: list[LaunchCost] = []
-    _listeners.append(costs.append)
-    try:
+    with listening(costs.append):
         yield costs
-    finally:
-        _listeners.remove(costs.append)

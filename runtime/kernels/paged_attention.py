@@ -32,7 +32,8 @@ import triton.language as tl
 
 from .attention_checks import check_decode_args, check_prefill_args
 from .configs import num_sms
-from .launch_costs import recording, report_launch
+from .kernel_costs import report_decode, report_prefill
+from .launch_costs import recording
 
 INTERPRETER_ENV = "TRITON_INTERPRET"
 MAX_SPLITS = 16
@@ -223,7 +224,7 @@ def paged_decode(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torc
         part_ml = torch.empty(num_seqs, num_heads, splits, 2, dtype=torch.float32,
                               device=query.device)
     if recording():
-        _report_decode(query, key_cache, block_tables, splits)
+        report_decode(query, key_cache, block_tables, splits)
     if query.device.type == "meta":  # costed, not run (bench.step_model)
         return out
     upcast, precision = _dot_mode(query.dtype)
@@ -266,7 +267,7 @@ def paged_prefill(query: torch.Tensor, key_cache: torch.Tensor, value_cache: tor
     group_rows = triton.next_power_of_2(group)
     block_q = max(1, 64 // group_rows)  # 64 rows of tokens x heads per program
     if recording():
-        _report_prefill(query, key_cache, block_tables)
+        report_prefill(query, key_cache, block_tables)
     if query.device.type == "meta":  # costed, not run (bench.step_model)
         return out
     upcast, precision = _dot_mode(query.dtype)
@@ -293,33 +294,3 @@ def _check_device(tensor: torch.Tensor) -> None:
     if tensor.device.type not in ("cuda", "meta") and os.environ.get(INTERPRETER_ENV) != "1":
         raise ValueError(f"the triton attention needs CUDA tensors, got {tensor.device} "
                          f"(or run under {INTERPRETER_ENV}=1)")
-
-
-def _report_decode(query: torch.Tensor, key_cache: torch.Tensor, block_tables: torch.Tensor,
-                   splits: int) -> None:
-    """Bytes/FLOPs of a decode launch, with every table slot's keys counted as read (the
-    upper bound a graph replay has: lengths live on the device)."""
-    num_seqs, num_heads, head_dim = query.shape
-    keys = num_seqs * block_tables.shape[1] * key_cache.shape[1]
-    kv_bytes = 2 * keys * key_cache.shape[2] * head_dim * key_cache.element_size()
-    io_bytes = query.numel() * query.element_size()  # query in, output out
-    table_bytes = block_tables.numel() * block_tables.element_size()
-    report_launch("attention", read=kv_bytes + io_bytes + table_bytes, written=io_bytes,
-                  flops=4 * keys * num_heads * head_dim,
-                  launches=1 if splits == 1 else 2)
-
-
-def _report_prefill(query: torch.Tensor, key_cache: torch.Tensor,
-                    block_tables: torch.Tensor) -> None:
-    """Bytes/FLOPs of a prefill launch from shapes alone (lengths live on the device):
-    each span's chunk is taken as T / S rows at the end of a context filling its table,
-    and its K/V as read once."""
-    num_tokens, num_heads, head_dim = query.shape
-    num_spans, width = block_tables.shape
-    context = width * key_cache.shape[1]
-    chunk = min(context, num_tokens // max(num_spans, 1))
-    pairs = num_spans * (chunk * (context - chunk) + chunk * (chunk + 1) // 2)
-    kv_row = 2 * key_cache.shape[2] * head_dim * key_cache.element_size()
-    io_bytes = query.numel() * query.element_size()
-    report_launch("attention", read=num_spans * context * kv_row + io_bytes, written=io_bytes,
-                  flops=4 * pairs * num_heads * head_dim, launches=1)

@@ -38,6 +38,8 @@ from .checks import (
     check_shrink_tiles_args,
 )
 from .configs import KernelConfig, expand_config, num_sms, shrink_config
+from .kernel_costs import report_expand, report_shrink
+from .launch_costs import recording
 from .segments import KernelTiles, LoraSegments
 
 INTERPRETER_ENV = "TRITON_INTERPRET"
@@ -201,6 +203,11 @@ def sgmv_shrink(
     if not segments.has_lora:
         return torch.zeros(x.shape[0], num_slices, max_rank, dtype=torch.float32,
                            device=x.device)
+    if recording():
+        report_shrink(x, lora_a, segments)
+    if x.device.type == "meta":  # costed, not run (bench.step_model)
+        return torch.empty(x.shape[0], num_slices, max_rank, dtype=torch.float32,
+                           device=x.device)
     config = config or shrink_config(segments, max_rank, d_in, num_slices, num_sms(x.device))
     return _launch_shrink(x, lora_a, segments.kernel_tiles(config.block_m), ranks, config)
 
@@ -242,6 +249,10 @@ def sgmv_expand(
     check_expand_args(y, v, lora_b, slice_offsets, segments, ranks)
     _check_device(y)
     if not segments.has_lora:
+        return
+    if recording():
+        report_expand(y, v, lora_b, segments)
+    if y.device.type == "meta":  # costed, not run (bench.step_model)
         return
     config = config or expand_config(segments, v.shape[2], v.shape[1])
     _launch_expand(y, v, lora_b, slice_offsets, segments.kernel_tiles(config.block_m), ranks,
@@ -344,7 +355,7 @@ def _launch_expand(
 
 
 def _check_device(tensor: torch.Tensor) -> None:
-    if not tensor.is_cuda and os.environ.get(INTERPRETER_ENV) != "1":
+    if tensor.device.type not in ("cuda", "meta") and os.environ.get(INTERPRETER_ENV) != "1":
         raise ValueError(
             f"the triton backend needs CUDA tensors, got {tensor.device} "
             f"(or run under {INTERPRETER_ENV}=1)"
