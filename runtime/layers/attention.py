@@ -15,6 +15,7 @@ from torch import nn
 
 from loraplex.runtime.kernels import attention_torch
 from loraplex.runtime.layers.forward_batch import ForwardBatch
+from loraplex.runtime.layers.fused_ops import runs_fused, write_kv
 
 
 class PagedAttention(nn.Module):
@@ -33,11 +34,8 @@ class PagedAttention(nn.Module):
                 ) -> torch.Tensor:
         # query [T, H, D], key/value [T, Hkv, D] -> [T, H * D]
         num_tokens = query.shape[0]
-        key_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(
-            0, batch.slot_mapping, key)
-        value_cache.view(-1, self.num_kv_heads, self.head_dim).index_copy_(
-            0, batch.slot_mapping, value)
-        ops = _attention_ops(query.device)
+        write_kv(key, value, key_cache, value_cache, batch.slot_mapping)
+        ops = _attention_ops(query)
         output = torch.empty_like(query)
         if batch.decode is not None:
             rows = batch.decode.num_seqs
@@ -51,9 +49,9 @@ class PagedAttention(nn.Module):
         return output.view(num_tokens, self.num_heads * self.head_dim)
 
 
-def _attention_ops(device: torch.device):
+def _attention_ops(query: torch.Tensor):
     """The Triton kernels where they run (CUDA, or meta tensors being costed), else torch."""
-    if device.type in ("cuda", "meta"):
+    if runs_fused(query):
         from loraplex.runtime.kernels import paged_attention  # imports triton
 
         return paged_attention

@@ -16,6 +16,8 @@ from torch import nn
 from transformers import PretrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
+from loraplex.runtime.layers.fused_ops import runs_fused
+
 logger = logging.getLogger(__name__)
 
 
@@ -70,3 +72,15 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     # x [T, heads, head_dim], cos/sin [T, 1, head_dim]
     return (x * cos) + (rotate_half(x) * sin)
+
+
+def apply_rotary_qk(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor,
+                    sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both rotated: query [T, H, D], key [T, Hkv, D]; in place, in one Triton launch, where
+    the layers run fused (see `fused_ops`)."""
+    if runs_fused(query):
+        from loraplex.runtime.kernels.fused_layers import rotary_qk_
+
+        rotary_qk_(query, key, cos, sin)
+        return query, key
+    return apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)

@@ -12,15 +12,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig
 
 from loraplex.runtime.layers.attention import PagedAttention
 from loraplex.runtime.layers.forward_batch import ForwardBatch
+from loraplex.runtime.layers.fused_ops import silu_and_mul
 from loraplex.runtime.layers.linear import Linear, MergedLinear
 from loraplex.runtime.layers.rms_norm import RMSNorm
-from loraplex.runtime.layers.rotary import RotaryEmbedding, apply_rotary
+from loraplex.runtime.layers.rotary import RotaryEmbedding, apply_rotary_qk
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 KVCaches = Sequence[tuple[torch.Tensor, torch.Tensor]]  # per layer: (key, value) caches
@@ -71,8 +71,9 @@ class Attention(nn.Module):
         if batch.lora is not None:
             batch.lora.apply(qkv, hidden, self.layer_index, "qkv")
         query, key, value = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
-        query = apply_rotary(query.view(num_tokens, self.num_heads, self.head_dim), cos, sin)
-        key = apply_rotary(key.view(num_tokens, self.num_kv_heads, self.head_dim), cos, sin)
+        query, key = apply_rotary_qk(query.view(num_tokens, self.num_heads, self.head_dim),
+                                     key.view(num_tokens, self.num_kv_heads, self.head_dim),
+                                     cos, sin)
         value = value.reshape(num_tokens, self.num_kv_heads, self.head_dim)
         attended = self.attn(query, key, value, batch, *kv_cache)  # [T, q_size]
         output = self.o_proj(attended)  # [T, d]
@@ -95,8 +96,7 @@ class MLP(nn.Module):
         gate_up = self.gate_up_proj(hidden)  # [T, 2I]
         if batch.lora is not None:
             batch.lora.apply(gate_up, hidden, self.layer_index, "gate_up")
-        gate, up = gate_up.split(self.intermediate_size, dim=-1)  # [T, I] x2
-        activated = F.silu(gate) * up  # [T, I]
+        activated = silu_and_mul(gate_up)  # [T, I]
         output = self.down_proj(activated)  # [T, d]
         if batch.lora is not None:
             batch.lora.apply(output, activated, self.layer_index, "down")

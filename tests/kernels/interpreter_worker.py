@@ -129,3 +129,11 @@ def paged_prefill(query, key_cache, value_cache, block_tables, query_starts, que
     return paged_attention.paged_prefill(query, key_cache, value_cache, block_tables,
                                          query_starts, query_lens, context_lens,
                                          max_query_len, scale, out=out)
+
+
+def fused_layer(name: str, *args) -> tuple[torch.Tensor, ...]:
+    """Runs `fused_layers.<name>`; returns its result, or its in-place arguments."""
+    from loraplex.runtime.kernels import fused_layers
+
+    result = getattr(fused_layers, name)(*args)
+    return (result,) if result is not None else args

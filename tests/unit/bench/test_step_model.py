@@ -66,3 +66,14 @@ def test_a_decode_step_of_the_real_runner_is_counted(capsys, monkeypatch):
     classes = result["per_class"]
     assert classes["attention"]["launches"] > 0 and classes["lora"]["launches"] > 0
     assert classes["linears"]["flops"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_8b_decode_step_meets_the_goal():
+    """Batch 64 at 2k context with 32 rank-16 adapters: at most 1.3x the ideal step and
+    24 launches per decoder layer."""
+    cost = step_model.step_cost("llama-3-8b", 64, 2048, 1, 32, 16)
+
+    assert cost.modelled_ms <= 1.3 * cost.ideal_ms
+    assert cost.launches_per_layer <= 24
