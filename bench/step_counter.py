@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from loraplex.runtime.engine import step_sampling
 from loraplex.runtime.kernels.launch_costs import LaunchCost, listening
 from loraplex.runtime.layers.attention import PagedAttention
 from loraplex.runtime.layers.lora import LoraBatch
@@ -168,6 +169,11 @@ def _pop_label(*_: object) -> None:  # a forward hook: returns None, keeps the o
     _labels.pop()
 
 
+def _sampled_to_host(tensor: torch.Tensor) -> list:
+    with _label("sampling"):
+        return tensor.tolist()
+
+
 @contextmanager
 def classify_modules(model: nn.Module, sampler: nn.Module) -> Iterator[None]:
     """Labels ops by module while inside; LoRA deltas and the sampler get their own class."""
@@ -187,6 +193,10 @@ def classify_modules(model: nn.Module, sampler: nn.Module) -> Iterator[None]:
             handles.append(module.register_forward_hook(
                 lambda *_: _layer_depth.__setitem__(0, _layer_depth[0] - 1)))
     apply = LoraBatch.apply
+    copy_to_host = step_sampling.copy_to_host
+    # the step's one device-to-host copy, without the pinned staging a meta tensor lacks:
+    # `.tolist()` is counted as the sync it is
+    step_sampling.copy_to_host = _sampled_to_host
 
     def labelled_apply(self, *args, **kwargs):
         with _label("lora"):
@@ -197,5 +207,6 @@ def classify_modules(model: nn.Module, sampler: nn.Module) -> Iterator[None]:
         yield
     finally:
         LoraBatch.apply = apply
+        step_sampling.copy_to_host = copy_to_host
         for handle in handles:
             handle.remove()
