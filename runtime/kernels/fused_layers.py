@@ -150,7 +150,8 @@ def write_kv(key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor,
     row_width = key.shape[1] * key.shape[2]
     if not (key_cache.is_contiguous() and value_cache.is_contiguous()):
         raise ValueError("the KV caches must be contiguous")
-    if key_cache[0, 0].numel() != row_width or key.stride(1) != key.shape[2]:
+    if (key_cache[0, 0].numel() != row_width or value.shape != key.shape
+            or key.stride(1) != key.shape[2] or value.stride(1) != value.shape[2]):
         raise ValueError(f"keys of {tuple(key.shape[1:])} do not fit cache slots of "
                          f"{tuple(key_cache.shape[2:])}")
     _report("attention", read=2 * key.numel() * key.element_size() + slot_mapping.nbytes,
