@@ -98,6 +98,7 @@ class DecodeGraphRunner:
         self._lora: StaticLoraTiles | None = None  # built with the first adapter step
         self._buckets: dict[tuple[int, bool], DecodeBucket] = {}
         self._pool = torch.cuda.graph_pool_handle() if capture else None
+        self._lengths: list[int] = []  # the last filled step's lengths, padding rows' included
         self.num_graphs = 0
 
     def capture_all(self) -> None:
@@ -178,6 +179,7 @@ class DecodeGraphRunner:
         columns = (ids + [0] * padding, positions + [0] * padding,
                    slots + [scratch * block_size] * padding, [p + 1 for p in positions]
                    + [1] * padding)
+        self._lengths = columns[3]
         pieces = [(index * rows, torch.tensor(column)) for index, column in enumerate(columns)]
         pieces.append((4 * rows, padded))
         self._meta.fill_pieces(pieces, 4 * rows + size * self.max_blocks,
@@ -186,7 +188,8 @@ class DecodeGraphRunner:
     def _forward(self, bucket: DecodeBucket) -> torch.Tensor:
         batch = ForwardBatch(input_ids=bucket.input_ids, positions=bucket.positions,
                              slot_mapping=bucket.slot_mapping,
-                             decode=DecodeRows(bucket.block_tables, bucket.seq_lens),
+                             decode=DecodeRows(bucket.block_tables, bucket.seq_lens,
+                                               self._lengths),
                              prefill=None, lora=bucket.lora)
         return self.model(batch, self.kv_cache.layers)  # [Bb, d]
 

@@ -107,13 +107,13 @@ class ModelRunner:
             lora = LoraBatch.build(self.lora_pool, row_slots, self.lora_backend, self.device)
         decode = None
         if decode_tables:  # decode row i sees positions 0..positions[i]
-            decode = DecodeRows(self._tables(decode_tables),
-                                self._int32([p + 1 for p in positions[:len(decode_tables)]]))
+            lengths = [p + 1 for p in positions[:len(decode_tables)]]
+            decode = DecodeRows(self._tables(decode_tables), self._int32(lengths), lengths)
         prefill = None
         if chunks:
             starts, lens, contexts = zip(*chunks, strict=True)
             prefill = PrefillChunks(self._tables(chunk_tables), self._int32(starts),
-                                    self._int32(lens), self._int32(contexts), max(lens))
+                                    self._int32(lens), self._int32(contexts), max(lens), chunks)
         return ForwardBatch(
             input_ids=self._tensor(input_ids), positions=self._tensor(positions),
             slot_mapping=self._tensor(slots), decode=decode, prefill=prefill, lora=lora)

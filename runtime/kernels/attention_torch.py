@@ -5,11 +5,13 @@ of one layer at a time: decode rows go in small groups of similar length (each p
 its own longest, masked by length), prefill chunks one sequence at a time, and a long
 chunk over a cached prefix in slices of QUERY_SLICE queries, so no score matrix grows
 beyond [heads, QUERY_SLICE, context]. `scaled_dot_product_attention` does the math
-(`enable_gqa`: K/V are never repeated per query head). Lengths are read on the host:
-free on the CPU, which is the only place this path serves.
+(`enable_gqa`: K/V are never repeated per query head). Lengths are read on the host
+(callers pass their host copies, so a step reads no tensor value here).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +24,13 @@ QUERY_SLICE = 256  # queries of a chunk over a cached prefix attended at once
 
 def paged_decode(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                  block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
-                 out: torch.Tensor | None = None) -> torch.Tensor:
-    """As `paged_attention.paged_decode`: query [B, H, D] -> out [B, H, D]."""
+                 out: torch.Tensor | None = None, lengths: Sequence[int] | None = None
+                 ) -> torch.Tensor:
+    """As `paged_attention.paged_decode`: query [B, H, D] -> out [B, H, D]. lengths: the
+    values of seq_lens on the host, when the caller has them (else read here)."""
     check_decode_args(query, key_cache, value_cache, block_tables, seq_lens)
     out = torch.empty_like(query) if out is None else out
-    lengths = seq_lens.tolist()
+    lengths = seq_lens.tolist() if lengths is None else lengths
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     block_size = key_cache.shape[1]
     for first in range(0, len(order), DECODE_GROUP):
@@ -52,13 +56,17 @@ def paged_decode(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torc
 def paged_prefill(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                   block_tables: torch.Tensor, query_starts: torch.Tensor,
                   query_lens: torch.Tensor, context_lens: torch.Tensor, max_query_len: int,
-                  scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
-    """As `paged_attention.paged_prefill`: the spans' rows of out [T, H, D]."""
+                  scale: float, out: torch.Tensor | None = None,
+                  spans: Sequence[tuple[int, int, int]] | None = None) -> torch.Tensor:
+    """As `paged_attention.paged_prefill`: the spans' rows of out [T, H, D]. spans: the
+    (start, query len, context len) of each chunk on the host, when the caller has them."""
     check_prefill_args(query, key_cache, value_cache, block_tables, query_starts, query_lens,
                        context_lens)
     out = torch.empty_like(query) if out is None else out
     block_size = key_cache.shape[1]
-    spans = zip(query_starts.tolist(), query_lens.tolist(), context_lens.tolist(), strict=True)
+    if spans is None:
+        spans = list(zip(query_starts.tolist(), query_lens.tolist(), context_lens.tolist(),
+                         strict=True))
     for span, (start, length, context) in enumerate(spans):
         table = block_tables[span:span + 1, :-(-context // block_size)]
         keys = _gathered(key_cache, table)[:, :, :context]  # [1, Hkv, C, D]

@@ -35,24 +35,27 @@ class PagedAttention(nn.Module):
         # query [T, H, D], key/value [T, Hkv, D] -> [T, H * D]
         num_tokens = query.shape[0]
         write_kv(key, value, key_cache, value_cache, batch.slot_mapping)
-        ops = _attention_ops(query)
         output = torch.empty_like(query)
-        if batch.decode is not None:
-            rows = batch.decode.num_seqs
-            ops.paged_decode(query[:rows], key_cache, value_cache, batch.decode.block_tables,
-                             batch.decode.seq_lens, self.scale, out=output[:rows])
-        if batch.prefill is not None:
-            chunks = batch.prefill
-            ops.paged_prefill(query, key_cache, value_cache, chunks.block_tables,
-                              chunks.query_starts, chunks.query_lens, chunks.context_lens,
-                              chunks.max_query_len, self.scale, out=output)
+        decode, prefill = batch.decode, batch.prefill
+        fused = runs_fused(query)
+        if fused:
+            from loraplex.runtime.kernels import paged_attention  # imports triton
+        if decode is not None:
+            rows = decode.num_seqs
+            args = (query[:rows], key_cache, value_cache, decode.block_tables, decode.seq_lens,
+                    self.scale)
+            if fused:
+                paged_attention.paged_decode(*args, out=output[:rows])
+            else:
+                attention_torch.paged_decode(*args, out=output[:rows],
+                                             lengths=decode.seq_lens_host)
+        if prefill is not None:
+            args = (query, key_cache, value_cache, prefill.block_tables, prefill.query_starts,
+                    prefill.query_lens, prefill.context_lens, prefill.max_query_len,
+                    self.scale)
+            if fused:
+                paged_attention.paged_prefill(*args, out=output)
+            else:
+                attention_torch.paged_prefill(*args, out=output, spans=prefill.spans_host)
         return output.view(num_tokens, self.num_heads * self.head_dim)
 
-
-def _attention_ops(query: torch.Tensor):
-    """The Triton kernels where they run (CUDA, or meta tensors being costed), else torch."""
-    if runs_fused(query):
-        from loraplex.runtime.kernels import paged_attention  # imports triton
-
-        return paged_attention
-    return attention_torch

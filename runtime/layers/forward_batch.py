@@ -29,6 +29,7 @@ class DecodeRows:
 
     block_tables: torch.Tensor  # int32/int64 [num_seqs, W]; entries past a row's length unread
     seq_lens: torch.Tensor  # int32/int64 [num_seqs]: keys each row sees, its new token's included
+    seq_lens_host: list[int]  # the same lengths on the host (for the CPU path: no device read)
 
     @property
     def num_seqs(self) -> int:
@@ -44,6 +45,7 @@ class PrefillChunks:
     query_lens: torch.Tensor  # int32 [num_chunks]
     context_lens: torch.Tensor  # int32 [num_chunks]: tokens cached after this step
     max_query_len: int
+    spans_host: list[tuple[int, int, int]]  # (start, query len, context len) of each chunk
 
 
 @dataclass(slots=True)
