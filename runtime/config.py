@@ -56,6 +56,8 @@ class EngineConfig:
     cuda_graph_max_batch: int = setting(0, help="largest decode batch captured as a CUDA "
                                         "graph at start-up (0: --max-num-seqs); larger "
                                         "decode steps run eagerly")
+    prefix_caching: bool = setting(True, help="reuse the KV blocks of prompt prefixes already "
+                                   "computed under the same adapter")
     lora_backend: str = setting("auto", help="auto (triton on CUDA, torch on CPU), triton, torch",
                                 choices=("auto", "triton", "torch"))
     max_lora_rank: int = setting(64, help="largest adapter rank accepted")

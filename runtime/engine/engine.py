@@ -5,6 +5,8 @@ counts, the model runner computes and samples, and the results are turned into e
 (detokenized text, stop sequences, EOS, length). Requests join and leave between any
 two steps. The engine is single-threaded; `AsyncEngine` drives it from a thread. On CUDA,
 decode-only steps replay captured CUDA graphs (`decode_graphs`) unless `enforce_eager`.
+With `prefix_caching` (the default) prompts start after the KV blocks of their prefix that
+an earlier request on the same adapter computed (see `block_manager`, `prefix_cache`).
 
 `adapters` is the engine's `AdapterManager` (LoRA adapters by registered name). Its device
 slot pool (`device_slots` adapters of `max_lora_rank`) is part of the memory plan
@@ -35,6 +37,7 @@ from loraplex.runtime.engine.detokenizer import IncrementalDetokenizer, special_
 from loraplex.runtime.engine.kv_cache import KVCacheLayout, PagedKVCache
 from loraplex.runtime.engine.memory_plan import free_device_bytes, plan_memory
 from loraplex.runtime.engine.model_runner import ModelRunner, SampledToken
+from loraplex.runtime.engine.prefix_cache import PrefixCacheStats
 from loraplex.runtime.engine.request import (
     FinishReason,
     GenerationRequest,
@@ -66,6 +69,9 @@ class EngineStats:
     num_preemptions: int
     num_prompt_tokens: int  # prompt tokens computed so far (recomputes included)
     num_generated_tokens: int
+    prefix_caching: bool
+    prefix_cache: PrefixCacheStats  # prompt tokens looked up and found, per adapter
+    num_cached_blocks: int  # blocks named in the prefix cache (in use or free)
 
 
 class Engine:
@@ -90,7 +96,8 @@ class Engine:
         early_adapters = self._new_adapter_manager() if device.type == "cuda" else None
         num_blocks = self.memory_plan.kv_blocks
         self.kv_cache = PagedKVCache(layout, num_blocks, device)
-        self.block_manager = BlockManager(num_blocks, config.block_size)
+        self.block_manager = BlockManager(num_blocks, config.block_size,
+                                          enable_prefix_caching=config.prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
                                    config.max_num_batched_tokens)
         self.runner = ModelRunner(self.loaded.model, self.kv_cache, device,
@@ -248,7 +255,15 @@ class Engine:
         if not scheduled:
             return events
         self.kv_cache.zero_fresh_blocks(self.block_manager.num_blocks_ever_used)
-        output, culprits = execute_isolated(self.runner.execute, scheduled)
+        try:
+            output, culprits = execute_isolated(self.runner.execute, scheduled)
+        except BaseException:
+            self.block_manager.discard_uncommitted()  # blocks this step was to fill
+            raise
+        if culprits:  # a failed part may have left blocks it published unfilled
+            self.block_manager.discard_uncommitted()
+        else:
+            self.block_manager.commit()
         self._num_steps += 1
         for seq, error in culprits:
             events.append(self._fail_alone(seq, error))
@@ -296,7 +311,10 @@ class Engine:
             max_model_len=self.max_model_len, num_steps=self._num_steps,
             num_preemptions=self.scheduler.num_preemptions,
             num_prompt_tokens=self._num_prompt_tokens,
-            num_generated_tokens=self._num_generated_tokens)
+            num_generated_tokens=self._num_generated_tokens,
+            prefix_caching=self.block_manager.enable_prefix_caching,
+            prefix_cache=self.scheduler.prefix_cache_stats.snapshot(),
+            num_cached_blocks=self.block_manager.num_cached_blocks)
 
     # results out
 

@@ -12,6 +12,12 @@ With adapters (`admission` set), a waiting sequence is admitted only once its ad
 on the device; one whose adapter is still loading is skipped, not waited for, so the
 requests behind it go ahead (no head-of-line blocking). A sequence whose adapter failed
 leaves the queue and is reported in `failed` (with the reason) for the engine to end.
+
+With prefix caching on, an admitted sequence first takes the cached blocks its tokens
+start with (named by its adapter's identity, see `prefix_cache`) and its prefill starts
+after them; at least its last token is always computed (it yields the first logits). A
+request for prompt logprobs computes its whole prompt. Every block a step fills is
+published for later sequences as the step is scheduled.
 """
 
 from __future__ import annotations
@@ -23,6 +29,12 @@ from dataclasses import dataclass
 from loraplex.runtime.adapters.errors import AdapterError
 from loraplex.runtime.engine.adapter_admission import AdapterAdmission
 from loraplex.runtime.engine.block_manager import BlockManager
+from loraplex.runtime.engine.prefix_cache import (
+    BASE_MODEL_IDENTITY,
+    PrefixCacheStats,
+    adapter_identity,
+    extend_block_hashes,
+)
 from loraplex.runtime.engine.sequence import Sequence, SequenceStatus
 
 
@@ -48,6 +60,7 @@ class Scheduler:
         self.num_preemptions = 0
         self.admission: AdapterAdmission | None = None  # set once adapters are in use
         self.failed: list[tuple[Sequence, str]] = []  # adapter failures for the engine to end
+        self.prefix_cache_stats = PrefixCacheStats()
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -73,6 +86,7 @@ class Scheduler:
             if seq.status is not SequenceStatus.RUNNING:
                 break
             self.block_manager.grow(seq.block_table, num_tokens)
+            self._publish(seq, num_tokens)
             scheduled.append(ScheduledSequence(seq, num_new))
             budget -= num_new
             index += 1
@@ -83,13 +97,21 @@ class Scheduler:
         for seq in list(self.waiting):
             if budget <= 0 or preempted or len(self.running) >= self.max_num_seqs:
                 break
-            num_new = min(seq.num_uncomputed_tokens, budget)
-            if not self.block_manager.can_grow(seq.block_table, num_new):
-                break
             if not self._adapter_ready(seq, blocked):
                 continue
+            looked_up = self._cached_prefix(seq)
+            cached = looked_up or []
+            num_cached = len(cached) * self.block_manager.block_size
+            num_new = min(seq.num_tokens - num_cached, budget)
+            if not self.block_manager.can_grow(seq.block_table, num_cached + num_new, cached):
+                break
+            if looked_up is not None and not seq.num_preemptions:
+                self.prefix_cache_stats.record(seq.adapter, seq.num_tokens, num_cached)
             self.waiting.remove(seq)
-            self.block_manager.grow(seq.block_table, num_new)
+            self.block_manager.share(seq.block_table, cached)
+            seq.num_computed_tokens = num_cached
+            self.block_manager.grow(seq.block_table, num_cached + num_new)
+            self._publish(seq, num_cached + num_new)
             seq.status = SequenceStatus.RUNNING
             if seq.queued_s is None:
                 seq.queued_s = time.monotonic() - seq.arrived_at
@@ -97,6 +119,40 @@ class Scheduler:
             scheduled.append(ScheduledSequence(seq, num_new))
             budget -= num_new
         return scheduled
+
+    def _cached_prefix(self, seq: Sequence) -> list[int] | None:
+        """Cached blocks a waiting sequence may start from; None: it may not look."""
+        manager = self.block_manager
+        if not manager.enable_prefix_caching or seq.needs_prompt_logprobs:
+            return None
+        num_full = (seq.num_tokens - 1) // manager.block_size  # the last token is computed
+        if not self._hash_blocks(seq, num_full):
+            return None
+        return manager.match_prefix(seq.block_hashes[:num_full])
+
+    def _publish(self, seq: Sequence, num_tokens: int) -> None:
+        """Publish the blocks the first `num_tokens` tokens fill (computed by this step)."""
+        manager = self.block_manager
+        num_full = num_tokens // manager.block_size
+        if (not manager.enable_prefix_caching or num_full <= seq.num_published_blocks
+                or not self._hash_blocks(seq, num_full)):
+            return
+        manager.publish(seq.block_table, seq.block_hashes, seq.num_published_blocks, num_full)
+        seq.num_published_blocks = num_full
+
+    def _hash_blocks(self, seq: Sequence, num_full: int) -> bool:
+        """Extend `seq.block_hashes` to `num_full` blocks; False if its K/V have no name."""
+        if seq.cache_identity is None:
+            if seq.adapter is None:
+                seq.cache_identity = BASE_MODEL_IDENTITY
+            elif seq.adapter_lease is not None and seq.adapter_lease.record.digest:
+                seq.cache_identity = adapter_identity(seq.adapter_lease.name,
+                                                      seq.adapter_lease.record.digest)
+            else:  # an adapter outside the manager's leases: never shared
+                return False
+        extend_block_hashes(seq.block_hashes, seq.cache_identity, seq.token_ids,
+                            self.block_manager.block_size, num_full)
+        return True
 
     def _adapter_ready(self, seq: Sequence, blocked: set[str]) -> bool:
         """Whether the sequence's adapter lets it run now (a failed one leaves the queue)."""

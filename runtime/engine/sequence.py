@@ -3,7 +3,8 @@
 `token_ids` holds the prompt followed by every generated token; `num_computed_tokens`
 counts those whose K/V are in the cache. A prefill is simply a sequence with many
 uncomputed tokens, a decode one with a single one, and a preempted sequence recomputes
-everything (its generated tokens become part of what it prefills again).
+everything (its generated tokens become part of what it prefills again), or starts after
+the blocks the prefix cache still holds.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ class Sequence:
     grammar: xgrammar.GrammarMatcher | None = None  # state of a constrained output
     arrived_at: float = field(default_factory=time.monotonic)
     queued_s: float | None = None  # waiting time before its first step; set when scheduled
+    cache_identity: bytes | None = None  # the model or adapter weights its K/V come from
+    block_hashes: list[bytes] = field(default_factory=list)  # of full blocks, see prefix_cache
+    num_published_blocks: int = 0  # leading blocks of the table published under their hash
+    num_preemptions: int = 0
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.request.prompt_token_ids)
@@ -94,6 +99,8 @@ class Sequence:
     def reset_for_recompute(self) -> None:
         """After preemption: the KV cache is gone, every token is prefilled again."""
         self.num_computed_tokens = 0
+        self.num_published_blocks = 0
+        self.num_preemptions += 1
         self.status = SequenceStatus.WAITING
         if self.needs_prompt_logprobs:
             self.prompt_logprobs = []

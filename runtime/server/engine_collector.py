@@ -21,6 +21,7 @@ from prometheus_client.core import (
 )
 
 from loraplex.contracts.metric_names import REQUESTS_RUNNING, REQUESTS_WAITING
+from loraplex.runtime.server.metrics import BASE_LABEL
 from loraplex.runtime.server.probe_routes import engine_detail
 from loraplex.runtime.server.state import ServerState
 from loraplex.runtime.server.vllm_metrics import ENGINE_INDEX
@@ -46,7 +47,9 @@ class EngineCollector:
         engine = state.engine
         if engine is None:
             return
-        yield from self._engine_metrics(engine.stats())
+        stats = engine.stats()
+        yield from self._engine_metrics(stats)
+        yield from self._prefix_cache_metrics(stats)
         # Only a manager something already built: looking must not allocate the slot pool.
         manager = getattr(engine, "adapters_if_built", None)
         if manager is not None:
@@ -101,6 +104,31 @@ class EngineCollector:
                   "engine": ENGINE_INDEX}
         return _gauge("vllm:cache_config_info", "Information of the LLMEngine CacheConfig", 1,
                       labels)
+
+    def _prefix_cache_metrics(self, stats: Any) -> Iterator[Metric]:
+        """Prompt tokens looked up in the prefix cache and found there: vLLM's two counters
+        (all adapters together) and ours per adapter."""
+        cache = stats.prefix_cache
+        model = [self.state.model_id, ENGINE_INDEX]
+        for name, documentation, total in (
+                ("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of "
+                 "queried tokens.", cache.total_queries),
+                ("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached "
+                 "tokens.", cache.total_hits)):
+            family = CounterMetricFamily(name, documentation, labels=["model_name", "engine"])
+            family.add_metric(model, total)
+            yield family
+        for name, documentation, counts in (
+                ("loraplex_prefix_cache_queries", "prompt tokens looked up in the prefix "
+                 "cache, by adapter", cache.queries),
+                ("loraplex_prefix_cache_hits", "prompt tokens found in the prefix cache "
+                 "(not computed), by adapter", cache.hits)):
+            family = CounterMetricFamily(name, documentation, labels=["adapter"])
+            for adapter, count in sorted(counts.items(), key=lambda item: item[0] or ""):
+                family.add_metric([adapter or BASE_LABEL], count)
+            yield family
+        yield _gauge("loraplex_prefix_cache_blocks", "KV blocks named in the prefix cache "
+                     "(held by sequences or free until evicted)", stats.num_cached_blocks)
 
     def _adapter_metrics(self, manager: Any) -> Iterator[Metric]:
         stats = manager.stats()

@@ -100,6 +100,7 @@ async def info(request: Request) -> dict[str, Any]:
         "device_slots": engine_config.device_slots,
         "block_size": engine_config.block_size,
         "memory_plan": memory_plan(engine),
+        "prefix_caching": engine_config.prefix_caching,
         "version": __version__,
     }
 

@@ -106,3 +106,23 @@ def hf_greedy(prompt_ids: tuple[int, ...], max_new_tokens: int) -> tuple[int, ..
                                 attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
                                 max_new_tokens=max_new_tokens, do_sample=False)
     return tuple(output[0, len(prompt_ids):].tolist())
+
+
+def peft_greedy(model, prompts: list[list[int]], adapter_names: list[str],
+                num_tokens: int) -> list[tuple[int, ...]]:
+    """Greedy continuations, one row per (prompt, adapter) ("__base__": none), from PEFT's
+    mixed-adapter batches (`adapter_names=`) and the model's KV cache; prompts of one length.
+    """
+    ids = torch.tensor(prompts)  # [rows, prompt]
+    past = None
+    generated: list[list[int]] = [[] for _ in adapter_names]
+    with torch.inference_mode():
+        for _ in range(num_tokens):
+            output = model(input_ids=ids, past_key_values=past, use_cache=True,
+                           adapter_names=adapter_names)
+            past = output.past_key_values
+            next_ids = output.logits[:, -1].argmax(dim=-1)  # [rows]
+            for row, token in enumerate(next_ids.tolist()):
+                generated[row].append(token)
+            ids = next_ids[:, None]
+    return [tuple(row) for row in generated]

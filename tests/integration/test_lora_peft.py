@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import torch
 
 from loraplex.runtime.adapters.synthetic import write_random_adapter
 from loraplex.runtime.adapters.target import LoraTargetShapes
@@ -28,6 +27,7 @@ from tests.helpers import (
     builtin_loaded,
     chat_prompt_ids,
     hf_builtin_model,
+    peft_greedy,
 )
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(600)]
@@ -72,25 +72,6 @@ def adapter_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
             for index, (name, spec) in enumerate(SPECS.items())}
 
 
-def peft_greedy(model, prompt: list[int], adapter_names: list[str],
-                num_tokens: int) -> list[tuple[int, ...]]:
-    """Greedy continuations of one prompt, one row per adapter ("__base__": none), using
-    PEFT's mixed-adapter batches (`adapter_names=`) and the model's KV cache."""
-    ids = torch.tensor([prompt] * len(adapter_names))  # [rows, prompt]
-    past = None
-    generated: list[list[int]] = [[] for _ in adapter_names]
-    with torch.inference_mode():
-        for _ in range(num_tokens):
-            output = model(input_ids=ids, past_key_values=past, use_cache=True,
-                           adapter_names=adapter_names)
-            past = output.past_key_values
-            next_ids = output.logits[:, -1].argmax(dim=-1)  # [rows]
-            for row, token in enumerate(next_ids.tolist()):
-                generated[row].append(token)
-            ids = next_ids[:, None]
-    return [tuple(row) for row in generated]
-
-
 @pytest.fixture(scope="module")
 def references(adapter_folders, prompts) -> dict[str | None, list[tuple[int, ...]]]:
     """PEFT's greedy tokens per adapter (None: the base model), one entry per prompt."""
@@ -103,7 +84,8 @@ def references(adapter_folders, prompts) -> dict[str | None, list[tuple[int, ...
         for name in names[1:]:
             peft_model.load_adapter(adapter_folders[name], adapter_name=name)
         rows = [*names, "__base__"]
-        per_prompt = [peft_greedy(peft_model, prompt, rows, NEW_TOKENS) for prompt in prompts]
+        per_prompt = [peft_greedy(peft_model, [prompt] * len(rows), rows, NEW_TOKENS)
+                      for prompt in prompts]
     finally:
         peft_model.unload()  # give the shared transformers model back without LoRA layers
     return {(None if row == "__base__" else row): [outputs[index] for outputs in per_prompt]

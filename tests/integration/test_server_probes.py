@@ -46,6 +46,7 @@ def test_health_ready_and_info(http) -> None:
     assert info["max_model_len"] == MAX_MODEL_LEN
     assert info["max_input_length"] == MAX_MODEL_LEN - 1
     assert info["max_concurrent_requests"] == info["max_num_seqs"] + info["max_waiting"]
+    assert info["prefix_caching"] is True
     assert info["version"]
     plan = info["memory_plan"]  # bytes, as the engine planned them at start-up
     assert plan["device"] == "cpu" and plan["kv_cache"] > 0 and plan["weights"] > 0
@@ -70,6 +71,26 @@ def test_a_request_moves_the_counters_and_histograms(http, tokenizer) -> None:
     assert grew("loraplex_time_to_first_token_seconds_count", **base) == 1
     assert grew("loraplex_inter_token_latency_seconds_count", **base) == 4
     assert grew("loraplex_engine_steps_total") >= 5
+
+
+def test_a_repeated_prompt_moves_the_prefix_cache_counters(http, tokenizer) -> None:
+    prompt = CHAT_PROMPT * 8
+    num_tokens = len(tokenizer.encode(prompt))
+    block_size = http.get("/info").json()["block_size"]
+    body = {"inputs": prompt, "parameters": {"max_new_tokens": 1}}
+    assert http.post("/generate", json=body).status_code == 200
+    before = samples(http)
+    assert http.post("/generate", json=body).status_code == 200
+    after = samples(http)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("vllm:prefix_cache_queries_total") == num_tokens
+    hits = grew("vllm:prefix_cache_hits_total")
+    assert hits == (num_tokens - 1) // block_size * block_size > 0
+    assert grew("loraplex_prefix_cache_hits_total", adapter="__base__") == hits
+    assert grew("loraplex_prefix_cache_queries_total", adapter="__base__") == num_tokens
 
 
 def test_gauges_the_inference_extension_scrapes(http) -> None:
