@@ -81,6 +81,7 @@ def test_reviving_a_free_cached_block_takes_it_out_of_the_free_count():
     table: list[int] = []
     manager.grow(table, 4)
     manager.publish(table, hashes, 0, 2)
+    manager.commit()
     manager.release(table)
     shared = manager.match_prefix(hashes)
     assert len(shared) == 2 and manager.num_free_blocks == 3
@@ -101,6 +102,7 @@ def test_eviction_takes_uncached_then_never_used_then_least_recently_used_blocks
     manager.publish(old, old_hashes, 0, 2)
     manager.grow(new, 4)
     manager.publish(new, new_hashes, 0, 2)
+    manager.commit()
     manager.release(old)
     manager.release(new)  # LRU: old's tail, old's head, new's tail, new's head
     taken: list[int] = []
