@@ -86,6 +86,7 @@ async def info(request: Request) -> dict[str, Any]:
         "model_source": engine_config.model,
         "model_dtype": engine_detail(engine, "dtype", engine_config.dtype),
         "model_device_type": engine_detail(engine, "device", engine_config.device),
+        "quantization": engine_config.quantize,
         "phase": state.phase.value,
         "max_model_len": limits.max_model_len if limits else None,
         "max_input_length": limits.max_input_length if limits else None,

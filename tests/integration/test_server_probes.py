@@ -42,6 +42,7 @@ def test_health_ready_and_info(http) -> None:
     info = http.get("/info").json()
     assert info["model_id"] == "builtin:smollm2-135m-instruct"
     assert info["model_dtype"] == "float32"
+    assert info["quantization"] == "none"
     assert info["model_device_type"] == "cpu"
     assert info["max_model_len"] == MAX_MODEL_LEN
     assert info["max_input_length"] == MAX_MODEL_LEN - 1
