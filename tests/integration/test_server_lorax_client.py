@@ -101,14 +101,15 @@ def test_prefill_and_alternatives(client, prompt_ids) -> None:
         assert logprobs == sorted(logprobs, reverse=True)
 
 
-def test_stop_sequence_ends_the_text_before_it(client, prompt_ids, hf_greedy,
-                                               tokenizer) -> None:
+def test_stop_sequence_ends_the_text_with_it(client, prompt_ids, hf_greedy,
+                                             tokenizer) -> None:
+    """As LoRAX and TGI: the stop sequence is the end of `generated_text`."""
     full = tokenizer.decode(hf_greedy(prompt_ids, NEW_TOKENS), skip_special_tokens=True)
     stop = full.split()[2]  # a word the model is known to produce
     response = client.generate(CHAT_PROMPT, max_new_tokens=NEW_TOKENS, ignore_eos_token=True,
                                stop_sequences=[stop])
     assert response.details.finish_reason.value == "stop_sequence"
-    assert response.generated_text == full[:full.index(stop)]
+    assert response.generated_text == full[:full.index(stop) + len(stop)]
 
 
 def test_return_full_text_prepends_the_prompt(client) -> None:
