@@ -162,10 +162,11 @@ def test_an_autoscaled_adapter_follows_its_load_up_and_back_down(kube, pods, ada
     for client in clients:
         client.start()
     try:
+        # the pods load first; the status says Ready once the operator has confirmed them
         wait_for(lambda: len(loaded_on(pods).get("hot", ())) == 3
-                 and status_of(kube, "hot").get("replicas") == 3, 90,
-                 "hot on 3 pods under load")
-        assert status_of(kube, "hot")["phase"] == "Ready"
+                 and status_of(kube, "hot").get("replicas") == 3
+                 and status_of(kube, "hot").get("phase") == "Ready", 90,
+                 "hot on 3 pods under load, Ready")
     finally:
         stop.set()
         for client in clients:
