@@ -1,9 +1,12 @@
 """kopf settings for production: own finalizer and annotation prefixes, backoffs, events.
 
-Chosen once, from day one: changing the progress or diff-base storage later would make
-kopf re-run handlers on every object. Progress lives in annotations (it survives
-operator restarts, and never in `status`, which is ours); only warnings of kopf's own
-logs become Events, while the operator posts its own transition Events explicitly.
+Progress lives in annotations (it survives operator restarts, and never in `status`,
+which is ours); only warnings of kopf's own logs become Events, while the operator posts
+its own transition Events explicitly. No diff base is stored: no handler here compares
+an object's old and new spec (reconcile is level-based, deletion is told by the
+deletion timestamp), and kopf would otherwise write an annotation on every Adapter,
+a patch and a watch event each. Adding an on.create/on.update/on.resume handler would
+need one (and would run once on every existing object).
 """
 
 from __future__ import annotations
@@ -17,13 +20,23 @@ from loraplex.operator import naming
 from loraplex.operator.config import OperatorConfig
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """Keeps no last-handled state: every event reads as new to kopf, which runs no
+    handler for it (there are none of the kinds that compare states)."""
+
+    def fetch(self, *, body: kopf.Body) -> None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 def build_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     settings.persistence.finalizer = naming.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=naming.ANNOTATION_PREFIX, v1=False)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=naming.ANNOTATION_PREFIX, key="last-handled-configuration", v1=False)
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.enabled = True
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = naming.MANAGED_BY

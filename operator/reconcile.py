@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -44,12 +44,12 @@ from loraplex.operator.status import (
     bmd_status,
     pending_status,
 )
+from loraplex.operator.status_writes import AdapterStatusWriter, EventSink
 from loraplex.operator.sync import ExecutionReport, PodObservation, execute, observe
 from loraplex.operator.views import AdapterView, PodView
 
 logger = logging.getLogger(__name__)
 
-EventSink = Callable[[Mapping[str, Any], str, str, str], None]  # ref, type, reason, message
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class BaseModelReconciler:
 
     def __init__(self, owner: Owner, cluster: Cluster, config: OperatorConfig,
                  events: EventSink) -> None:
-        self.owner, self.cluster, self.config, self.events = owner, cluster, config, events
+        self.owner, self.cluster, self.config = owner, cluster, config
         self.children = ChildObjects(owner, cluster, config)
         self.assigned: dict[str, tuple[str, ...]] = {}  # last plan: adapter → pods
         self.refused: dict[tuple[str, str], tuple[int | None, str]] = {}
@@ -77,6 +77,7 @@ class BaseModelReconciler:
         self.autoscaled: dict[str, Decision] = {}  # this cycle's autoscale decisions
         self.pod_count = 0  # runtime pods that exist, ready or not (status.replicas)
         self.decisions = DecisionLog()
+        self.statuses = AdapterStatusWriter(cluster, events)
 
     async def aclose(self) -> None:
         await self.children.aclose()
@@ -256,10 +257,12 @@ class BaseModelReconciler:
                                       now: str) -> list[str]:
         """`withheld`: adapters not pushed for want of credentials (adapter → why); pods
         that do not hold them are left out of their placements."""
-        phases = []
-        for name, view in sorted(views.items()):
-            if view.deleting:
+        phases, changes = [], []
+        self.statuses.forget(set(views))
+        for name, indexed in sorted(views.items()):
+            if indexed.deleting:
                 continue
+            view = self.statuses.latest(indexed)
             if view.spec is None:
                 status = pending_status(view, INVALID_SPEC, view.spec_error or "", now)
             else:
@@ -278,19 +281,9 @@ class BaseModelReconciler:
                                         scaled and scaled.replicas, scaled and scaled.in_flight)
             phases.append(status["phase"])
             if status != view.status:
-                await self.cluster.patch_adapter_status(view.namespace, view.name,
-                                                        merge_patch_for(view.status, status))
-                self._announce(view, status)
+                changes.append((indexed, view, status))
+        await self.statuses.write(changes)
         return phases
-
-    def _announce(self, view: AdapterView, status: Mapping[str, Any]) -> None:
-        before, after = view.status.get("phase"), status["phase"]
-        if before == after or after == "Loading":
-            return
-        warning = after in ("Failed", "Unreachable") or (after == "Pending"
-                                                          and before is not None)
-        self.events(view.reference(), "Warning" if warning else "Normal", after,
-                    status.get("message") or after)
 
     async def _write_bmd_status(self, body: Mapping[str, Any], *,
                                 spec: BaseModelDeploymentSpec | None, ready_pods: int,

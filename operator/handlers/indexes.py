@@ -2,6 +2,8 @@
 
 Reconcile reads the indexes (no list calls per cycle); an event that may change the
 outcome of a BMD's next cycle wakes that BMD's loop at once instead of at the next resync.
+Every handler is a coroutine: kopf runs a plain function in a worker thread, a thread hop
+per event that cost more than the handler itself with 10,000 Adapters.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from typing import Any
 import kopf
 
 from loraplex.operator import naming
-from loraplex.operator.actions import spec_changed_since_status
 from loraplex.operator.config import OperatorConfig
 from loraplex.operator.views import AdapterView, PodView, adapter_view, pod_view
 
@@ -21,37 +22,29 @@ ADAPTERS = (naming.GROUP, naming.VERSION, naming.ADAPTER_PLURAL)
 BASE_MODELS = (naming.GROUP, naming.VERSION, naming.BMD_PLURAL)
 
 
-def runtime_pods(namespace: str, labels: kopf.Labels, body: kopf.Body,
-                 **_: Any) -> dict[tuple[str, str], PodView]:
+async def runtime_pods(namespace: str, labels: kopf.Labels, body: kopf.Body,
+                       **_: Any) -> dict[tuple[str, str], PodView]:
     return {(namespace, labels[naming.LABEL_BASE_MODEL]): pod_view(body)}
 
 
-def adapters_by_base(namespace: str, body: kopf.Body,
-                     **_: Any) -> dict[tuple[str, str], AdapterView]:
+async def adapters_by_base(namespace: str, body: kopf.Body,
+                           **_: Any) -> dict[tuple[str, str], AdapterView]:
     view = adapter_view(body)
     return {(namespace, view.base_model): view}
 
 
-def base_models(namespace: str, name: str, meta: kopf.Meta,
-                **_: Any) -> dict[tuple[str, str], bool]:
+async def base_models(namespace: str, name: str, meta: kopf.Meta,
+                      **_: Any) -> dict[tuple[str, str], bool]:
     """BMDs that exist and are not being deleted: Adapters of any other are orphans."""
     return {} if meta.get("deletionTimestamp") else {(namespace, name): True}
 
 
-def wake_on_pod(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+async def wake_on_pod(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     memo.state.wake((namespace, labels[naming.LABEL_BASE_MODEL]))
 
 
-def wake_on_adapter(type: str, namespace: str, body: kopf.Body, memo: kopf.Memo,
-                    **_: Any) -> None:
-    view = adapter_view(body)
-    if type == "DELETED" or view.deleting or not view.status \
-            or spec_changed_since_status(view):
-        memo.state.wake((namespace, view.base_model))
-
-
-def wake_on_base_model(namespace: str, name: str, body: kopf.Body, memo: kopf.Memo,
-                       **_: Any) -> None:
+async def wake_on_base_model(namespace: str, name: str, body: kopf.Body, memo: kopf.Memo,
+                             **_: Any) -> None:
     """A spec change (say `kubectl scale bmd`) reaches the children at once, not at the next
     resync; the reconcile loop's body is kopf's live view, already updated."""
     status = body.get("status") or {}
@@ -66,6 +59,5 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     kopf.index(*BASE_MODELS, id="base_models", registry=registry)(base_models)
     kopf.on.event("v1", "pods", labels=RUNTIME_POD, id="wake_on_pod",
                   registry=registry)(wake_on_pod)
-    kopf.on.event(*ADAPTERS, id="wake_on_adapter", registry=registry)(wake_on_adapter)
     kopf.on.event(*BASE_MODELS, id="wake_on_base_model",
                   registry=registry)(wake_on_base_model)

@@ -6,8 +6,9 @@ operator's own calls in the emulator's request log.
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import httpx
@@ -39,10 +40,10 @@ class KubeError(RuntimeError):
 
 
 class Kube:
-    def __init__(self, url: str, namespace: str) -> None:
+    def __init__(self, url: str, namespace: str, timeout_s: float = 10.0) -> None:
         self.namespace = namespace
         self.http = httpx.Client(base_url=url, headers={"User-Agent": TEST_AGENT},
-                                 timeout=10.0, trust_env=False)
+                                 timeout=timeout_s, trust_env=False)
 
     def close(self) -> None:
         self.http.close()
@@ -65,6 +66,19 @@ class Kube:
 
     def list(self, plural: str) -> list[dict[str, Any]]:
         return self._check(self.http.get(self._path(plural)))["items"]
+
+    def watch(self, plural: str) -> Iterator[dict[str, Any]]:
+        """Watch events (`{"type", "object"}`), the existing objects first as ADDED; no read
+        timeout (a quiet stream is no failure). Ends when the client closes."""
+        timeout = httpx.Timeout(self.http.timeout.connect, read=None)
+        with self.http.stream("GET", self._path(plural), params={"watch": "true"},
+                              timeout=timeout) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise KubeError(response)
+            for line in response.iter_lines():
+                if line.strip():
+                    yield json.loads(line)
 
     def patch(self, plural: str, name: str, data: dict[str, Any],
               sub: str | None = None) -> dict[str, Any]:
