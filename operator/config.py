@@ -14,7 +14,9 @@ class OperatorConfig:
     resync_interval_s: float = setting(
         10.0, help="seconds between full re-checks of a BaseModelDeployment's pods")
     loading_poll_s: float = setting(
-        1.0, help="seconds between re-checks while adapters are loading")
+        1.0, help="seconds between reads of the pods' adapter lists (a change starts a "
+        "re-check: a pod that dropped an adapter is seen within this) and between "
+        "re-checks while adapters are loading")
     children_resync_s: float = setting(
         60.0, help="seconds between re-applying the child objects (heals drift)")
     admin_timeout_s: float = setting(10.0, help="timeout of one call to a pod's admin API")

@@ -45,7 +45,14 @@ from loraplex.operator.status import (
     pending_status,
 )
 from loraplex.operator.status_writes import AdapterStatusWriter, EventSink
-from loraplex.operator.sync import ExecutionReport, PodObservation, execute, observe
+from loraplex.operator.sync import (
+    ExecutionReport,
+    Holdings,
+    PodObservation,
+    execute,
+    holdings,
+    observe,
+)
 from loraplex.operator.views import AdapterView, PodView
 
 logger = logging.getLogger(__name__)
@@ -78,6 +85,17 @@ class BaseModelReconciler:
         self.pod_count = 0  # runtime pods that exist, ready or not (status.replicas)
         self.decisions = DecisionLog()
         self.statuses = AdapterStatusWriter(cluster, events)
+        self.seen: Holdings = {}  # what the pods held at the last cycle
+
+    async def pods_changed(self, pods: Iterable[PodView]) -> bool:
+        """Whether the pods hold something else than at the last cycle (a poll between
+        cycles: one `GET /v1/adapters` per ready pod)."""
+        if self.children.admin is None:
+            return False
+        ready = [pod for pod in pods if pod.ready]
+        observations = await observe(self.children.admin, ready,
+                                     self.config.admin_concurrency, quiet=True)
+        return holdings(observations) != self.seen
 
     async def aclose(self) -> None:
         await self.children.aclose()
@@ -101,6 +119,7 @@ class BaseModelReconciler:
         restarted = set(self.health.restarted(ready))  # their refused loads get a new try
         self.refused = {k: v for k, v in self.refused.items() if k[1] not in restarted}
         observations = await observe(admin, ready, self.config.admin_concurrency)
+        self.seen = holdings(observations)
         reports = {name: dict(obs.adapters) for name, obs in observations.items()
                    if obs.adapters is not None}
         silent = self.health.silent_within_grace(observations)

@@ -2,6 +2,8 @@
 
 All pods are asked concurrently (bounded), so one slow pod delays a cycle by at most
 the admin timeout. Unloads run before loads, freeing room on a pod before it fills.
+`holdings` reduces an observation to what a reconcile cycle acts on, so a cheap poll of
+the pods can tell whether a cycle is due (a pod dropped, loaded or failed an adapter).
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ class ExecutionReport:
     calls: int = 0
 
 
-async def observe(admin: AdminClient, pods: Iterable[PodView],
-                  concurrency: int) -> dict[str, PodObservation]:
+Holdings = dict[str, frozenset[tuple[str, str | None, str | None, str | None]] | None]
+
+
+async def observe(admin: AdminClient, pods: Iterable[PodView], concurrency: int,
+                  quiet: bool = False) -> dict[str, PodObservation]:
+    """What each pod holds; `quiet`: a pod that does not answer is not logged (a poll)."""
     limit = asyncio.Semaphore(concurrency)
 
     async def one(pod: PodView) -> PodObservation:
@@ -43,11 +49,21 @@ async def observe(admin: AdminClient, pods: Iterable[PodView],
             try:
                 return PodObservation(pod, await admin.list_adapters(pod.url))
             except AdminError as error:
-                logger.info("pod %s did not answer: %s", pod.name, error)
+                if not quiet:
+                    logger.info("pod %s did not answer: %s", pod.name, error)
                 return PodObservation(pod, None, str(error))
 
     results = await asyncio.gather(*(one(pod) for pod in pods))
     return {result.pod.name: result for result in results}
+
+
+def holdings(observations: Mapping[str, PodObservation]) -> Holdings:
+    """Pod → its adapters with their state, source and error (None: no answer); request
+    counts left out, they change with traffic and are read at the autoscale interval."""
+    return {name: None if obs.adapters is None else frozenset(
+                (adapter, held.state, held.source, held.error)
+                for adapter, held in obs.adapters.items())
+            for name, obs in observations.items()}
 
 
 async def execute(admin: AdminClient, pods: Mapping[str, PodView],

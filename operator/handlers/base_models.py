@@ -1,16 +1,20 @@
 """One long-lived reconcile loop (a kopf daemon) per BaseModelDeployment.
 
 The loop is the single writer of its BMD's placements, so Adapter handlers never race
-it. It runs a cycle, then sleeps until woken by an index event, or for the resync
-interval (the loading poll while loads are in flight). Errors are logged and retried:
-the loop only stops when kopf stops it (BMD deleted, operator exiting).
+it. It runs a cycle, then waits until woken by an index event, for the resync interval
+(the loading poll while loads are in flight), or until a poll of the pods' adapter lists
+(every loading poll) finds them changed: a pod that drops an adapter by itself sends no
+Kubernetes event, and its Adapter's status must not say Ready there until the resync.
+Errors are logged and retried: the loop only stops when kopf stops it (BMD deleted,
+operator exiting).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -19,6 +23,7 @@ from loraplex.operator.builders import Owner
 from loraplex.operator.config import OperatorConfig
 from loraplex.operator.handlers.indexes import BASE_MODELS
 from loraplex.operator.reconcile import BaseModelReconciler
+from loraplex.operator.views import PodView
 
 DEBOUNCE_S = 0.05  # let a burst of events (20 Adapters applied at once) land first
 
@@ -40,6 +45,19 @@ async def _sleep(wakeup: asyncio.Event, stopped: kopf.DaemonStopped, delay: floa
         for waiter in waiters:
             waiter.cancel()
     return wakeup.is_set() and not stopped
+
+
+async def _wait(reconciler: BaseModelReconciler, pods: Callable[[], list[PodView]],
+                wakeup: asyncio.Event, stopped: kopf.DaemonStopped, delay: float,
+                poll_s: float) -> bool:
+    """Wait up to `delay`, polling the pods every `poll_s`; True when an event woke it."""
+    deadline = time.monotonic() + delay
+    while (left := deadline - time.monotonic()) > 0 and not stopped:
+        if await _sleep(wakeup, stopped, min(left, poll_s)):
+            return True
+        if left > poll_s and not stopped and await reconciler.pods_changed(pods()):
+            return False
+    return False
 
 
 async def reconcile_base_model(name: str, namespace: str, body: kopf.Body,
@@ -68,7 +86,12 @@ async def reconcile_base_model(name: str, namespace: str, body: kopf.Body,
             except Exception:
                 logger.exception("reconcile of %s/%s failed; retrying", namespace, name)
                 delay = min(config.resync_interval_s, 5.0)
-            if await _sleep(wakeup, stopped, delay):
+            if reconciler is None or delay <= config.loading_poll_s:
+                woken = await _sleep(wakeup, stopped, delay)
+            else:
+                woken = await _wait(reconciler, lambda: list(runtime_pods.get(key, [])),
+                                    wakeup, stopped, delay, config.loading_poll_s)
+            if woken:
                 await asyncio.sleep(DEBOUNCE_S)
     finally:
         if state.reconcilers.get(key) is reconciler:
