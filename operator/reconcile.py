@@ -16,16 +16,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from loraplex.contracts.placements import PlacementTable
 from loraplex.operator import naming
 from loraplex.operator.actions import Load, Unload, canonical_source, plan_actions
 from loraplex.operator.autoscale import Autoscaler, Decision
-from loraplex.operator.builders import (
-    Owner,
-    placement_table,
-    read_placements,
-    same_placements,
-)
+from loraplex.operator.builders import Owner
 from loraplex.operator.children import ChildObjects
 from loraplex.operator.cluster import Cluster
 from loraplex.operator.conditions import merge_patch_for, now_iso
@@ -35,6 +29,7 @@ from loraplex.operator.decisions import DecisionLog
 from loraplex.operator.models import BaseModelDeploymentSpec, SpecError, parse_spec
 from loraplex.operator.moves import MovesInFlight
 from loraplex.operator.placement import AdapterDemand, PlacementPlan, PodCapacity, place
+from loraplex.operator.placement_writer import PlacementTableWriter
 from loraplex.operator.pod_health import PodHealth
 from loraplex.operator.rebalance import rebalance
 from loraplex.operator.status import (
@@ -48,7 +43,6 @@ from loraplex.operator.status_writes import AdapterStatusWriter, EventSink
 from loraplex.operator.sync import (
     ExecutionReport,
     Holdings,
-    PodObservation,
     execute,
     holdings,
     observe,
@@ -76,7 +70,7 @@ class BaseModelReconciler:
         self.assigned: dict[str, tuple[str, ...]] = {}  # last plan: adapter → pods
         self.refused: dict[tuple[str, str], tuple[int | None, str]] = {}
         self.health = PodHealth(config.pod_grace_s)
-        self.table: PlacementTable | None = None  # last written (or read) placement table
+        self.tables = PlacementTableWriter(owner, cluster)
         self.unloaded: set[str] = set()  # deleting adapters no reachable pod holds
         self.secret_versions: dict[str, str] = {}  # adapter → its Secret's version last pushed
         self.moves = MovesInFlight()
@@ -139,6 +133,9 @@ class BaseModelReconciler:
                                      plan.shortfalls)
                 actions, withheld = await self._actions(plan, reports, views)
         self.decisions.placements(self.assigned, plan.placements, reports, self.moves.pairs())
+        urls = {name: observations[name].pod.url for name in reports}
+        if any(isinstance(action, Unload) for action in actions):  # routes leave first
+            await self.tables.write(plan, reports, views, urls)
         executed = await execute(admin, {p.name: p for p in ready}, actions,
                                  self.config.admin_concurrency)
         for action in actions:
@@ -152,7 +149,7 @@ class BaseModelReconciler:
             reports[pod][adapter] = reply
         self.decisions.loads(plan.placements, reports)
 
-        await self._write_table(plan, reports, views, observations)
+        await self.tables.write(plan, reports, views, urls)
         phases = await self._write_adapter_statuses(plan, reports, views, executed, withheld,
                                                     now)
         placed = sum(bool(pods) for pods in plan.placements.values())
@@ -245,29 +242,6 @@ class BaseModelReconciler:
                         for name, pods in plan.placements.items()},
             shortfalls=plan.shortfalls)
         return plan, pods, demands
-
-    async def _write_table(self, plan: PlacementPlan, reports: Mapping[str, Mapping[str, Any]],
-                           views: Mapping[str, AdapterView],
-                           observations: Mapping[str, PodObservation]) -> None:
-        urls = {name: observations[name].pod.url for name in reports}
-        adapters = {}
-        for name, pods in plan.placements.items():
-            source = canonical_source(views[name].spec.source)
-            adapters[name] = [urls[pod] for pod in pods
-                              if (held := reports.get(pod, {}).get(name)) is not None
-                              and held.loaded and held.source in (None, source)]
-        table = placement_table(self.owner, urls.values(), adapters)
-        name = naming.placements_name(self.owner.name)
-        if self.table is None:
-            self.table = read_placements(
-                await self.cluster.get_configmap(self.owner.namespace, name))
-        if self.table is not None and same_placements(table, self.table):
-            return
-        generation = self.table.generation + 1 if self.table is not None else 1
-        table = placement_table(self.owner, urls.values(), adapters, generation)
-        await self.cluster.patch_configmap_data(self.owner.namespace, name,
-                                                {naming.PLACEMENTS_KEY: table.to_json()})
-        self.table = table
 
     async def _write_adapter_statuses(self, plan: PlacementPlan,
                                       reports: Mapping[str, Mapping[str, Any]],

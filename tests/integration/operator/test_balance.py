@@ -19,6 +19,7 @@ import time
 import httpx
 import pytest
 
+from loraplex.contracts.placements import PlacementTable, parse_placements
 from loraplex.operator import naming
 from tests.integration.operator.conftest import BMD, NAMESPACE
 from tests.integration.operator.harness import running_operator
@@ -131,6 +132,23 @@ def both_passes(pods) -> dict[str, set[str]]:
             for name in first.keys() | second.keys()}
 
 
+def routed_to_missing_copies(kube, pods) -> dict[str, list[str]]:
+    """Adapter → pods the placement table sends it to that do not hold it loaded, read
+    between two reads of the same table generation (nothing when it changed meanwhile)."""
+    def table() -> PlacementTable:
+        configmap = kube.get("configmaps", naming.placements_name(BMD))
+        return parse_placements(configmap["data"][naming.PLACEMENTS_KEY])
+
+    before, where, after = table(), loaded_on(pods), table()
+    if before.generation != after.generation:
+        return {}
+    names = {pod.server.url: name for name, pod in pods.pods.items()}
+    missing = {adapter: [names.get(url, url) for url in before.pods_for(adapter)
+                         if names.get(url) not in where.get(adapter, ())]
+               for adapter in before.adapters}
+    return {adapter: pods for adapter, pods in missing.items() if pods}
+
+
 def test_a_third_pod_gets_its_share_and_no_adapter_drops_below_its_replicas(kube, operator,
                                                                             pods, adapter_dirs):
     fleet(kube, pods, adapter_dirs, 2)
@@ -141,6 +159,8 @@ def test_a_third_pod_gets_its_share_and_no_adapter_drops_below_its_replicas(kube
         short = {name: sorted(where.get(name, ())) for name, count in REPLICAS.items()
                  if len(where.get(name, ())) < count}
         assert not short, f"fewer ready copies than wanted during the moves: {short}"
+        stale = routed_to_missing_copies(kube, pods)
+        assert not stale, f"the routers were sent to copies already gone: {stale}"
         samples += 1
         assert time.monotonic() < deadline, f"not balanced on 3 pods: {per_pod(pods)}"
         time.sleep(0.2)
