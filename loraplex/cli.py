@@ -1,4 +1,4 @@
-"""The `loraplex` command: `serve` (a runtime pod), `router`, `operator`, `crds`, `bench`.
+"""The `loraplex` command: `serve` (a runtime pod), `router`, `operator`, `crds`.
 
 Each subcommand names its settings dataclasses and its entry point by import path, so
 only the chosen one is imported: `loraplex operator` and `loraplex router` never load torch.
@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from loraplex import __version__
 from loraplex.settings import add_settings_arguments, settings_from_namespace
@@ -46,7 +47,8 @@ COMMANDS = {
 }
 
 
-def _load(path: str):
+def import_object(path: str) -> Any:
+    """The object `package.module:name` names, importing only its module."""
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
 
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command = COMMANDS[chosen]
     sub_parser = argparse.ArgumentParser(prog=f"loraplex {chosen}", description=command.help)
-    classes = [_load(path) for path in command.settings]
+    classes = [import_object(path) for path in command.settings]
     for settings_class in classes:
         add_settings_arguments(sub_parser, settings_class)
     rest = list(argv)
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = [settings_from_namespace(cls, namespace) for cls in classes]
     except ValueError as error:
         sub_parser.error(str(error))
-    result = _load(command.entry)(*settings)
+    result = import_object(command.entry)(*settings)
     return int(result or 0)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import os
 import re
@@ -22,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from loraplex.cli import import_object
 from loraplex.settings import ENV_PREFIX, settings_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -35,11 +35,6 @@ HOME_STAND_IN = "/home-of-the-user"
 
 class StaleDocs(Exception):
     """The README lacks a section, has an unknown one, or differs from the code."""
-
-
-def _load(path: str) -> Any:
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def _cell(text: str) -> str:
@@ -94,7 +89,7 @@ def command_settings(command: str) -> str:
 
     rows = []
     for path in COMMANDS[command].settings:
-        rows += settings_rows(_load(path))
+        rows += settings_rows(import_object(path))
     return _table(SETTINGS_HEADER, rows)
 
 

@@ -17,6 +17,7 @@ DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 QUANTIZE = ("none", "int8", "int4", "gguf")
 LOAD_FORMATS = ("auto", "dummy")
+LORA_BACKENDS = ("auto", "triton", "torch")  # auto: triton on CUDA, torch elsewhere
 
 
 def default_cache_dir() -> str:
@@ -59,7 +60,7 @@ class EngineConfig:
     prefix_caching: bool = setting(True, help="reuse the KV blocks of prompt prefixes already "
                                    "computed under the same adapter")
     lora_backend: str = setting("auto", help="auto (triton on CUDA, torch on CPU), triton, torch",
-                                choices=("auto", "triton", "torch"))
+                                choices=LORA_BACKENDS)
     max_lora_rank: int = setting(64, help="largest adapter rank accepted")
     device_slots: int = setting(32, help="adapters resident on the device at once")
     host_bytes: int = setting(8 << 30, help="host RAM budget for adapter weights")

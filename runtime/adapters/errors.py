@@ -23,9 +23,3 @@ class AdapterNotFound(AdapterError):
     def __init__(self, message: str) -> None:
         super().__init__("not_found", message)
 
-
-class AdapterInUse(AdapterError):
-    """An operation that needs the adapter idle was asked while requests still use it."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("in_use", message)

@@ -35,7 +35,6 @@ class AdapterRecord:
     digest: str | None = None
     rank: int | None = None
     size_bytes: int | None = None
-    disk_key: str | None = None
     weights: AdapterWeights | None = None  # host tier
     load: LoadTicket | None = None  # fetch + parse in flight
     slot: int | None = None

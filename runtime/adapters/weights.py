@@ -13,12 +13,11 @@ into a device slot is then one strided copy per group instead of one per module.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 
-from loraplex.runtime.adapters.target import GROUP_NAMES, MODULE_PLACES, LoraTargetShapes
+from loraplex.runtime.adapters.target import MODULE_PLACES, LoraTargetShapes
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +70,9 @@ class AdapterWeights:
         lora_b = group.b[layer, offsets[index]:offsets[index + 1], :rank]  # [d_out, r]
         return lora_a, lora_b
 
-    def iter_groups(self) -> Iterator[tuple[str, GroupWeights]]:
-        for name in GROUP_NAMES:
-            if name in self.groups:
-                yield name, self.groups[name]
+    def pin_memory(self) -> AdapterWeights:
+        """A copy in page-locked memory, so host→device copies can run asynchronously."""
+        pinned = {name: GroupWeights(g.a.pin_memory(), g.b.pin_memory())
+                  for name, g in self.groups.items()}
+        return AdapterWeights(self.target, pinned, self.module_ranks, self.module_scalings,
+                              self.digest, self.extra)

@@ -20,18 +20,19 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from loraplex.runtime.adapters.manager import AdapterManager
 from loraplex.runtime.config import EngineConfig
-from loraplex.runtime.engine.engine import Engine, EngineStats
+from loraplex.runtime.engine.engine import ADAPTER_WAIT_S, Engine, EngineStats
+from loraplex.runtime.engine.memory_plan import MemoryPlan
 from loraplex.runtime.engine.request import GenerationRequest, RequestInterrupted, TokenEvent
 
 logger = logging.getLogger(__name__)
 
 STEP_HISTORY = 4096  # step durations kept
 IDLE_POLL_S = 0.5  # how often an idle loop thread wakes to check for shutdown
-STALL_WAIT_S = 0.002  # pause when every waiting request waits for its adapter's load
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,18 @@ class AsyncEngine:
     @property
     def eos_token_ids(self) -> list[int]:
         return self.engine.eos_token_ids
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.engine.loaded.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.loaded.device
+
+    @property
+    def memory_plan(self) -> MemoryPlan:
+        return self.engine.memory_plan
 
     @property
     def is_running(self) -> bool:
@@ -188,7 +201,7 @@ class AsyncEngine:
         """(block, timeout) for the next command: idle, or every request waits on a load."""
         if not self.engine.has_unfinished():
             return True, IDLE_POLL_S
-        return not self.engine.last_step_ran, STALL_WAIT_S
+        return not self.engine.last_step_ran, ADAPTER_WAIT_S
 
     def _apply_commands(self, block: bool, timeout: float = IDLE_POLL_S) -> bool:
         """Apply queued commands (waiting up to `timeout` if `block`); False once stopping."""

@@ -52,7 +52,7 @@ from loraplex.runtime.kernels import resolve_backend
 from loraplex.runtime.models.loader import LoadedModel, load_model
 
 logger = logging.getLogger(__name__)
-IDLE_WAIT_S = 0.002  # `generate` pause when every waiting request waits for its adapter
+ADAPTER_WAIT_S = 0.002  # pause of a loop whose every waiting request waits for its adapter
 
 
 @dataclass(slots=True)
@@ -298,7 +298,7 @@ class Engine:
             for event in self.step():
                 results.setdefault(event.request_id, []).append(event)
             if not self.last_step_ran:  # every waiting request waits for its adapter
-                time.sleep(IDLE_WAIT_S)
+                time.sleep(ADAPTER_WAIT_S)
         return results
 
     def stats(self) -> EngineStats:

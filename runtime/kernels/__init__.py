@@ -14,11 +14,11 @@ from collections.abc import Sequence
 
 import torch
 
+from loraplex.runtime.config import LORA_BACKENDS as BACKENDS
+
 from . import torch_ops
 from .configs import KernelConfig
 from .segments import NO_ADAPTER, KernelTiles, LoraSegments
-
-BACKENDS = ("auto", "triton", "torch")
 
 __all__ = ["BACKENDS", "NO_ADAPTER", "LoraSegments", "lora_apply", "lora_apply_tiles",
            "resolve_backend"]

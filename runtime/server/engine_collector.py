@@ -51,7 +51,7 @@ class EngineCollector:
         yield from self._engine_metrics(stats)
         yield from self._prefix_cache_metrics(stats)
         # Only a manager something already built: looking must not allocate the slot pool.
-        manager = getattr(engine, "adapters_if_built", None)
+        manager = engine.adapters_if_built
         if manager is not None:
             yield from self._adapter_metrics(manager)
 

@@ -28,6 +28,7 @@ from loraplex.runtime.engine.request import (
 )
 from loraplex.runtime.server.access_log import RequestRecord
 from loraplex.runtime.server.admission import AdmissionGate, Lease
+from loraplex.runtime.server.engine_client import EngineClient
 from loraplex.runtime.server.errors import (
     AdapterNotFound,
     GenerationFailed,
@@ -62,7 +63,7 @@ class Limits:
 
 
 class InferenceService:
-    def __init__(self, engine: Any, model_id: str, limits: Limits, gate: AdmissionGate,
+    def __init__(self, engine: EngineClient, model_id: str, limits: Limits, gate: AdmissionGate,
                  metrics: ServerMetrics) -> None:
         self.engine = engine
         self.model_id = model_id
@@ -121,10 +122,7 @@ class InferenceService:
         """
         if adapter_id in (None, "", self.model_id):
             return None
-        manager = getattr(self.engine, "adapters", None)
-        if manager is None:
-            raise AdapterNotFound(f"adapter {adapter_id!r} is not registered (this server "
-                                  "serves only its base model)", param="adapter_id")
+        manager = self.engine.adapters
         try:
             name = manager.resolve(adapter_id, adapter_source, api_token)
             failure = manager.failed(name)

@@ -13,20 +13,19 @@ starts after that). Then it stops the engine and exits 0. A second signal exits 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from types import FrameType
-from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
 from loraplex.runtime.config import EngineConfig, ServerConfig
 from loraplex.runtime.server.app import create_app
+from loraplex.runtime.server.engine_client import EngineClient
 from loraplex.runtime.server.startup_adapters import StartupAdapter, startup_adapters
 from loraplex.runtime.server.state import Phase, ServerState
 
@@ -51,29 +50,19 @@ def configure_logging(level: str) -> None:
     access.propagate = False
 
 
-async def _build_engine(config: EngineConfig) -> Any:
+async def _build_engine(config: EngineConfig) -> EngineClient:
     from loraplex.runtime.engine.async_engine import AsyncEngine
 
-    if inspect.iscoroutinefunction(AsyncEngine.from_config):
-        engine = await AsyncEngine.from_config(config)
-    else:
-        engine = await asyncio.to_thread(AsyncEngine.from_config, config)
+    engine = await asyncio.to_thread(AsyncEngine.from_config, config)
     await engine.start()
     return engine
 
 
-async def _register(engine: Any, adapters: list[StartupAdapter]) -> None:
-    manager = getattr(engine, "adapters", None)
-    if adapters and manager is None:
-        log.error("this engine has no adapter support; ignoring %d start-up adapters",
-                  len(adapters))
-        return
+def _register(engine: EngineClient, adapters: list[StartupAdapter]) -> None:
     for adapter in adapters:
         try:
-            result = manager.register(adapter.name, adapter.source, pinned=adapter.pinned,
-                                      preload=adapter.preload)
-            if inspect.isawaitable(result):
-                await result
+            engine.adapters.register(adapter.name, adapter.source, pinned=adapter.pinned,
+                                     preload=adapter.preload)
             log.info("registered adapter %s from %s", adapter.name, adapter.source)
         except ValueError as error:  # a bad adapter must not stop the pod
             log.error("cannot register adapter %s: %s", adapter.name, error)
@@ -103,7 +92,7 @@ async def load(state: ServerState, adapters: list[StartupAdapter], server: Drain
     finally:
         progress.cancel()
     state.engine = engine
-    await _register(engine, adapters)
+    _register(engine, adapters)
     state.attach(engine)
     log.info("model %s loaded in %.1f s; ready on %s:%d", state.model_id,
              time.perf_counter() - started, state.server_config.host, state.server_config.port)

@@ -18,7 +18,6 @@ label), and `prune_adapters` drops the series of adapters that are no longer reg
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 
@@ -185,7 +184,3 @@ class ServerMetrics:
                            self.inter_token, self.duration):
                 with suppress(KeyError):
                     metric.remove(label)
-
-    def add_collector(self, collect: Callable) -> None:
-        """Register an object with a `collect()` yielding metric families at scrape time."""
-        self.registry.register(collect)

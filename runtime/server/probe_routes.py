@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from loraplex import __version__
+from loraplex.runtime.server.engine_client import EngineClient
 from loraplex.runtime.server.state import Phase, state_of
 
 router = APIRouter(tags=["probes"])
@@ -37,16 +38,7 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if state.phase is Phase.READY else 503)
 
 
-def engine_detail(engine: Any, name: str, default: Any) -> str:
-    """`engine.<name>` (dtype, device), or the loaded model's, or `default` before loading."""
-    for holder in (engine, getattr(getattr(engine, "engine", None), "loaded", None)):
-        found = getattr(holder, name, None)
-        if found is not None:
-            return str(found).removeprefix("torch.")
-    return str(default)
-
-
-def _scheduling_info(engine: Any) -> dict[str, Any]:
+def _scheduling_info(engine: EngineClient | None) -> dict[str, Any]:
     """LoRAX's (TGI's) batching fields, filled with this engine's real equivalents: the KV
     cache's capacity in tokens; waiting requests join the batch at the next step (at most
     one decode step of waiting, whatever the running/waiting ratio) with their prefill
@@ -65,10 +57,9 @@ def _scheduling_info(engine: Any) -> dict[str, Any]:
     }
 
 
-def memory_plan(engine: Any) -> dict[str, int | str] | None:
+def memory_plan(engine: EngineClient | None) -> dict[str, int | str] | None:
     """The engine's memory plan in bytes (None before the model is loaded)."""
-    plan = getattr(getattr(engine, "engine", None), "memory_plan", None)
-    return plan.as_dict() if plan is not None else None
+    return engine.memory_plan.as_dict() if engine is not None else None
 
 
 @router.get("/info")
@@ -78,14 +69,16 @@ async def info(request: Request) -> dict[str, Any]:
     state = state_of(request)
     engine_config, server_config = state.engine_config, state.server_config
     engine = state.engine
+    dtype, device = ((engine.dtype, engine.device) if engine is not None
+                     else (engine_config.dtype, engine_config.device))
     service = state.service
     limits = service.limits if service is not None else None
     return {
         **_scheduling_info(engine),
         "model_id": state.model_id,
         "model_source": engine_config.model,
-        "model_dtype": engine_detail(engine, "dtype", engine_config.dtype),
-        "model_device_type": engine_detail(engine, "device", engine_config.device),
+        "model_dtype": str(dtype).removeprefix("torch."),
+        "model_device_type": str(device),
         "quantization": engine_config.quantize,
         "phase": state.phase.value,
         "max_model_len": limits.max_model_len if limits else None,
@@ -123,8 +116,8 @@ async def models(request: Request) -> dict[str, Any]:
     created = int(state.started_at)
     data = [{"id": base, "object": "model", "created": created, "owned_by": "loraplex",
              "root": state.engine_config.model, "parent": None}]
-    manager = getattr(state.engine, "adapters_if_built", None)  # listing allocates nothing
-    if manager is not None:
+    manager = state.engine.adapters_if_built if state.engine is not None else None
+    if manager is not None:  # listing allocates nothing
         for adapter in manager.list():
             data.append({"id": adapter.name, "object": "model", "created": created,
                          "owned_by": "loraplex", "root": str(adapter.source), "parent": base})

@@ -10,12 +10,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
 
 from fastapi import Request
 
 from loraplex.runtime.config import EngineConfig, ServerConfig
 from loraplex.runtime.server.admission import AdmissionGate
+from loraplex.runtime.server.engine_client import EngineClient
 from loraplex.runtime.server.errors import NotReady
 from loraplex.runtime.server.inference import InferenceService, Limits
 from loraplex.runtime.server.input_cost import max_token_chars
@@ -35,7 +35,7 @@ class ServerState:
     server_config: ServerConfig
     metrics: ServerMetrics = field(init=False)
     phase: Phase = Phase.LOADING
-    engine: Any = None
+    engine: EngineClient | None = None
     service: InferenceService | None = None
     gate: AdmissionGate = field(init=False)
     started_at: float = field(default_factory=time.time)
@@ -50,9 +50,10 @@ class ServerState:
     def model_id(self) -> str:
         if self.server_config.served_model_name:
             return self.server_config.served_model_name
-        return getattr(self.engine, "model_id", None) or self.engine_config.model
+        engine_id = self.engine.model_id if self.engine is not None else ""
+        return engine_id or self.engine_config.model
 
-    def attach(self, engine: Any) -> InferenceService:
+    def attach(self, engine: EngineClient) -> InferenceService:
         """Serve with `engine` from now on."""
         max_model_len = int(engine.max_model_len)
         max_input = self.server_config.max_input_length or max_model_len - 1

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
@@ -25,6 +25,9 @@ from loraplex.contracts.adapters import AdapterState, AdapterStatus
 from loraplex.runtime.server.admin_auth import require_admin
 from loraplex.runtime.server.admin_routes import call_manager, manager_of
 from loraplex.runtime.server.errors import ApiError, NotReady
+
+if TYPE_CHECKING:
+    from loraplex.runtime.adapters.manager import AdapterManager
 
 router = APIRouter(tags=["vllm"], dependencies=[Depends(require_admin)])
 SETTLED_STATES = frozenset(AdapterState) - {AdapterState.DOWNLOADING}
@@ -74,11 +77,11 @@ def _is_missing_local_path(path: str) -> bool:
     return not Path(path.removeprefix("file://")).exists()
 
 
-async def _wait_until_settled(manager: Any, name: str) -> AdapterStatus:
+async def _wait_until_settled(manager: AdapterManager, name: str) -> AdapterStatus:
     """The adapter's status once its load has ended, loaded or failed."""
     deadline = time.monotonic() + LOAD_WAIT_S
     while True:
-        status: AdapterStatus = await call_manager(manager.get, name)
+        status: AdapterStatus = call_manager(manager.get, name)
         if status.state in SETTLED_STATES:
             return status
         if time.monotonic() > deadline:
@@ -93,21 +96,21 @@ async def load_lora_adapter(request: Request, body: LoadLoRAAdapterRequest) -> s
     if not body.lora_name or not body.lora_path:
         raise InvalidUserInput("Both 'lora_name' and 'lora_path' must be provided.")
     manager = manager_of(request)
-    known = {info.name for info in await call_manager(manager.list)}
+    known = {info.name for info in call_manager(manager.list)}
     if body.lora_name in known and not body.load_inplace:
         raise InvalidUserInput(f"The lora adapter '{body.lora_name}' has already been "
                                "loaded.")
     if _is_missing_local_path(body.lora_path):
         raise LoraNotFound(f"No adapter found for {body.lora_path}")
     if body.load_inplace and body.lora_name in known:
-        await call_manager(manager.unregister, body.lora_name)
+        call_manager(manager.unregister, body.lora_name)
     try:
-        await call_manager(manager.register, body.lora_name, body.lora_path)
+        call_manager(manager.register, body.lora_name, body.lora_path)
     except ApiError as error:
         raise LoadRefused(error.message) from error
     status = await _wait_until_settled(manager, body.lora_name)
     if status.failed:
-        await call_manager(manager.unregister, body.lora_name)
+        call_manager(manager.unregister, body.lora_name)
         raise LoadRefused(status.error or "the adapter failed to load")
     return f"Success: LoRA adapter '{body.lora_name}' added successfully."
 
@@ -118,8 +121,8 @@ async def unload_lora_adapter(request: Request, body: UnloadLoRAAdapterRequest) 
     if not body.lora_name and body.lora_int_id is None:
         raise InvalidUserInput("either 'lora_name' and 'lora_int_id' needs to be provided.")
     manager = manager_of(request)
-    known = {info.name for info in await call_manager(manager.list)}
+    known = {info.name for info in call_manager(manager.list)}
     if body.lora_name not in known:
         raise LoraNotFound(f"The lora adapter '{body.lora_name}' cannot be found.")
-    await call_manager(manager.unregister, body.lora_name)
+    call_manager(manager.unregister, body.lora_name)
     return f"Success: LoRA adapter '{body.lora_name}' removed successfully."
