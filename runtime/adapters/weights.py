@@ -69,10 +69,3 @@ class AdapterWeights:
         lora_a = group.a[layer, index, :rank]  # [r, d_in]
         lora_b = group.b[layer, offsets[index]:offsets[index + 1], :rank]  # [d_out, r]
         return lora_a, lora_b
-
-    def pin_memory(self) -> AdapterWeights:
-        """A copy in page-locked memory, so host→device copies can run asynchronously."""
-        pinned = {name: GroupWeights(g.a.pin_memory(), g.b.pin_memory())
-                  for name, g in self.groups.items()}
-        return AdapterWeights(self.target, pinned, self.module_ranks, self.module_scalings,
-                              self.digest, self.extra)

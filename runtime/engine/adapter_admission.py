@@ -4,8 +4,9 @@ A request waits only for its own adapter. Each step the scheduler asks `admit(se
 waiting sequences in arrival order: a base-model request is always admissible; one whose
 adapter is on the device takes a lease (so the adapter cannot be evicted while it runs)
 and its slot; one whose adapter is not resident starts or continues the load
-(`AdapterManager.want`, which never blocks) and stays waiting, without holding up the
+(`DeviceLeases.want`, which never blocks) and stays waiting, without holding up the
 requests behind it. A failed adapter raises its `AdapterError` for that request only.
+States are read from the registry one field at a time, never as a snapshot.
 
 Fair rotation when more adapters are wanted than there are device slots: an adapter's
 *turn* starts when its first request is admitted and lasts while it has requests running.
@@ -34,7 +35,8 @@ class AdapterAdmission:
                  clock: Callable[[], float] = time.monotonic) -> None:
         if time_slice_s < 0:
             raise ValueError(f"time_slice_s must not be negative, got {time_slice_s}")
-        self.manager = manager
+        self.leases = manager.leases
+        self.registry = manager.registry
         self.time_slice_s = time_slice_s
         self._clock = clock
         self._now = clock()
@@ -46,7 +48,7 @@ class AdapterAdmission:
 
     def begin_step(self) -> None:
         """Advance finished copies; forget adapters that no longer wait for a slot."""
-        self.manager.poll()
+        self.leases.poll()
         self._now = self._clock()
         self._starving = {name: since for name, since in self._starving.items()
                           if name in self._starving_this_step}
@@ -61,12 +63,12 @@ class AdapterAdmission:
         if self._must_yield(name):
             self._mark_starving(name)
             return False
-        slot = self.manager.want(name)
+        slot = self.leases.want(name)
         if slot is None:
-            if self.manager.get(name).state is AdapterState.HOST:  # loaded; waits for a free slot
+            if self.registry.state(name) is AdapterState.HOST:  # loaded; waits for a free slot
                 self._mark_starving(name)
             return False
-        seq.adapter_lease = self.manager.acquire(name)
+        seq.adapter_lease = self.leases.acquire(name)
         seq.lora_slot = slot
         self._starving.pop(name, None)
         self._starving_this_step.discard(name)
@@ -79,7 +81,7 @@ class AdapterAdmission:
         lease, seq.adapter_lease, seq.lora_slot = seq.adapter_lease, None, -1
         if lease is None:
             return
-        self.manager.release(lease)
+        self.leases.release(lease)
         left = self._running.get(lease.name, 0) - 1
         if left > 0:
             self._running[lease.name] = left
@@ -104,5 +106,5 @@ class AdapterAdmission:
 
     def _is_resident(self, name: str) -> bool:
         if name not in self._resident:
-            self._resident[name] = self.manager.get(name).slot is not None
+            self._resident[name] = self.registry.on_device(name)
         return self._resident[name]
