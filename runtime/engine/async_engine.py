@@ -74,10 +74,6 @@ class AsyncEngine:
         return self.engine.adapters
 
     @property
-    def adapters_if_built(self) -> AdapterManager | None:
-        return self.engine.adapters_if_built
-
-    @property
     def model_id(self) -> str:
         return self.engine.model_id
 

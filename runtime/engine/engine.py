@@ -10,10 +10,10 @@ an earlier request on the same adapter computed (see `block_manager`, `prefix_ca
 
 `adapters` is the engine's `AdapterManager` (LoRA adapters by registered name). Its device
 slot pool (`device_slots` adapters of `max_lora_rank`) is part of the memory plan
-(`memory_plan`): on CUDA it is allocated at start-up, before the KV cache takes what is
-left; on the CPU, where the pool is a lazily committed map, on first use. A request names
-a registered adapter; it waits for nothing but that adapter, and a failed adapter ends
-its requests with an ERROR event giving the reason.
+(`memory_plan`) and is allocated at start-up, before the KV cache takes what is left (on
+the CPU it is a lazily committed map). A request names a registered adapter; it waits for
+nothing but that adapter, and a failed adapter ends its requests with an ERROR event
+giving the reason.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import logging
 import random
-import threading
 import time
 from dataclasses import dataclass
 
@@ -90,23 +89,26 @@ class Engine:
                                        free_device_bytes(device), self.loaded.weight_bytes,
                                        self.max_model_len)
         logger.info("%s", self.memory_plan.table())
-        self._adapters: AdapterManager | None = None
-        self._adapters_lock = threading.Lock()
-        # on CUDA the slot pool is allocated now, before the KV cache takes what is left
-        early_adapters = self._new_adapter_manager() if device.type == "cuda" else None
+        # the slot pool before the KV cache, which takes what the plan leaves
+        self.adapters = AdapterManager(config, LoraTargetShapes.from_hf_config(hf_config),
+                                       device, self.loaded.dtype)
         num_blocks = self.memory_plan.kv_blocks
         self.kv_cache = PagedKVCache(layout, num_blocks, device)
         self.block_manager = BlockManager(num_blocks, config.block_size,
                                           enable_prefix_caching=config.prefix_caching)
-        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
-                                   config.max_num_batched_tokens)
-        self.runner = ModelRunner(self.loaded.model, self.kv_cache, device,
-                                  self.loaded.eos_token_ids)
+        self.scheduler = Scheduler(
+            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
+            AdapterAdmission(self.adapters, config.adapter_time_slice_s))
+        decode_graphs = None
         if device.type == "cuda" and not config.enforce_eager:
-            self.runner.decode_graphs = DecodeGraphRunner(
+            decode_graphs = DecodeGraphRunner(
                 self.loaded.model, self.kv_cache, config.max_num_seqs, self.max_model_len,
                 capture=True, max_batch=config.cuda_graph_max_batch)
-            self.runner.decode_graphs.capture_all()
+            decode_graphs.capture_all()
+        self.runner = ModelRunner(self.loaded.model, self.kv_cache, device,
+                                  self.loaded.eos_token_ids, lora_pool=self.adapters.pool,
+                                  lora_backend=resolve_backend(config.lora_backend, device),
+                                  decode_graphs=decode_graphs)
         self._seqs: dict[str, Sequence] = {}
         self._pending_events: list[TokenEvent] = []
         self._seed_source = random.Random(config.seed)
@@ -117,29 +119,6 @@ class Engine:
         self._num_prompt_tokens = 0
         self._num_generated_tokens = 0
         self.last_step_ran = False  # whether the last step ran the model
-        if early_adapters is not None:
-            self._use_adapters(early_adapters)
-
-    @property
-    def adapters(self) -> AdapterManager:
-        """The adapter manager (on the CPU built on first use; safe from any thread)."""
-        with self._adapters_lock:
-            if self._adapters is None:
-                self._use_adapters(self._new_adapter_manager())
-            return self._adapters
-
-    def _new_adapter_manager(self) -> AdapterManager:
-        """A manager with its device slot pool (allocated here, at its configured size)."""
-        loaded = self.loaded
-        return AdapterManager(self.config, LoraTargetShapes.from_hf_config(loaded.hf_config),
-                              loaded.device, loaded.dtype)
-
-    def _use_adapters(self, manager: AdapterManager) -> None:
-        self.runner.lora_backend = resolve_backend(self.config.lora_backend,
-                                                   self.loaded.device)
-        self.runner.lora_pool = manager.pool
-        self.scheduler.admission = AdapterAdmission(manager, self.config.adapter_time_slice_s)
-        self._adapters = manager
 
     @property
     def vocab_size(self) -> int:
@@ -150,18 +129,9 @@ class Engine:
     def eos_token_ids(self) -> list[int]:
         return sorted(self._eos_ids)
 
-    @property
-    def adapters_if_built(self) -> AdapterManager | None:
-        """The adapter manager if something has used adapters yet, else None.
-
-        Observers (metrics) use this so that merely looking does not allocate the slot pool.
-        """
-        return self._adapters
-
     def close(self) -> None:
         """Stop the adapter manager's worker threads (the engine is not used afterwards)."""
-        if self._adapters is not None:
-            self._adapters.close()
+        self.adapters.close()
 
     # requests in
 
@@ -246,11 +216,11 @@ class Engine:
 
     def step(self) -> list[TokenEvent]:
         events, self._pending_events = self._pending_events, []
-        scheduled = self.scheduler.schedule()
-        for seq, error in self.scheduler.failed:
+        step = self.scheduler.schedule()
+        scheduled = step.scheduled
+        for seq, error in step.failed:
             del self._seqs[seq.request_id]
             events.append(self._end_event(seq, FinishReason.ERROR, error))
-        self.scheduler.failed.clear()
         self.last_step_ran = bool(scheduled)
         if not scheduled:
             return events

@@ -39,8 +39,10 @@ class StepOutput:
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaForCausalLM, kv_cache: PagedKVCache,
-                 device: torch.device, end_token_ids: Iterable[int] = ()) -> None:
+    def __init__(self, model: LlamaForCausalLM, kv_cache: PagedKVCache, device: torch.device,
+                 end_token_ids: Iterable[int] = (), lora_pool: DeviceSlotPool | None = None,
+                 lora_backend: str = "torch", decode_graphs: DecodeGraphRunner | None = None
+                 ) -> None:
         self.model = model
         self.kv_cache = kv_cache
         self.device = device
@@ -48,9 +50,9 @@ class ModelRunner:
         self.dtype = kv_cache.layout.dtype
         self.sampler = Sampler([token_bias_processor])
         self.step_sampling = StepSampling(model.config.vocab_size, device, end_token_ids)
-        self.lora_pool: DeviceSlotPool | None = None  # set when the engine serves adapters
-        self.lora_backend = "torch"
-        self.decode_graphs: DecodeGraphRunner | None = None  # set by the engine on CUDA
+        self.lora_pool = lora_pool  # None: the base model only
+        self.lora_backend = lora_backend
+        self.decode_graphs = decode_graphs  # CUDA graphs of decode steps, when captured
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSequence]) -> StepOutput:

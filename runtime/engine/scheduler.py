@@ -8,10 +8,11 @@ sequence needs a block and none is free, the newest running sequence is preempte
 blocks are freed and it waits at the front of the queue to be recomputed (keeping its
 adapter lease, so its adapter stays resident).
 
-With adapters (`admission` set), a waiting sequence is admitted only once its adapter is
+With adapters (an `admission`), a waiting sequence is admitted only once its adapter is
 on the device; one whose adapter is still loading is skipped, not waited for, so the
 requests behind it go ahead (no head-of-line blocking). A sequence whose adapter failed
-leaves the queue and is reported in `failed` (with the reason) for the engine to end.
+leaves the queue and is returned in the step's `failed` (with the reason) for the engine
+to end.
 
 With prefix caching on, an admitted sequence first takes the cached blocks its tokens
 start with (named by its adapter's identity, see `prefix_cache`) and its prefill starts
@@ -49,17 +50,23 @@ class ScheduledSequence:
         return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
 
 
+@dataclass(slots=True)
+class SchedulerOutput:
+    scheduled: list[ScheduledSequence]
+    failed: list[tuple[Sequence, str]]  # left the queue this step: adapter failed, why
+
+
 class Scheduler:
     def __init__(self, block_manager: BlockManager, max_num_seqs: int,
-                 max_num_batched_tokens: int) -> None:
+                 max_num_batched_tokens: int, admission: AdapterAdmission | None = None
+                 ) -> None:
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
-        self.admission: AdapterAdmission | None = None  # set once adapters are in use
-        self.failed: list[tuple[Sequence, str]] = []  # adapter failures for the engine to end
+        self.admission = admission
         self.prefix_cache_stats = PrefixCacheStats()
 
     def add(self, seq: Sequence) -> None:
@@ -68,9 +75,10 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def schedule(self) -> list[ScheduledSequence]:
+    def schedule(self) -> SchedulerOutput:
         budget = self.max_num_batched_tokens
         scheduled: list[ScheduledSequence] = []
+        failed: list[tuple[Sequence, str]] = []
         preempted = False
         index = 0
         while index < len(self.running) and budget > 0:
@@ -97,7 +105,7 @@ class Scheduler:
         for seq in list(self.waiting):
             if budget <= 0 or preempted or len(self.running) >= self.max_num_seqs:
                 break
-            if not self._adapter_ready(seq, blocked):
+            if not self._adapter_ready(seq, blocked, failed):
                 continue
             looked_up = self._cached_prefix(seq)
             cached = looked_up or []
@@ -118,7 +126,7 @@ class Scheduler:
             self.running.append(seq)
             scheduled.append(ScheduledSequence(seq, num_new))
             budget -= num_new
-        return scheduled
+        return SchedulerOutput(scheduled, failed)
 
     def _cached_prefix(self, seq: Sequence) -> list[int] | None:
         """Cached blocks a waiting sequence may start from; None: it may not look."""
@@ -154,7 +162,8 @@ class Scheduler:
                             self.block_manager.block_size, num_full)
         return True
 
-    def _adapter_ready(self, seq: Sequence, blocked: set[str]) -> bool:
+    def _adapter_ready(self, seq: Sequence, blocked: set[str],
+                       failed: list[tuple[Sequence, str]]) -> bool:
         """Whether the sequence's adapter lets it run now (a failed one leaves the queue)."""
         if self.admission is None or seq.adapter is None or seq.adapter_lease is not None:
             return True
@@ -166,7 +175,7 @@ class Scheduler:
         except AdapterError as error:
             self.waiting.remove(seq)
             self.finish(seq)
-            self.failed.append((seq, str(error)))
+            failed.append((seq, str(error)))
             return False
         blocked.add(seq.adapter)
         return False

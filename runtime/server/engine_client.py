@@ -31,11 +31,6 @@ class EngineClient(Protocol):
         """Registers, resolves and lists adapters (safe from any thread)."""
 
     @property
-    def adapters_if_built(self) -> AdapterManager | None:
-        """The adapter manager if anything has used it yet: observers read this, so that
-        merely looking allocates no slot pool."""
-
-    @property
     def model_id(self) -> str: ...
 
     @property

@@ -50,10 +50,7 @@ class EngineCollector:
         stats = engine.stats()
         yield from self._engine_metrics(stats)
         yield from self._prefix_cache_metrics(stats)
-        # Only a manager something already built: looking must not allocate the slot pool.
-        manager = engine.adapters_if_built
-        if manager is not None:
-            yield from self._adapter_metrics(manager)
+        yield from self._adapter_metrics(engine.adapters)
 
     def _engine_metrics(self, stats: Any) -> Iterator[Metric]:
         model = {"model_name": self.state.model_id, "engine": ENGINE_INDEX}

@@ -116,9 +116,8 @@ async def models(request: Request) -> dict[str, Any]:
     created = int(state.started_at)
     data = [{"id": base, "object": "model", "created": created, "owned_by": "loraplex",
              "root": state.engine_config.model, "parent": None}]
-    manager = state.engine.adapters_if_built if state.engine is not None else None
-    if manager is not None:  # listing allocates nothing
-        for adapter in manager.list():
+    if state.engine is not None:
+        for adapter in state.engine.adapters.list():
             data.append({"id": adapter.name, "object": "model", "created": created,
                          "owned_by": "loraplex", "root": str(adapter.source), "parent": base})
     return {"object": "list", "data": data}

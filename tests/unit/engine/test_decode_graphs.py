@@ -166,7 +166,7 @@ def test_padding_rows_change_no_real_row_and_no_sequence_block():
         engine.add_request(GenerationRequest(f"r{index}", prompt,
                                              SamplingParams(max_new_tokens=4, ignore_eos=True)))
     engine.step()  # the prefill
-    scheduled = engine.scheduler.schedule()
+    scheduled = engine.scheduler.schedule().scheduled
     engine.kv_cache.zero_fresh_blocks(engine.block_manager.num_blocks_ever_used)
     ordered = step_order(scheduled)
     assert len(ordered) == 3 and all(item.num_new_tokens == 1 for item in ordered)

@@ -36,7 +36,7 @@ def test_long_prompts_are_chunked_to_the_token_budget_and_mixed_with_decodes():
     scheduler.add(make_seq("b", 20))
     steps = []
     for _ in range(4):
-        scheduled = scheduler.schedule()
+        scheduled = scheduler.schedule().scheduled
         steps.append(plan(scheduled))
         assert sum(n for _, n in steps[-1]) <= 8
         advance(scheduled)
@@ -52,10 +52,10 @@ def test_only_the_chunk_that_completes_the_prompt_samples():
     scheduler = Scheduler(BlockManager(64, 4), max_num_seqs=8, max_num_batched_tokens=6)
     seq = make_seq("a", 10)
     scheduler.add(seq)
-    first = scheduler.schedule()
+    first = scheduler.schedule().scheduled
     assert not first[0].samples
     advance(first)
-    second = scheduler.schedule()
+    second = scheduler.schedule().scheduled
     assert second[0].num_new_tokens == 4 and second[0].samples
 
 
@@ -63,7 +63,7 @@ def test_max_num_seqs_caps_the_running_set():
     scheduler = Scheduler(BlockManager(64, 4), max_num_seqs=2, max_num_batched_tokens=100)
     for name in "abc":
         scheduler.add(make_seq(name, 2))
-    assert [name for name, _ in plan(scheduler.schedule())] == ["a", "b"]
+    assert [name for name, _ in plan(scheduler.schedule().scheduled)] == ["a", "b"]
     assert len(scheduler.waiting) == 1
 
 
@@ -73,9 +73,9 @@ def test_running_out_of_blocks_preempts_the_newest_sequence():
     old, new = make_seq("old", 4), make_seq("new", 4)
     scheduler.add(old)
     scheduler.add(new)
-    advance(scheduler.schedule())  # both prefilled: 2 blocks each, pool empty
+    advance(scheduler.schedule().scheduled)  # both prefilled: 2 blocks each, pool empty
     assert manager.num_free_blocks == 0
-    scheduled = scheduler.schedule()  # old needs a third block for its 5th token
+    scheduled = scheduler.schedule().scheduled  # old needs a third block for its 5th token
     assert plan(scheduled) == [("old", 1)]
     assert new.status is SequenceStatus.WAITING and new.num_computed_tokens == 0
     assert list(scheduler.waiting) == [new] and scheduler.num_preemptions == 1
@@ -83,7 +83,7 @@ def test_running_out_of_blocks_preempts_the_newest_sequence():
     advance(scheduled)
     scheduler.finish(old)
     assert manager.num_free_blocks == 4
-    recompute = scheduler.schedule()
+    recompute = scheduler.schedule().scheduled
     assert plan(recompute) == [("new", 5)]  # prompt + its generated token, again
     assert recompute[0].samples
 
@@ -94,8 +94,8 @@ def test_a_sequence_preempts_itself_when_it_is_the_newest():
     first, second = make_seq("first", 3), make_seq("second", 2)
     scheduler.add(first)
     scheduler.add(second)
-    advance(scheduler.schedule())
-    scheduled = scheduler.schedule()
+    advance(scheduler.schedule().scheduled)
+    scheduled = scheduler.schedule().scheduled
     assert plan(scheduled) == [("first", 1)]
     assert second.status is SequenceStatus.WAITING
 
