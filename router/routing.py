@@ -63,17 +63,24 @@ def choose_pod(pods: Sequence[Pod], adapter: str | None, placed: Collection[str]
         return Choice(pod, outcome_of(pod))
     if policy != "affinity":
         raise ValueError(f"unknown routing policy {policy!r}")
+    return _affinity_choice(pods, adapter, [pod for pod in pods if holds(pod)], least,
+                            spill_threshold)
+
+
+def _affinity_choice(pods: Sequence[Pod], adapter: str, holders: list[Pod], least: int,
+                     spill_threshold: int) -> Choice:
+    """The least-loaded holder unless it is busier than the least-loaded pod by more than
+    `spill_threshold` (then a non-holder: a spill); without holders, the adapter's home."""
 
     def home_order(pod: Pod) -> int:
         return -rendezvous_weight(adapter, pod.url)
 
-    holders = [pod for pod in pods if holds(pod)]
     if holders:
         best = min(holders, key=lambda pod: (pod.load, home_order(pod)))
         if best.load - least <= spill_threshold:
             return Choice(best, "hit")
         # The least-loaded pod is not a holder here (else `best` would be it).
-        spill = min((pod for pod in pods if not holds(pod)),
+        spill = min((pod for pod in pods if pod not in holders),
                     key=lambda pod: (pod.load, home_order(pod)))
         return Choice(spill, "spill")
     # The least-loaded pod always qualifies, so `next` finds one.

@@ -1,1 +1,1 @@
-"""The GPU pod: model, engine, LoRA kernels, adapter tiers, HTTP server and router."""
+"""The GPU pod: model, engine, LoRA kernels, adapter tiers and HTTP server."""

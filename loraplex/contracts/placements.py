@@ -112,6 +112,14 @@ def parse_placements(text: str | bytes) -> PlacementTable:
         document = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise PlacementError(f"placement table is not JSON: {error}") from None
+    _check_shape(document)
+    return build_table(document["pods"], document["adapters"],
+                       generation=document.get("generation", 0),
+                       base_model=document.get("baseModel", ""))
+
+
+def _check_shape(document: Any) -> None:
+    """Raise `PlacementError` naming the first way `document` is not a placement table."""
     if not isinstance(document, dict):
         raise PlacementError("placement table must be a JSON object")
     version = document.get("version", SCHEMA_VERSION)
@@ -120,7 +128,15 @@ def parse_placements(text: str | bytes) -> PlacementTable:
     for key in ("pods", "adapters"):
         if key not in document:
             raise PlacementError(f"placement table lacks {key!r}")
-    pods, adapters = document["pods"], document["adapters"]
+    _check_lists(document["pods"], document["adapters"])
+    generation = document.get("generation", 0)
+    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
+        raise PlacementError(f"'generation' must be a non-negative integer, got {generation!r}")
+    if not isinstance(document.get("baseModel", ""), str):
+        raise PlacementError("'baseModel' must be a string")
+
+
+def _check_lists(pods: Any, adapters: Any) -> None:
     if not isinstance(pods, list):
         raise PlacementError("'pods' must be a list of pod URLs")
     if not isinstance(adapters, dict):
@@ -128,10 +144,3 @@ def parse_placements(text: str | bytes) -> PlacementTable:
     for name, urls in adapters.items():
         if not isinstance(urls, list):
             raise PlacementError(f"adapters[{name!r}] must be a list of pod URLs")
-    generation = document.get("generation", 0)
-    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
-        raise PlacementError(f"'generation' must be a non-negative integer, got {generation!r}")
-    base_model = document.get("baseModel", "")
-    if not isinstance(base_model, str):
-        raise PlacementError("'baseModel' must be a string")
-    return build_table(pods, adapters, generation=generation, base_model=base_model)

@@ -55,7 +55,7 @@ class TierMover:
         self.disk = DiskCache(Path(config.cache_dir) / "adapters", config.disk_bytes)
         self.slots = SlotTable(config.device_slots)
         self._host: LruBudget[AdapterRecord] = LruBudget(config.host_bytes)
-        self._preloads: dict[str, AdapterRecord] = {}  # preload="device" not reached yet
+        self._preloads: dict[str, AdapterRecord] = {}  # preloaded to the device, not there yet
         self._stats = AdapterStats()
         self._loading: set[AdapterRecord] = set()  # loads in flight (checked for deadlines)
         # dynamic adapters whose load failed, by name, oldest failure first (the registry
