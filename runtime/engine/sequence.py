@@ -88,6 +88,10 @@ class Sequence:
         return len(self.token_ids) - self.num_computed_tokens
 
     @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    @property
     def needs_prompt_logprobs(self) -> bool:
         return (self.prompt_logprobs is not None
                 and len(self.prompt_logprobs) < self.num_prompt_tokens)
