@@ -22,7 +22,7 @@ from prometheus_client.core import (
 
 from loraplex.contracts.metric_names import REQUESTS_RUNNING, REQUESTS_WAITING
 from loraplex.runtime.server.metrics import BASE_LABEL
-from loraplex.runtime.server.probe_routes import engine_detail
+from loraplex.runtime.server.probe_routes import served_dtype
 from loraplex.runtime.server.state import ServerState
 from loraplex.runtime.server.vllm_metrics import ENGINE_INDEX
 
@@ -95,7 +95,7 @@ class EngineCollector:
         """vLLM's `vllm:cache_config_info`: the KV cache's settings as labels, value 1."""
         config = self.state.engine_config
         labels = {"block_size": str(stats.block_size),
-                  "cache_dtype": engine_detail(self.state.engine, "dtype", config.dtype),
+                  "cache_dtype": served_dtype(self.state.engine, config.dtype),
                   "gpu_memory_utilization": str(config.kv_cache_fraction),
                   "num_gpu_blocks": str(stats.num_total_blocks), "num_cpu_blocks": "0",
                   "engine": ENGINE_INDEX}

@@ -62,6 +62,12 @@ def memory_plan(engine: EngineClient | None) -> dict[str, int | str] | None:
     return engine.memory_plan.as_dict() if engine is not None else None
 
 
+def served_dtype(engine: EngineClient | None, configured: str) -> str:
+    """The engine's dtype as `/info` and the metrics name it (`float32`), or the configured
+    one before the engine is loaded."""
+    return str(engine.dtype if engine is not None else configured).removeprefix("torch.")
+
+
 @router.get("/info")
 async def info(request: Request) -> dict[str, Any]:
     """The model, its dtype and device, and the limits requests must respect (with every
@@ -69,15 +75,14 @@ async def info(request: Request) -> dict[str, Any]:
     state = state_of(request)
     engine_config, server_config = state.engine_config, state.server_config
     engine = state.engine
-    dtype, device = ((engine.dtype, engine.device) if engine is not None
-                     else (engine_config.dtype, engine_config.device))
+    device = engine.device if engine is not None else engine_config.device
     service = state.service
     limits = service.limits if service is not None else None
     return {
         **_scheduling_info(engine),
         "model_id": state.model_id,
         "model_source": engine_config.model,
-        "model_dtype": str(dtype).removeprefix("torch."),
+        "model_dtype": served_dtype(engine, engine_config.dtype),
         "model_device_type": str(device),
         "quantization": engine_config.quantize,
         "phase": state.phase.value,
@@ -103,8 +108,9 @@ async def info(request: Request) -> dict[str, Any]:
 async def metrics(request: Request) -> Response:
     """Prometheus text format (series of adapters no longer registered are dropped first)."""
     state = state_of(request)
-    manager = getattr(state.engine, "adapters_if_built", None)
-    state.metrics.prune_adapters({info.name for info in manager.list()} if manager else set())
+    registered = ({info.name for info in state.engine.adapters.list()}
+                  if state.engine is not None else set())
+    state.metrics.prune_adapters(registered)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
