@@ -43,7 +43,7 @@ def main() -> None:
     layout = KVCacheLayout.of(hf_config, BLOCK_SIZE, torch.bfloat16)
     max_context = max(CONTEXTS)
     kv_cache = PagedKVCache(layout, max(BATCHES) * (max_context // BLOCK_SIZE + 1), device)
-    runner = ModelRunner(loaded.model, kv_cache, device)
+    pool = None
     if args.adapters:
         pool = DeviceSlotPool(LoraTargetShapes.from_hf_config(hf_config), args.adapters, RANK,
                               torch.bfloat16, device)
@@ -53,10 +53,12 @@ def main() -> None:
         for slot in range(args.adapters):
             pool.ranks_host[slot] = RANK
             pool.groups_host[slot] = frozenset(GROUP_NAMES)
-        runner.lora_pool, runner.lora_backend = pool, "triton"
-    runner.decode_graphs = DecodeGraphRunner(loaded.model, kv_cache, max(BATCHES),
-                                             max_context + 1, capture=True)
-    runner.decode_graphs.capture_all()
+    graphs = DecodeGraphRunner(loaded.model, kv_cache, max(BATCHES), max_context + 1,
+                               capture=True)
+    graphs.capture_all()
+    runner = ModelRunner(loaded.model, kv_cache, device, lora_pool=pool,
+                         lora_backend="triton" if pool is not None else "torch",
+                         decode_graphs=graphs)
     print(f"{'batch':>6}{'context':>9}{'measured ms':>13}{'modelled ms':>13}{'ideal ms':>10}")
     for num_seqs in BATCHES:
         for context in CONTEXTS:

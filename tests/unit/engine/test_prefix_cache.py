@@ -152,7 +152,7 @@ def make_seq(name: str, prompt: list[int], prompt_logprobs: bool = False) -> Seq
 
 def run_step(scheduler: Scheduler) -> list[ScheduledSequence]:
     """Schedule, then do what the engine does after the model ran."""
-    scheduled = scheduler.schedule()
+    scheduled = scheduler.schedule().scheduled
     scheduler.block_manager.commit()
     for item in scheduled:
         samples = item.samples
