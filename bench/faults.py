@@ -26,6 +26,7 @@ import httpx
 import psutil
 
 from bench.report import machine_info, write_json
+from loraplex.contracts.adapters import AdapterState
 from loraplex.runtime.adapters.synthetic import write_random_adapter
 from loraplex.runtime.adapters.target import LoraTargetShapes
 from loraplex.runtime.models.shapes import shape_config
@@ -74,7 +75,8 @@ def rss_during_huge_prompts(pod: RuntimeServer) -> dict[str, Any]:
 def _load_seconds(client: httpx.Client, name: str, folder: Path) -> float:
     started = time.perf_counter()
     client.put(f"/v1/adapters/{name}", json={"source": str(folder)}).raise_for_status()
-    while client.get(f"/v1/adapters/{name}").json()["state"] not in ("host", "device", "error"):
+    settled = {AdapterState.HOST, AdapterState.DEVICE, AdapterState.ERROR}
+    while AdapterState(client.get(f"/v1/adapters/{name}").json()["state"]) not in settled:
         time.sleep(0.002)
     return time.perf_counter() - started
 

@@ -35,7 +35,7 @@ from loraplex.runtime.engine.decode_graphs import DecodeGraphRunner
 from loraplex.runtime.engine.detokenizer import IncrementalDetokenizer, special_token_ids
 from loraplex.runtime.engine.kv_cache import KVCacheLayout, PagedKVCache
 from loraplex.runtime.engine.memory_plan import free_device_bytes, plan_memory
-from loraplex.runtime.engine.model_runner import ModelRunner, SampledToken
+from loraplex.runtime.engine.model_runner import ModelRunner, SampledToken, StepOutput
 from loraplex.runtime.engine.prefix_cache import PrefixCacheStats
 from loraplex.runtime.engine.request import (
     FinishReason,
@@ -44,7 +44,7 @@ from loraplex.runtime.engine.request import (
     TokenLogprob,
 )
 from loraplex.runtime.engine.request_bounds import normalize
-from loraplex.runtime.engine.scheduler import Scheduler
+from loraplex.runtime.engine.scheduler import ScheduledSequence, Scheduler
 from loraplex.runtime.engine.sequence import Sequence
 from loraplex.runtime.engine.step_isolation import execute_isolated
 from loraplex.runtime.kernels import resolve_backend
@@ -238,20 +238,24 @@ class Engine:
         for seq, error in culprits:
             events.append(self._fail_alone(seq, error))
         for item in scheduled:
-            seq = item.seq
-            if seq.is_finished:
-                continue
-            if seq.num_computed_tokens < seq.num_prompt_tokens:
-                self._num_prompt_tokens += min(item.num_new_tokens,
-                                               seq.num_prompt_tokens - seq.num_computed_tokens)
-            seq.num_computed_tokens += item.num_new_tokens
-            if seq in output.prompt_logprobs:
-                seq.prompt_logprobs.extend(
-                    TokenLogprob(token_id, self._token_text(token_id), logprob)
-                    for token_id, logprob in output.prompt_logprobs[seq])
-            if seq in output.sampled:
-                events.append(self._append_token(seq, output.sampled[seq]))
+            if not item.seq.is_finished:
+                events.extend(self._advance(item, output))
         return events
+
+    def _advance(self, item: ScheduledSequence, output: StepOutput) -> list[TokenEvent]:
+        """Count what the step computed for one sequence; its token's event, if it sampled."""
+        seq = item.seq
+        if seq.num_computed_tokens < seq.num_prompt_tokens:
+            self._num_prompt_tokens += min(item.num_new_tokens,
+                                           seq.num_prompt_tokens - seq.num_computed_tokens)
+        seq.num_computed_tokens += item.num_new_tokens
+        if seq in output.prompt_logprobs:
+            seq.prompt_logprobs.extend(
+                TokenLogprob(token_id, self._token_text(token_id), logprob)
+                for token_id, logprob in output.prompt_logprobs[seq])
+        if seq in output.sampled:
+            return [self._append_token(seq, output.sampled[seq])]
+        return []
 
     def generate(self, requests: list[GenerationRequest]) -> dict[str, list[TokenEvent]]:
         """Run requests to completion (offline use): every event, by request id."""

@@ -76,28 +76,9 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def schedule(self) -> SchedulerOutput:
-        budget = self.max_num_batched_tokens
         scheduled: list[ScheduledSequence] = []
         failed: list[tuple[Sequence, str]] = []
-        preempted = False
-        index = 0
-        while index < len(self.running) and budget > 0:
-            seq = self.running[index]
-            num_new = min(seq.num_uncomputed_tokens, budget)
-            num_tokens = seq.num_computed_tokens + num_new
-            while not self.block_manager.can_grow(seq.block_table, num_tokens):
-                victim = self.running.pop()  # the newest; never one scheduled before seq
-                self._preempt(victim)
-                preempted = True
-                if victim is seq:
-                    break
-            if seq.status is not SequenceStatus.RUNNING:
-                break
-            self.block_manager.grow(seq.block_table, num_tokens)
-            self._publish(seq, num_tokens)
-            scheduled.append(ScheduledSequence(seq, num_new))
-            budget -= num_new
-            index += 1
+        budget, preempted = self._schedule_running(scheduled)
         admission = self.admission
         if admission is not None:
             admission.begin_step()
@@ -127,6 +108,31 @@ class Scheduler:
             scheduled.append(ScheduledSequence(seq, num_new))
             budget -= num_new
         return SchedulerOutput(scheduled, failed)
+
+    def _schedule_running(self, scheduled: list[ScheduledSequence]) -> tuple[int, bool]:
+        """Running sequences first, in arrival order, preempting the newest for blocks;
+        return the token budget left and whether anything was preempted."""
+        budget = self.max_num_batched_tokens
+        preempted = False
+        index = 0
+        while index < len(self.running) and budget > 0:
+            seq = self.running[index]
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            num_tokens = seq.num_computed_tokens + num_new
+            while not self.block_manager.can_grow(seq.block_table, num_tokens):
+                victim = self.running.pop()  # the newest; never one scheduled before seq
+                self._preempt(victim)
+                preempted = True
+                if victim is seq:
+                    break
+            if seq.status is not SequenceStatus.RUNNING:
+                break
+            self.block_manager.grow(seq.block_table, num_tokens)
+            self._publish(seq, num_tokens)
+            scheduled.append(ScheduledSequence(seq, num_new))
+            budget -= num_new
+            index += 1
+        return budget, preempted
 
     def _cached_prefix(self, seq: Sequence) -> list[int] | None:
         """Cached blocks a waiting sequence may start from; None: it may not look."""
