@@ -37,6 +37,7 @@ from loraplex.runtime.engine.kv_cache import KVCacheLayout, PagedKVCache
 from loraplex.runtime.engine.memory_plan import free_device_bytes, plan_memory
 from loraplex.runtime.engine.model_runner import ModelRunner, SampledToken, StepOutput
 from loraplex.runtime.engine.prefix_cache import PrefixCacheStats
+from loraplex.runtime.engine.prompt_logprobs import PromptTokenScore
 from loraplex.runtime.engine.request import (
     FinishReason,
     GenerationRequest,
@@ -242,6 +243,12 @@ class Engine:
                 events.extend(self._advance(item, output))
         return events
 
+    def _prompt_logprob(self, score: PromptTokenScore) -> TokenLogprob:
+        top = [TokenLogprob(token_id, self._token_text(token_id), logprob, rank)
+               for rank, (token_id, logprob) in enumerate(score.top, start=1)]
+        return TokenLogprob(score.token_id, self._token_text(score.token_id), score.logprob,
+                            score.rank, top)
+
     def _advance(self, item: ScheduledSequence, output: StepOutput) -> list[TokenEvent]:
         """Count what the step computed for one sequence; its token's event, if it sampled."""
         seq = item.seq
@@ -250,9 +257,8 @@ class Engine:
                                            seq.num_prompt_tokens - seq.num_computed_tokens)
         seq.num_computed_tokens += item.num_new_tokens
         if seq in output.prompt_logprobs:
-            seq.prompt_logprobs.extend(
-                TokenLogprob(token_id, self._token_text(token_id), logprob)
-                for token_id, logprob in output.prompt_logprobs[seq])
+            seq.prompt_logprobs.extend(self._prompt_logprob(score)
+                                       for score in output.prompt_logprobs[seq])
         if seq in output.sampled:
             return [self._append_token(seq, output.sampled[seq])]
         return []

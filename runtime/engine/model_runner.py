@@ -20,6 +20,7 @@ import torch
 from loraplex.runtime.adapters.slots import DeviceSlotPool
 from loraplex.runtime.engine.decode_graphs import DecodeGraphRunner
 from loraplex.runtime.engine.kv_cache import PagedKVCache
+from loraplex.runtime.engine.prompt_logprobs import PromptTokenScore, score_prompt_chunk
 from loraplex.runtime.engine.scheduler import ScheduledSequence
 from loraplex.runtime.engine.sequence import Sequence
 from loraplex.runtime.engine.step_sampling import SampledToken, StepSampling
@@ -28,14 +29,12 @@ from loraplex.runtime.layers.lora import LoraBatch
 from loraplex.runtime.layers.sampler import Sampler, token_bias_processor
 from loraplex.runtime.models.llama import LlamaForCausalLM
 
-PROMPT_LOGPROBS_ROWS = 256  # rows of prompt logits materialized at once ([rows, vocab])
-
 
 @dataclass(slots=True)
 class StepOutput:
     sampled: dict[Sequence, SampledToken] = field(default_factory=dict)
-    # per sequence: (token id, logprob) of prompt tokens this step covered
-    prompt_logprobs: dict[Sequence, list[tuple[int, float]]] = field(default_factory=dict)
+    # per sequence: scores of the prompt tokens this step covered
+    prompt_logprobs: dict[Sequence, list[PromptTokenScore]] = field(default_factory=dict)
 
 
 class ModelRunner:
@@ -76,7 +75,8 @@ class ModelRunner:
             output.sampled = dict(zip(seqs, sampled, strict=True))
         for item, start in zip(ordered, starts, strict=False):
             if item.seq.needs_prompt_logprobs:
-                output.prompt_logprobs[item.seq] = self._prompt_logprobs(item, hidden, start)
+                output.prompt_logprobs[item.seq] = score_prompt_chunk(self.model, item,
+                                                                      hidden, start)
         return output
 
     def prepare(self, ordered: list[ScheduledSequence]) -> ForwardBatch:
@@ -133,24 +133,6 @@ class ModelRunner:
         for row, table in enumerate(tables):
             padded[row, :len(table)] = torch.tensor(table, dtype=torch.int32)
         return padded.to(self.device, non_blocking=True)
-
-    def _prompt_logprobs(self, item: ScheduledSequence, hidden: torch.Tensor,
-                         start: int) -> list[tuple[int, float]]:
-        """Logprob of each prompt token this chunk predicts (row i predicts token i+1)."""
-        seq, first = item.seq, item.seq.num_computed_tokens
-        targets = seq.token_ids[first + 1: min(first + item.num_new_tokens + 1,
-                                               seq.num_prompt_tokens)]
-        result: list[tuple[int, float]] = []
-        if first == 0:
-            result.append((seq.token_ids[0], float("nan")))  # nothing predicts the first
-        for offset in range(0, len(targets), PROMPT_LOGPROBS_ROWS):
-            chunk = targets[offset: offset + PROMPT_LOGPROBS_ROWS]
-            rows = hidden[start + offset: start + offset + len(chunk)]
-            logprobs = torch.log_softmax(self.model.compute_logits(rows), dim=-1)
-            ids = torch.tensor(chunk, device=self.device)
-            values = logprobs.gather(1, ids[:, None]).squeeze(1).tolist()
-            result.extend(zip(chunk, values, strict=True))
-        return result
 
 
 def step_order(scheduled: list[ScheduledSequence]) -> list[ScheduledSequence]:

@@ -37,7 +37,8 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)  # stop sequences (not included in output)
     ignore_eos: bool = False
     logprobs: int = 0  # alternatives per generated token to report (0: only the chosen one)
-    prompt_logprobs: bool = False  # report a logprob for each prompt token
+    prompt_logprobs: bool = False  # report a logprob (and its rank) for each prompt token
+    prompt_top_logprobs: int = 0  # ... and this many of each position's likeliest tokens
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to logit
     min_tokens: int = 0  # end tokens are blocked until this many tokens were generated
     allowed_token_ids: list[int] | None = None  # only these may be sampled; None: any
@@ -57,8 +58,13 @@ class SamplingParams:
         for name in ("frequency_penalty", "presence_penalty"):
             if not -2 <= getattr(self, name) <= 2:
                 raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
-        if self.logprobs < 0:
-            raise ValueError(f"logprobs must not be negative, got {self.logprobs}")
+        for name in ("logprobs", "prompt_top_logprobs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        self._check_token_choices()
+
+    def _check_token_choices(self) -> None:
+        """What may be generated: stop sequences, end-token hold-off, biases, allow-list."""
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError("stop sequences must be non-empty strings")
         if not 0 <= self.min_tokens <= self.max_new_tokens:
@@ -97,6 +103,8 @@ class TokenLogprob:
     token_id: int
     text: str
     logprob: float
+    rank: int | None = None  # 1: the likeliest token at its position; None: not computed
+    top: list[TokenLogprob] = field(default_factory=list)  # a prompt position's likeliest
 
 
 @dataclass(slots=True)

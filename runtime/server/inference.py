@@ -38,6 +38,7 @@ from loraplex.runtime.server.errors import (
 from loraplex.runtime.server.generation import GenerationResult, collect
 from loraplex.runtime.server.input_cost import LARGE_TEXT_CHARS, release_memory, tail_chars
 from loraplex.runtime.server.metrics import ServerMetrics
+from loraplex.runtime.server.vllm_metrics import RequestTimes
 from loraplex.runtime.structured.grammar_cache import GrammarCache, GrammarError
 from loraplex.runtime.structured.grammar_spec import GrammarSpec
 
@@ -226,6 +227,7 @@ class InferenceService:
         outcome = "aborted"
         reason: FinishReason | None = FinishReason.ABORT  # vLLM's count: None if it failed
         queued_s: float | None = None
+        first_token_at: float | None = None
         last_token_at: float | None = None
         try:
             async with aclosing(self.engine.generate(request)) as events:
@@ -233,6 +235,7 @@ class InferenceService:
                     now = time.perf_counter()
                     if event.token_id is not None:
                         if last_token_at is None:
+                            first_token_at = now
                             ttft = now - started
                             series.first_token(ttft)
                             if record.ttft_s is None:
@@ -263,7 +266,10 @@ class InferenceService:
             outcome, reason = "rejected", None
             raise ValidationFailed(str(error)) from error
         finally:
-            series.finish(outcome, time.perf_counter() - started, reason, queued_s)
+            series.finish(outcome, RequestTimes(
+                time.perf_counter() - started, queued_s or 0.0,
+                None if first_token_at is None else first_token_at - started,
+                None if last_token_at is None else last_token_at - started), reason)
 
     async def complete(self, request: GenerationRequest, record: RequestRecord,
                        endpoint: str) -> GenerationResult:

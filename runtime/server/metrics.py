@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from loraplex.runtime.engine.request import FinishReason
-from loraplex.runtime.server.vllm_metrics import VllmRequestMetrics
+from loraplex.runtime.server.vllm_metrics import RequestTimes, VllmRequestMetrics
 
 BASE_LABEL = "__base__"  # the `adapter` label value of base-model requests
 OTHER_LABEL = "__other__"  # adapters beyond the label budget
@@ -87,17 +87,16 @@ class RequestSeries:
         self._metrics.generation_tokens.labels(self.label).inc(generated_tokens)
         self._tokens = (prompt_tokens, generated_tokens)
 
-    def finish(self, outcome: str, duration_s: float, reason: FinishReason | None = None,
-               queued_s: float | None = None) -> None:
+    def finish(self, outcome: str, times: RequestTimes,
+               reason: FinishReason | None = None) -> None:
         """The request ended: `outcome` for loraplex's series, `reason` (None unless it ran
         to an end or was aborted) for vLLM's."""
         metrics = self._metrics
         metrics.requests.labels(self._endpoint, self.label, outcome).inc()
         metrics.request_keys.setdefault(self.label, set()).add((self._endpoint, outcome))
-        metrics.duration.labels(self.label).observe(duration_s)
+        metrics.duration.labels(self.label).observe(times.e2e_s)
         if metrics.vllm is not None:
-            metrics.vllm.finished(metrics.model_name, reason, *self._tokens, duration_s,
-                                  queued_s)
+            metrics.vllm.finished(metrics.model_name, reason, *self._tokens, times)
         if self._adapter:
             tally = metrics.activity.running if self._started_running else \
                 metrics.activity.waiting

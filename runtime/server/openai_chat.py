@@ -44,7 +44,11 @@ from loraplex.runtime.server.streaming import (
     stream_failure,
 )
 from loraplex.runtime.server.structured_fields import openai_spec
-from loraplex.runtime.server.token_json import finite_logprob, openai_finish_name
+from loraplex.runtime.server.token_json import (
+    finite_logprob,
+    openai_finish_name,
+    vllm_prompt_logprobs,
+)
 from loraplex.runtime.server.tool_calls import (
     ToolCallStream,
     ToolPlan,
@@ -129,7 +133,9 @@ async def _complete(request: Request, body: ChatCompletionRequest) -> JSONRespon
         "model": body.model or service.model_id, "choices": choices,
         "usage": usage(results[0].num_prompt_tokens,
                        sum(result.num_generated_tokens for result in results)),
-        "system_fingerprint": None})
+        "system_fingerprint": None,
+        "prompt_logprobs": vllm_prompt_logprobs(results[0].prompt_logprobs,
+                                                body.prompt_logprobs)})
 
 
 async def _stream_body(request: Request, body: ChatCompletionRequest, n: int,

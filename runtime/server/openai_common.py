@@ -69,8 +69,10 @@ def token_choice_fields(body: SamplingFields, vocab_size: int,
 
 
 def sampling_params(body: SamplingFields, max_new_tokens: int, stop: list[str],
-                    *, vocab_size: int, logprobs: int = 0,
-                    prompt_logprobs: bool = False) -> SamplingParams:
+                    *, vocab_size: int, logprobs: int = 0, prompt_logprobs: bool = False,
+                    prompt_top_logprobs: int = 0) -> SamplingParams:
+    """The engine's parameters; prompt logprobs when the caller asks (an echo with
+    logprobs) or the body does (vLLM's `prompt_logprobs: k`)."""
     temperature = 1.0 if body.temperature is None else body.temperature
     return SamplingParams(
         **token_choice_fields(body, vocab_size, max_new_tokens),
@@ -85,7 +87,8 @@ def sampling_params(body: SamplingFields, max_new_tokens: int, stop: list[str],
         stop=stop,
         ignore_eos=bool(body.ignore_eos_token),
         logprobs=logprobs,
-        prompt_logprobs=prompt_logprobs,
+        prompt_logprobs=prompt_logprobs or body.prompt_logprobs is not None,
+        prompt_top_logprobs=max(prompt_top_logprobs, body.prompt_logprobs or 0),
     )
 
 

@@ -39,7 +39,11 @@ from loraplex.runtime.server.streaming import (
     stream_failure,
 )
 from loraplex.runtime.server.structured_fields import openai_spec
-from loraplex.runtime.server.token_json import finite_logprob, openai_finish_name
+from loraplex.runtime.server.token_json import (
+    finite_logprob,
+    openai_finish_name,
+    vllm_prompt_logprobs,
+)
 
 router = APIRouter(tags=["openai"])
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
@@ -75,12 +79,13 @@ def _top(text: str, logprob: float | None, top: list[TokenLogprob]) -> dict[str,
 
 
 def _logprobs(events: list[TokenEvent], prompt: list[TokenLogprob] | None,
-              offset: int) -> dict[str, Any]:
+              offset: int, num_top: int = 0) -> dict[str, Any]:
     """OpenAI's legacy logprobs block for (echoed prompt tokens +) generated tokens; only
     the first prompt token has no logprob (nothing precedes it)."""
     entries: list[tuple[str, float | None, dict[str, float] | None]] = [
         (item.text, None, None) if index == 0
-        else (item.text, finite_logprob(item.logprob), _top(item.text, item.logprob, []))
+        else (item.text, finite_logprob(item.logprob),
+              _top(item.text, item.logprob, item.top[:num_top]))
         for index, item in enumerate(prompt or [])]
     entries += [(event.text, finite_logprob(event.logprob),
                  _top(event.text, event.logprob, event.top_logprobs)) for event in events]
@@ -110,8 +115,10 @@ async def _plan(request: Request, body: CompletionRequest
     plans, texts = [], []
     for prompt_index, (ids, text) in enumerate(await _prompts(service, body.prompt)):
         ids, max_new = service.fit_prompt(ids, body.max_tokens, DEFAULT_MAX_TOKENS)
+        echo_logprobs = bool(body.echo and body.logprobs is not None)
         params = sampling_params(body, max_new, stop, logprobs=body.logprobs or 0,
-                                 prompt_logprobs=bool(body.echo and body.logprobs is not None),
+                                 prompt_logprobs=echo_logprobs,
+                                 prompt_top_logprobs=body.logprobs if echo_logprobs else 0,
                                  vocab_size=len(service.engine.tokenizer))
         plans.append([service.make_request(f"{request_id}-{prompt_index}-{index}", ids,
                                            params, adapter, grammar)
@@ -138,8 +145,11 @@ async def _complete(request: Request, body: CompletionRequest) -> JSONResponse:
                 "index": prompt_index * n + index,
                 "text": prefix + result.text,
                 "logprobs": None if body.logprobs is None else _logprobs(
-                    result.tokens, result.prompt_logprobs if body.echo else None, 0),
+                    result.tokens, result.prompt_logprobs if body.echo else None, 0,
+                    body.logprobs),
                 "finish_reason": openai_finish_name(result.finish_reason),
+                "prompt_logprobs": vllm_prompt_logprobs(result.prompt_logprobs,
+                                                        body.prompt_logprobs),
             })
     return JSONResponse({"id": new_id("cmpl"), "object": "text_completion", "created": now(),
                          "model": body.model or service.model_id, "choices": choices,

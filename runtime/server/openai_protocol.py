@@ -8,7 +8,7 @@ ignored; fields asking for something loraplex cannot do (legacy `functions`, aud
 `refuse_unsupported`). What vLLM accepts beyond OpenAI is accepted as vLLM does: a
 missing `model` (the base model), any message `role` and extra keys inside a message
 (both handed to the chat template), and vLLM's sampling extensions (`min_tokens`,
-`allowed_token_ids`). LoRAX's extensions (`top_k`,
+`allowed_token_ids`, `prompt_logprobs`). LoRAX's extensions (`top_k`,
 `repetition_penalty`, `ignore_eos_token`, `adapter_source`, `api_token`) are accepted too.
 Output constraints (`response_format`, vLLM's `guided_*` and `structured_outputs`, forced
 tool calls) are read by `structured_fields.py` and `tool_calls.py`.
@@ -54,6 +54,8 @@ class SamplingFields(GuidedFields):
     # vLLM extensions
     min_tokens: int | None = Field(None, ge=0)
     allowed_token_ids: list[int] | None = Field(None, min_length=1)
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS, description=(
+        "each prompt token's logprob and rank, with this many likeliest tokens per position"))
     # LoRAX extensions
     top_k: int | None = Field(None, ge=0)
     repetition_penalty: float | None = Field(None, gt=0)
@@ -161,6 +163,9 @@ def refuse_unsupported(body: SamplingFields) -> None:
     for name, is_set in refused:
         if is_set:
             raise ValidationFailed(f"{name} is not supported by this server", param=name)
+    if body.prompt_logprobs and body.stream:  # vLLM's rule: 0 is accepted, and not sent
+        raise ValidationFailed("prompt_logprobs are not available when stream is true",
+                               param="prompt_logprobs")
     if body.stream_options is not None and not body.stream:
         raise ValidationFailed("stream_options can only be given when stream is true",
                                param="stream_options")

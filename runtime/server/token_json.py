@@ -52,3 +52,24 @@ def lorax_prefill(prompt_logprobs: list[TokenLogprob] | None) -> list[dict[str, 
              "logprob": None if index == 0 or item.logprob is None
              or math.isnan(item.logprob) else finite_logprob(item.logprob)}
             for index, item in enumerate(prompt_logprobs)]
+
+
+def vllm_prompt_logprobs(prompt_logprobs: list[TokenLogprob] | None, num_top: int | None
+                         ) -> list[dict[str, dict[str, Any]] | None] | None:
+    """vLLM's `prompt_logprobs`: null for the first prompt token, then per position the
+    token itself and its `num_top` likeliest, by token id, each with logprob, rank (1: the
+    likeliest) and text. None when not asked for."""
+    if num_top is None or prompt_logprobs is None:
+        return None
+    positions: list[dict[str, dict[str, Any]] | None] = [None]
+    for item in prompt_logprobs[1:]:
+        entry = {str(item.token_id): _vllm_logprob(item)}
+        for alternative in item.top[:num_top]:
+            entry.setdefault(str(alternative.token_id), _vllm_logprob(alternative))
+        positions.append(entry)
+    return positions
+
+
+def _vllm_logprob(item: TokenLogprob) -> dict[str, Any]:
+    return {"logprob": finite_logprob(item.logprob), "rank": item.rank,
+            "decoded_token": item.text}

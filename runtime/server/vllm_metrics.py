@@ -11,6 +11,8 @@ updated here as requests finish; engine-wide ones (`vllm:num_preemptions_total`,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from loraplex.runtime.engine.request import FinishReason
@@ -75,6 +77,15 @@ class VllmRequestMetrics:
         self.queue_time = histogram("vllm:request_queue_time_seconds",
                                     "Histogram of time spent in WAITING phase for request.",
                                     LATENCY_BUCKETS)
+        self.prefill_time = histogram("vllm:request_prefill_time_seconds",
+                                      "Histogram of time spent in PREFILL phase for request.",
+                                      LATENCY_BUCKETS)
+        self.decode_time = histogram("vllm:request_decode_time_seconds",
+                                     "Histogram of time spent in DECODE phase for request.",
+                                     LATENCY_BUCKETS)
+        self.inference_time = histogram("vllm:request_inference_time_seconds",
+                                        "Histogram of time spent in RUNNING phase for request.",
+                                        LATENCY_BUCKETS)
 
     def first_token(self, model_name: str, ttft_s: float) -> None:
         self.ttft.labels(model_name, ENGINE_INDEX).observe(ttft_s)
@@ -84,7 +95,7 @@ class VllmRequestMetrics:
         self.time_per_output_token.labels(model_name, ENGINE_INDEX).observe(gap_s)
 
     def finished(self, model_name: str, reason: FinishReason | None, prompt_tokens: int,
-                 generated_tokens: int, e2e_s: float, queued_s: float | None) -> None:
+                 generated_tokens: int, times: RequestTimes) -> None:
         """One request ended; those that failed (`error`) are not vLLM successes."""
         labels = (model_name, ENGINE_INDEX)
         self.prompt_tokens.labels(*labels).inc(prompt_tokens)
@@ -95,5 +106,30 @@ class VllmRequestMetrics:
         self.request_success.labels(*labels, finished_reason).inc()
         self.request_prompt_tokens.labels(*labels).observe(prompt_tokens)
         self.request_generation_tokens.labels(*labels).observe(generated_tokens)
-        self.e2e_latency.labels(*labels).observe(e2e_s)
-        self.queue_time.labels(*labels).observe(queued_s or 0.0)
+        self.e2e_latency.labels(*labels).observe(times.e2e_s)
+        self.queue_time.labels(*labels).observe(times.queued_s)
+        self.prefill_time.labels(*labels).observe(times.prefill_s)
+        self.decode_time.labels(*labels).observe(times.decode_s)
+        self.inference_time.labels(*labels).observe(times.prefill_s + times.decode_s)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTimes:
+    """Where one request's time went, in seconds, split as vLLM splits it: waiting in the
+    queue, then prefill (until its first token), then decode (until its last token)."""
+
+    e2e_s: float
+    queued_s: float
+    first_token_s: float | None  # from arrival; None if no token came
+    last_token_s: float | None
+
+    @property
+    def prefill_s(self) -> float:
+        end = self.first_token_s if self.first_token_s is not None else self.e2e_s
+        return max(end - self.queued_s, 0.0)
+
+    @property
+    def decode_s(self) -> float:
+        if self.first_token_s is None or self.last_token_s is None:
+            return 0.0
+        return self.last_token_s - self.first_token_s

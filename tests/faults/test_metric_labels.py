@@ -7,6 +7,7 @@ from __future__ import annotations
 from prometheus_client import generate_latest
 
 from loraplex.runtime.server.metrics import OTHER_LABEL, ServerMetrics
+from loraplex.runtime.server.vllm_metrics import RequestTimes
 
 
 def _run(metrics: ServerMetrics, adapter: str | None) -> None:
@@ -14,7 +15,7 @@ def _run(metrics: ServerMetrics, adapter: str | None) -> None:
     series.first_token(0.01)
     series.next_token(0.002)
     series.record_tokens(3, 2)
-    series.finish("length", 0.1)
+    series.finish("length", RequestTimes(0.1, 0.0, None, None))
 
 
 def _adapters_in(metrics: ServerMetrics) -> set[str]:
@@ -41,5 +42,5 @@ def test_an_adapter_with_a_request_in_flight_keeps_its_series() -> None:
     series = metrics.request_series("generate", "busy")
     series.first_token(0.01)
     metrics.prune_adapters(set())
-    series.finish("length", 0.1)
+    series.finish("length", RequestTimes(0.1, 0.0, None, None))
     assert "busy" in _adapters_in(metrics)

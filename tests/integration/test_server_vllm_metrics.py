@@ -12,7 +12,9 @@ pytestmark = [pytest.mark.model, pytest.mark.timeout(300)]
 NEW_TOKENS = 4
 REQUEST_HISTOGRAMS = ("vllm:time_to_first_token_seconds", "vllm:e2e_request_latency_seconds",
                       "vllm:request_queue_time_seconds", "vllm:request_prompt_tokens",
-                      "vllm:request_generation_tokens")
+                      "vllm:request_generation_tokens", "vllm:request_prefill_time_seconds",
+                      "vllm:request_decode_time_seconds",
+                      "vllm:request_inference_time_seconds")
 TOKEN_GAP_HISTOGRAMS = ("vllm:inter_token_latency_seconds",
                         "vllm:time_per_output_token_seconds")
 
@@ -59,6 +61,11 @@ def test_vllm_series_count_real_traffic(http) -> None:
     assert delta("vllm:generation_tokens_total") == sent * NEW_TOKENS
     assert delta("vllm:request_generation_tokens_sum") == sent * NEW_TOKENS
     assert delta("vllm:time_to_first_token_seconds_sum") > 0
+    # the phases add up: running = prefill + decode, and decode is measurable at 4 tokens
+    assert delta("vllm:request_decode_time_seconds_sum") > 0
+    assert delta("vllm:request_inference_time_seconds_sum") == pytest.approx(
+        delta("vllm:request_prefill_time_seconds_sum")
+        + delta("vllm:request_decode_time_seconds_sum"), rel=1e-6)
     assert value(after, "vllm:num_preemptions_total", **labels) >= 0
     assert ("vllm:num_preemptions_total", tuple(sorted(labels.items()))) in after
 
