@@ -66,6 +66,11 @@ class BlockManager:
             blocks.append(block)
         return blocks
 
+    def is_being_filled(self, block_hash: bytes) -> bool:
+        """Whether the block named `block_hash` is filled by the step being scheduled."""
+        block = self._block_of_hash.get(block_hash)
+        return block is not None and block in self._uncommitted
+
     def can_grow(self, block_table: list[int], num_tokens: int,
                  shared: list[int] | None = None) -> bool:
         """Whether the table, after taking `shared` by reference, can cover `num_tokens`."""

@@ -19,6 +19,14 @@ start with (named by its adapter's identity, see `prefix_cache`) and its prefill
 after them; at least its last token is always computed (it yields the first logits). A
 request for prompt logprobs computes its whole prompt. Every block a step fills is
 published for later sequences as the step is scheduled.
+
+Blocks become matchable only once their step ran, so requests that arrive together with
+one prefix would all compute it. Instead a waiting sequence whose next uncached full block
+is being filled in this step by another sequence (same adapter identity, same tokens)
+waits for the next step, where it is a cache hit (in-batch prefix de-duplication, as in
+SGLang). Each wait normally gains it at least one cached block; whatever happens (the
+step fails, the blocks are evicted), a sequence waits at most once per full block of its
+prompt, so nothing starves, and a request whose blocks nobody else computes never waits.
 """
 
 from __future__ import annotations
@@ -90,6 +98,8 @@ class Scheduler:
                 continue
             looked_up = self._cached_prefix(seq)
             cached = looked_up or []
+            if looked_up is not None and self._waits_for_block_in_flight(seq, len(cached)):
+                continue
             num_cached = len(cached) * self.block_manager.block_size
             num_new = min(seq.num_tokens - num_cached, budget)
             if not self.block_manager.can_grow(seq.block_table, num_cached + num_new, cached):
@@ -143,6 +153,16 @@ class Scheduler:
         if not self._hash_blocks(seq, num_full):
             return None
         return manager.match_prefix(seq.block_hashes[:num_full])
+
+    def _waits_for_block_in_flight(self, seq: Sequence, num_cached: int) -> bool:
+        """Whether `seq` waits a step for its next block, which this step computes anyway."""
+        num_full = (seq.num_tokens - 1) // self.block_manager.block_size
+        if num_cached >= num_full or seq.num_prefix_waits >= num_full:
+            return False  # nothing left to share, or it has waited enough
+        if not self.block_manager.is_being_filled(seq.block_hashes[num_cached]):
+            return False
+        seq.num_prefix_waits += 1
+        return True
 
     def _publish(self, seq: Sequence, num_tokens: int) -> None:
         """Publish the blocks the first `num_tokens` tokens fill (computed by this step)."""

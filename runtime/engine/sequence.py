@@ -55,6 +55,7 @@ class Sequence:
     block_hashes: list[bytes] = field(default_factory=list)  # of full blocks, see prefix_cache
     num_published_blocks: int = 0  # leading blocks of the table published under their hash
     num_preemptions: int = 0
+    num_prefix_waits: int = 0  # steps it waited for a prefix block another one computed
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.request.prompt_token_ids)

@@ -3,9 +3,9 @@
 Eight requests share a 200-token system prompt, two on each of three adapters (strong
 enough to change K/V: they adapt k_proj and v_proj) and two on the base model, each ending
 in its own question. The oracle is transformers (base) and PEFT (adapters); the engine
-runs them with caching off, with caching on (cold, then warm), and with caching on under
-memory pressure with chunked prefill (so blocks are shared, freed, evicted and sequences
-preempted). Every block is free at the end of every run. One adapter is then replaced
+runs them with caching off, with caching on (cold: submitted together, each identity's
+prefix is computed once; then warm), and with caching on under memory pressure with
+chunked prefill (so blocks are shared, freed, evicted and sequences preempted). Every block is free at the end of every run. One adapter is then replaced
 under its name by other weights: its requests stop hitting the blocks of the old ones.
 """
 
@@ -140,12 +140,18 @@ def test_output_with_and_without_caching_equals_the_oracle(adapter_folders, prom
     try:
         assert run(uncached, prompts, "off") == references[:8]
         assert uncached.stats().prefix_cache.total_queries == 0
+        assert uncached.stats().num_prompt_tokens == 8 * (PREFIX_TOKENS + QUESTION_TOKENS)
     finally:
         uncached.close()
     cached = make_engine(adapter_folders)
     try:
         assert run(cached, prompts, "cold") == references[:8]
         cold = cached.stats().prefix_cache
+        # submitted together: each identity's second request waits one step for the
+        # first one's 12 full prefix blocks, so each prefix is computed once
+        shared = 4 * (PREFIX_TOKENS // BLOCK_SIZE) * BLOCK_SIZE
+        assert cold.total_hits == shared
+        assert cached.stats().num_prompt_tokens == 8 * (PREFIX_TOKENS + QUESTION_TOKENS) - shared
         assert run(cached, prompts, "warm") == references[:8]
         warm = cached.stats().prefix_cache
         assert warm.total_hits - cold.total_hits == 8 * 13 * BLOCK_SIZE  # 13 full blocks each

@@ -188,17 +188,93 @@ def test_a_prompt_starts_after_its_cached_blocks_and_always_computes_its_last_to
     assert_all_free(scheduler.block_manager)
 
 
-def test_blocks_are_shared_once_the_step_that_fills_them_has_run(scheduler):
-    prompt = list(range(200, 221))
+def plan_of(scheduled: list[ScheduledSequence]) -> dict[str, int]:
+    return {item.seq.request_id: item.num_new_tokens for item in scheduled}
+
+
+def test_requests_sharing_a_prefix_submitted_together_compute_it_once(scheduler):
+    prompt = list(range(200, 221))  # 5 full blocks and one token
     siblings = [make_seq(f"n{i}", prompt) for i in range(3)]
-    for seq in siblings[:2]:
-        scheduler.add(seq)
-    assert [item.num_new_tokens for item in run_step(scheduler)] == [21, 21]
-    scheduler.add(siblings[2])
-    plan = {item.seq.request_id: item.num_new_tokens for item in run_step(scheduler)}
-    assert plan == {"n0": 1, "n1": 1, "n2": 1}  # n2 shares n0's 5 full blocks
-    assert siblings[2].block_table[:5] == siblings[0].block_table[:5]
     for seq in siblings:
+        scheduler.add(seq)
+    assert plan_of(run_step(scheduler)) == {"n0": 21}  # the others wait for its blocks
+    assert plan_of(run_step(scheduler)) == {"n0": 1, "n1": 1, "n2": 1}
+    assert siblings[1].block_table[:5] == siblings[2].block_table[:5] == \
+        siblings[0].block_table[:5]
+    stats = scheduler.prefix_cache_stats
+    assert stats.queries[None] == 3 * 21 and stats.hits[None] == 2 * 20
+    for seq in siblings:
+        scheduler.finish(seq)
+    assert_all_free(scheduler.block_manager)
+
+
+def test_no_wait_for_blocks_another_adapter_computes(scheduler):
+    """Fails if the wait ignores the adapter: "b" would wait for "a"'s blocks."""
+    prompt = list(range(400, 421))
+    first_a, only_b, second_a = (make_seq(name, prompt) for name in ("a1", "b", "a2"))
+    first_a.cache_identity = second_a.cache_identity = adapter_identity("a", "sha256:1")
+    only_b.cache_identity = adapter_identity("b", "sha256:1")
+    for seq in (first_a, only_b, second_a):
+        scheduler.add(seq)
+    assert plan_of(run_step(scheduler)) == {"a1": 21, "b": 21}
+    assert plan_of(run_step(scheduler)) == {"a1": 1, "b": 1, "a2": 1}
+    assert second_a.block_table[:5] == first_a.block_table[:5]
+    assert not set(only_b.block_table) & set(first_a.block_table)
+    for seq in (first_a, only_b, second_a):
+        scheduler.finish(seq)
+    assert_all_free(scheduler.block_manager)
+
+
+def test_a_waiting_request_follows_a_chunked_prefill_of_its_prefix():
+    scheduler = Scheduler(BlockManager(32, 4, enable_prefix_caching=True), max_num_seqs=8,
+                          max_num_batched_tokens=16)
+    prompt = list(range(500, 540))  # 10 full blocks
+    leader, follower = make_seq("leader", prompt), make_seq("follower", prompt)
+    scheduler.add(leader)
+    scheduler.add(follower)
+    plans = [plan_of(run_step(scheduler)) for _ in range(4)]
+    # the leader's chunks take the whole budget; its last one leaves room, but fills the
+    # blocks the follower needs: it waits one step and shares 9 blocks
+    assert plans == [{"leader": 16}, {"leader": 16}, {"leader": 8},
+                     {"leader": 1, "follower": 4}]
+    assert follower.num_prefix_waits == 1
+    assert follower.block_table[:9] == leader.block_table[:9]
+    for seq in (leader, follower):
+        scheduler.finish(seq)
+    assert_all_free(scheduler.block_manager)
+
+
+def test_after_a_failed_step_the_next_request_computes_and_the_rest_wait_for_it(
+        scheduler):
+    prompt = list(range(600, 621))
+    leader, second, third = (make_seq(name, prompt) for name in ("leader", "second", "third"))
+    for seq in (leader, second, third):
+        scheduler.add(seq)
+    assert plan_of(scheduler.schedule()) == {"leader": 21}
+    scheduler.block_manager.discard_uncommitted()  # the step failed, the leader with it
+    scheduler.finish(leader)
+    assert plan_of(run_step(scheduler)) == {"second": 21}
+    assert plan_of(run_step(scheduler)) == {"second": 1, "third": 1}
+    for seq in (second, third):
+        scheduler.finish(seq)
+    assert_all_free(scheduler.block_manager)
+
+
+def test_a_request_waits_at_most_once_per_full_block_of_its_prompt(scheduler):
+    prompt = list(range(700, 709))  # 2 full blocks before its last token
+    follower = make_seq("follower", prompt)
+    scheduler.add(follower)
+    for attempt in range(2):  # a request ahead of it computes the prefix and fails
+        leader = make_seq(f"leader{attempt}", prompt)
+        scheduler.waiting.appendleft(leader)
+        assert plan_of(scheduler.schedule()) == {leader.request_id: 9}
+        scheduler.block_manager.discard_uncommitted()
+        scheduler.finish(leader)
+    leader = make_seq("leader2", prompt)
+    scheduler.waiting.appendleft(leader)
+    assert plan_of(run_step(scheduler)) == {"leader2": 9, "follower": 9}
+    assert follower.num_prefix_waits == 2
+    for seq in (leader, follower):
         scheduler.finish(seq)
     assert_all_free(scheduler.block_manager)
 
