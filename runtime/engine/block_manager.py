@@ -16,8 +16,9 @@ cache knows which blocks are fresh: exactly ids `>= num_blocks_ever_used`.
 
 Blocks are published as the step that fills them is scheduled, but matched only once that
 step has run (`commit()`): a failed step is retried in parts (`step_isolation`), and a
-part must never read blocks another part has yet to fill. `discard_uncommitted()` after a
-step that failed, so that no half-computed block stays named.
+part must never read blocks another part has yet to fill (`is_being_filled` lets the
+scheduler hold a request that needs one for a step). `discard_uncommitted()` after a step
+that failed, so that no half-computed block stays named.
 """
 
 from __future__ import annotations

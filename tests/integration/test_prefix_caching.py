@@ -5,8 +5,9 @@ enough to change K/V: they adapt k_proj and v_proj) and two on the base model, e
 in its own question. The oracle is transformers (base) and PEFT (adapters); the engine
 runs them with caching off, with caching on (cold: submitted together, each identity's
 prefix is computed once; then warm), and with caching on under memory pressure with
-chunked prefill (so blocks are shared, freed, evicted and sequences preempted). Every block is free at the end of every run. One adapter is then replaced
-under its name by other weights: its requests stop hitting the blocks of the old ones.
+chunked prefill (so blocks are shared, freed, evicted and sequences preempted). Every
+block is free at the end of every run. One adapter is then replaced under its name by
+other weights: its requests stop hitting the blocks of the old ones.
 """
 
 from __future__ import annotations
