@@ -250,7 +250,7 @@ def test_after_a_failed_step_the_next_request_computes_and_the_rest_wait_for_it(
     leader, second, third = (make_seq(name, prompt) for name in ("leader", "second", "third"))
     for seq in (leader, second, third):
         scheduler.add(seq)
-    assert plan_of(scheduler.schedule()) == {"leader": 21}
+    assert plan_of(scheduler.schedule().scheduled) == {"leader": 21}
     scheduler.block_manager.discard_uncommitted()  # the step failed, the leader with it
     scheduler.finish(leader)
     assert plan_of(run_step(scheduler)) == {"second": 21}
@@ -267,7 +267,7 @@ def test_a_request_waits_at_most_once_per_full_block_of_its_prompt(scheduler):
     for attempt in range(2):  # a request ahead of it computes the prefix and fails
         leader = make_seq(f"leader{attempt}", prompt)
         scheduler.waiting.appendleft(leader)
-        assert plan_of(scheduler.schedule()) == {leader.request_id: 9}
+        assert plan_of(scheduler.schedule().scheduled) == {leader.request_id: 9}
         scheduler.block_manager.discard_uncommitted()
         scheduler.finish(leader)
     leader = make_seq("leader2", prompt)
