@@ -16,7 +16,8 @@ request log), which is quadratic: thousands of objects would take minutes. So th
 is trimmed to the requests in flight, and each call is recorded as a small `Call`
 instead (what the RBAC check needs). kmock also finds the object of a get, patch, create
 or delete by scanning every stored object (10,000 Adapters: about 10 ms a call, the
-emulator's whole time); here the object is looked up by its key.
+emulator's whole time); here the object is looked up by its key. A CRD can be taken
+away for a while (`uninstall`), as in a cluster that lacks one.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     _validators: dict[str, jsonschema.Draft4Validator] = attrs.field(factory=dict, init=False)
     _in_flight: set[int] = attrs.field(factory=set, init=False)
     _scales: dict[str, dict[str, str]] = attrs.field(factory=dict, init=False)  # plural → paths
+    _uninstalled: set[str] = attrs.field(factory=set, init=False)  # plurals of removed CRDs
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -112,11 +114,21 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             if "scale" in version["subresources"]:
                 self._scales[names["plural"]] = version["subresources"]["scale"]
 
+    def uninstall(self, plural: str) -> None:
+        """As after `kubectl delete crd`: the kind is no longer served (404 on every call)."""
+        self._uninstalled.add(plural)
+
+    def install(self, plural: str) -> None:
+        self._uninstalled.discard(plural)
+
     async def _handle(self, request: kmock.Request) -> Any:
         if request.resource is not None and request.action is not None:
             self.calls.append(Call(request.headers.get("User-Agent", ""),
                                    request.action.name.lower(), request.resource.group,
                                    request.resource.plural, request.subresource))
+            if request.resource.plural in self._uninstalled:
+                raise kmock.KubernetesError(status=404, reason="NotFound", message=(
+                    "the server could not find the requested resource"))
         self._in_flight.add(id(request))
         try:
             if request.subresource == "scale" and request.action == kmock.action.FETCH:

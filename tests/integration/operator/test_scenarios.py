@@ -352,6 +352,24 @@ def test_an_inference_pool_follows_the_spec(kube):
     assert all_ready(kube, FIRST), "the pods keep serving"
 
 
+def test_an_inference_pool_without_its_crd_is_reported_with_the_fix(kube, emulator):
+    """The cluster lacks the extension's CRD: the BMD says which CRD to install, the pods
+    keep serving, and installing it is enough."""
+    emulator.emulator.uninstall("inferencepools")
+    try:
+        degraded = wait_for(lambda: bmd_condition(kube, "Degraded").get("reason")
+                            == "ChildRejected" and bmd_condition(kube, "Degraded"), 30,
+                            "the missing CRD reported")
+        assert "InferencePool" in degraded["message"]
+        assert "Gateway API Inference Extension installed" in degraded["message"]
+        assert all_ready(kube, FIRST), "the pods keep serving"
+    finally:
+        emulator.emulator.install("inferencepools")
+    wait_for(lambda: bmd_condition(kube, "Degraded").get("status") == "False"
+             and bmd_condition(kube, "Ready").get("status") == "True", 30, "recovered")
+    assert kube.get("inferencepools", BMD) is not None
+
+
 def test_an_operator_restart_converges_without_duplicates(kube, pods, operator, adapter_dirs):
     operator.stop()
     kube.create("adapters", adapter_body("lora-20", str(adapter_dirs["lora-20"]), 2))
