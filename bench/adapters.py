@@ -1,19 +1,26 @@
-"""Throughput with many distinct LoRA adapters in one batch, against base-only and PEFT.
+"""Multi-LoRA throughput where users are: batch x adapter count, in process, over HTTP, PEFT.
 
-One batch of `--batch` (64) greedy requests, `--new-tokens` (32) tokens each (EOS
-ignored), spread round-robin over 1, 8, 32 and 64 distinct adapters, for two rank mixes:
-8-64 (8, 16, 32, 64 in turn) and 8-16 (the common fine-tune ranks). Compared with our own
-base-only throughput on the same prompts (measured beside every row, as the machine may
-be shared) and with PEFT's mixed-adapter batch
-(`generate(..., adapter_names=[...])`, left-padded) on transformers' model from the same
-folder. All adapters target all seven projections. Every adapter is registered under its
-own name and gets its own device slot (the adapters of one rank share a random weight
-file: the work per slot is the same as for different weights, and writing and parsing
-64 large adapters would dominate the run). Timed runs start once every adapter is on
-the device (a short warm-up run loads them). Prints a table, writes JSON and a PNG plot.
+A matrix of cells: a batch of B greedy requests (B in `--batches`, 1/4/16/64), `--new-tokens`
+(32) tokens each with EOS ignored, spread round-robin over N distinct adapters (N in
+`--counts`, 0 = base model only, 1/4/8/32) whose ranks cycle through `--ranks` (8, 16, 32,
+64), all seven projections targeted. Each cell is timed, one after the other so that a
+busy shared machine slows all alike:
+- `inproc`: our engine in this process (`Engine.generate`);
+- `http`: the same prompts as text through a real `loraplex serve` (`bench.serve_batch`),
+  all B `/generate` requests sent at once;
+- `peft`: transformers + PEFT's mixed batch (`bench.adapters_peft`) on the same weights,
+  the same prompt ids and the same adapter folders.
+Adapters are on the device before timing (registered, preloaded, warmed up), prefix
+caching is off on our side (the same prompts repeat from cell to cell). A cell with more
+adapters than rows uses the first B of them (its `distinct`). The adapters of one rank
+share one random weight file, but each is registered under its own name and gets its own
+slot (and its own copy in PEFT), so the work is that of distinct adapters. Prompts are
+the chat-templated questions of `bench.engine` (their token lengths are printed and
+saved). Prints a table, writes JSON.
 
-    python -m bench.adapters                       # builtin SmolLM2-135M, fp32, CPU
-    python -m bench.adapters --model llama-3-8b --load-format dummy --quick   # a GPU pod
+    python -m bench.adapters                                   # the whole matrix (long)
+    python -m bench.adapters --batches 1,4,16,64 --counts 0,8  # the batch row at 8 adapters
+    python -m bench.adapters --check-peft                      # PEFT harness vs a plain loop
 """
 
 from __future__ import annotations
@@ -23,10 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from bench.engine import chat_prompts
+from bench.adapters_peft import PeftBatch, plain_generate_seconds
+from bench.engine import QUESTIONS
 from bench.report import machine_info, write_json
+from bench.serve_batch import ServedBatch
 from loraplex.runtime.adapters.synthetic import write_random_adapter
 from loraplex.runtime.adapters.target import LoraTargetShapes
 from loraplex.runtime.config import EngineConfig
@@ -34,7 +41,21 @@ from loraplex.runtime.engine.engine import Engine
 from loraplex.runtime.engine.request import GenerationRequest, SamplingParams
 from loraplex.runtime.models.loader import load_model
 
-RANK_MIXES = {"8-64": (8, 16, 32, 64), "8-16": (8, 16)}
+MODES = ("inproc", "http", "peft")
+KV_CACHE_BYTES = 1 << 30
+
+
+def chat_texts(tokenizer, count: int) -> list[str]:
+    """`count` chat-templated prompts (a question each, repeated ones made distinct)."""
+    texts = []
+    for index in range(count):
+        question = QUESTIONS[index % len(QUESTIONS)]
+        if index >= len(QUESTIONS):
+            question = f"{question} (variant {index // len(QUESTIONS)})"
+        texts.append(tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True,
+            tokenize=False))
+    return texts
 
 
 def run_engine(engine: Engine, prompts: list[list[int]], adapters: list[str | None],
@@ -54,166 +75,142 @@ def run_engine(engine: Engine, prompts: list[list[int]], adapters: list[str | No
     return elapsed
 
 
-def run_peft(model, prompts: list[list[int]], adapters: list[str], new_tokens: int,
-             pad_id: int) -> float:
-    width = max(len(p) for p in prompts)
-    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
-    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    started = time.perf_counter()
-    with torch.inference_mode():
-        model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
-                       max_new_tokens=new_tokens, eos_token_id=None,
-                       pad_token_id=pad_id, adapter_names=adapters)
-    return time.perf_counter() - started
-
-
-def write_rank_folders(root: Path, target: LoraTargetShapes, ranks: tuple[int, ...]
-                       ) -> dict[int, Path]:
-    return {rank: write_random_adapter(root / f"rank{rank}", target, rank, seed=rank)
-            for rank in ranks}
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ints = lambda text: [int(item) for item in text.split(",")]  # noqa: E731
+    parser.add_argument("--model", default="builtin:smollm2-135m-instruct")
+    parser.add_argument("--batches", type=ints, default=[1, 4, 16, 64])
+    parser.add_argument("--counts", type=ints, default=[0, 1, 4, 8, 32],
+                        help="distinct adapters per batch (0: base model only)")
+    parser.add_argument("--ranks", type=ints, default=[8, 16, 32, 64])
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--modes", default=",".join(MODES), help=f"of {MODES}")
+    parser.add_argument("--check-peft", action="store_true",
+                        help="only time the PEFT harness against a plain PEFT loop")
+    parser.add_argument("--out", default="bench/results/adapters_matrix_cpu.json")
+    args = parser.parse_args(argv)
+    args.modes = args.modes.split(",")
+    if set(args.modes) - set(MODES):
+        parser.error(f"--modes must be of {MODES}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="builtin:smollm2-135m-instruct")
-    parser.add_argument("--load-format", default="auto", choices=("auto", "dummy"))
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--counts", default="1,8,32,64", help="distinct adapters per batch")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--mixes", default="8-64,8-16", help=f"of {list(RANK_MIXES)}")
-    parser.add_argument("--no-peft", action="store_true", help="skip the PEFT comparison")
-    parser.add_argument("--quick", action="store_true",
-                        help="counts 1,8,32, 16 new tokens, rank mix 8-16, no PEFT")
-    parser.add_argument("--out-dir", default="bench/results")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.counts, args.new_tokens, args.mixes, args.no_peft = "1,8,32", 16, "8-16", True
-    counts = [int(c) for c in args.counts.split(",")]
-    mixes = args.mixes.split(",")
-    max_rank = max(max(RANK_MIXES[mix]) for mix in mixes)
-
-    config = EngineConfig(model=args.model, load_format=args.load_format, device=args.device,
-                          dtype=args.dtype, max_num_seqs=args.batch,
-                          device_slots=max(counts), max_lora_rank=max_rank,
-                          kv_cache_bytes=1 << 30 if args.device in ("auto", "cpu") else 0)
+    args = parse_args(argv)
+    config = EngineConfig(model=args.model, dtype="float32", device="cpu",
+                          max_num_seqs=max(args.batches), device_slots=max(max(args.counts), 1),
+                          max_lora_rank=max(args.ranks), kv_cache_bytes=KV_CACHE_BYTES,
+                          prefix_caching=False)
     loaded = load_model(config)
-    device_name = loaded.device.type
-    engine = Engine(config, loaded)
+    tokenizer = loaded.tokenizer
+    texts = chat_texts(tokenizer, max(args.batches))
+    prompts = [list(tokenizer.encode(text)) for text in texts]  # as the server encodes
+    pad_id = tokenizer.pad_token_id or loaded.eos_token_ids[0]
     target = LoraTargetShapes.from_hf_config(loaded.hf_config)
-    prompts = chat_prompts(loaded.tokenizer, args.batch)
-    peft_model = None
-    if not args.no_peft and args.load_format != "dummy":
-        from transformers import AutoModelForCausalLM
-
-        peft_model = AutoModelForCausalLM.from_pretrained(loaded.folder,
-                                                          dtype=torch.float32).eval()
-    pad_id = loaded.tokenizer.pad_token_id or loaded.eos_token_ids[0]
-
-    generated = args.batch * args.new_tokens
-    run_engine(engine, prompts, [None] * args.batch, args.new_tokens)  # warm-up
-
-    def base_tokens_per_s() -> float:  # measured beside every row: the machine is shared
-        return generated / run_engine(engine, prompts, [None] * args.batch, args.new_tokens)
-
-    rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        for mix in mixes:
-            ranks = RANK_MIXES[mix]
-            folders = write_rank_folders(Path(scratch) / mix, target, ranks)
-            for count in counts:
-                names = [f"{mix}-{i}" for i in range(count)]
-                for i, name in enumerate(names):
-                    engine.adapters.register(name, str(folders[ranks[i % len(ranks)]]))
-                adapters = [names[i % count] for i in range(args.batch)]
-                run_engine(engine, prompts, adapters, 2)  # warm-up: loads every adapter
-                base_tps = base_tokens_per_s()
-                ours_s = run_engine(engine, prompts, adapters, args.new_tokens)
-                row = {"rank_mix": mix, "distinct_adapters": count, "batch": args.batch,
-                       "new_tokens": args.new_tokens, "tokens_per_s": generated / ours_s,
-                       "base_tokens_per_s": base_tps}
-                row["vs_base"] = row["tokens_per_s"] / base_tps
-                if peft_model is not None:
-                    peft_s = time_peft(peft_model, folders, ranks, names, prompts, adapters,
-                                       args.new_tokens, pad_id)
-                    row["peft_tokens_per_s"] = generated / peft_s
-                    row["vs_peft"] = row["tokens_per_s"] / row["peft_tokens_per_s"]
-                rows.append(row)
-                print(f"mix {mix:>5} adapters {count:>3}: {row['tokens_per_s']:8.1f} tok/s "
-                      f"({row['vs_base']:.2f}x base"
-                      + (f", {row['vs_peft']:.2f}x PEFT)" if "vs_peft" in row else ")"),
-                      flush=True)
-                for name in names:
-                    engine.adapters.unregister(name)
-    engine.close()
+        files = {rank: write_random_adapter(Path(scratch) / f"rank{rank}", target, rank,
+                                            seed=rank) for rank in args.ranks}
+        names = [f"r{args.ranks[i % len(args.ranks)]}-{i}" for i in range(max(args.counts))]
+        folders = {name: files[args.ranks[i % len(args.ranks)]]
+                   for i, name in enumerate(names)}
+        if args.check_peft:
+            return check_peft(args, loaded.folder, tokenizer, texts, prompts, folders, pad_id)
+        rows = run_matrix(args, config, loaded, texts, prompts, names, folders, pad_id)
     print_table(rows)
-    result = {
-        "model": args.model, "load_format": args.load_format, "device": device_name,
-        "dtype": str(loaded.dtype).removeprefix("torch."), "greedy": True,
-        "machine": machine_info(device_name),
-        "rows": rows,
-    }
-    out = Path(args.out_dir)
-    write_json(out / f"adapters_{device_name}.json", result)
-    plot(rows, out / f"adapters_{device_name}.png", args.model)
-    print(f"\nwrote {out / f'adapters_{device_name}.json'} and .png")
+    lengths = [len(p) for p in prompts]
+    print(f"prompt lengths (tokens, batch order): {lengths}")
+    write_json(Path(args.out), {
+        "model": args.model, "dtype": "float32", "device": "cpu", "greedy": True,
+        "new_tokens": args.new_tokens, "ranks": args.ranks, "prompt_lengths": lengths,
+        "machine": machine_info("cpu"), "rows": rows})
+    print(f"wrote {args.out}")
     return 0
 
 
-def time_peft(model, folders: dict[int, Path], ranks: tuple[int, ...], names: list[str],
-              prompts: list[list[int]], adapters: list[str], new_tokens: int,
-              pad_id: int) -> float:
-    """PEFT's mixed batch with the same adapters (loaded onto `model`, removed after)."""
-    from peft import PeftModel
-
-    peft = PeftModel.from_pretrained(model, folders[ranks[0]], adapter_name=names[0])
+def run_matrix(args, config: EngineConfig, loaded, texts, prompts, names, folders,
+               pad_id: int) -> list[dict]:
+    engine = Engine(config, loaded) if "inproc" in args.modes else None
+    served = ServedBatch(
+        "--model", args.model, "--dtype", "float32", "--device", "cpu",
+        "--max-num-seqs", str(max(args.batches)), "--device-slots",
+        str(config.device_slots), "--max-lora-rank", str(max(args.ranks)),
+        "--kv-cache-bytes", str(KV_CACHE_BYTES), "--no-prefix-caching",
+    ) if "http" in args.modes else None
+    peft = PeftBatch(loaded.folder, pad_id) if "peft" in args.modes else None
+    rows = []
     try:
-        for i, name in enumerate(names[1:], start=1):
-            peft.load_adapter(folders[ranks[i % len(ranks)]], adapter_name=name)
-        run_peft(peft, prompts, adapters, 2, pad_id)  # warm-up
-        return run_peft(peft, prompts, adapters, new_tokens, pad_id)
+        for count in args.counts:
+            used = names[:count]
+            if engine is not None:
+                for name in used:
+                    engine.adapters.register(name, str(folders[name]))
+            if served is not None:
+                served.register({name: folders[name] for name in used})
+            if peft is not None and used:
+                peft.add_adapters({name: folders[name] for name in used})
+            for batch in args.batches:
+                adapters = [used[i % count] if count else None for i in range(batch)]
+                row = {"batch": batch, "adapters": count, "distinct": min(count, batch)}
+                for mode, timer in (("inproc", engine and (
+                        lambda p, a, n: run_engine(engine, p, a, n))),
+                                    ("http", served and (
+                        lambda p, a, n: served.time_batch(texts[:len(p)], a, n))),
+                                    ("peft", peft and peft.time_batch)):
+                    if timer:
+                        timer(prompts[:batch], adapters, 2)  # warm-up: every adapter loaded
+                        if mode == "http":
+                            served.check_on_device(used)
+                        seconds = timer(prompts[:batch], adapters, args.new_tokens)
+                        row[mode] = batch * args.new_tokens / seconds
+                rows.append(row)
+                print(row_line(row), flush=True)
     finally:
-        peft.unload()
+        if served is not None:
+            served.close()
+        if engine is not None:
+            engine.close()
+    return rows
+
+
+def check_peft(args, folder, tokenizer, texts, prompts, folders, pad_id: int) -> int:
+    """Time the harness and a plain PEFT loop on the first batch/count given."""
+    batch, count = args.batches[0], max(args.counts)
+    used = list(folders)[:count]
+    adapters = [used[i % count] for i in range(batch)]
+    harness = PeftBatch(folder, pad_id)
+    harness.add_adapters({name: folders[name] for name in used})
+    harness.time_batch(prompts[:batch], adapters, 2)
+    harness_s = harness.time_batch(prompts[:batch], adapters, args.new_tokens)
+    del harness
+    plain_s = plain_generate_seconds(folder, tokenizer, texts[:batch],
+                                     {name: folders[name] for name in used}, adapters,
+                                     args.new_tokens)
+    generated = batch * args.new_tokens
+    print(f"batch {batch}, {count} adapters: harness {generated / harness_s:.1f} tok/s, "
+          f"plain PeftModel.generate loop {generated / plain_s:.1f} tok/s")
+    return 0
+
+
+def row_line(row: dict) -> str:
+    cells = " ".join(f"{mode} {row[mode]:7.1f}" for mode in MODES if mode in row)
+    return (f"batch {row['batch']:>3} adapters {row['adapters']:>3} ({row['distinct']} in "
+            f"the batch): {cells} tok/s")
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'mix':>5} {'adapters':>8} {'tok/s':>8} {'x base':>7} {'PEFT tok/s':>11} "
-          f"{'x PEFT':>7}")
+    """tok/s per cell, and each mode's ratio to its own base-only cell at that batch."""
+    base = {row["batch"]: row for row in rows if row["adapters"] == 0}
+    print(f"\n{'batch':>5} {'adapters':>8} " + " ".join(f"{m + ' tok/s':>12}" for m in MODES)
+          + f" {'http/inproc':>11} {'inproc/base':>11} {'http/base':>9} {'http/peft':>9}")
     for row in rows:
-        peft = row.get("peft_tokens_per_s")
-        print(f"{row['rank_mix']:>5} {row['distinct_adapters']:>8} {row['tokens_per_s']:>8.1f} "
-              f"{row['vs_base']:>7.2f} {peft if peft is None else f'{peft:.1f}':>11} "
-              f"{row.get('vs_peft', float('nan')):>7.2f}")
-
-
-def plot(rows: list[dict], path: Path, model: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for mix in dict.fromkeys(row["rank_mix"] for row in rows):
-        mine = [row for row in rows if row["rank_mix"] == mix]
-        counts = [row["distinct_adapters"] for row in mine]
-        axes.plot(counts, [row["tokens_per_s"] for row in mine], "o-",
-                  label=f"loraplex, ranks {mix}")
-        if all("peft_tokens_per_s" in row for row in mine):
-            axes.plot(counts, [row["peft_tokens_per_s"] for row in mine], "s--",
-                      label=f"PEFT mixed batch, ranks {mix}")
-    base = [row["base_tokens_per_s"] for row in rows]
-    axes.axhline(sorted(base)[len(base) // 2], color="gray", linestyle=":",
-                 label="loraplex, base model only (median)")
-    axes.set_xscale("log", base=2)
-    axes.set_xlabel(f"distinct adapters in one batch of {rows[0]['batch']} requests")
-    axes.set_ylabel("generated tokens / s")
-    axes.set_title(f"{model}: multi-LoRA throughput")
-    axes.legend(fontsize=8)
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+        own = base.get(row["batch"], {})
+        ratio = lambda a, b: (f"{a / b:.2f}" if a and b else "-")  # noqa: E731
+        print(f"{row['batch']:>5} {row['adapters']:>8} "
+              + " ".join(f"{row.get(m, float('nan')):>12.1f}" for m in MODES)
+              + f" {ratio(row.get('http'), row.get('inproc')):>11}"
+              + f" {ratio(row.get('inproc'), own.get('inproc')):>11}"
+              + f" {ratio(row.get('http'), own.get('http')):>9}"
+              + f" {ratio(row.get('http'), row.get('peft')):>9}")
 
 
 if __name__ == "__main__":
