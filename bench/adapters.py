@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from bench.adapters_peft import PeftBatch, plain_generate_seconds
 from bench.engine import QUESTIONS
 from bench.report import machine_info, write_json
@@ -85,6 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ranks", type=ints, default=[8, 16, 32, 64])
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--modes", default=",".join(MODES), help=f"of {MODES}")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads on every side (0: torch's default); on a busy "
+                        "shared machine 1 keeps idle-spinning thread teams out of the timings")
     parser.add_argument("--check-peft", action="store_true",
                         help="only time the PEFT harness against a plain PEFT loop")
     parser.add_argument("--out", default="bench/results/adapters_matrix_cpu.json")
@@ -97,6 +102,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = EngineConfig(model=args.model, dtype="float32", device="cpu",
                           max_num_seqs=max(args.batches), device_slots=max(max(args.counts), 1),
                           max_lora_rank=max(args.ranks), kv_cache_bytes=KV_CACHE_BYTES,
@@ -121,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"prompt lengths (tokens, batch order): {lengths}")
     write_json(Path(args.out), {
         "model": args.model, "dtype": "float32", "device": "cpu", "greedy": True,
-        "new_tokens": args.new_tokens, "ranks": args.ranks, "prompt_lengths": lengths,
+        "new_tokens": args.new_tokens, "torch_threads": torch.get_num_threads(),
+        "ranks": args.ranks, "prompt_lengths": lengths,
         "machine": machine_info("cpu"), "rows": rows})
     print(f"wrote {args.out}")
     return 0
@@ -135,6 +143,7 @@ def run_matrix(args, config: EngineConfig, loaded, texts, prompts, names, folder
         "--max-num-seqs", str(max(args.batches)), "--device-slots",
         str(config.device_slots), "--max-lora-rank", str(max(args.ranks)),
         "--kv-cache-bytes", str(KV_CACHE_BYTES), "--no-prefix-caching",
+        env={"OMP_NUM_THREADS": str(args.threads)} if args.threads else None,
     ) if "http" in args.modes else None
     peft = PeftBatch(loaded.folder, pad_id) if "peft" in args.modes else None
     rows = []

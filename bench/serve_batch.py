@@ -28,8 +28,8 @@ LOAD_TIMEOUT_S = 600.0
 class ServedBatch:
     """A `loraplex serve` process for the bench; `close()` stops it."""
 
-    def __init__(self, *serve_args: str) -> None:
-        self.server: RuntimeServer = start_runtime_server(*serve_args)
+    def __init__(self, *serve_args: str, env: dict[str, str] | None = None) -> None:
+        self.server: RuntimeServer = start_runtime_server(*serve_args, env=env)
         self.url = self.server.url
 
     def close(self) -> None:
