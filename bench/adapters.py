@@ -168,7 +168,7 @@ def run_matrix(args, config: EngineConfig, loaded, texts, prompts, names, folder
                     if timer:
                         timer(prompts[:batch], adapters, 2)  # warm-up: every adapter loaded
                         if mode == "http":
-                            served.check_on_device(used)
+                            served.check_on_device(sorted({a for a in adapters if a}))
                         seconds = timer(prompts[:batch], adapters, args.new_tokens)
                         row[mode] = batch * args.new_tokens / seconds
                 rows.append(row)
