@@ -10,6 +10,8 @@ busy shared machine slows all alike:
   all B `/generate` requests sent at once;
 - `peft`: transformers + PEFT's mixed batch (`bench.adapters_peft`) on the same weights,
   the same prompt ids and the same adapter folders.
+A cell with adapters also times each side's base model on the same batch right after its
+mixed run (`inproc_base`, ...), as the load of a shared machine changes by the minute.
 Adapters are on the device before timing (registered, preloaded, warmed up), prefix
 caching is off on our side (the same prompts repeat from cell to cell). A cell with more
 adapters than rows uses the first B of them (its `distinct`). The adapters of one rank
@@ -160,17 +162,18 @@ def run_matrix(args, config: EngineConfig, loaded, texts, prompts, names, folder
             for batch in args.batches:
                 adapters = [used[i % count] if count else None for i in range(batch)]
                 row = {"batch": batch, "adapters": count, "distinct": min(count, batch)}
-                for mode, timer in (("inproc", engine and (
-                        lambda p, a, n: run_engine(engine, p, a, n))),
-                                    ("http", served and (
-                        lambda p, a, n: served.time_batch(texts[:len(p)], a, n))),
-                                    ("peft", peft and peft.time_batch)):
+                timers = {"inproc": engine and (
+                    lambda p, a, n: run_engine(engine, p, a, n)),
+                          "http": served and (
+                    lambda p, a, n: served.time_batch(texts[:len(p)], a, n)),
+                          "peft": peft and peft.time_batch}
+                for mode, timer in timers.items():
                     if timer:
                         timer(prompts[:batch], adapters, 2)  # warm-up: every adapter loaded
                         if mode == "http":
                             served.check_on_device(sorted({a for a in adapters if a}))
-                        seconds = timer(prompts[:batch], adapters, args.new_tokens)
-                        row[mode] = batch * args.new_tokens / seconds
+                        row.update(time_cell(mode, timer, prompts[:batch], adapters,
+                                             args.new_tokens))
                 rows.append(row)
                 print(row_line(row), flush=True)
     finally:
@@ -179,6 +182,17 @@ def run_matrix(args, config: EngineConfig, loaded, texts, prompts, names, folder
         if engine is not None:
             engine.close()
     return rows
+
+
+def time_cell(mode: str, timer, prompts: list[list[int]], adapters: list[str | None],
+              new_tokens: int) -> dict[str, float]:
+    """tok/s of the batch, and of the same batch on the base model right after (the load
+    of a shared machine changes from minute to minute: a ratio needs both together)."""
+    generated = len(prompts) * new_tokens
+    cell = {mode: generated / timer(prompts, adapters, new_tokens)}
+    if any(adapters):
+        cell[f"{mode}_base"] = generated / timer(prompts, [None] * len(prompts), new_tokens)
+    return cell
 
 
 def check_peft(args, folder, tokenizer, texts, prompts, folders, pad_id: int) -> int:
@@ -207,18 +221,19 @@ def row_line(row: dict) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    """tok/s per cell, and each mode's ratio to its own base-only cell at that batch."""
-    base = {row["batch"]: row for row in rows if row["adapters"] == 0}
+    """tok/s per cell, and each mode's ratio to its own base-only run beside it."""
     print(f"\n{'batch':>5} {'adapters':>8} " + " ".join(f"{m + ' tok/s':>12}" for m in MODES)
-          + f" {'http/inproc':>11} {'inproc/base':>11} {'http/base':>9} {'http/peft':>9}")
+          + f" {'http/inproc':>11} {'inproc/base':>11} {'http/base':>9} {'peft/base':>9}"
+          + f" {'http/peft':>9}")
     for row in rows:
-        own = base.get(row["batch"], {})
+        own = {mode: row.get(f"{mode}_base", row.get(mode)) for mode in MODES}
         ratio = lambda a, b: (f"{a / b:.2f}" if a and b else "-")  # noqa: E731
         print(f"{row['batch']:>5} {row['adapters']:>8} "
               + " ".join(f"{row.get(m, float('nan')):>12.1f}" for m in MODES)
               + f" {ratio(row.get('http'), row.get('inproc')):>11}"
               + f" {ratio(row.get('inproc'), own.get('inproc')):>11}"
               + f" {ratio(row.get('http'), own.get('http')):>9}"
+              + f" {ratio(row.get('peft'), own.get('peft')):>9}"
               + f" {ratio(row.get('http'), row.get('peft')):>9}")
 
 
