@@ -10,6 +10,9 @@ in the pool (higher ranks higher, on a log scale) and takes the nearest free slo
 below it, else the nearest above. The CPU path reads consecutive slots as one range at
 the range's largest rank (`kernels/torch_plan.py`), so a pool where rank-8 and rank-64
 adapters alternate would read every slot at rank 64; clustered, each run reads its own.
+The scale starts at HOME_FLOOR_RANK, not at rank 1: ranks below 8 are rare, and a scale
+from 1 put rank 8's home mid-pool, so a full pool of ranks 8-64 filled as 64, 32, 16, 8,
+8, 16, 32, 64 (every slot read at rank 64) where it now fills in rank order.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from __future__ import annotations
 import math
 
 from loraplex.runtime.adapters.records import AdapterRecord
+
+
+HOME_FLOOR_RANK = 8  # ranks at or below it share the home slot 0
 
 
 class SlotTable:
@@ -45,9 +51,14 @@ class SlotTable:
         return victim.slot, victim
 
     def home(self, rank: int, max_rank: int) -> int:
-        """The slot adapters of `rank` gather around: 0 for rank 1, the last for max_rank."""
-        scale = math.log2(max(max_rank, 2))
-        return round((len(self.owners) - 1) * min(math.log2(max(rank, 1)) / scale, 1.0))
+        """The slot adapters of `rank` gather around: 0 up to HOME_FLOOR_RANK, the last for
+        max_rank, log-spaced between."""
+        floor = math.log2(HOME_FLOOR_RANK)
+        span = math.log2(max_rank) - floor
+        if span <= 0:
+            return 0
+        position = min(max(math.log2(max(rank, 1)) - floor, 0.0) / span, 1.0)
+        return round((len(self.owners) - 1) * position)
 
     def assign(self, slot: int, record: AdapterRecord) -> None:
         self.owners[slot] = record

@@ -58,3 +58,21 @@ def test_a_full_pool_evicts_the_least_recently_used_idle_adapter() -> None:
     slot, victim = table.choose(protect_since=100.0, rank=64, max_rank=64)
     assert victim is owners[1] and slot == owners[1].slot
     assert table.choose(protect_since=11.0, rank=64, max_rank=64) is None  # used since
+
+
+def test_a_pool_just_big_enough_for_ranks_8_to_64_fills_in_rank_order() -> None:
+    # registered in turn (8, 16, 32, 64, 8, ...): a scale from rank 1 filled 8 slots as
+    # 64, 32, 16, 8, 8, 16, 32, 64, which the CPU path reads as one range at rank 64
+    for size in (8, 9, 16):
+        table = SlotTable(size)
+        fill(table, [8, 16, 32, 64] * 2, max_rank=64)
+
+        layout = [owner.rank for owner in table.owners if owner is not None]
+        assert layout == [8, 8, 16, 16, 32, 32, 64, 64], size
+
+
+def test_ranks_at_or_below_the_floor_share_the_first_home() -> None:
+    table = SlotTable(16)
+    assert table.home(1, 64) == table.home(8, 64) == 0
+    assert table.home(64, 64) == table.home(128, 64) == 15
+    assert SlotTable(4).home(8, 8) == 0  # a pool whose largest rank is the floor
