@@ -21,7 +21,6 @@ import math
 
 from loraplex.runtime.adapters.records import AdapterRecord
 
-
 HOME_FLOOR_RANK = 8  # ranks at or below it share the home slot 0
 
 
