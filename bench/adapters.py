@@ -83,6 +83,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ints = lambda text: [int(item) for item in text.split(",")]  # noqa: E731
     parser.add_argument("--model", default="builtin:smollm2-135m-instruct")
+    parser.add_argument("--load-format", default="auto", choices=("auto", "dummy"))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", help="auto: float32 on the CPU")
+    parser.add_argument("--quick", action="store_true",
+                        help="in process only, batch 64, counts 0,1,8,32, 16 new tokens")
     parser.add_argument("--batches", type=ints, default=[1, 4, 16, 64])
     parser.add_argument("--counts", type=ints, default=[0, 1, 4, 8, 32],
                         help="distinct adapters per batch (0: base model only)")
@@ -96,7 +101,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="only time the PEFT harness against a plain PEFT loop")
     parser.add_argument("--out", default="bench/results/adapters_matrix_cpu.json")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.modes, args.batches, args.counts, args.new_tokens = "inproc", [64], [0, 1, 8, 32], 16
     args.modes = args.modes.split(",")
+    if args.load_format == "dummy" and args.modes != ["inproc"]:
+        parser.error("a dummy model has no weights folder for PEFT: use --modes inproc")
     if set(args.modes) - set(MODES):
         parser.error(f"--modes must be of {MODES}")
     return args
@@ -106,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = EngineConfig(model=args.model, dtype="float32", device="cpu",
+    config = EngineConfig(model=args.model, load_format=args.load_format, dtype=args.dtype,
+                          device=args.device,
                           max_num_seqs=max(args.batches), device_slots=max(max(args.counts), 1),
-                          max_lora_rank=max(args.ranks), kv_cache_bytes=KV_CACHE_BYTES,
+                          max_lora_rank=max(args.ranks),
+                          kv_cache_bytes=KV_CACHE_BYTES if args.device in ("auto", "cpu") else 0,
                           prefix_caching=False)
     loaded = load_model(config)
     tokenizer = loaded.tokenizer
@@ -129,10 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     lengths = [len(p) for p in prompts]
     print(f"prompt lengths (tokens, batch order): {lengths}")
     write_json(Path(args.out), {
-        "model": args.model, "dtype": "float32", "device": "cpu", "greedy": True,
+        "model": args.model, "dtype": str(loaded.dtype).removeprefix("torch."),
+        "device": loaded.device.type, "greedy": True,
         "new_tokens": args.new_tokens, "torch_threads": torch.get_num_threads(),
         "ranks": args.ranks, "prompt_lengths": lengths,
-        "machine": machine_info("cpu"), "rows": rows})
+        "machine": machine_info(loaded.device.type), "rows": rows})
     print(f"wrote {args.out}")
     return 0
 
@@ -141,7 +153,7 @@ def run_matrix(args, config: EngineConfig, loaded, texts, prompts, names, folder
                pad_id: int) -> list[dict]:
     engine = Engine(config, loaded) if "inproc" in args.modes else None
     served = ServedBatch(
-        "--model", args.model, "--dtype", "float32", "--device", "cpu",
+        "--model", args.model, "--dtype", args.dtype, "--device", args.device,
         "--max-num-seqs", str(max(args.batches)), "--device-slots",
         str(config.device_slots), "--max-lora-rank", str(max(args.ranks)),
         "--kv-cache-bytes", str(KV_CACHE_BYTES), "--no-prefix-caching",
