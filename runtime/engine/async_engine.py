@@ -181,6 +181,7 @@ class AsyncEngine:
     def _loop_until_stopped(self) -> None:
         while self._apply_commands(*self._command_wait()):
             if not self.engine.has_unfinished():
+                self.engine.adapters.poll()  # device preloads and copies go on while idle
                 continue
             started = time.perf_counter()
             try:

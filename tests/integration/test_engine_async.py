@@ -149,3 +149,24 @@ async def test_stop_ends_open_streams_with_abort():
     assert rest[-1].finished and rest[-1].finish_reason is FinishReason.ABORT
     assert engine.stats().num_free_blocks == engine.stats().num_total_blocks
     assert not engine.is_running
+
+
+async def test_a_device_preload_reaches_the_device_with_no_request(tmp_path):
+    """Nothing but the idle loop moves a `preload: device` adapter on (no step runs)."""
+    from loraplex.contracts.adapters import AdapterState
+    from loraplex.runtime.adapters.synthetic import write_random_adapter
+    from loraplex.runtime.adapters.target import LoraTargetShapes
+
+    engine = AsyncEngine.from_config(tiny_llama_config(device_slots=2, max_lora_rank=8))
+    await engine.start()
+    try:
+        target = LoraTargetShapes.from_hf_config(engine.engine.loaded.hf_config)
+        folder = write_random_adapter(tmp_path / "hot", target, rank=4)
+        engine.adapters.register("hot", str(folder), preload="device")
+        deadline = asyncio.get_running_loop().time() + 30
+        while engine.adapters.get("hot").state is not AdapterState.DEVICE:
+            assert asyncio.get_running_loop().time() < deadline, engine.adapters.get("hot")
+            await asyncio.sleep(0.05)
+        assert engine.stats().num_steps == 0
+    finally:
+        await engine.stop()
