@@ -29,11 +29,9 @@ from bench.report import machine_info, write_json
 from loraplex.runtime.adapters.synthetic import write_random_adapter
 from loraplex.runtime.adapters.target import LoraTargetShapes
 from loraplex.runtime.config import EngineConfig
-from loraplex.runtime.engine.engine import Engine
+from loraplex.runtime.engine.engine import ADAPTER_WAIT_S, Engine
 from loraplex.runtime.engine.request import GenerationRequest, SamplingParams
 from loraplex.runtime.models.loader import LoadedModel, load_model
-
-IDLE_WAIT_S = 0.002
 
 
 def build_requests(args: argparse.Namespace, vocab: int) -> list[GenerationRequest]:
@@ -83,7 +81,7 @@ def run_burst(engine: Engine, requests: list[GenerationRequest]) -> dict[str, An
                 outputs[event.request_id].append(event.token_id)
                 first_token_s.setdefault(event.request_id, now)
         if not engine.last_step_ran:
-            time.sleep(IDLE_WAIT_S)
+            time.sleep(ADAPTER_WAIT_S)
     elapsed = time.perf_counter() - started
     ttft = np.array(list(first_token_s.values()))
     cache = engine.stats().prefix_cache
