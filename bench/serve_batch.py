@@ -3,9 +3,9 @@
 `bench.adapters` measures the engine in process; a user meets it through HTTP: the
 server's tokenizer, JSON, the event loop and the hand-off to the engine thread. This
 module starts `loraplex serve` on loopback (a free port), registers adapters with
-`preload: device` and waits until every one is loaded (an idle engine does not advance
-device preloads, so the caller's warm-up batch brings them onto the device, which
-`check_on_device` then confirms); `time_batch` sends all requests of a batch at once (one
+`preload: device` and waits until every one is on the device (an idle server moves device
+preloads on by itself; `check_on_device` confirms they are still there after the caller's
+warm-up); `time_batch` sends all requests of a batch at once (one
 connection each) and returns the seconds until the last answer. Every answer must carry
 exactly the requested number of tokens (EOS is ignored), so both sides of a comparison
 generate the same work.
@@ -19,7 +19,12 @@ from pathlib import Path
 
 import httpx
 
-from loraplex.contracts.adapters import AdapterList, AdapterRegistration, Preload
+from loraplex.contracts.adapters import (
+    AdapterList,
+    AdapterRegistration,
+    AdapterState,
+    Preload,
+)
 from tests.integration.runtime_servers import RuntimeServer, start_runtime_server
 
 LOAD_TIMEOUT_S = 600.0
@@ -36,7 +41,7 @@ class ServedBatch:
         self.server.stop()
 
     def register(self, adapters: dict[str, Path]) -> None:
-        """PUT each adapter (name -> folder) with preload to the device; wait until loaded."""
+        """PUT each adapter (name -> folder) with preload to the device; wait until there."""
         with httpx.Client(timeout=60, trust_env=False) as http:
             for name, folder in adapters.items():
                 body = AdapterRegistration(source=str(folder), preload=Preload.DEVICE)
@@ -49,7 +54,7 @@ class ServedBatch:
                 failed = [name for name in adapters if listing[name].failed]
                 if failed:
                     raise RuntimeError(f"adapters failed to load: {failed}")
-                if all(listing[name].loaded for name in adapters):
+                if all(listing[name].state is AdapterState.DEVICE for name in adapters):
                     return
                 time.sleep(0.2)
         raise RuntimeError("adapters still loading after the timeout")
@@ -58,7 +63,7 @@ class ServedBatch:
         with httpx.Client(timeout=60, trust_env=False) as http:
             listing = AdapterList.model_validate_json(
                 http.get(f"{self.url}/v1/adapters").content).by_name()
-        elsewhere = [name for name in names if listing[name].state != "device"]
+        elsewhere = [name for name in names if listing[name].state is not AdapterState.DEVICE]
         if elsewhere:
             raise RuntimeError(f"adapters not on the device: {elsewhere}")
 

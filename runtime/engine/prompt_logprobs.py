@@ -42,7 +42,7 @@ def score_prompt_chunk(model: LlamaForCausalLM, item: ScheduledSequence,
     for offset in range(0, len(targets), ROWS):
         chunk = targets[offset: offset + ROWS]
         rows = hidden[start + offset: start + offset + len(chunk)]  # [n, d]
-        logprobs = torch.log_softmax(model.compute_logits(rows).float(), dim=-1)  # [n, V]
+        logprobs = torch.log_softmax(model.compute_logits(rows), dim=-1)  # [n, V] float32
         ids = torch.tensor(chunk, device=logprobs.device)
         chosen = logprobs.gather(1, ids[:, None])  # [n, 1]
         ranks = (logprobs > chosen).sum(dim=1) + 1  # [n]
