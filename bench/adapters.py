@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="builtin:smollm2-135m-instruct")
     parser.add_argument("--load-format", default="auto", choices=("auto", "dummy"))
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto", help="auto: float32 on the CPU")
+    parser.add_argument("--dtype", default="float32", help="float32: the precision PEFT runs in")
     parser.add_argument("--quick", action="store_true",
                         help="in process only, batch 64, counts 0,1,8,32, 16 new tokens")
     parser.add_argument("--batches", type=ints, default=[1, 4, 16, 64])

@@ -22,9 +22,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "quantized.json"
 VARIANTS = {  # name -> engine settings
     "fp32": {"dtype": "float32"},
     "bf16": {"dtype": "bfloat16"},
-    "int8": {"dtype": "float32", "quantize": "int8"},
-    "int4": {"dtype": "float32", "quantize": "int4"},
-    "gguf-q4_1": {"dtype": "float32", "quantize": "gguf"},
+    "int8": {"dtype": "bfloat16", "quantize": "int8"},
+    "int4": {"dtype": "bfloat16", "quantize": "int4"},
+    "gguf-q4_1": {"dtype": "bfloat16", "quantize": "gguf"},
 }
 RANKS = (8, 16, 32, 64)
 

@@ -29,7 +29,8 @@ class EngineConfig:
     model: str = setting(DEFAULT_MODEL, help="model source: builtin:NAME, a folder, a .gguf "
                          "file, hf://org/repo, or a shape name with --load-format dummy")
     revision: str = setting("", help="revision of an hf:// model")
-    dtype: str = setting("auto", help="weight dtype (auto: bfloat16 on CUDA, float32 on CPU)",
+    dtype: str = setting("auto", help="weight dtype (auto: bfloat16 on CUDA and on CPUs with "
+                         "native bf16 arithmetic, AVX512-BF16 or AMX; float32 on other CPUs)",
                          choices=DTYPES)
     load_format: str = setting("auto", help="auto: read weights; dummy: random weights",
                                choices=LOAD_FORMATS)

@@ -3,7 +3,11 @@
 A pod with a small GPU (or a CPU) holds the base weights in 8 or 4 bits and multiplies
 them with activations in the serving dtype; LoRA deltas are added on top of the output
 exactly as for full weights, so adapters need nothing new. The products use torch's own
-weight-only kernels, no native code of ours:
+weight-only kernels, no native code of ours. On the CPU those kernels are vectorized for
+bf16 activations only: with fp32 activations the same [32 x 576] @ [576 x 1536] product took
+16.7 ms (int8) and 48 ms (int4) against 0.75 and 0.71 ms in bf16 on our 2-core bench machine,
+so on the CPU the product always runs in bf16 (`KERNEL_DTYPE_CPU`) and returns the layer's
+dtype; an fp32 model keeps its format tables in fp32 for `dequantize()`.
 - int8: `aten._weight_int8pack_mm(x, q[N, K] int8, scales[N])` (CPU and CUDA),
   symmetric per output channel: w = q * scale.
 - int4: tinygemm's layout, asymmetric per group of `group_size` inputs:
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 INT4_CPU_ROWS = 16  # the CPU kernel's output tile
 INT4_INNER_K_TILES = 2  # tinygemm's inner tiling of the packed layout (2, 4 or 8)
+KERNEL_DTYPE_CPU = torch.bfloat16  # the activation dtype the CPU kernels are fast in
 
 
 class QuantizedWeight:
@@ -48,7 +53,8 @@ class Int8Weight(QuantizedWeight):
     def __init__(self, codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> None:
         self.codes = codes.to(torch.int8).contiguous()  # [N, K]
         self.scales = scales.float().contiguous()  # [N], fp32: the format's own precision
-        self.kernel_scales = self.scales.to(dtype)  # [N] in the activation dtype
+        self.kernel_dtype = kernel_dtype(codes.device, dtype)
+        self.kernel_scales = self.scales.to(self.kernel_dtype)  # [N], as the kernel reads them
         self.out_features, self.in_features = self.codes.shape
 
     @classmethod
@@ -60,10 +66,9 @@ class Int8Weight(QuantizedWeight):
         return cls(codes, scales, weight.dtype)
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
-        scales = self.kernel_scales
-        if scales.dtype != x.dtype:
-            scales = self.scales.to(x.dtype)
-        return torch.ops.aten._weight_int8pack_mm(x, self.codes, scales)
+        x_kernel = x.to(self.kernel_dtype)
+        return torch.ops.aten._weight_int8pack_mm(x_kernel, self.codes,
+                                                  self.kernel_scales).to(x.dtype)
 
     def dequantize(self) -> torch.Tensor:
         return self.codes.float() * self.scales[:, None]
@@ -87,9 +92,11 @@ class Int4Weight(QuantizedWeight):
         self.group_size = group_size
         self.device = codes.device
         self.packed = pack_int4(codes.to(torch.int32).contiguous())
-        # [K / g, N, 2] in the activation dtype, as the kernel reads them
+        # [K / g, N, 2] in the model's dtype; an fp32 model's table is rounded to the CPU
+        # kernel's bf16 for each product (3% of a decode step) rather than kept twice
         self.scales_and_zeros = torch.stack([scales.t(), zeros.t()], dim=-1).to(
             dtype).contiguous()
+        self.kernel_dtype = kernel_dtype(self.device, dtype)
 
     @classmethod
     def quantize(cls, weight: torch.Tensor, group_size: int) -> Int4Weight:
@@ -110,12 +117,10 @@ class Int4Weight(QuantizedWeight):
         return cls(codes, scales, offsets + 8.0 * scales, group_size, dtype)
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
-        table = self.scales_and_zeros
-        if table.dtype != x.dtype:
-            table = table.to(x.dtype)
         if self.device.type == "cpu":
-            return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, self.group_size,
-                                                              table)
+            return torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x.to(self.kernel_dtype), self.packed, self.group_size,
+                self.scales_and_zeros.to(self.kernel_dtype)).to(x.dtype)
         return F.linear(x, self.dequantize().to(x.dtype))
 
     def codes(self) -> torch.Tensor:  # [N, K] in 0..15
@@ -136,6 +141,11 @@ class Int4Weight(QuantizedWeight):
     @property
     def nbytes(self) -> int:
         return self.packed.nbytes + self.scales_and_zeros.nbytes
+
+
+def kernel_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The activation dtype a product on `device` runs in for a model in `dtype`."""
+    return KERNEL_DTYPE_CPU if device.type == "cpu" else dtype
 
 
 def check_int4_shape(in_features: int, group_size: int) -> None:

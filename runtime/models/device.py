@@ -19,10 +19,23 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic in hardware (AVX512-BF16 or AMX).
+
+    Elsewhere oneDNN emulates bf16 products through fp32, which saves memory but not time.
+    """
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto`: bfloat16 on CUDA, float32 on the CPU."""
+    """`auto`: bfloat16 on CUDA and on a CPU that computes it natively, else float32.
+
+    On our 2-core bench machine (AMD EPYC with AVX512-BF16) the builtin model decodes
+    1.9x faster in bf16 than in fp32 at batch 32 (`python -m bench.quantized`).
+    """
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        native = device.type == "cuda" or cpu_computes_bf16()
+        return torch.bfloat16 if native else torch.float32
     if name not in DTYPES_BY_NAME:
         raise ValueError(f"unsupported dtype {name!r}; choose from auto, "
                          f"{', '.join(DTYPES_BY_NAME)}")

@@ -16,12 +16,7 @@ from pathlib import Path
 
 import gguf
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GenerationConfig,
-    PreTrainedTokenizerBase,
-)
+from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from loraplex.runtime.models.folder_lock import build_folder_once
 
@@ -62,6 +57,8 @@ def _is_converted(folder: Path, gguf_path: Path, required: str) -> bool:
 
 def load_gguf_tokenizer(gguf_path: Path) -> PreTrainedTokenizerBase:
     """transformers' tokenizer for the GGUF, with BOS/EOS/PAD/UNK as the file declares."""
+    from transformers import AutoTokenizer  # only for a conversion: see `load_tokenizer`
+
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     fields = read_tokenizer_metadata(gguf_path)
     for attribute, field in SPECIAL_TOKEN_FIELDS.items():
@@ -86,6 +83,8 @@ def convert_gguf(gguf_path: Path, folder: Path) -> Path:
     def build(staging: Path) -> None:
         logger.info("dequantizing %s into %s (once; later starts read the cache)",
                     gguf_path.name, folder)
+        from transformers import AutoModelForCausalLM  # only for a conversion
+
         model = AutoModelForCausalLM.from_pretrained(
             gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
         tokenizer = save_tokenizer(gguf_path, staging)

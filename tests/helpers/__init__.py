@@ -76,9 +76,9 @@ def builtin_tokenizer():
 
 
 def tiny_llama_config(**overrides: object) -> EngineConfig:
-    """`tiny-llama` with random weights: a real engine that starts in a moment."""
+    """`tiny-llama` with random weights in fp32: a real engine that starts in a moment."""
     values: dict[str, object] = {"model": "tiny-llama", "load_format": "dummy",
-                                 "cache_dir": cache_dir(), "device": "cpu",
+                                 "cache_dir": cache_dir(), "device": "cpu", "dtype": "float32",
                                  "kv_cache_bytes": 16 << 20}
     values.update(overrides)
     return EngineConfig(**values)

@@ -28,6 +28,9 @@ from pathlib import Path
 import httpx
 
 DEFAULT_READY_TIMEOUT_S = 300.0
+# servers compute in the oracles' precision (transformers and PEFT in fp32) unless a test
+# passes LORAPLEX_DTYPE itself; `auto` would pick bf16 on a CPU with native bf16
+ORACLE_ENV = {"LORAPLEX_DTYPE": "float32"}
 LOG_TAIL_CHARS = 4000
 
 
@@ -91,8 +94,9 @@ def start_runtime_server(*args: str, host: str = "127.0.0.1", port: int | None =
                          env: dict[str, str] | None = None, log_dir: str | Path | None = None,
                          wait: bool = True,
                          ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S) -> RuntimeServer:
-    """Start `loraplex serve ARGS` on `host:port` (a free port if none) and, unless
-    `wait=False`, wait until it is ready. The caller must `stop()` it."""
+    """Start `loraplex serve ARGS` on `host:port` (a free port if none), in fp32 unless `env`
+    or ARGS say otherwise, and, unless `wait=False`, wait until it is ready. The caller must
+    `stop()` it."""
     port = port or free_port(host)
     log_folder = Path(log_dir or tempfile.mkdtemp(prefix="loraplex-serve-"))
     log_folder.mkdir(parents=True, exist_ok=True)
@@ -101,7 +105,7 @@ def start_runtime_server(*args: str, host: str = "127.0.0.1", port: int | None =
                "--port", str(port), *args]
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **(env or {})})
+                                   env={**os.environ, **ORACLE_ENV, **(env or {})})
     server = RuntimeServer(host, port, process, log_path, tuple(args))
     if wait:
         try:

@@ -51,7 +51,8 @@ def readme_server(readme_snippets: dict[str, Snippet], workdir: Path) -> Iterato
     _, code = readme_snippets["serve"]
     words = shlex.split(code)
     assert words[:2] == ["loraplex", "serve"], code
-    with runtime_server(*words[2:], env={"LORAPLEX_KV_CACHE_BYTES": str(KV_CACHE_BYTES)},
+    env = {"LORAPLEX_KV_CACHE_BYTES": str(KV_CACHE_BYTES), "LORAPLEX_DTYPE": "auto"}  # as typed
+    with runtime_server(*words[2:], env=env,
                         log_dir=workdir / "logs") as server:
         yield server
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig, LlamaConfig
 
 from loraplex.runtime.models import gguf
@@ -48,7 +49,7 @@ def test_a_second_start_reads_the_cache_without_dequantizing(monkeypatch):
     def no_dequantizing(*args, **kwargs):
         raise AssertionError("the GGUF was dequantized again")
 
-    monkeypatch.setattr(gguf.AutoModelForCausalLM, "from_pretrained", no_dequantizing)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_dequantizing)
     assert resolve_builtin(BUILTIN_MODEL, cache_dir()) == folder
     assert (folder / "model.safetensors").stat().st_mtime_ns == before
 
