@@ -46,7 +46,7 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rows", [1, 7, 33])
+@pytest.mark.parametrize("rows", [1, 7, 16, 33])
 def test_int8_product_equals_its_dequantized_weight(dtype, rows) -> None:
     generator = torch.Generator().manual_seed(rows)
     weight = torch.randn(80, 96, generator=generator)
