@@ -38,14 +38,12 @@ def paged_decode(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torc
         longest = max(lengths[row] for row in rows)
         index = torch.tensor(rows, device=query.device)
         tables = block_tables[index, :-(-longest // block_size)]  # [n, w]
-        keys = _gathered(key_cache, tables)  # [n, Hkv, w * block_size, D]
-        values = _gathered(value_cache, tables)
-        key_positions = torch.arange(keys.shape[2], device=query.device)
-        lens = torch.tensor([lengths[row] for row in rows], device=query.device)
+        key_positions = torch.arange(tables.shape[1] * block_size, device=query.device)
+        row_lengths = [lengths[row] for row in rows]
+        lens = torch.tensor(row_lengths, device=query.device)
         visible = key_positions[None, :] < lens[:, None]  # [n, L]
-        hidden = ~visible[:, None, :, None]  # keys past a row's length may be stale
-        keys.masked_fill_(hidden, 0.0)
-        values.masked_fill_(hidden, 0.0)
+        keys = _gathered(key_cache, tables, row_lengths)  # [n, Hkv, L, D]
+        values = _gathered(value_cache, tables, row_lengths)
         attended = F.scaled_dot_product_attention(
             query[index].unsqueeze(2), keys, values, attn_mask=visible[:, None, None, :],
             scale=scale, enable_gqa=True)  # [n, H, 1, D]
@@ -90,8 +88,19 @@ def paged_prefill(query: torch.Tensor, key_cache: torch.Tensor, value_cache: tor
     return out
 
 
-def _gathered(cache: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
-    """cache [num_blocks, block_size, Hkv, D], tables [n, w] -> [n, Hkv, w * block_size, D]"""
+def _gathered(cache: torch.Tensor, tables: torch.Tensor,
+              lengths: Sequence[int] | None = None) -> torch.Tensor:
+    """cache [num_blocks, block_size, Hkv, D], tables [n, w] -> [n, Hkv, w * block_size, D]
+
+    `lengths`: each row's own length; the positions past it are zeroed, since a block may
+    hold stale (even non-finite) keys of an earlier request there and a zero attention
+    weight times NaN is still NaN. Each row's tail is one contiguous run of the copy, so
+    zeroing it is a memset (a broadcast `masked_fill_` over the copy took 5x longer).
+    """
     num_seqs, width = tables.shape
-    blocks = cache[tables.long()]  # [n, w, block_size, Hkv, D]
-    return blocks.view(num_seqs, width * cache.shape[1], *cache.shape[2:]).transpose(1, 2)
+    blocks = cache.index_select(0, tables.reshape(-1))  # [n * w, block_size, Hkv, D]
+    rows = blocks.view(num_seqs, width * cache.shape[1], *cache.shape[2:])  # [n, L, Hkv, D]
+    for row, length in enumerate(lengths or ()):
+        if length < rows.shape[1]:
+            rows[row, length:].zero_()
+    return rows.transpose(1, 2)
