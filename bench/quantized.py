@@ -2,15 +2,20 @@
 
 `python -m bench.quantized` loads the builtin model once per variant (fp32, bf16, int8,
 int4, and the GGUF's own Q4_1 blocks), each in a fresh process so that its resident set
-after start-up is its own, then times greedy generation at batch 1 and 32 on the base and
+after start-up is its own (an engine alone, and a whole `loraplex serve` once it answers
+/health), then times greedy generation at batch 1 and 32 on the base and
 at batch 64 spread over 32 random adapters (ranks 8-64). The variants alternate in one
-run; the ratios against fp32 in the table come from that run.
+run; the ratios against fp32 in the table come from that run. Quality is measured beside
+speed: the perplexity of the tests' fixed text (tests/data/perplexity.txt, from the
+engine's own prompt logprobs) and how many of 8 chat prompts give the first variant's
+greedy tokens (16 new tokens each).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -27,27 +32,65 @@ VARIANTS = {  # name -> engine settings
     "gguf-q4_1": {"dtype": "bfloat16", "quantize": "gguf"},
 }
 RANKS = (8, 16, 32, 64)
+PERPLEXITY_TEXT = Path(__file__).resolve().parents[1] / "tests" / "data" / "perplexity.txt"
+GREEDY_PROMPTS = 8
+GREEDY_TOKENS = 16
+
+
+def quality(engine: Any, prompts: list[list[int]]) -> dict[str, Any]:
+    """Perplexity of the fixed text and greedy tokens of the first chat prompts."""
+    from loraplex.runtime.engine.request import GenerationRequest, SamplingParams
+
+    ids = engine.loaded.tokenizer(PERPLEXITY_TEXT.read_text())["input_ids"]
+    text = GenerationRequest("perplexity", ids, SamplingParams(max_new_tokens=1,
+                                                                prompt_logprobs=True))
+    first = engine.generate([text])[text.request_id][0]
+    logprobs = [entry.logprob for entry in first.prompt_logprobs[1:]]
+    greedy = [GenerationRequest(f"greedy-{index}", prompt, SamplingParams(
+        max_new_tokens=GREEDY_TOKENS)) for index, prompt in enumerate(prompts[:GREEDY_PROMPTS])]
+    results = engine.generate(greedy)
+    return {"perplexity": math.exp(-sum(logprobs) / len(logprobs)),
+            "greedy": [[event.token_id for event in results[request.request_id]]
+                       for request in greedy]}
+
+
+def server_rss_mb(variant: str) -> float:
+    """Resident memory of `loraplex serve` with this variant once it answers /health."""
+    import psutil
+
+    from tests.integration.runtime_servers import start_runtime_server
+
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in VARIANTS[variant].items()]
+    server = start_runtime_server("--device=cpu", *flags)
+    try:
+        return psutil.Process(server.process.pid).memory_info().rss / 1e6
+    finally:
+        server.stop()
 
 
 def measure(variant: str, new_tokens: int, adapters: int) -> dict[str, Any]:
     """One variant in this process (run as a child of `main`)."""
     import psutil
 
-    from bench.engine import chat_prompts, run_engine
-    from loraplex.runtime.adapters.synthetic import write_random_adapter
-    from loraplex.runtime.adapters.target import LoraTargetShapes
     from loraplex.runtime.config import EngineConfig
     from loraplex.runtime.engine.engine import Engine
-    from loraplex.runtime.engine.request import GenerationRequest, SamplingParams
 
     process = psutil.Process()
     config = EngineConfig(device="cpu", kv_cache_bytes=512 << 20, max_num_seqs=64,
                           device_slots=adapters, **VARIANTS[variant])
     engine = Engine(config)
-    row: dict[str, Any] = {"variant": variant, "rss_mb": process.memory_info().rss / 1e6,
+    row: dict[str, Any] = {"variant": variant, "engine_rss_mb": process.memory_info().rss / 1e6,
                            "weight_mb": engine.loaded.weight_bytes / 1e6}
+    # imported after the reading: the benchmark's own imports (transformers' model classes
+    # for bench.engine's comparison) are no part of a server's footprint
+    from bench.engine import chat_prompts, run_engine
+    from loraplex.runtime.adapters.synthetic import write_random_adapter
+    from loraplex.runtime.adapters.target import LoraTargetShapes
+    from loraplex.runtime.engine.request import GenerationRequest, SamplingParams
+
     prompts = chat_prompts(engine.loaded.tokenizer, 64)
     run_engine(engine, prompts[:2], 2)  # warm-up
+    row.update(quality(engine, prompts))
     for batch in (1, 32):
         elapsed, _ = run_engine(engine, prompts[:batch], new_tokens)
         row[f"tok_s_batch{batch}"] = batch * new_tokens / elapsed
@@ -90,15 +133,20 @@ def main(argv: list[str] | None = None) -> int:
              str(args.new_tokens), "--adapters", str(args.adapters)],
             capture_output=True, text=True, check=True)
         rows.append(json.loads(output.stdout.strip().splitlines()[-1]))
+        rows[-1]["server_rss_mb"] = server_rss_mb(variant)
     base = rows[0]
-    print("| variant | RSS MB | weights MB | tok/s b1 | tok/s b32 | tok/s b64 x adapters "
-          "| b32 vs first |")
-    print("|---|---|---|---|---|---|---|")
+    print("| variant | server RSS MB | engine RSS MB | weights MB | tok/s b1 | tok/s b32 "
+          "| tok/s b64 x adapters | b32 vs first | perplexity vs first | greedy = first |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['variant']} | {row['rss_mb']:.0f} | {row['weight_mb']:.0f} | "
+        same = sum(a == b for a, b in zip(row["greedy"], base["greedy"], strict=True))
+        print(f"| {row['variant']} | {row['server_rss_mb']:.0f} | {row['engine_rss_mb']:.0f} | "
+              f"{row['weight_mb']:.0f} | "
               f"{row['tok_s_batch1']:.1f} | {row['tok_s_batch32']:.1f} | "
               f"{row['tok_s_batch64_adapters']:.1f} | "
-              f"{row['tok_s_batch32'] / base['tok_s_batch32']:.2f}x |")
+              f"{row['tok_s_batch32'] / base['tok_s_batch32']:.2f}x | "
+              f"{row['perplexity']:.2f} ({row['perplexity'] / base['perplexity']:.3f}x) | "
+              f"{same}/{len(base['greedy'])} |")
     write_json(RESULTS, {"machine": machine_info(), "new_tokens": args.new_tokens,
                          "adapters": args.adapters, "rows": rows})
     return 0
