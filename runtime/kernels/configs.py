@@ -96,3 +96,27 @@ def _cdiv(a: int, b: int) -> int:
 
 def _next_power_of_2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
+
+
+def int4_gemm_config(num_rows: int, d_out: int, d_in: int, num_sms: int) -> KernelConfig:
+    """Tile sizes of the int4 dequantize-GEMM for a [num_rows, d_in] @ [d_in, d_out] product.
+
+    Decode (up to 64 rows) is bound by reading the 4-bit weight: one row tile, 64-column
+    blocks, a long block_k (128 inputs: 64 bytes of each weight row) and split-K until about
+    two programs per SM are in flight. Prefill is bound by the dot: 128 x 128 tiles over
+    64 inputs, 8 warps. block_k is a power of two dividing d_in, so (the group size being
+    one too) a tile's columns span whole groups or lie inside one.
+    """
+    if num_rows <= 64:
+        block_m = max(16, _next_power_of_2(num_rows))
+        block_n, block_k, num_warps, num_stages = 64, 128, 4, 3
+    else:
+        block_m = 64 if num_rows <= 128 else 128
+        block_n, block_k, num_warps, num_stages = 128, 64, 8, 3
+    while d_in % block_k:  # d_in is a multiple of the group size: stops at it at the latest
+        block_k //= 2
+    programs = _cdiv(num_rows, block_m) * _cdiv(d_out, block_n)
+    wanted = _next_power_of_2(_cdiv(2 * num_sms, programs))
+    split_k = max(1, min(wanted, d_in // block_k, 16))
+    return KernelConfig(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split_k,
+                        num_warps=num_warps, num_stages=num_stages)

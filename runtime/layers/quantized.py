@@ -12,19 +12,25 @@ dtype; an fp32 model keeps its format tables in fp32 for `dequantize()`.
   symmetric per output channel: w = q * scale.
 - int4: tinygemm's layout, asymmetric per group of `group_size` inputs:
   w = (q - 8) * scale + zero with q in 0..15, scales and zeros `[K / g, N, 2]`. On the CPU
-  `aten._weight_int4pack_mm_for_cpu`; elsewhere the weight is dequantized for each product
-  (correct, and the memory at rest is still 4-bit; a Triton dequantize-GEMM is the fast
-  GPU path still to come).
+  `aten._weight_int4pack_mm_for_cpu`; on CUDA (and on meta tensors, for the step cost
+  model) the Triton dequantize-GEMM `kernels.int4_gemm`, which reads the codes tile by
+  tile and never materialises the weight. Only where Triton cannot run (other devices,
+  or CUDA without the `triton` package) is the weight dequantized for each product:
+  correct, and still 4-bit at rest.
 Every format that maps onto these (round-to-nearest at load, GGUF Q4_0/Q4_1) is built
 through `Int4Weight.from_codes`, so one `dequantize()` is the reference for all of them.
 """
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 import torch.nn.functional as F
 
-INT4_GROUP_SIZES = (32, 64, 128, 256)
+from loraplex.runtime.kernels.int4_checks import INT4_GROUP_SIZES
+
+INT4_KERNELS = ("cpu", "triton", "dequantize")  # see `int4_kernel`
 INT4_CPU_ROWS = 16  # the CPU kernel's output tile
 INT4_INNER_K_TILES = 2  # tinygemm's inner tiling of the packed layout (2, 4 or 8)
 KERNEL_DTYPE_CPU = torch.bfloat16  # the activation dtype the CPU kernels are fast in
@@ -89,16 +95,20 @@ class Int4Weight(QuantizedWeight):
     """Asymmetric int4 per group of inputs, packed once for the device's kernel."""
 
     def __init__(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                 group_size: int, dtype: torch.dtype) -> None:
-        """codes [N, K] in 0..15, scales and zeros [N, K / group_size]: w = (q - 8) s + z."""
+                 group_size: int, dtype: torch.dtype, kernel: str | None = None) -> None:
+        """codes [N, K] in 0..15, scales and zeros [N, K / group_size]: w = (q - 8) s + z.
+        `kernel`: one of INT4_KERNELS, by default the one `int4_kernel` picks."""
         self.out_features, self.in_features = codes.shape
         check_int4_shape(self.in_features, group_size)
-        if codes.device.type == "cpu" and self.out_features % INT4_CPU_ROWS:
+        self.kernel = kernel or int4_kernel(codes.device)
+        if self.kernel not in INT4_KERNELS:
+            raise ValueError(f"int4 kernel must be one of {INT4_KERNELS}, got {self.kernel!r}")
+        if self.kernel == "cpu" and self.out_features % INT4_CPU_ROWS:
             raise ValueError(f"int4 on the CPU needs a multiple of {INT4_CPU_ROWS} outputs; "
                              f"this layer has {self.out_features}")
         self.group_size = group_size
         self.device = codes.device
-        self.packed = pack_int4(codes.to(torch.int32).contiguous())
+        self.packed = pack_int4(codes.to(torch.int32).contiguous(), self.kernel)
         # [K / g, N, 2] in the model's dtype; an fp32 model's table is rounded to the CPU
         # kernel's bf16 for each product (3% of a decode step) rather than kept twice
         self.scales_and_zeros = torch.stack([scales.t(), zeros.t()], dim=-1).to(
@@ -106,7 +116,8 @@ class Int4Weight(QuantizedWeight):
         self.kernel_dtype = kernel_dtype(self.device, dtype)
 
     @classmethod
-    def quantize(cls, weight: torch.Tensor, group_size: int) -> Int4Weight:
+    def quantize(cls, weight: torch.Tensor, group_size: int,
+                 kernel: str | None = None) -> Int4Weight:
         """Round to nearest over each group's [min, max] in 16 steps."""
         out_features, in_features = weight.shape
         check_int4_shape(in_features, group_size)
@@ -115,23 +126,29 @@ class Int4Weight(QuantizedWeight):
         scales = ((high - low) / 15.0).clamp(min=torch.finfo(torch.float32).tiny)
         codes = torch.round((groups - low[..., None]) / scales[..., None]).clamp(0, 15)
         return cls.from_codes(codes.view(out_features, in_features), scales, low, group_size,
-                              weight.dtype)
+                              weight.dtype, kernel)
 
     @classmethod
     def from_codes(cls, codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor,
-                   group_size: int, dtype: torch.dtype) -> Int4Weight:
+                   group_size: int, dtype: torch.dtype, kernel: str | None = None
+                   ) -> Int4Weight:
         """From codes with w = q * scale + offset (GGUF Q4_1, round-to-nearest)."""
-        return cls(codes, scales, offsets + 8.0 * scales, group_size, dtype)
+        return cls(codes, scales, offsets + 8.0 * scales, group_size, dtype, kernel)
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cpu":
+        if self.kernel == "cpu":
             return torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x.to(self.kernel_dtype), self.packed, self.group_size,
                 self.scales_and_zeros.to(self.kernel_dtype)).to(x.dtype)
+        if self.kernel == "triton":
+            from loraplex.runtime.kernels.int4_gemm import int4_matmul  # imports triton
+
+            rows = x if x.stride(-1) == 1 else x.contiguous()  # [T, K], unit stride along K
+            return int4_matmul(rows, self.packed, self.scales_and_zeros, self.group_size)
         return F.linear(x, self.dequantize().to(x.dtype))
 
     def codes(self) -> torch.Tensor:  # [N, K] in 0..15
-        if self.device.type != "cpu":
+        if self.kernel != "cpu":
             return torch.stack([self.packed & 15, self.packed >> 4], dim=-1).view(
                 self.out_features, self.in_features).int()
         identity = torch.eye(self.in_features, dtype=torch.float32, device=self.device)
@@ -164,11 +181,22 @@ def check_int4_shape(in_features: int, group_size: int) -> None:
                          f"--quantize-group-size from {INT4_GROUP_SIZES} dividing it)")
 
 
-def pack_int4(codes: torch.Tensor) -> torch.Tensor:
-    """Codes [N, K] int32 in 0..15 in the layout of the device's int4 kernel."""
-    if codes.device.type == "cpu":
+def int4_kernel(device: torch.device) -> str:
+    """The int4 product on `device`: torch's CPU kernel, the Triton dequantize-GEMM where
+    Triton runs (CUDA; meta, where launches are costed, not run), else dequantizing."""
+    if device.type == "cpu":
+        return "cpu"
+    if device.type in ("cuda", "meta") and importlib.util.find_spec("triton") is not None:
+        return "triton"
+    return "dequantize"
+
+
+def pack_int4(codes: torch.Tensor, kernel: str) -> torch.Tensor:
+    """Codes [N, K] int32 in 0..15 in the layout of `kernel` (one of INT4_KERNELS)."""
+    if kernel == "cpu":
         return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, INT4_INNER_K_TILES)
-    return (codes[:, 1::2] << 4 | codes[:, ::2]).to(torch.uint8)  # two codes a byte
+    # uint8 [N, K / 2]: code 2j in the low nibble of byte j, code 2j + 1 in the high one
+    return (codes[:, 1::2] << 4 | codes[:, ::2]).to(torch.uint8)
 
 
 def quantize_weight(weight: torch.Tensor, method: str, group_size: int) -> QuantizedWeight:

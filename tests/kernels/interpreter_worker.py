@@ -137,3 +137,30 @@ def fused_layer(name: str, *args) -> tuple[torch.Tensor, ...]:
 
     result = getattr(fused_layers, name)(*args)
     return (result,) if result is not None else args
+
+
+def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tensor,
+                group_size: int, config_fields: dict | None) -> torch.Tensor:
+    from loraplex.runtime.kernels.int4_gemm import int4_matmul as matmul
+
+    config = KernelConfig(**config_fields) if config_fields else None
+    return matmul(x, packed, scales_and_zeros, group_size, config=config)
+
+
+def int4_linear_with_lora(weight: torch.Tensor, group_size: int, output_sizes: tuple[int, ...],
+                          x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
+                          segment_lists: tuple[Sequence[int], Sequence[int]],
+                          ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fused projection serving an int4 weight through the Triton kernel, then LoRA on
+    top as the model adds it; returns (output, the weight the layer's format describes)."""
+    from loraplex.runtime.kernels import lora_apply
+    from loraplex.runtime.layers.linear import MergedLinear
+    from loraplex.runtime.layers.quantized import Int4Weight
+
+    layer = MergedLinear(weight.shape[1], output_sizes, bias=False).to(weight.dtype)
+    layer.use_quantized(Int4Weight.quantize(weight, group_size, kernel="triton"))
+    layer.release_weight()
+    y = layer(x)  # [T, d_out_total]
+    segments = LoraSegments.from_lists(*segment_lists)
+    lora_apply(y, x, lora_a, lora_b, layer.slice_offsets, segments, ranks, backend="triton")
+    return y, layer.quantized.dequantize()

@@ -1,0 +1,52 @@
+"""The int4 dequantize-GEMM compiles for Hopper and Ampere at Llama-3-8B shapes.
+
+As `test_compile.py` does for the LoRA kernels: Triton -> PTX -> cubin with the bundled
+ptxas, no GPU needed, with the tile sizes `int4_gemm_config` picks for a decode step and
+a prefill chunk (bf16 activations, group size 128, and 32 where a K tile spans several
+groups); checks shared memory against the chip's limit and that the dot runs on tensor
+cores.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+if os.environ.get("TRITON_INTERPRET") == "1":
+    pytest.skip("compiling needs triton without the interpreter", allow_module_level=True)
+if torch.cuda.is_available():  # a GPU compiles and runs it for real
+    pytest.skip("a GPU is present: the GPU tests compile the kernels", allow_module_level=True)
+
+from loraplex.runtime.kernels import int4_gemm  # noqa: E402
+from loraplex.runtime.kernels.configs import int4_gemm_config  # noqa: E402
+from tests.kernels.test_compile import H100_SMS, assert_runs_on, compile_kernel  # noqa: E402
+
+POINTERS = {"x_ptr": "*bf16", "w_ptr": "*u8", "sz_ptr": "*bf16"}
+
+# (name, rows, d_out, d_in, group size): decode on gate|up, prefill on down
+SCENARIOS = [
+    ("decode_gate_up", 16, 28672, 4096, 128),
+    ("decode_o_groups_of_32", 1, 4096, 4096, 32),
+    ("prefill_down", 2048, 4096, 14336, 128),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("capability", [90, 80])
+@pytest.mark.parametrize(("name", "rows", "d_out", "d_in", "group_size"), SCENARIOS)
+def test_int4_gemm_compiles_with_chosen_configs(name, rows, d_out, d_in, group_size,
+                                                 capability):
+    config = int4_gemm_config(rows, d_out, d_in, num_sms=H100_SMS)
+    # a split-K program adds fp32 partials; otherwise it stores the bf16 output
+    output = "*fp32" if config.split_k > 1 else "*bf16"
+    binary = compile_kernel(
+        int4_gemm._int4_gemm_kernel, {**POINTERS, "y_ptr": output},
+        dict(GROUP_SIZE=group_size, TILE_GROUPS=max(1, config.block_k // group_size),
+             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+             SPLIT_K=config.split_k, UPCAST=False, DOT_PRECISION="tf32"),
+        config, capability)
+    assert_runs_on(binary, capability)
