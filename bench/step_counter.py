@@ -40,6 +40,7 @@ GATHERS = {aten.embedding.default, aten.index.Tensor, aten.index_select.default,
 SCATTERS = {aten.index_copy_.default, aten.index_put_.default, aten.copy_.default,
             aten.index_copy.default, aten.index_put.default}
 MATMULS = {aten.mm.default, aten.addmm.default, aten.bmm.default}
+WEIGHT_PRODUCTS = {aten.linear.default, aten._weight_int8pack_mm.default}  # x, weight [N, K]
 
 
 @dataclass
@@ -119,7 +120,7 @@ class StepCounter(TorchDispatchMode):
 
     @staticmethod
     def _flops(func, args, results: list[torch.Tensor]) -> int:
-        if func is aten.linear.default:  # x [..., K] @ weight [N, K].T
+        if func in WEIGHT_PRODUCTS:  # x [..., K] @ weight [N, K].T
             return 2 * args[0].numel() * args[1].shape[0]
         if func in MATMULS:
             first, second = args[-2], args[-1]

@@ -12,6 +12,11 @@ weights, the batch's KV and its adapters once.
 
     python -m bench.step_model --batch 64 --context 2048 --adapters 32 --rank 16 [--json]
     python -m bench.step_model --table    # batch 1/16/64 x context 512/2k/8k
+    python -m bench.step_model --quantize int4 --group-size 128   # 4-bit decoder linears
+
+With `--quantize` the decoder's linears hold weight-only int8/int4 weights, as `--quantize`
+serves them; int4 products are the Triton dequantize-GEMM's launches, costed at half a
+byte per weight plus the group tables, and the ideal step reads the weights as served.
 """
 
 from __future__ import annotations
@@ -49,12 +54,15 @@ class StepCost:
     per_class: dict[str, dict[str, float]]  # op class -> read/written bytes, flops, ...
 
 
-def build_runner(model_name: str, num_seqs: int, context: int, adapters: int,
-                 rank: int) -> tuple[ModelRunner, LlamaForCausalLM]:
+def build_runner(model_name: str, num_seqs: int, context: int, adapters: int, rank: int,
+                 quantize: str = "none", group_size: int = 128
+                 ) -> tuple[ModelRunner, LlamaForCausalLM]:
     config = shape_config(model_name)
     with META:
         model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.reset_buffers()
+    if quantize != "none":
+        model.quantize_weights(quantize, group_size)
     layout = KVCacheLayout.of(config, BLOCK_SIZE, torch.bfloat16)
     blocks_per_seq = -(-context // BLOCK_SIZE) + 1  # as `sequences` lays them out
     kv_cache = PagedKVCache(layout, num_seqs * blocks_per_seq, META)
@@ -86,9 +94,10 @@ def sequences(num_seqs: int, context: int, new_tokens: int, adapters: int
 
 def ideal_seconds(model: LlamaForCausalLM, num_seqs: int, context: int, adapters: int,
                   rank: int) -> float:
-    """Weights (but the embedding table: only its rows are read), KV and adapters once."""
+    """Weights as served (but the embedding table: only its rows are read), KV and
+    adapters once."""
     config = model.config
-    weights = sum(p.nbytes for name, p in model.named_parameters() if "embed_tokens" not in name)
+    weights = model.weight_bytes() - model.model.embed_tokens.weight.nbytes
     layout = KVCacheLayout.of(config, BLOCK_SIZE, torch.bfloat16)
     kv = num_seqs * context * layout.bytes_per_block // BLOCK_SIZE
     target = LoraTargetShapes.from_hf_config(config)
@@ -97,8 +106,9 @@ def ideal_seconds(model: LlamaForCausalLM, num_seqs: int, context: int, adapters
 
 
 def step_cost(model_name: str, num_seqs: int, context: int, new_tokens: int, adapters: int,
-              rank: int) -> StepCost:
-    runner, model = build_runner(model_name, num_seqs, context, adapters, rank)
+              rank: int, quantize: str = "none", group_size: int = 128) -> StepCost:
+    runner, model = build_runner(model_name, num_seqs, context, adapters, rank, quantize,
+                                 group_size)
     scheduled = sequences(num_seqs, context, new_tokens, adapters)
     with classify_modules(model, runner.sampler), StepCounter() as counter:
         runner.execute(scheduled)
@@ -141,29 +151,35 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=2048, help="prefill chunk tokens")
     parser.add_argument("--adapters", type=int, default=32)
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--quantize", default="none", choices=("none", "int8", "int4"),
+                        help="weight-only quantization of the decoder's linears")
+    parser.add_argument("--group-size", type=int, default=128, help="inputs per int4 group")
     parser.add_argument("--json", action="store_true", help="one JSON object (decode step)")
     parser.add_argument("--table", action="store_true",
                         help="decode at batch 1/16/64 x context 512/2k/8k")
     args = parser.parse_args()
+    weights = (args.quantize, args.group_size)
     if args.table:
         print(f"{'batch':>6}{'context':>9}{'modelled ms':>13}{'ideal ms':>10}{'ratio':>7}"
               f"{'launches/layer':>16}")
         for batch in (1, 16, 64):
             for context in (512, 2048, 8192):
-                cost = step_cost(args.model, batch, context, 1, args.adapters, args.rank)
+                cost = step_cost(args.model, batch, context, 1, args.adapters, args.rank,
+                                 *weights)
                 print(f"{batch:>6}{context:>9}{cost.modelled_ms:>13.2f}{cost.ideal_ms:>10.2f}"
                       f"{cost.modelled_ms / cost.ideal_ms:>7.2f}{cost.launches_per_layer:>16.1f}")
         return
-    decode = step_cost(args.model, args.batch, args.context, 1, args.adapters, args.rank)
+    decode = step_cost(args.model, args.batch, args.context, 1, args.adapters, args.rank,
+                       *weights)
     if args.json:
         print(json.dumps({**asdict(decode), "model": args.model, "batch": args.batch,
                           "context": args.context, "adapters": args.adapters,
-                          "rank": args.rank}))
+                          "rank": args.rank, "quantize": args.quantize}))
         return
     prefill = step_cost(args.model, 1, args.context, min(args.chunk, args.context),
-                        min(args.adapters, 1), args.rank)
+                        min(args.adapters, 1), args.rank, *weights)
     print_table(f"decode: batch {args.batch}, context {args.context}, {args.adapters} "
-                f"adapters of rank {args.rank}", decode)
+                f"adapters of rank {args.rank}, weights {args.quantize}", decode)
     print_table(f"prefill: one chunk of {min(args.chunk, args.context)} tokens ending at "
                 f"{args.context}", prefill)
 

@@ -77,3 +77,19 @@ def test_the_8b_decode_step_meets_the_goal():
 
     assert cost.modelled_ms <= 1.3 * cost.ideal_ms
     assert cost.launches_per_layer <= 24
+
+
+def test_quantized_weights_are_read_at_their_own_width():
+    """A Llama-3-8B decode step at batch 1: int4 decoder linears are read at half a byte
+    per weight plus their group tables (the LM head stays bf16), int8 at one byte, and
+    both count the same FLOPs as bf16."""
+    costs = {quantize: step_model.step_cost("llama-3-8b", 1, 32, 1, 0, 16, quantize, 128)
+             for quantize in ("none", "int8", "int4")}
+    linears = {quantize: cost.per_class["linears"] for quantize, cost in costs.items()}
+    lm_head = 128256 * 4096 * 2
+    decoder = {quantize: row["read_bytes"] - lm_head for quantize, row in linears.items()}
+    # per weight: codes 0.5 byte, a bf16 scale and zero per 128: 4 / 128 byte; bf16: 2 bytes
+    assert 0.25 < decoder["int4"] / decoder["none"] < (0.5 + 4 / 128) / 2 + 0.001
+    assert 0.5 < decoder["int8"] / decoder["none"] < 0.51
+    assert linears["int4"]["flops"] == linears["int8"]["flops"] == linears["none"]["flops"]
+    assert costs["int4"].ideal_ms < costs["int8"].ideal_ms < costs["none"].ideal_ms

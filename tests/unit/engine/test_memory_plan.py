@@ -99,3 +99,20 @@ def test_the_cpu_keeps_its_kv_cap_and_reports_the_plan(llama_8b):
     plan = plan_memory(hf_config, config, torch.float32, torch.device("cpu"), 16 * GiB,
                        0, 2048)
     assert plan.kv_cache <= 4 * GiB and plan.graph_pool == 0
+
+
+def test_int4_weights_give_their_savings_to_the_kv_cache_of_a_24gb_gpu(llama_8b):
+    """The decoder's linears served 4-bit (groups of 128) as `--quantize int4` loads them:
+    the weights shrink to about 5.4 GiB, and the KV cache gets what they gave back."""
+    hf_config, full_weights = llama_8b
+    model = build_model(hf_config, BF16, torch.device("meta"))
+    model.quantize_weights("int4", 128)
+    weights = model.weight_bytes()
+    assert 5.3 * GiB < weights < 5.5 * GiB  # codes 0.5 B + tables 1/32 B per weight, heads bf16
+    settings = dict(device_slots=8, max_lora_rank=32, max_num_seqs=64,
+                    max_num_batched_tokens=4096)
+    plan, free = plan_on(GPU_24GB_BYTES, hf_config, weights, **settings)
+    full_plan, _ = plan_on(GPU_24GB_BYTES, hf_config, full_weights, **settings)
+    assert CONTEXT_BYTES + weights + plan.planned <= GPU_24GB_BYTES
+    freed = full_weights - weights
+    assert plan.kv_cache - full_plan.kv_cache >= 0.8 * freed  # x kv_cache_fraction
