@@ -7,7 +7,8 @@
 #   4. the adapter-count benchmark on a dummy Llama-3-8B, if bench/adapters.py exists,
 #   5. the paged attention kernels' GB/s against the copy bandwidth (python -m bench.attention),
 #   6. the dummy Llama-3-8B decode step at batch 1/16/64 x context 512/2k/8k beside the cost
-#      model's figure (python -m bench.step_time).
+#      model's figure (python -m bench.step_time),
+#   7. the int4 dequantize-GEMM against bf16 at Llama-3-8B shapes (python -m bench.int4_gemm).
 # It installs nothing heavy: torch and triton must be there already, and the repository
 # goes in editable without dependencies (works offline). Every part has its own time limit
 # and its own log; a part that fails or runs out of time does not stop the next one.
@@ -63,6 +64,7 @@ else
 fi
 run_part bench-attention 60 "$python" -m bench.attention
 run_part step-time 150 "$python" -m bench.step_time
+run_part bench-int4 30 "$python" -m bench.int4_gemm --quick
 
 echo
 echo "== gpu_check summary (logs and JSON in $out)"
@@ -80,3 +82,6 @@ sed -n '/^copy bandwidth/,$p' "$out/bench-attention.log"
 echo
 echo "== bench.step_time table"
 sed -n '/^ *batch/,$p' "$out/step-time.log"
+echo
+echo "== bench.int4_gemm table"
+sed -n '/^device /,/^wrote /p' "$out/bench-int4.log"
