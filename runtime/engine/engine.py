@@ -88,7 +88,7 @@ class Engine:
         layout = KVCacheLayout.of(hf_config, config.block_size, self.loaded.dtype)
         self.memory_plan = plan_memory(hf_config, config, self.loaded.dtype, device,
                                        free_device_bytes(device), self.loaded.weight_bytes,
-                                       self.max_model_len)
+                                       self.max_model_len, self.loaded.quantization)
         logger.info("%s", self.memory_plan.table())
         # the slot pool before the KV cache, which takes what the plan leaves
         self.adapters = AdapterManager(config, LoraTargetShapes.from_hf_config(hf_config),

@@ -52,6 +52,7 @@ class MemoryPlan:
     kv_cache: int
     kv_blocks: int
     kv_tokens: int
+    quantization: str = "none"  # of the weights: none, int8, int4, gguf, gptq, awq
 
     @property
     def planned(self) -> int:
@@ -60,7 +61,8 @@ class MemoryPlan:
                 + self.attention_scratch + self.graph_pool + self.kv_cache)
 
     def rows(self) -> list[tuple[str, int]]:
-        return [("weights (loaded)", self.weights), ("adapter slot pool", self.adapter_pool),
+        return [(f"weights (loaded, {self.quantization})", self.weights),
+                ("adapter slot pool", self.adapter_pool),
                 ("activations", self.activations), ("sampler", self.sampler),
                 ("attention scratch", self.attention_scratch),
                 ("CUDA graph pool", self.graph_pool),
@@ -123,7 +125,7 @@ def free_device_bytes(device: torch.device) -> int:
 
 def plan_memory(hf_config: PretrainedConfig, config: EngineConfig, dtype: torch.dtype,
                 device: torch.device, free_bytes: int, weight_bytes: int,
-                max_model_len: int) -> MemoryPlan:
+                max_model_len: int, quantization: str = "none") -> MemoryPlan:
     """The plan for `free_bytes` free after the weights; raises MemoryPlanError if no fit."""
     layout = KVCacheLayout.of(hf_config, config.block_size, dtype)
     cuda = device.type == "cuda"
@@ -151,7 +153,8 @@ def plan_memory(hf_config: PretrainedConfig, config: EngineConfig, dtype: torch.
     kv_blocks = max(0, min(kv_budget // layout.bytes_per_block, useful))
     plan = MemoryPlan(device=str(device), available=available, weights=weight_bytes,
                       kv_cache=kv_blocks * layout.bytes_per_block, kv_blocks=kv_blocks,
-                      kv_tokens=kv_blocks * layout.block_size, **parts)
+                      kv_tokens=kv_blocks * layout.block_size, quantization=quantization,
+                      **parts)
     # a planned cache must hold a full-length sequence; a given size, at least a block
     # (requests longer than it are then refused when they arrive)
     minimum = blocks_per_seq if cuda and not config.kv_cache_bytes else 1

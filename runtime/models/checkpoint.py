@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from pathlib import Path
 
 import torch
@@ -24,14 +24,18 @@ def safetensors_files(folder: Path) -> list[Path]:
     return files
 
 
-def iter_checkpoint(folder: Path, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) of every tensor in the folder's safetensors files, with a progress bar."""
+def iter_checkpoint(folder: Path, device: torch.device, skip: Container[str] = ()
+                    ) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of every tensor in the folder's safetensors files but those in
+    `skip` (already loaded another way), with a progress bar."""
     files = safetensors_files(folder)
     handles = [safe_open(str(path), framework="pt", device=str(device)) for path in files]
-    total = sum(len(handle.keys()) for handle in handles)
-    with tqdm(total=total, desc="Loading weights", unit="tensor", leave=False) as progress:
-        for handle in handles:
-            for name in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
+    names = [[name for name in handle.keys() if name not in skip]  # noqa: SIM118
+             for handle in handles]
+    with tqdm(total=sum(map(len, names)), desc="Loading weights", unit="tensor",
+              leave=False) as progress:
+        for handle, handle_names in zip(handles, names, strict=True):
+            for name in handle_names:
                 yield name, handle.get_tensor(name)
                 progress.update()
 

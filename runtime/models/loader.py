@@ -14,7 +14,7 @@ import ctypes.util
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +43,10 @@ from loraplex.runtime.models.checkpoint import (
 from loraplex.runtime.models.device import resolve_device, resolve_dtype
 from loraplex.runtime.models.gguf_quantized import use_gguf_blocks
 from loraplex.runtime.models.llama import LlamaForCausalLM, check_supported
+from loraplex.runtime.models.quantized_checkpoint import (
+    CheckpointQuantization,
+    load_quantized_linears,
+)
 from loraplex.runtime.models.shapes import SHAPES, SMOLLM2_TOKENIZER, shape_config
 from loraplex.runtime.models.sources import resolve_model_folder
 
@@ -64,7 +68,7 @@ class LoadedModel:
     max_model_len: int
     eos_token_ids: tuple[int, ...]
     folder: Path | None = None  # the Hugging Face folder the weights came from
-    quantization: str = "none"  # --quantize as applied
+    quantization: str = "none"  # --quantize as applied, or the checkpoint's (gptq, awq)
     weight_bytes: int = 0  # the weights as served (packed, quantized or plain)
 
     @property
@@ -106,12 +110,16 @@ def _no_parameter_init() -> Iterator[None]:
             setattr(nn.init, name, function)
 
 
-def build_model(hf_config: PretrainedConfig, dtype: torch.dtype,
-                device: torch.device) -> LlamaForCausalLM:
-    """An uninitialized model in `dtype` on `device` (no time spent on random init)."""
+def build_model(hf_config: PretrainedConfig, dtype: torch.dtype, device: torch.device,
+                prepare: Callable[[LlamaForCausalLM], object] | None = None
+                ) -> LlamaForCausalLM:
+    """An uninitialized model in `dtype` on `device` (no time spent on random init).
+    `prepare` sees it on the meta device first: weights it releases never take memory."""
     check_supported(hf_config)
     with _default_dtype(dtype), torch.device("meta"), _no_parameter_init():
         model = LlamaForCausalLM(hf_config)
+    if prepare is not None:
+        prepare(model)
     model = model.to_empty(device=device)
     model.tie_weights()
     model.reset_buffers()
@@ -232,35 +240,55 @@ def quantize_model(model: LlamaForCausalLM, config: EngineConfig) -> None:
         logger.info("quantized %d linear layers to %s", layers, config.quantize)
 
 
+def checkpoint_quantization(hf_config: PretrainedConfig,
+                            config: EngineConfig) -> CheckpointQuantization | None:
+    """The checkpoint's own quantization (GPTQ, AWQ), refused with `--quantize`."""
+    quantization = CheckpointQuantization.of(hf_config)
+    if quantization is not None and config.quantize != "none":
+        raise ValueError(f"the checkpoint is already {quantization.method}-quantized "
+                         f"(config.json quantization_config); --quantize {config.quantize} "
+                         "applies to full-precision checkpoints: leave it at none")
+    return quantization
+
+
 def load_model(config: EngineConfig) -> LoadedModel:
     started = time.perf_counter()
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
+    quantization, quantized_tensors = None, set()
     if config.load_format == "dummy":
         hf_config, tokenizer_folder, folder = _dummy_source(config)
     else:
         folder = resolve_model_folder(config.model, config.cache_dir, config.revision)
         safetensors_files(folder)  # refuse a folder without usable weights before any work
         hf_config, tokenizer_folder = AutoConfig.from_pretrained(folder), folder
+        quantization = checkpoint_quantization(hf_config, config)
     tokenizer = load_tokenizer(tokenizer_folder)
-    model = build_model(hf_config, dtype, device)
+
+    def serve_quantized(meta_model: LlamaForCausalLM) -> None:
+        quantized_tensors.update(load_quantized_linears(meta_model, folder, device,
+                                                        quantization))
+
     with torch.no_grad():
+        model = build_model(hf_config, dtype, device,
+                            serve_quantized if quantization is not None else None)
         if config.load_format == "dummy":
             init_dummy_weights(model, config.seed, getattr(hf_config, "initializer_range", 0.02))
         else:
-            model.load_weights(iter_checkpoint(folder, device))
+            model.load_weights(iter_checkpoint(folder, device, skip=quantized_tensors))
         quantize_model(model, config)
         model.pack_weights()
     release_freed_heap()
+    applied = quantization.method if quantization is not None else config.quantize
     loaded = LoadedModel(
         model=model, hf_config=hf_config, tokenizer=tokenizer, model_id=config.model,
         dtype=dtype, device=device, max_model_len=context_length(hf_config,
                                                                  config.max_model_len),
         eos_token_ids=eos_ids(hf_config, tokenizer, folder), folder=folder,
-        quantization=config.quantize, weight_bytes=model.weight_bytes())
+        quantization=applied, weight_bytes=model.weight_bytes())
     logger.info("loaded %s (%s weights, %.1fM parameters, %.0f MB as served, quantization "
                 "%s) as %s on %s, context %d, in %.1fs", config.model, config.load_format,
-                loaded.num_parameters / 1e6, loaded.weight_bytes / 1e6, config.quantize,
+                loaded.num_parameters / 1e6, loaded.weight_bytes / 1e6, applied,
                 str(dtype).removeprefix("torch."), device, loaded.max_model_len,
                 time.perf_counter() - started)
     return loaded

@@ -1,0 +1,177 @@
+"""GPTQ and AWQ checkpoints: recognised from config.json, served 4-bit as they are stored.
+
+A Hugging Face folder whose config.json has a `quantization_config` of quant_method
+"gptq" or "awq" stores each quantized linear as `qweight`/`qzeros`/`scales` (and GPTQ's
+`g_idx`) and everything else (embeddings, norms, biases, the LM head unless quantized too)
+in full precision. `load_quantized_linears` reads the quantized tensors, turns each linear
+(all shards of a fused q|k|v or gate|up together) into a weight on the int4 kernel and
+gives it to our module before the plain weights get memory (the model is still on the meta
+device), so a 4-bit checkpoint never takes its full-precision size. The rest of the
+checkpoint then loads as usual.
+
+Served: 4 bits, any group size that is a multiple of 32 (or -1), GPTQ symmetric and
+asymmetric, with or without `desc_act`, checkpoint_format "gptq" (v1, zero points stored
+minus one) and "gptq_v2"; AWQ's GEMM layout with zero points. Anything else is refused
+naming the setting (other bit widths, AWQ GEMV/Marlin layouts, GPTQ Marlin/BitBLAS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from transformers import PretrainedConfig
+
+from loraplex.runtime.layers.linear import Linear, MergedLinear
+from loraplex.runtime.models.awq import read_awq
+from loraplex.runtime.models.checkpoint import safetensors_files
+from loraplex.runtime.models.gptq import ZERO_OFFSET, read_gptq
+from loraplex.runtime.models.int4_codes import LinearCodes, serve_codes
+from loraplex.runtime.models.llama import STACKED_PROJECTIONS, LlamaForCausalLM
+
+QUANTIZED_LEAVES = ("qweight", "qzeros", "scales", "g_idx")
+METHODS = ("gptq", "awq")
+AWQ_VERSIONS = ("gemm",)
+
+
+@dataclass(frozen=True)
+class CheckpointQuantization:
+    method: str  # gptq | awq
+    group_size: int  # -1: one group per row (GPTQ)
+    checkpoint_format: str = "gptq"  # GPTQ only: gptq (v1) | gptq_v2
+
+    @classmethod
+    def of(cls, hf_config: PretrainedConfig) -> CheckpointQuantization | None:
+        """The config's `quantization_config`, or None for a full-precision checkpoint."""
+        settings = getattr(hf_config, "quantization_config", None)
+        if settings is None:
+            return None
+        if not isinstance(settings, Mapping):
+            settings = settings.to_dict()
+        method = str(settings.get("quant_method", "")).lower()
+        if method not in METHODS:
+            raise ValueError(f"quantization_config.quant_method {method!r} is not supported; "
+                             f"served: {', '.join(METHODS)} (4-bit)")
+        bits = settings.get("bits", settings.get("w_bit"))
+        if bits != 4:
+            raise ValueError(f"{method} checkpoint with quantization_config.bits={bits}: only "
+                             "4-bit GPTQ/AWQ checkpoints are served")
+        group_size = settings.get("group_size", settings.get("q_group_size"))
+        if not isinstance(group_size, int) or not (group_size > 0 or group_size == -1):
+            raise ValueError(f"quantization_config.group_size {group_size!r} must be a "
+                             "positive number of inputs (or -1 for GPTQ)")
+        if method == "awq":
+            return cls._awq(settings, group_size)
+        return cls._gptq(settings, group_size)
+
+    @classmethod
+    def _gptq(cls, settings: Mapping, group_size: int) -> CheckpointQuantization:
+        checkpoint_format = str(settings.get("checkpoint_format",
+                                             settings.get("format", "gptq"))).lower()
+        if checkpoint_format not in ZERO_OFFSET:
+            raise ValueError(f"GPTQ quantization_config.checkpoint_format "
+                             f"{checkpoint_format!r} is not supported (a kernel-specific "
+                             f"repacking); served: {', '.join(ZERO_OFFSET)}")
+        return cls("gptq", group_size, checkpoint_format)
+
+    @classmethod
+    def _awq(cls, settings: Mapping, group_size: int) -> CheckpointQuantization:
+        version = str(settings.get("version", "gemm")).lower()
+        if version not in AWQ_VERSIONS:
+            raise ValueError(f"AWQ quantization_config.version {version!r} is not "
+                             f"supported: only the GEMM layout ({', '.join(AWQ_VERSIONS)})")
+        if not settings.get("zero_point", True):
+            raise ValueError("AWQ quantization_config.zero_point false is not supported "
+                             "(the GEMM layout stores zero points)")
+        if group_size == -1:
+            raise ValueError("AWQ quantization_config.group_size must be positive, got -1")
+        return cls("awq", group_size)
+
+    def read(self, name: str, tensors: Mapping[str, torch.Tensor]) -> LinearCodes:
+        if self.method == "awq":
+            if "g_idx" in tensors:
+                raise ValueError(f"AWQ linear {name} has a g_idx (a GPTQ tensor)")
+            return read_awq(name, tensors, self.group_size)
+        return read_gptq(name, tensors, self.group_size, self.checkpoint_format)
+
+
+def _quantized_tensors(folder: Path, device: torch.device) -> dict[str, dict[str, str]]:
+    """Checkpoint linear -> leaf -> file of its quantized tensors."""
+    found: dict[str, dict[str, str]] = {}
+    for path in safetensors_files(folder):
+        with safe_open(str(path), framework="pt", device=str(device)) as handle:
+            for name in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
+                linear, _, leaf = name.rpartition(".")
+                if leaf in QUANTIZED_LEAVES:
+                    found.setdefault(linear, {})[leaf] = str(path)
+    return found
+
+
+def _read_tensors(files: Mapping[str, str], linear: str,
+                  device: torch.device) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for leaf, path in files.items():
+        with safe_open(path, framework="pt", device=str(device)) as handle:
+            tensors[leaf] = handle.get_tensor(f"{linear}.{leaf}")
+    return tensors
+
+
+def _targets(model: LlamaForCausalLM, linears: list[str]) -> dict[str, dict[int, str]]:
+    """Our module -> part index -> checkpoint linear (fused shards gathered)."""
+    targets: dict[str, dict[int, str]] = {}
+    for linear in linears:
+        parent, _, projection = linear.rpartition(".")
+        target, index = linear, 0
+        if projection in STACKED_PROJECTIONS:
+            fused, index = STACKED_PROJECTIONS[projection]
+            target = f"{parent}.{fused}"
+        try:
+            module = model.get_submodule(target)
+        except AttributeError:
+            module = None
+        if not isinstance(module, Linear):
+            raise ValueError(f"quantized checkpoint linear {linear!r} has no place in the model")
+        if module is model.lm_head and model.config.tie_word_embeddings:
+            raise ValueError("the checkpoint quantizes lm_head, but the model ties it to the "
+                             "embedding (tie_word_embeddings)")
+        targets.setdefault(target, {})[index] = linear
+    return targets
+
+
+def _check_part(module: Linear, index: int, codes: LinearCodes) -> None:
+    sizes = module.output_sizes if isinstance(module, MergedLinear) else (module.out_features,)
+    expected = (sizes[index], module.in_features)
+    if tuple(codes.codes.shape) != expected:
+        raise ValueError(f"{codes.name}: the checkpoint holds a {codes.codes.shape[0]}x"
+                         f"{codes.codes.shape[1]} weight (outputs x inputs), the model "
+                         f"expects {expected[0]}x{expected[1]}")
+
+
+def load_quantized_linears(model: LlamaForCausalLM, folder: Path, device: torch.device,
+                           quantization: CheckpointQuantization) -> set[str]:
+    """Serve every quantized linear of the checkpoint 4-bit in `model` (plain weights
+    released); return the checkpoint tensors used, for the plain load to skip."""
+    found = _quantized_tensors(folder, device)
+    if not found:
+        raise ValueError(f"config.json says the checkpoint is {quantization.method}-quantized, "
+                         f"but no tensor in {folder} is a qweight")
+    targets = _targets(model, sorted(found))
+    for target, parts in targets.items():
+        module = model.get_submodule(target)
+        count = len(module.output_sizes) if isinstance(module, MergedLinear) else 1
+        if len(parts) != count:
+            raise ValueError(f"fused layer {target}: {', '.join(parts.values())} are "
+                             f"quantized but its other parts are not; all parts of a fused "
+                             f"layer must be quantized alike")
+        codes = []
+        for index in range(count):
+            part = quantization.read(parts[index], _read_tensors(
+                found[parts[index]], parts[index], device))
+            _check_part(module, index, part)
+            codes.append(part)
+        module.use_quantized(serve_codes(codes, quantization.group_size, module.weight.dtype))
+        module.release_weight()
+    return {f"{linear}.{leaf}" for linear, leaves in found.items() for leaf in leaves}

@@ -1,0 +1,196 @@
+"""GPTQ and AWQ checkpoints load from a folder and generate what their weights say.
+
+A tiny Llama (2 layers, hidden 128) is written here in each format from the formats'
+descriptions (tests/helpers/quantized_checkpoints.py), with a `quantization_config` in
+its config.json. The engine loads it through `EngineConfig(model=folder)` and its greedy
+tokens equal, token for token, those of transformers' `LlamaForCausalLM` holding the
+dequantized weights in fp32, and with LoRA adapters those of PEFT on that model. Bad
+checkpoints are refused at load with a message naming the problem.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from loraplex.runtime.adapters.synthetic import write_random_adapter
+from loraplex.runtime.adapters.target import LoraTargetShapes
+from loraplex.runtime.config import EngineConfig
+from loraplex.runtime.engine.engine import Engine
+from loraplex.runtime.engine.request import GenerationRequest, SamplingParams
+from loraplex.runtime.models.loader import load_model
+from tests.helpers import builtin_tokenizer, peft_greedy
+from tests.helpers.quantized_checkpoints import write_quantized_llama
+
+pytestmark = [pytest.mark.timeout(300)]
+
+NEW_TOKENS = 12
+PROMPTS = [[5, 17, 301, 42, 9, 77], [1200, 3, 3, 88, 460, 12], [7, 7000, 15, 250, 31, 64]]
+CASES = {  # name -> write_quantized_llama settings
+    "gptq-g32-desc_act-split": dict(method="gptq", group_size=32, desc_act=True,
+                                    split_order_layer=1),
+    "gptq-g128-sym-v2": dict(method="gptq", group_size=128, sym=True,
+                             checkpoint_format="gptq_v2"),
+    "gptq-g64-sym-desc_act": dict(method="gptq", group_size=64, sym=True, desc_act=True),
+    "gptq-per-row": dict(method="gptq", group_size=-1),
+    "awq-g64": dict(method="awq", group_size=64),
+    "awq-g128": dict(method="awq", group_size=128),
+}
+
+
+def engine_config(folder: Path, **overrides: object) -> EngineConfig:
+    values: dict[str, object] = dict(model=str(folder), device="cpu", dtype="float32",
+                                     kv_cache_bytes=16 << 20, max_model_len=128,
+                                     max_num_seqs=8, block_size=4, device_slots=4,
+                                     max_lora_rank=16, cache_dir=str(folder.parent / "cache"))
+    values.update(overrides)
+    return EngineConfig(**values)
+
+
+@functools.cache
+def checkpoint(case: str, root: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    folder = root / case
+    dequantized = write_quantized_llama(folder, builtin_tokenizer(), seed=len(case),
+                                        **CASES[case])
+    return folder, dequantized
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("quantized-checkpoints")
+
+
+def hf_model(folder: Path, dequantized: dict[str, torch.Tensor]) -> LlamaForCausalLM:
+    """transformers' Llama holding the dequantized weights in fp32 (no quantization)."""
+    settings = json.loads((folder / "config.json").read_text())
+    settings.pop("quantization_config")
+    model = LlamaForCausalLM(LlamaConfig(**settings)).float().eval()
+    model.load_state_dict(dequantized, strict=False)  # lm_head is tied to the embedding
+    assert torch.equal(model.lm_head.weight, dequantized["model.embed_tokens.weight"])
+    return model
+
+
+def hf_greedy(model: LlamaForCausalLM, prompts: list[list[int]]) -> list[tuple[int, ...]]:
+    with torch.inference_mode():
+        output = model.generate(torch.tensor(prompts), max_new_tokens=NEW_TOKENS,
+                                min_new_tokens=NEW_TOKENS, do_sample=False,
+                                attention_mask=torch.ones(len(prompts), len(prompts[0]),
+                                                          dtype=torch.long))
+    return [tuple(row) for row in output[:, len(prompts[0]):].tolist()]
+
+
+def engine_greedy(engine: Engine, adapters: list[str | None]) -> list[tuple[int, ...]]:
+    requests = [GenerationRequest(f"r{index}-{adapter}", prompt,
+                                  SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True),
+                                  adapter=adapter)
+                for adapter in adapters for index, prompt in enumerate(PROMPTS)]
+    results = engine.generate(requests)
+    return [tuple(event.token_id for event in results[r.request_id]) for r in requests]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_checkpoint_generates_what_its_dequantized_weights_generate(case, root) -> None:
+    folder, dequantized = checkpoint(case, root)
+    engine = Engine(engine_config(folder))
+    try:
+        loaded = engine.loaded
+        method = CASES[case]["method"]
+        assert loaded.quantization == method
+        assert engine.memory_plan.as_dict()["quantization"] == method
+        linears = sum(t.numel() for n, t in dequantized.items() if "layers" in n
+                      and n.endswith("proj.weight"))
+        assert loaded.weight_bytes < (sum(t.numel() for t in dequantized.values())
+                                      - linears * 0.8) * 4  # the linears in about 4 bits
+        assert all(m.weight is None and m.quantized is not None
+                   for m in loaded.model.own_linears() if m is not loaded.model.lm_head)
+        served = engine_greedy(engine, [None])
+    finally:
+        engine.close()
+    assert served == hf_greedy(hf_model(folder, dequantized), PROMPTS)
+
+
+def test_adapters_on_a_gptq_checkpoint_equal_peft(root) -> None:
+    from peft import PeftModel
+
+    folder, dequantized = checkpoint("gptq-g32-desc_act-split", root)
+    engine = Engine(engine_config(folder))
+    target = LoraTargetShapes.from_hf_config(engine.loaded.hf_config)
+    adapters = {f"r{rank}": write_random_adapter(root / f"adapter-r{rank}", target, rank,
+                                                 seed=rank, strength=4.0) for rank in (4, 16)}
+    try:
+        for name, adapter_folder in adapters.items():
+            engine.adapters.register(name, str(adapter_folder))
+        served = engine_greedy(engine, [*adapters, None])
+    finally:
+        engine.close()
+    peft_model = PeftModel.from_pretrained(hf_model(folder, dequantized), adapters["r4"],
+                                           adapter_name="r4")
+    peft_model.load_adapter(adapters["r16"], adapter_name="r16")
+    rows = ["r4", "r16", "__base__"]
+    expected = {row: [] for row in rows}
+    for prompt in PROMPTS:
+        for row, tokens in zip(rows, peft_greedy(peft_model, [prompt] * 3, rows, NEW_TOKENS),
+                               strict=True):
+            expected[row].append(tokens)
+    assert served == [*expected["r4"], *expected["r16"], *expected["__base__"]]
+    assert expected["r4"] != expected["__base__"] != expected["r16"]  # the adapters matter
+
+
+def edited_copy(source: Path, target: Path, settings: dict | None = None,
+                tensors=None) -> Path:
+    shutil.copytree(source, target)
+    if settings is not None:
+        config = json.loads((target / "config.json").read_text())
+        config["quantization_config"].update(settings)
+        (target / "config.json").write_text(json.dumps(config))
+    if tensors is not None:
+        weights = tensors(load_file(str(target / "model.safetensors")))
+        save_file(weights, str(target / "model.safetensors"), metadata={"format": "pt"})
+    return target
+
+
+REFUSALS = {  # name -> (config settings, tensor edit, expected message)
+    "bits-8": ({"bits": 8}, None, "bits=8: only 4-bit GPTQ/AWQ checkpoints are served"),
+    "marlin": ({"checkpoint_format": "marlin"}, None,
+               "checkpoint_format 'marlin' is not supported"),
+    "bitsandbytes": ({"quant_method": "bitsandbytes"}, None,
+                     "quant_method 'bitsandbytes' is not supported"),
+    "group-16": ({"group_size": 16}, None,
+                 r"down_proj.scales: shape \(8, 128\), expected \(16, 128\) .*groups of 16"),
+    "no-qzeros": (None, lambda w: {n: t for n, t in w.items()
+                                   if n != "model.layers.1.mlp.down_proj.qzeros"},
+                  "GPTQ linear model.layers.1.mlp.down_proj has no qzeros"),
+    "wide-scales": (None, lambda w: {**w, "model.layers.0.self_attn.o_proj.scales":
+                                     torch.cat([w["model.layers.0.self_attn.o_proj.scales"]] * 2,
+                                               dim=1)},
+                    r"o_proj.scales: shape \(4, 256\), expected \(4, 128\)"),
+    "half-fused": (None, lambda w: {**{n: t for n, t in w.items() if ".k_proj." not in n},
+                                    **{n.replace("qweight", "weight"): torch.zeros(64, 128)
+                                       for n in w if n.endswith("k_proj.qweight")}},
+                   "are quantized but its other parts are not"),
+}
+
+
+@pytest.mark.parametrize("refusal", list(REFUSALS))
+def test_bad_checkpoints_are_refused_naming_the_problem(refusal, root, tmp_path) -> None:
+    folder, _ = checkpoint("gptq-g32-desc_act-split", root)
+    settings, tensors, message = REFUSALS[refusal]
+    bad = edited_copy(folder, tmp_path / refusal, settings, tensors)
+    with pytest.raises(ValueError, match=message):
+        load_model(engine_config(bad))
+
+
+def test_awq_gemv_and_requantizing_are_refused(root, tmp_path) -> None:
+    folder, _ = checkpoint("awq-g64", root)
+    gemv = edited_copy(folder, tmp_path / "gemv", {"version": "gemv"})
+    with pytest.raises(ValueError, match="AWQ quantization_config.version 'gemv' is not"):
+        load_model(engine_config(gemv))
+    with pytest.raises(ValueError, match="already awq-quantized .* --quantize int8"):
+        load_model(engine_config(folder, quantize="int8"))
