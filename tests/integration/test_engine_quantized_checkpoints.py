@@ -15,6 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -28,6 +29,7 @@ from loraplex.runtime.engine.request import GenerationRequest, SamplingParams
 from loraplex.runtime.models.loader import load_model
 from tests.helpers import builtin_tokenizer, peft_greedy
 from tests.helpers.quantized_checkpoints import write_quantized_llama
+from tests.integration.runtime_servers import runtime_server
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -141,6 +143,22 @@ def test_adapters_on_a_gptq_checkpoint_equal_peft(root) -> None:
             expected[row].append(tokens)
     assert served == [*expected["r4"], *expected["r16"], *expected["__base__"]]
     assert expected["r4"] != expected["__base__"] != expected["r16"]  # the adapters matter
+
+
+@pytest.mark.slow  # a real pod process: about 20 s to start here
+def test_a_pod_serving_an_awq_checkpoint_says_so(root) -> None:
+    folder, dequantized = checkpoint("awq-g64", root)
+    with runtime_server("--model", str(folder), "--device", "cpu", "--dtype", "float32",
+                        "--max-model-len", "128", "--kv-cache-bytes", str(16 << 20),
+                        "--cache-dir", str(root / "cache"), log_dir=root / "pod") as pod, \
+            httpx.Client(base_url=pod.url, timeout=60, trust_env=False) as http:
+        info = http.get("/info").json()
+        assert info["quantization"] == "awq"
+        assert info["memory_plan"]["quantization"] == "awq"
+        response = http.post("/generate", json={"inputs": "Hello", "parameters": {
+            "max_new_tokens": 4, "ignore_eos_token": True, "details": True}})
+        assert response.status_code == 200, response.text
+        assert response.json()["details"]["generated_tokens"] == 4
 
 
 def edited_copy(source: Path, target: Path, settings: dict | None = None,
