@@ -4,8 +4,9 @@ A tiny Llama (2 layers, hidden 128) is written here in each format from the form
 descriptions (tests/helpers/quantized_checkpoints.py), with a `quantization_config` in
 its config.json. The engine loads it through `EngineConfig(model=folder)` and its greedy
 tokens equal, token for token, those of transformers' `LlamaForCausalLM` holding the
-dequantized weights in fp32, and with LoRA adapters those of PEFT on that model. Bad
-checkpoints are refused at load with a message naming the problem.
+dequantized weights in fp32, and with LoRA adapters those of PEFT on that model (the CPU
+int4 kernel reads the activations in bf16, a rounding these fixed seeds stay clear of).
+Bad checkpoints are refused at load with a message naming the problem.
 """
 
 from __future__ import annotations
