@@ -12,113 +12,31 @@ says what the emulator itself costs). Prints a table and writes JSON.
     python -m bench.operator --adapters 10000 --pods 32
     python -m bench.operator --pod-kind real --adapters 200
 
-Pods are either `stub` (a minimal in-process admin API that confirms every load at once
-and counts calls: it measures the operator alone, not adapter loading) or `real`
-(`loraplex serve` tiny-llama servers with synthetic adapters: end to end, slower).
+Pods are either `stub` (minimal admin APIs, in a process of their own, that confirm
+every load at once and count calls: they measure the operator alone, not adapter loading)
+or `real` (`loraplex serve` tiny-llama servers with synthetic adapters: end to end,
+slower). The Adapters are created from a few processes of their own (bench/operator_clients.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
 import platform
 import tempfile
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from aiohttp import web
-
-from loraplex.contracts.adapters import (
-    AdapterRegistration,
-    AdapterRemoval,
-    AdapterState,
-    AdapterStatus,
-)
+from bench.operator_clients import Appliers, StubPods, process_cpu_s
 from loraplex.operator import naming
 from tests.integration.operator.emulator import EmulatorThread
 from tests.integration.operator.harness import OperatorProcess, RuntimePods, write_kubeconfig
 from tests.integration.operator.kube import TEST_AGENT, Kube
 
 NAMESPACE, BMD = "bench", "bench"
-APPLIERS = 4  # threads creating the Adapters
-STUB_ADDRESS = "127.0.1.{}"  # from .100 up: clear of the integration tests' pods
-
-
-class StubPods:
-    """Admin APIs that load instantly and count what they were asked."""
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self.calls: Counter[str] = Counter()
-        self.held: list[dict[str, dict]] = [{} for _ in range(count)]
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
-
-    def urls(self) -> list[str]:
-        return [f"http://{STUB_ADDRESS.format(100 + i)}:{naming.RUNTIME_PORT}"
-                for i in range(self.count)]
-
-    def start(self) -> StubPods:
-        self._thread.start()
-        self._ready.wait(30)
-        return self
-
-    def stop(self) -> None:
-        if self._loop and self._stop:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    def cpu_s(self) -> float:
-        return time.clock_gettime(time.pthread_getcpuclockid(self._thread.ident))
-
-    def _app(self, held: dict[str, dict]) -> web.Application:
-        async def listing(request: web.Request) -> web.Response:
-            self.calls["GET"] += 1
-            return web.json_response({"adapters": list(held.values())})
-
-        async def put(request: web.Request) -> web.Response:
-            self.calls["PUT"] += 1
-            body, name = await request.json(), request.match_info["name"]
-            registration = AdapterRegistration.model_validate(body, strict=False)
-            held[name] = AdapterStatus(
-                name=name, source=registration.source, state=AdapterState.HOST,
-                pinned=registration.pinned, rank=8, size_bytes=1 << 20,
-                digest=f"sha256:{name}").model_dump(mode="json")
-            return web.json_response(held[name])
-
-        async def delete(request: web.Request) -> web.Response:
-            self.calls["DELETE"] += 1
-            name = request.match_info["name"]
-            held.pop(name, None)
-            return web.json_response(
-                AdapterRemoval(name=name, outcome="removed").model_dump(mode="json"))
-
-        app = web.Application()
-        app.router.add_get("/v1/adapters", listing)
-        app.router.add_put("/v1/adapters/{name}", put)
-        app.router.add_delete("/v1/adapters/{name}", delete)
-        return app
-
-    async def _serve(self) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        runners = []
-        for index, held in enumerate(self.held):
-            runner = web.AppRunner(self._app(held), access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, STUB_ADDRESS.format(100 + index),
-                              naming.RUNTIME_PORT).start()
-            runners.append(runner)
-        self._ready.set()
-        await self._stop.wait()
-        for runner in runners:
-            await runner.cleanup()
+APPLIERS = 4  # processes creating the Adapters
 
 
 def pod_body(index: int, ip: str) -> dict:
@@ -163,12 +81,6 @@ class ReadyWatch:
         self.kube.close()
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a running process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench-operator-"))
     emulator = EmulatorThread().start()
@@ -177,6 +89,7 @@ def run(args: argparse.Namespace) -> dict:
                                NAMESPACE, work, "--resync-interval-s", str(args.resync),
                                "--loading-poll-s", "0.5", "--log-level", "warning")
     stubs = real = None
+    appliers = Appliers(emulator.url, NAMESPACE, APPLIERS)
     try:
         operator.start()
         kube.create("basemodeldeployments", {
@@ -202,6 +115,7 @@ def run(args: argparse.Namespace) -> dict:
             sources = [str(folders[i % 3]) for i in range(args.adapters)]
             real = RuntimePods(kube, BMD, work, work / "cache")
             real.add(args.pods)
+        appliers.start()
         time.sleep(args.resync)  # the pods are known and idle before the clock starts
         watch = ReadyWatch(emulator.url)
         before, operator_cpu_before = len(emulator.calls()), process_cpu_s(operator.process.pid)
@@ -211,8 +125,7 @@ def run(args: argparse.Namespace) -> dict:
                    "metadata": {"name": f"a-{index:05d}", "namespace": NAMESPACE},
                    "spec": {"baseModel": BMD, "source": source, "replicas": args.replicas}}
                   for index, source in enumerate(sources)]
-        with ThreadPoolExecutor(APPLIERS) as appliers:  # as `kubectl apply` from a few shells
-            list(appliers.map(lambda body: kube.create("adapters", body), bodies))
+        appliers.create_all(bodies)  # as `kubectl apply` from a few shells
         applied = time.monotonic() - started
         try:
             watch.wait_ready(args.adapters, args.timeout)
@@ -243,14 +156,15 @@ def run(args: argparse.Namespace) -> dict:
             "k8s_calls": sum(calls.values()),
             "k8s_calls_per_adapter": round(sum(calls.values()) / args.adapters, 2),
             "k8s_calls_by_kind": dict(calls.most_common()),
-            "admin_calls": dict(stubs.calls) if stubs else None,
-            "admin_calls_per_adapter": (round(sum(stubs.calls.values()) / args.adapters, 2)
+            "admin_calls": stubs.calls() if stubs else None,
+            "admin_calls_per_adapter": (round(sum(stubs.calls().values()) / args.adapters, 2)
                                         if stubs else None),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "python": platform.python_version(),
         }
     finally:
         operator.stop()
+        appliers.stop()
         if stubs:
             stubs.stop()
         if real:

