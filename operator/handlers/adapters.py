@@ -1,7 +1,12 @@
-"""Adapter handlers: wake-ups, unload before deletion, and Adapters whose base model is gone.
+"""Adapter handlers: the Adapter index and its wake-ups, unload before deletion, and
+Adapters whose base model is gone.
 
-An Adapter event wakes its BMD's reconcile loop when the loop has something to do (a new
-Adapter, a spec change, a deletion). Deleting an Adapter is held by the finalizer until
+Indexing an Adapter wakes its BMD's reconcile loop when the loop has something to do (a new
+Adapter, a spec change, a deletion): done in the index function, which kopf runs on every
+Adapter event anyway, rather than in an event handler beside it, whose invocation per event
+cost a tenth of the operator's CPU with 10,000 Adapters. A removed Adapter needs no wake-up:
+its finalizer was only released once its loop had unloaded it, and the periodic re-check
+catches the rest. Deleting an Adapter is held by the finalizer until
 that loop has seen that no reachable pod holds it any more (the loop does the unloading:
 it is the single writer of placements). An Adapter whose BMD does not exist is reported
 `Pending` with reason `BaseModelNotFound`, never left stuck in its last phase: checked on
@@ -52,15 +57,22 @@ async def unload_before_delete(name: str, namespace: str, body: kopf.Body, memo:
         await asyncio.sleep(state.config.loading_poll_s)
 
 
-async def on_adapter_event(type: str, namespace: str, body: kopf.Body, memo: kopf.Memo,
-                           base_models: kopf.Index, **_: Any) -> None:
+async def adapters_by_base(namespace: str, body: kopf.Body, memo: kopf.Memo,
+                           base_models: kopf.Index, **_: Any
+                           ) -> dict[tuple[str, str], AdapterView]:
+    """The index of Adapters by base model; wakes the loop or reports an orphan on the way
+    (a failed report is logged, as kopf logs a failed event handler: the Adapter is
+    indexed all the same)."""
     view = adapter_view(body)
-    if (namespace, view.base_model) in base_models and (
-            type == "DELETED" or view.deleting or not view.status
-            or spec_changed_since_status(view)):
-        memo.state.wake((namespace, view.base_model))
-    if type != "DELETED":
+    key = (namespace, view.base_model)
+    if key in base_models and (view.deleting or not view.status
+                               or spec_changed_since_status(view)):
+        memo.state.wake(key)
+    try:
         await report_orphan(memo.state, view, base_models)
+    except Exception:
+        logger.exception("could not report Adapter %s/%s as orphaned", namespace, view.name)
+    return {key: view}
 
 
 async def on_base_model_gone(type: str, namespace: str, name: str, memo: kopf.Memo,
@@ -96,5 +108,5 @@ async def report_orphan(state: OperatorState, view: AdapterView,
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     kopf.on.delete(*ADAPTERS, id="unload", timeout=config.unload_timeout_s,
                    registry=registry)(unload_before_delete)
-    kopf.on.event(*ADAPTERS, id="adapter_event", registry=registry)(on_adapter_event)
+    kopf.index(*ADAPTERS, id="adapters_by_base", registry=registry)(adapters_by_base)
     kopf.on.event(*BASE_MODELS, id="base_model_gone", registry=registry)(on_base_model_gone)

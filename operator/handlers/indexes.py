@@ -1,4 +1,5 @@
-"""Indexes over runtime pods, Adapters and BaseModelDeployments, and the wake-ups they feed.
+"""Indexes over runtime pods and BaseModelDeployments, and the wake-ups they feed (the
+Adapters' index is in adapters.py, with its own wake-ups).
 
 Reconcile reads the indexes (no list calls per cycle); an event that may change the
 outcome of a BMD's next cycle wakes that BMD's loop at once instead of at the next resync.
@@ -14,7 +15,7 @@ import kopf
 
 from loraplex.operator import naming
 from loraplex.operator.config import OperatorConfig
-from loraplex.operator.views import AdapterView, PodView, adapter_view, pod_view
+from loraplex.operator.views import PodView, pod_view
 
 RUNTIME_POD = {naming.LABEL_BASE_MODEL: kopf.PRESENT,
                naming.LABEL_COMPONENT: naming.COMPONENT_RUNTIME}
@@ -25,12 +26,6 @@ BASE_MODELS = (naming.GROUP, naming.VERSION, naming.BMD_PLURAL)
 async def runtime_pods(namespace: str, labels: kopf.Labels, body: kopf.Body,
                        **_: Any) -> dict[tuple[str, str], PodView]:
     return {(namespace, labels[naming.LABEL_BASE_MODEL]): pod_view(body)}
-
-
-async def adapters_by_base(namespace: str, body: kopf.Body,
-                           **_: Any) -> dict[tuple[str, str], AdapterView]:
-    view = adapter_view(body)
-    return {(namespace, view.base_model): view}
 
 
 async def base_models(namespace: str, name: str, meta: kopf.Meta,
@@ -55,7 +50,6 @@ async def wake_on_base_model(namespace: str, name: str, body: kopf.Body, memo: k
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     kopf.index("v1", "pods", labels=RUNTIME_POD, id="runtime_pods",
                registry=registry)(runtime_pods)
-    kopf.index(*ADAPTERS, id="adapters_by_base", registry=registry)(adapters_by_base)
     kopf.index(*BASE_MODELS, id="base_models", registry=registry)(base_models)
     kopf.on.event("v1", "pods", labels=RUNTIME_POD, id="wake_on_pod",
                   registry=registry)(wake_on_pod)

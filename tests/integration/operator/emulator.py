@@ -28,6 +28,7 @@ import itertools
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,6 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     calls: list[Call] = attrs.field(factory=list, init=False)
     _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
     _validators: dict[str, jsonschema.Draft4Validator] = attrs.field(factory=dict, init=False)
-    _in_flight: set[int] = attrs.field(factory=set, init=False)
     _scales: dict[str, dict[str, str]] = attrs.field(factory=dict, init=False)  # plural → paths
     _uninstalled: set[str] = attrs.field(factory=set, init=False)  # plurals of removed CRDs
 
@@ -129,7 +129,6 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             if request.resource.plural in self._uninstalled:
                 raise kmock.KubernetesError(status=404, reason="NotFound", message=(
                     "the server could not find the requested resource"))
-        self._in_flight.add(id(request))
         try:
             if request.subresource == "scale" and request.action == kmock.action.FETCH:
                 return aiohttp.web.json_response(self._scale(request))
@@ -140,8 +139,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                     self._on_patch(request)
             return await super()._handle(request)
         finally:
-            self._in_flight.discard(id(request))
-            self._requests[:] = [r for r in self._requests if id(r) in self._in_flight]
+            self._dispatched(request)
+
+    def _dispatched(self, request: kmock.Request) -> None:
+        """Take `request` out of the log: its reaction is running, no dispatch needs it."""
+        self._requests[:] = [r for r in self._requests if r is not request]
 
     async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
         """As the API server: `Content-Type: application/json`, no charset (lightkube checks)."""
@@ -149,13 +151,24 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         return aiohttp.web.Response(body=response.body, status=response.status,
                                     headers={"Content-Type": "application/json"})
 
-    # kmock's own get/patch/create/delete answers, with the object looked up by key
+    # kmock's own answers, each taking its request out of the log; get/patch/create/delete
+    # look the object up by key
 
     def _stored(self, request: kmock.Request, namespace: str | None, name: str | None) -> Any:
+        self._dispatched(request)
         key = (request.resource, namespace, name)
         if key not in self.objects or self.objects[key].empty:
             raise kmock.KubernetesError(status=404, reason="NotFound", message="not found")
         return self.objects[key]
+
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        self._dispatched(request)
+        return await super()._serve_list(request)
+
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
+        self._dispatched(request)
+        async for event in super()._serve_watch(request):
+            yield event
 
     async def _serve_fetch(self, request: kmock.Request) -> dict[str, Any]:
         obj = self._stored(request, request.namespace, request.name)
