@@ -35,6 +35,13 @@ STACKED_PROJECTIONS = {
 }
 
 
+def no_place(name: str) -> ValueError:
+    quantized = name.rpartition(".")[2] in ("qweight", "qzeros", "scales", "g_idx")
+    hint = (" (a quantized tensor, but config.json has no quantization_config naming its "
+            "format)") if quantized else ""
+    return ValueError(f"checkpoint tensor {name!r} has no place in the model{hint}")
+
+
 def head_dim_of(config: PretrainedConfig) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
@@ -213,7 +220,7 @@ class LlamaForCausalLM(nn.Module):
                 fused, index = STACKED_PROJECTIONS[projection]
                 target = f"{parent}.{fused}.{leaf}"
                 if target not in params:
-                    raise ValueError(f"checkpoint tensor {name!r} has no place in the model")
+                    raise no_place(name)
                 self.get_submodule(f"{parent}.{fused}").load_shard(index, leaf, tensor)
                 parts = pending_shards.setdefault(target, set())
                 parts.add(index)
@@ -221,7 +228,7 @@ class LlamaForCausalLM(nn.Module):
                     missing.discard(target)
                 continue
             if name not in params:
-                raise ValueError(f"checkpoint tensor {name!r} has no place in the model")
+                raise no_place(name)
             if tuple(tensor.shape) != tuple(params[name].shape):
                 raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)}, "
                                  f"model expects {tuple(params[name].shape)}")

@@ -240,10 +240,10 @@ def quantize_model(model: LlamaForCausalLM, config: EngineConfig) -> None:
         logger.info("quantized %d linear layers to %s", layers, config.quantize)
 
 
-def checkpoint_quantization(hf_config: PretrainedConfig,
-                            config: EngineConfig) -> CheckpointQuantization | None:
+def checkpoint_quantization(hf_config: PretrainedConfig, config: EngineConfig,
+                            folder: Path) -> CheckpointQuantization | None:
     """The checkpoint's own quantization (GPTQ, AWQ), refused with `--quantize`."""
-    quantization = CheckpointQuantization.of(hf_config)
+    quantization = CheckpointQuantization.of(hf_config, folder)
     if quantization is not None and config.quantize != "none":
         raise ValueError(f"the checkpoint is already {quantization.method}-quantized "
                          f"(config.json quantization_config); --quantize {config.quantize} "
@@ -262,7 +262,7 @@ def load_model(config: EngineConfig) -> LoadedModel:
         folder = resolve_model_folder(config.model, config.cache_dir, config.revision)
         safetensors_files(folder)  # refuse a folder without usable weights before any work
         hf_config, tokenizer_folder = AutoConfig.from_pretrained(folder), folder
-        quantization = checkpoint_quantization(hf_config, config)
+        quantization = checkpoint_quantization(hf_config, config, folder)
     tokenizer = load_tokenizer(tokenizer_folder)
 
     def serve_quantized(meta_model: LlamaForCausalLM) -> None:

@@ -1,12 +1,14 @@
 """GPTQ and AWQ checkpoints: recognised from config.json, served 4-bit as they are stored.
 
 A Hugging Face folder whose config.json has a `quantization_config` of quant_method
-"gptq" or "awq" stores each quantized linear as `qweight`/`qzeros`/`scales` (and GPTQ's
-`g_idx`) and everything else (embeddings, norms, biases, the LM head unless quantized too)
-in full precision. `load_quantized_linears` reads the quantized tensors, turns each linear
-(all shards of a fused q|k|v or gate|up together) into a weight on the int4 kernel and
-gives it to our module before the plain weights get memory (the model is still on the meta
-device), so a 4-bit checkpoint never takes its full-precision size. The rest of the
+"gptq" or "awq" (or, written before transformers knew the formats, AutoGPTQ's
+quantize_config.json or AutoAWQ's quant_config.json beside a plain config.json) stores
+each quantized linear as `qweight`/`qzeros`/`scales` (and GPTQ's `g_idx`) and everything
+else (embeddings, norms, biases, the LM head unless quantized too) in full precision.
+`load_quantized_linears` reads the quantized tensors, turns each linear (all shards of a
+fused q|k|v or gate|up together) into a weight on the int4 kernel and gives it to our
+module before the plain weights get memory (the model is still on the meta device), so a
+4-bit checkpoint never takes its full-precision size. The rest of the
 checkpoint then loads as usual.
 
 Served: 4 bits, any group size that is a multiple of 32 (or -1), GPTQ symmetric and
@@ -17,6 +19,7 @@ naming the setting (other bit widths, AWQ GEMV/Marlin layouts, GPTQ Marlin/BitBL
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,8 @@ from loraplex.runtime.models.int4_codes import LinearCodes, serve_codes
 from loraplex.runtime.models.llama import STACKED_PROJECTIONS, LlamaForCausalLM
 
 QUANTIZED_LEAVES = ("qweight", "qzeros", "scales", "g_idx")
+# the tools' own files, beside a config.json written before transformers knew the format
+SEPARATE_CONFIGS = {"quantize_config.json": "gptq", "quant_config.json": "awq"}
 METHODS = ("gptq", "awq")
 AWQ_VERSIONS = ("gemm",)
 
@@ -44,13 +49,13 @@ class CheckpointQuantization:
     checkpoint_format: str = "gptq"  # GPTQ only: gptq (v1) | gptq_v2
 
     @classmethod
-    def of(cls, hf_config: PretrainedConfig) -> CheckpointQuantization | None:
-        """The config's `quantization_config`, or None for a full-precision checkpoint."""
-        settings = getattr(hf_config, "quantization_config", None)
+    def of(cls, hf_config: PretrainedConfig,
+           folder: Path | None = None) -> CheckpointQuantization | None:
+        """The config's `quantization_config` (or AutoGPTQ's quantize_config.json, AutoAWQ's
+        quant_config.json in `folder`), or None for a full-precision checkpoint."""
+        settings = _settings(hf_config, folder)
         if settings is None:
             return None
-        if not isinstance(settings, Mapping):
-            settings = settings.to_dict()
         method = str(settings.get("quant_method", "")).lower()
         if method not in METHODS:
             raise ValueError(f"quantization_config.quant_method {method!r} is not supported; "
@@ -96,6 +101,16 @@ class CheckpointQuantization:
                 raise ValueError(f"AWQ linear {name} has a g_idx (a GPTQ tensor)")
             return read_awq(name, tensors, self.group_size)
         return read_gptq(name, tensors, self.group_size, self.checkpoint_format)
+
+
+def _settings(hf_config: PretrainedConfig, folder: Path | None) -> Mapping | None:
+    settings = getattr(hf_config, "quantization_config", None)
+    if settings is not None:
+        return settings if isinstance(settings, Mapping) else settings.to_dict()
+    for name, method in SEPARATE_CONFIGS.items():
+        if folder is not None and (folder / name).is_file():
+            return {"quant_method": method, **json.loads((folder / name).read_text())}
+    return None
 
 
 def _quantized_tensors(folder: Path, device: torch.device) -> dict[str, dict[str, str]]:

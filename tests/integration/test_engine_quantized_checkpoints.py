@@ -146,6 +146,39 @@ def test_adapters_on_a_gptq_checkpoint_equal_peft(root) -> None:
     assert expected["r4"] != expected["__base__"] != expected["r16"]  # the adapters matter
 
 
+SEPARATE_CONFIGS = {  # case -> (the tool's own file, its content as that tool writes it)
+    "gptq-g64-sym-desc_act": ("quantize_config.json", {"bits": 4, "group_size": 64,
+                                                       "desc_act": True, "sym": True}),
+    "awq-g64": ("quant_config.json", {"zero_point": True, "q_group_size": 64, "w_bit": 4,
+                                      "version": "GEMM"}),
+}
+
+
+@pytest.mark.parametrize("case", list(SEPARATE_CONFIGS))
+def test_the_tools_own_config_file_is_read_beside_a_plain_config(case, root,
+                                                                 tmp_path) -> None:
+    """Checkpoints written before transformers knew the format keep their settings in
+    AutoGPTQ's quantize_config.json or AutoAWQ's quant_config.json."""
+    folder, dequantized = checkpoint(case, root)
+    moved = shutil.copytree(folder, tmp_path / case)
+    config = json.loads((moved / "config.json").read_text())
+    del config["quantization_config"]
+    (moved / "config.json").write_text(json.dumps(config))
+    name, settings = SEPARATE_CONFIGS[case]
+    (moved / name).write_text(json.dumps(settings))
+    engine = Engine(engine_config(moved))
+    try:
+        assert engine.loaded.quantization == CASES[case]["method"]
+        served = engine_greedy(engine, [None])
+    finally:
+        engine.close()
+    assert served == hf_greedy(hf_model(folder, dequantized), PROMPTS)
+    (moved / name).unlink()
+    with pytest.raises(ValueError, match="a quantized tensor, but config.json has no "
+                                         "quantization_config"):
+        load_model(engine_config(moved))
+
+
 @pytest.mark.slow  # a real pod process: about 20 s to start here
 def test_a_pod_serving_an_awq_checkpoint_says_so(root) -> None:
     folder, dequantized = checkpoint("awq-g64", root)
