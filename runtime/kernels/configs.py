@@ -115,7 +115,7 @@ def int4_gemm_config(num_rows: int, d_out: int, d_in: int, num_sms: int) -> Kern
         block_n, block_k, num_warps, num_stages = 128, 64, 8, 3
     while d_in % block_k:  # d_in is a multiple of the group size: stops at it at the latest
         block_k //= 2
-    programs = _cdiv(num_rows, block_m) * _cdiv(d_out, block_n)
+    programs = max(1, _cdiv(num_rows, block_m) * _cdiv(d_out, block_n))
     wanted = _next_power_of_2(_cdiv(2 * num_sms, programs))
     split_k = max(1, min(wanted, d_in // block_k, 16))
     return KernelConfig(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split_k,

@@ -16,12 +16,17 @@ kernel and undocumented, this one is plain and the dot wants nothing else):
   same table as the CPU kernel reads, so one `Int4Weight.dequantize()` is the reference.
 BLOCK_K is a power of two that divides K, as is the group size g: a K tile either lies
 inside one group or spans TILE_GROUPS whole groups. Rows (T) and outputs (N) are masked,
-so any batch works; small batches split K over programs (fp32 atomics into an fp32
-buffer) so that decode fills the GPU.
+so any batch works. Small batches split K over programs so that decode fills the GPU, in
+one launch: each split writes an fp32 partial, and the last split of an output tile to
+arrive (a per-tile counter) sums the partials and writes the output, then zeroes its
+counter for the next launch, so nothing needs clearing in between (no memset, no second
+kernel: at decode those would cost more than the product itself). The counters are shared
+per device: split launches must not run concurrently on two streams.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -34,6 +39,7 @@ from .kernel_costs import report_int4_matmul
 from .launch_costs import recording
 
 INTERPRETER_ENV = "TRITON_INTERPRET"
+MAX_SPLIT_TILES = 4096  # output tiles a split-K launch may have (decode: N / BLOCK_N)
 
 
 @triton.jit
@@ -42,6 +48,8 @@ def _int4_gemm_kernel(
     w_ptr,
     sz_ptr,
     y_ptr,
+    partials_ptr,
+    arrivals_ptr,
     num_rows,
     d_out,
     d_in,
@@ -50,6 +58,7 @@ def _int4_gemm_kernel(
     stride_wn,
     stride_sg,
     stride_ym,
+    stride_ps,
     GROUP_SIZE: tl.constexpr,
     TILE_GROUPS: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -99,10 +108,24 @@ def _int4_gemm_kernel(
 
     y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
     mask_y = mask_m[:, None] & mask_n[None, :]
-    if SPLIT_K == 1:
-        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_y)
+    if SPLIT_K > 1:
+        # each split stores its fp32 partial [SPLIT_K, T, N]; the last of a tile's splits to
+        # arrive (the acq_rel atomic orders the others' stores before its loads) sums them
+        tile_offs = offs_m.to(tl.int64)[:, None] * d_out + offs_n[None, :]
+        tl.store(partials_ptr + pid_k * stride_ps + tile_offs, acc, mask=mask_y)
+        tile = pid_m * tl.num_programs(1) + pid_n
+        tl.debug_barrier()  # every thread's partial is stored before the release
+        arrived = tl.atomic_add(arrivals_ptr + tile, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT_K - 1:
+            tl.debug_barrier()  # every thread's loads come after the acquire
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for split in range(SPLIT_K):
+                acc += tl.load(partials_ptr + split * stride_ps + tile_offs, mask=mask_y,
+                               other=0.0, cache_modifier=".cg")
+            tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_y)
+            tl.atomic_xchg(arrivals_ptr + tile, 0)  # ready for the next launch
     else:
-        tl.atomic_add(y_ptrs, acc, mask=mask_y)
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_y)
 
 
 def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tensor,
@@ -119,7 +142,9 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.T
     config = config or int4_gemm_config(num_rows, d_out, d_in, num_sms(x.device))
     _check_config(config, d_in)
     _check_device(x)
-    k_per_split = triton.cdiv(triton.cdiv(d_in, config.split_k), config.block_k) * config.block_k
+    grid_m, grid_n = triton.cdiv(num_rows, config.block_m), triton.cdiv(d_out, config.block_n)
+    split_k = config.split_k if grid_m * grid_n <= MAX_SPLIT_TILES else 1
+    k_per_split = triton.cdiv(triton.cdiv(d_in, split_k), config.block_k) * config.block_k
     split_k = triton.cdiv(d_in, k_per_split)  # no empty splits
     if recording():
         report_int4_matmul(x, packed, scales_and_zeros, split_k)
@@ -127,16 +152,16 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.T
         return torch.empty(num_rows, d_out, dtype=x.dtype, device=x.device)
     if num_rows == 0:
         return torch.empty(0, d_out, dtype=x.dtype, device=x.device)
-    if split_k == 1:
-        y = torch.empty(num_rows, d_out, dtype=x.dtype, device=x.device)
-    else:
-        y = torch.zeros(num_rows, d_out, dtype=torch.float32, device=x.device)
-    grid = (triton.cdiv(num_rows, config.block_m), triton.cdiv(d_out, config.block_n), split_k)
+    y = torch.empty(num_rows, d_out, dtype=x.dtype, device=x.device)
+    # fp32 partials of the splits (y stands in, unread, when there is no split)
+    partials = (torch.empty(split_k, num_rows, d_out, dtype=torch.float32, device=x.device)
+                if split_k > 1 else y)
     upcast, precision = _dot_mode(x.dtype)
-    _int4_gemm_kernel[grid](
-        x, packed, scales_and_zeros, y,
+    _int4_gemm_kernel[(grid_m, grid_n, split_k)](
+        x, packed, scales_and_zeros, y, partials, _arrival_counters(x.device),
         num_rows, d_out, d_in, k_per_split,
         x.stride(0), packed.stride(0), scales_and_zeros.stride(0), y.stride(0),
+        partials.stride(0),
         GROUP_SIZE=group_size,
         TILE_GROUPS=max(1, config.block_k // group_size),
         BLOCK_M=config.block_m,
@@ -148,7 +173,14 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.T
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )  # fmt: skip
-    return y.to(x.dtype)
+    return y
+
+
+@functools.cache
+def _arrival_counters(device: torch.device) -> torch.Tensor:
+    """int32 [MAX_SPLIT_TILES] zeros, one per output tile of a split launch; each launch
+    leaves them at zero again. Kept for good (a captured CUDA graph holds the address)."""
+    return torch.zeros(MAX_SPLIT_TILES, dtype=torch.int32, device=device)
 
 
 def _check_config(config: KernelConfig, d_in: int) -> None:

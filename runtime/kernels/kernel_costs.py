@@ -76,15 +76,12 @@ def report_expand(y: torch.Tensor, v: torch.Tensor, lora_b: torch.Tensor,
 def report_int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tensor,
                        split_k: int) -> None:
     """y = x @ W.T from 4-bit codes: the codes and group tables read once (half a byte per
-    weight), x read and y written once; with split-K, the fp32 buffer is zeroed, each
-    split adds into it, and a cast makes the output (3 launches)."""
+    weight), x read and y written once; with split-K, each split's fp32 partial is written
+    and read back once by the tile's last split, in the same launch."""
     num_rows, d_in = x.shape
     d_out, element = packed.shape[0], x.element_size()
-    read = num_rows * d_in * element + packed.nbytes + scales_and_zeros.nbytes
-    written = num_rows * d_out * element
-    if split_k > 1:
-        partials = num_rows * d_out * 4
-        read += split_k * partials + partials
-        written += partials + split_k * partials
+    partials = num_rows * d_out * 4 * split_k if split_k > 1 else 0
+    read = num_rows * d_in * element + packed.nbytes + scales_and_zeros.nbytes + partials
+    written = num_rows * d_out * element + partials
     report_launch("linears", read=read, written=written, flops=2 * num_rows * d_out * d_in,
-                  launches=1 if split_k == 1 else 3)
+                  launches=1)

@@ -147,6 +147,13 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.T
     return matmul(x, packed, scales_and_zeros, group_size, config=config)
 
 
+def int4_counters_left_set() -> int:
+    """Arrival counters of split-K launches not back at zero (each launch must reset its own)."""
+    from loraplex.runtime.kernels.int4_gemm import _arrival_counters
+
+    return int(_arrival_counters(torch.device("cpu")).count_nonzero())
+
+
 def int4_linear_with_lora(weight: torch.Tensor, group_size: int, output_sizes: tuple[int, ...],
                           x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
                           segment_lists: tuple[Sequence[int], Sequence[int]],

@@ -10,6 +10,7 @@ cores.
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
@@ -24,7 +25,8 @@ from loraplex.runtime.kernels import int4_gemm  # noqa: E402
 from loraplex.runtime.kernels.configs import int4_gemm_config  # noqa: E402
 from tests.kernels.test_compile import H100_SMS, assert_runs_on, compile_kernel  # noqa: E402
 
-POINTERS = {"x_ptr": "*bf16", "w_ptr": "*u8", "sz_ptr": "*bf16"}
+POINTERS = {"x_ptr": "*bf16", "w_ptr": "*u8", "sz_ptr": "*bf16", "y_ptr": "*bf16",
+            "partials_ptr": "*fp32", "arrivals_ptr": "*i32"}
 
 # (name, rows, d_out, d_in, group size): decode on gate|up, prefill on down
 SCENARIOS = [
@@ -41,12 +43,12 @@ SCENARIOS = [
 def test_int4_gemm_compiles_with_chosen_configs(name, rows, d_out, d_in, group_size,
                                                  capability):
     config = int4_gemm_config(rows, d_out, d_in, num_sms=H100_SMS)
-    # a split-K program adds fp32 partials; otherwise it stores the bf16 output
-    output = "*fp32" if config.split_k > 1 else "*bf16"
     binary = compile_kernel(
-        int4_gemm._int4_gemm_kernel, {**POINTERS, "y_ptr": output},
+        int4_gemm._int4_gemm_kernel, POINTERS,
         dict(GROUP_SIZE=group_size, TILE_GROUPS=max(1, config.block_k // group_size),
              BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
              SPLIT_K=config.split_k, UPCAST=False, DOT_PRECISION="tf32"),
         config, capability)
     assert_runs_on(binary, capability)
+    if config.split_k > 1:  # the last split to arrive sees the others' partials
+        assert re.search(r"atom\.global\.gpu\.acq_rel\.add", binary.asm["ptx"])

@@ -50,7 +50,7 @@ CASES = [
     # decode: one row, a 128-wide K tile spanning 4 groups, N = 80 over 64-wide blocks
     Case(32, 1, 80, 512, torch.float32),
     Case(32, 3, 48, 256, torch.bfloat16),
-    # split-K (atomics into fp32), T = 37 over 16-row tiles, K tile = one group
+    # split-K (fp32 partials summed by the last split), T = 37 over 16-row tiles, K tile = group
     Case(64, 37, 48, 256, torch.float16, KernelConfig(16, 32, 64, split_k=2)),
     # prefill tiles (64 x 128 x 64, inside one group): T and N both cut short
     Case(128, 70, 40, 512, torch.bfloat16),
@@ -89,6 +89,15 @@ def test_kernel_equals_the_dequantized_product(interpreter_executor, case: Case)
     y = run_interpreted(interpreter_executor, interpreter_worker.int4_matmul, x, weight.packed,
                         weight.scales_and_zeros, case.group_size, config)
     assert_matches_dequantized(y, x, weight, case.dtype)
+    assert run_interpreted(interpreter_executor, interpreter_worker.int4_counters_left_set) == 0
+
+
+@pytest.mark.timeout(120)
+def test_an_empty_batch_gives_an_empty_output(interpreter_executor) -> None:
+    weight, x = quantized_problem(Case(32, 1, 48, 128, torch.float16))
+    y = run_interpreted(interpreter_executor, interpreter_worker.int4_matmul, x[:0],
+                        weight.packed, weight.scales_and_zeros, 32, None)
+    assert y.shape == (0, 48) and y.dtype == torch.float16
 
 
 @pytest.mark.timeout(120)
