@@ -55,9 +55,11 @@ CASES = [
     # prefill tiles (64 x 128 x 64, inside one group): T and N both cut short
     Case(128, 70, 40, 512, torch.bfloat16),
     Case(128, 19, 96, 256, torch.float32, KernelConfig(32, 64, 32, split_k=4)),
-    # a K tile half a group wide, split-K with splits of unequal length (K = 7 tiles of 64)
+    # K tiles a half and a quarter of a group wide, split 4 ways
     Case(256, 5, 96, 512, torch.float32, KernelConfig(16, 32, 128, split_k=4)),
     Case(256, 17, 64, 768, torch.float16, KernelConfig(16, 16, 64, split_k=4)),
+    # splits of unequal length: K = 7 tiles of 32 in splits of 2, 2, 2 and 1 tiles
+    Case(32, 6, 48, 224, torch.float32, KernelConfig(16, 16, 32, split_k=4)),
 ]
 
 
