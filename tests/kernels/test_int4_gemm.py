@@ -156,6 +156,23 @@ def test_a_meta_product_is_costed_at_four_bits_per_weight() -> None:
     assert codes_bytes < cost.read < 1.2 * codes_bytes  # not the 2 bytes of a bf16 weight
 
 
+def test_a_split_product_is_one_launch_with_its_partials_counted() -> None:
+    from loraplex.runtime.kernels.int4_gemm import int4_matmul
+
+    with torch.device("meta"):
+        weight = Int4Weight.quantize(torch.empty(4096, 4096, dtype=torch.bfloat16), 128)
+        x = torch.empty(2, 4096, dtype=torch.bfloat16)
+    costs = {}
+    for split_k in (1, 8):
+        with recorded_launches() as launches:
+            int4_matmul(x, weight.packed, weight.scales_and_zeros, 128,
+                        config=KernelConfig(16, 64, 128, split_k=split_k))
+        (costs[split_k],) = launches
+    partials = 8 * 2 * 4096 * 4  # fp32 [splits, T, N], written once and read once
+    assert costs[8].launches == costs[1].launches == 1
+    assert costs[8].read - costs[1].read == costs[8].written - costs[1].written == partials
+
+
 @pytest.mark.parametrize(("rows", "d_out", "d_in"), [(1, 4096, 4096), (64, 28672, 4096),
                                                       (2048, 6144, 4096), (1, 4096, 11008)])
 def test_configs_fill_the_gpu_and_tile_k_exactly(rows, d_out, d_in) -> None:

@@ -36,7 +36,7 @@ def assert_matches(y: torch.Tensor, x: torch.Tensor, weight: Int4Weight) -> None
     assert (y.double() - expected).abs().max().item() <= BF16_TOLERANCE * scale
 
 
-@pytest.mark.parametrize("rows", [1, 16, 33, 64, 1000])
+@pytest.mark.parametrize("rows", [1, 33, 1000])  # split decode, 64-row tiles, prefill
 @pytest.mark.parametrize("name", LLAMA3_8B)
 def test_compiled_kernel_matches_the_dequantized_weight(name: str, rows: int) -> None:
     weight = quantized(name, 128)
