@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from transformers import LlamaConfig
+from transformers import LlamaConfig, PretrainedConfig, Qwen2Config
 
 AWQ_SLOT_OUTPUTS = (0, 2, 4, 6, 1, 3, 5, 7)  # AutoAWQ's pack order within a word
+CONFIG_CLASSES = {"llama": LlamaConfig, "qwen2": Qwen2Config}
 PROJECTIONS = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
                "mlp": ("gate_proj", "up_proj", "down_proj")}
 
@@ -93,12 +94,14 @@ def pack_awq(codes: GroupedCodes) -> dict[str, torch.Tensor]:
             "scales": codes.scales.clone()}
 
 
-def tiny_quantized_config(method: str, group_size: int, **settings: object) -> LlamaConfig:
-    config = LlamaConfig(vocab_size=49152, hidden_size=128, intermediate_size=256,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, rope_theta=10000.0,
-                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
-                         pad_token_id=2)
+def tiny_quantized_config(method: str, group_size: int, model_type: str = "llama",
+                          tie_word_embeddings: bool = True,
+                          **settings: object) -> PretrainedConfig:
+    config = CONFIG_CLASSES[model_type](
+        vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        rope_theta=10000.0, tie_word_embeddings=tie_word_embeddings, bos_token_id=1,
+        eos_token_id=2, pad_token_id=2)
     config.quantization_config = {"quant_method": method, "bits": 4,
                                   "group_size": group_size, **settings}
     return config
@@ -107,14 +110,18 @@ def tiny_quantized_config(method: str, group_size: int, **settings: object) -> L
 def write_quantized_llama(folder: Path, tokenizer, method: str, group_size: int,
                           seed: int, desc_act: bool = False, sym: bool = False,
                           checkpoint_format: str = "gptq",
-                          split_order_layer: int | None = None) -> dict[str, torch.Tensor]:
-    """A tiny Llama folder quantized as `method`; returns its weights dequantized (the
-    Hugging Face names, fp32). The projections reading one input share one g_idx, as GPTQ
-    makes them, except in layer `split_order_layer`, where k_proj gets its own."""
+                          split_order_layer: int | None = None, model_type: str = "llama",
+                          quantized_lm_head: bool = False) -> dict[str, torch.Tensor]:
+    """A tiny Llama-family folder quantized as `method`; returns its weights dequantized
+    (the Hugging Face names, fp32). The projections reading one input share one g_idx, as
+    GPTQ makes them, except in layer `split_order_layer`, where k_proj gets its own. Qwen2
+    has q/k/v biases; `quantized_lm_head` unties the LM head and quantizes it too."""
     generator = torch.Generator().manual_seed(seed)
     settings = ({"version": "gemm", "zero_point": True} if method == "awq" else
-                {"desc_act": desc_act, "sym": sym, "checkpoint_format": checkpoint_format})
-    config = tiny_quantized_config(method, group_size, **settings)
+                {"desc_act": desc_act, "sym": sym, "checkpoint_format": checkpoint_format,
+                 "lm_head": quantized_lm_head})
+    config = tiny_quantized_config(method, group_size, model_type,
+                                   not quantized_lm_head, **settings)
     zero_range = (1, 16) if checkpoint_format == "gptq" and method == "gptq" else (0, 15)
     stored: dict[str, torch.Tensor] = {}
     dequantized: dict[str, torch.Tensor] = {}
@@ -141,6 +148,15 @@ def write_quantized_llama(folder: Path, tokenizer, method: str, group_size: int,
                                                                            checkpoint_format)
                 stored.update({f"{name}.{leaf}": tensor for leaf, tensor in packed.items()})
                 dequantized[f"{name}.weight"] = codes.weight()
+                if model_type == "qwen2" and projection in ("q_proj", "k_proj", "v_proj"):
+                    bias = 0.1 * torch.randn(out_features, generator=generator)
+                    stored[f"{name}.bias"] = dequantized[f"{name}.bias"] = bias
+    if quantized_lm_head:
+        groups = random_groups(config.hidden_size, group_size, desc_act, generator)
+        codes = random_codes(config.vocab_size, groups, sym, zero_range, generator, scale=0.02)
+        packed = pack_awq(codes) if method == "awq" else pack_gptq(codes, checkpoint_format)
+        stored.update({f"lm_head.{leaf}": tensor for leaf, tensor in packed.items()})
+        dequantized["lm_head.weight"] = codes.weight()
     folder.mkdir(parents=True, exist_ok=True)
     save_file({name: tensor.contiguous() for name, tensor in stored.items()},
               str(folder / "model.safetensors"), metadata={"format": "pt"})
@@ -149,7 +165,7 @@ def write_quantized_llama(folder: Path, tokenizer, method: str, group_size: int,
     return dequantized
 
 
-def _shape(config: LlamaConfig, projection: str) -> tuple[int, int]:
+def _shape(config: PretrainedConfig, projection: str) -> tuple[int, int]:
     """(inputs, outputs) of a projection."""
     hidden, intermediate = config.hidden_size, config.intermediate_size
     kv = config.num_key_value_heads * hidden // config.num_attention_heads

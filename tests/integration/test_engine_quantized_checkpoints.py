@@ -20,7 +20,7 @@ import httpx
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from loraplex.runtime.adapters.synthetic import write_random_adapter
 from loraplex.runtime.adapters.target import LoraTargetShapes
@@ -43,6 +43,8 @@ CASES = {  # name -> write_quantized_llama settings
                              checkpoint_format="gptq_v2"),
     "gptq-g64-sym-desc_act": dict(method="gptq", group_size=64, sym=True, desc_act=True),
     "gptq-per-row": dict(method="gptq", group_size=-1),
+    "gptq-qwen2-biases-lm_head": dict(method="gptq", group_size=32, desc_act=True,
+                                      model_type="qwen2", quantized_lm_head=True),
     "awq-g64": dict(method="awq", group_size=64),
     "awq-g128": dict(method="awq", group_size=128),
 }
@@ -70,17 +72,19 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("quantized-checkpoints")
 
 
-def hf_model(folder: Path, dequantized: dict[str, torch.Tensor]) -> LlamaForCausalLM:
-    """transformers' Llama holding the dequantized weights in fp32 (no quantization)."""
-    settings = json.loads((folder / "config.json").read_text())
-    settings.pop("quantization_config")
-    model = LlamaForCausalLM(LlamaConfig(**settings)).float().eval()
-    model.load_state_dict(dequantized, strict=False)  # lm_head is tied to the embedding
-    assert torch.equal(model.lm_head.weight, dequantized["model.embed_tokens.weight"])
+def hf_model(folder: Path, dequantized: dict[str, torch.Tensor]) -> PreTrainedModel:
+    """transformers' own model holding the dequantized weights in fp32 (no quantization)."""
+    config = AutoConfig.from_pretrained(folder)
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    missing, unexpected = model.load_state_dict(dequantized, strict=False)
+    assert unexpected == [] and set(missing) <= {"lm_head.weight"}  # tied to the embedding
+    head = dequantized.get("lm_head.weight", dequantized["model.embed_tokens.weight"])
+    assert torch.equal(model.lm_head.weight, head)
     return model
 
 
-def hf_greedy(model: LlamaForCausalLM, prompts: list[list[int]]) -> list[tuple[int, ...]]:
+def hf_greedy(model: PreTrainedModel, prompts: list[list[int]]) -> list[tuple[int, ...]]:
     with torch.inference_mode():
         output = model.generate(torch.tensor(prompts), max_new_tokens=NEW_TOKENS,
                                 min_new_tokens=NEW_TOKENS, do_sample=False,
@@ -111,8 +115,11 @@ def test_checkpoint_generates_what_its_dequantized_weights_generate(case, root) 
                       and n.endswith("proj.weight"))
         assert loaded.weight_bytes < (sum(t.numel() for t in dequantized.values())
                                       - linears * 0.8) * 4  # the linears in about 4 bits
+        quantized_head = CASES[case].get("quantized_lm_head", False)
         assert all(m.weight is None and m.quantized is not None
-                   for m in loaded.model.own_linears() if m is not loaded.model.lm_head)
+                   for m in loaded.model.own_linears()
+                   if m is not loaded.model.lm_head or quantized_head)
+        assert (loaded.model.lm_head.quantized is not None) == quantized_head
         served = engine_greedy(engine, [None])
     finally:
         engine.close()
