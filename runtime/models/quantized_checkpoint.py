@@ -47,6 +47,7 @@ class CheckpointQuantization:
     method: str  # gptq | awq
     group_size: int  # -1: one group per row (GPTQ)
     checkpoint_format: str = "gptq"  # GPTQ only: gptq (v1) | gptq_v2
+    desc_act: bool = False  # GPTQ only: groups in activation order, so each linear has a g_idx
 
     @classmethod
     def of(cls, hf_config: PretrainedConfig,
@@ -80,7 +81,7 @@ class CheckpointQuantization:
             raise ValueError(f"GPTQ quantization_config.checkpoint_format "
                              f"{checkpoint_format!r} is not supported (a kernel-specific "
                              f"repacking); served: {', '.join(ZERO_OFFSET)}")
-        return cls("gptq", group_size, checkpoint_format)
+        return cls("gptq", group_size, checkpoint_format, bool(settings.get("desc_act")))
 
     @classmethod
     def _awq(cls, settings: Mapping, group_size: int) -> CheckpointQuantization:
@@ -100,6 +101,9 @@ class CheckpointQuantization:
             if "g_idx" in tensors:
                 raise ValueError(f"AWQ linear {name} has a g_idx (a GPTQ tensor)")
             return read_awq(name, tensors, self.group_size)
+        if self.desc_act and "g_idx" not in tensors:
+            raise ValueError(f"GPTQ linear {name} has no g_idx, but quantization_config.desc_act "
+                             "is true (its groups are in activation order)")
         return read_gptq(name, tensors, self.group_size, self.checkpoint_format)
 
 

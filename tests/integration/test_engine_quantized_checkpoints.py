@@ -226,6 +226,9 @@ REFUSALS = {  # name -> (config settings, tensor edit, expected message)
     "no-qzeros": (None, lambda w: {n: t for n, t in w.items()
                                    if n != "model.layers.1.mlp.down_proj.qzeros"},
                   "GPTQ linear model.layers.1.mlp.down_proj has no qzeros"),
+    "no-g_idx": (None, lambda w: {n: t for n, t in w.items()
+                                  if n != "model.layers.0.self_attn.o_proj.g_idx"},
+                 "o_proj has no g_idx, but quantization_config.desc_act is true"),
     "wide-scales": (None, lambda w: {**w, "model.layers.0.self_attn.o_proj.scales":
                                      torch.cat([w["model.layers.0.self_attn.o_proj.scales"]] * 2,
                                                dim=1)},
