@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import threading
@@ -77,8 +78,34 @@ class ReadyWatch:
                 if not self.changed.wait(max(0.0, deadline - time.monotonic())):
                     raise TimeoutError(f"only {ready}/{count} Ready after {timeout_s} s")
 
+    def ready(self) -> int:
+        with self.changed:
+            return sum(p == "Ready" for p in self.phases.values())
+
     def close(self) -> None:
         self.kube.close()
+
+
+class Timeline(threading.Thread):
+    """Once a second: Adapters Ready, and the CPU seconds the operator and the emulator have
+    used (where a run waited, and on whom)."""
+
+    def __init__(self, watch: ReadyWatch, operator_pid: int, emulator: EmulatorThread
+                 ) -> None:
+        super().__init__(daemon=True)
+        self.watch, self.operator_pid, self.emulator = watch, operator_pid, emulator
+        self.samples: list[dict[str, float]] = []
+        self.finished = threading.Event()
+        self.started_at = time.monotonic()
+        self.cpu_before = (process_cpu_s(operator_pid), emulator.cpu_s())
+
+    def run(self) -> None:
+        while not self.finished.wait(1.0):
+            self.samples.append({
+                "s": round(time.monotonic() - self.started_at, 1),
+                "ready": self.watch.ready(),
+                "operator_cpu_s": round(process_cpu_s(self.operator_pid) - self.cpu_before[0], 2),
+                "emulator_cpu_s": round(self.emulator.cpu_s() - self.cpu_before[1], 2)})
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -121,6 +148,8 @@ def run(args: argparse.Namespace) -> dict:
         before, operator_cpu_before = len(emulator.calls()), process_cpu_s(operator.process.pid)
         emulator_cpu_before = emulator.cpu_s()
         started = time.monotonic()
+        timeline = Timeline(watch, operator.process.pid, emulator)
+        timeline.start()
         bodies = [{"apiVersion": naming.API_VERSION, "kind": naming.ADAPTER_KIND,
                    "metadata": {"name": f"a-{index:05d}", "namespace": NAMESPACE},
                    "spec": {"baseModel": BMD, "source": source, "replicas": args.replicas}}
@@ -132,6 +161,7 @@ def run(args: argparse.Namespace) -> dict:
         finally:
             watch.close()
         elapsed = time.monotonic() - started
+        timeline.finished.set()
         operator_cpu = process_cpu_s(operator.process.pid) - operator_cpu_before
         emulator_cpu = emulator.cpu_s() - emulator_cpu_before
         served = emulator.calls()[before:]
@@ -159,6 +189,8 @@ def run(args: argparse.Namespace) -> dict:
             "admin_calls": stubs.calls() if stubs else None,
             "admin_calls_per_adapter": (round(sum(stubs.calls().values()) / args.adapters, 2)
                                         if stubs else None),
+            "timeline": timeline.samples,
+            "load_average_1_5_15": [round(load, 2) for load in os.getloadavg()],
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "python": platform.python_version(),
         }
@@ -195,6 +227,10 @@ def main() -> None:
           f"{result['emulator_calls']} calls")
     for kind, count in result["k8s_calls_by_kind"].items():
         print(f"  {kind:<40} {count}")
+    print("load average at the end (1, 5, 15 min):", result["load_average_1_5_15"])
+    print("s, Ready, operator CPU s, emulator CPU s:", "; ".join(
+        f"{t['s']:.0f} {t['ready']} {t['operator_cpu_s']:.0f} {t['emulator_cpu_s']:.0f}"
+        for t in result["timeline"][4::5]))
     output = Path(result_path := parser.parse_args().output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")

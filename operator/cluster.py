@@ -4,11 +4,15 @@ Children are created when missing, merge-patched when they drift from what the b
 say, and deleted (only if owned) when the spec no longer wants them; the admin Secret is
 only ever created; status is patched through the `status` subresource and never touches
 `spec`. Built on lightkube's async client, which reads the same kubeconfig or in-cluster
-service account as kopf.
+service account as kopf. Adapter statuses go out many at once through several clients:
+httpx's connection pool spends CPU on every request it holds each time one moves, so one
+pool with 16 patches in flight cost twice the CPU per patch of four pools with 4 each,
+and fewer in flight left a cycle waiting on the round trips.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +28,9 @@ from loraplex.operator import naming
 from loraplex.operator.builders import inference_pool
 
 logger = logging.getLogger(__name__)
+
+STATUS_CLIENTS = 8
+STATUS_WRITES_PER_CLIENT = 4
 
 BaseModelDeploymentResource = create_namespaced_resource(
     naming.GROUP, naming.VERSION, naming.BMD_KIND, naming.BMD_PLURAL)
@@ -55,11 +62,20 @@ def _drift_patch(wanted: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class Cluster:
-    def __init__(self, client: AsyncClient | None = None) -> None:
-        self._client = client or AsyncClient(field_manager=naming.FIELD_MANAGER)
+    def __init__(self) -> None:
+        self._client = AsyncClient(field_manager=naming.FIELD_MANAGER)
+        self._status_clients = [self._client] + [
+            AsyncClient(field_manager=naming.FIELD_MANAGER) for _ in range(STATUS_CLIENTS - 1)]
+        self._next_status_client = itertools.cycle(self._status_clients)
+
+    @property
+    def status_writes_in_flight(self) -> int:
+        """How many Adapter status patches to keep in flight."""
+        return STATUS_CLIENTS * STATUS_WRITES_PER_CLIENT
 
     async def aclose(self) -> None:
-        await self._client.close()
+        for client in self._status_clients:
+            await client.close()
 
     async def ensure(self, wanted: dict[str, Any], why: str = "it drifted from its spec") -> str:
         """Create `wanted`, or patch it to match (`why`: logged). Returns
@@ -139,16 +155,19 @@ class Cluster:
 
     async def patch_adapter_status(self, namespace: str, name: str,
                                    status: dict[str, Any]) -> None:
-        await self._patch_status(AdapterResource, namespace, name, status)
+        await self._patch_status(next(self._next_status_client), AdapterResource, namespace,
+                                 name, status)
 
     async def patch_bmd_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        await self._patch_status(BaseModelDeploymentResource, namespace, name, status)
+        await self._patch_status(self._client, BaseModelDeploymentResource, namespace, name,
+                                 status)
 
-    async def _patch_status(self, resource: Any, namespace: str, name: str,
+    @staticmethod
+    async def _patch_status(client: AsyncClient, resource: Any, namespace: str, name: str,
                             status: dict[str, Any]) -> None:
         try:
-            await self._client.patch(resource.Status, name, {"status": status},
-                                     namespace=namespace, patch_type=PatchType.MERGE)
+            await client.patch(resource.Status, name, {"status": status},
+                               namespace=namespace, patch_type=PatchType.MERGE)
         except ApiError as error:
             if error.status.code != 404:  # deleted meanwhile: nothing to report on
                 raise

@@ -10,6 +10,7 @@ wanted), and again after the loads, so new copies are served once confirmed.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from loraplex.contracts.adapters import AdapterStatus
 from loraplex.contracts.placements import PlacementTable
@@ -43,8 +44,8 @@ class PlacementTableWriter:
                 await self.cluster.get_configmap(self.owner.namespace, name))
         if self.table is not None and same_placements(table, self.table):
             return
-        generation = self.table.generation + 1 if self.table is not None else 1
-        table = placement_table(self.owner, urls.values(), adapters, generation)
+        previous = self.table.generation if self.table is not None else 0
+        table = replace(table, generation=previous + 1)
         await self.cluster.patch_configmap_data(self.owner.namespace, name,
                                                 {naming.PLACEMENTS_KEY: table.to_json()})
         self.table = table

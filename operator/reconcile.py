@@ -217,10 +217,15 @@ class BaseModelReconciler:
                    if view.spec is not None and not view.deleting}
         dropped = self.moves.review(reports, self.refused, sources, sources)
         self.autoscaled = self.autoscaler.replicas(views, reports, time.monotonic())
+        holders_of: dict[str, list[str]] = {}  # adapter → pods that report it (one pass)
+        for pod, held in sorted(reports.items()):
+            for name in held:
+                holders_of.setdefault(name, []).append(pod)
         demands, current, held_back = [], {}, {}
         for name in sources:
             view = views[name]
-            seen = [held[name] for held in reports.values() if name in held]
+            holders = holders_of.get(name, [])
+            seen = [reports[pod][name] for pod in holders]
             size = next((e.size_bytes for e in seen if e.size_bytes), None) \
                 or view.status.get("sizeBytes") or self.config.default_adapter_bytes
             rank = next((e.rank for e in seen if e.rank), None) or view.status.get("rank")
@@ -230,7 +235,6 @@ class BaseModelReconciler:
                 else view.spec.replicas
             replicas = max(0, count - len(held_back[name]))
             demands.append(AdapterDemand(name, replicas, int(size), rank, view.spec.pinned))
-            holders = sorted(pod for pod, held in reports.items() if name in held)
             # the last plan first, so a copy being unloaded is not kept instead
             current[name] = [pod for pod in self.moves.order(name, [*remembered, *holders])
                              if (name, pod) not in dropped]

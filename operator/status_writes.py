@@ -19,10 +19,6 @@ from loraplex.operator.cluster import Cluster
 from loraplex.operator.conditions import merge_patch_for
 from loraplex.operator.views import AdapterView
 
-# One at a time, 10,000 Adapters' statuses took minutes; 16 at once cost twice the CPU per
-# write of 4 (the HTTP client's pool checks every connection on each request), and 4 keep
-# the API server as busy.
-WRITES_IN_FLIGHT = 4
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]  # ref, type, reason, message
 
 
@@ -46,7 +42,8 @@ class AdapterStatusWriter:
     async def write(self, changes: list[tuple[AdapterView, AdapterView, dict[str, Any]]]
                     ) -> None:
         """`changes`: (the index's view, its latest view, the new status) per Adapter."""
-        limit = asyncio.Semaphore(WRITES_IN_FLIGHT)
+        # one at a time, 10,000 Adapters' statuses took minutes
+        limit = asyncio.Semaphore(self.cluster.status_writes_in_flight)
 
         async def one(indexed: AdapterView, latest: AdapterView,
                       status: dict[str, Any]) -> None:

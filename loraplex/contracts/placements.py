@@ -95,13 +95,22 @@ def build_table(pods: Iterable[str], adapters: Mapping[str, Iterable[str]], *,
                 generation: int = 0, base_model: str = "") -> PlacementTable:
     """A table from plain collections, with URLs normalized and adapter pods kept only when
     ready (listed in `pods`)."""
-    ready = tuple(dict.fromkeys(normalize_pod_url(url) for url in pods))
+    normalized: dict[str, str] = {}  # each URL checked once: 10,000 adapters name 32 pods
+
+    def normalize(url: str) -> str:
+        if not isinstance(url, str):
+            return normalize_pod_url(url)  # refused, by name
+        if url not in normalized:
+            normalized[url] = normalize_pod_url(url)
+        return normalized[url]
+
+    ready = tuple(dict.fromkeys(normalize(url) for url in pods))
     ready_set = set(ready)
     placed: dict[str, tuple[str, ...]] = {}
     for name, urls in adapters.items():
         if not isinstance(name, str) or not name:
             raise PlacementError(f"adapter names must be non-empty strings, got {name!r}")
-        holders = dict.fromkeys(normalize_pod_url(url) for url in urls)
+        holders = dict.fromkeys(normalize(url) for url in urls)
         placed[name] = tuple(url for url in holders if url in ready_set)
     return PlacementTable(ready, placed, generation, base_model)
 
