@@ -95,7 +95,9 @@ def _gathered(cache: torch.Tensor, tables: torch.Tensor,
     `lengths`: each row's own length; the positions past it are zeroed, since a block may
     hold stale (even non-finite) keys of an earlier request there and a zero attention
     weight times NaN is still NaN. Each row's tail is one contiguous run of the copy, so
-    zeroing it is a memset (a broadcast `masked_fill_` over the copy took 5x longer).
+    zeroing it is a memset; with `index_select` instead of advanced indexing, and this instead
+    of a broadcast `masked_fill_` over the transposed copy, a decode layer at batch 16 takes
+    0.55-0.7x the time.
     """
     num_seqs, width = tables.shape
     blocks = cache.index_select(0, tables.reshape(-1))  # [n * w, block_size, Hkv, D]
