@@ -6,7 +6,9 @@ operator's own calls in the emulator's request log.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -44,8 +46,14 @@ class Kube:
         self.namespace = namespace
         self.http = httpx.Client(base_url=url, headers={"User-Agent": TEST_AGENT},
                                  timeout=timeout_s, trust_env=False)
+        self._watching: list[socket.socket] = []
 
     def close(self) -> None:
+        """Also ends the watches being read (in other threads): an open watch held the
+        emulated API server's shutdown for its whole grace time."""
+        for sock in self._watching:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self.http.close()
 
     def _path(self, plural: str, name: str | None = None, sub: str | None = None) -> str:
@@ -76,9 +84,14 @@ class Kube:
             if response.status_code >= 400:
                 response.read()
                 raise KubeError(response)
-            for line in response.iter_lines():
-                if line.strip():
-                    yield json.loads(line)
+            sock = response.extensions["network_stream"].get_extra_info("socket")
+            self._watching.append(sock)
+            try:
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+            finally:
+                self._watching.remove(sock)
 
     def patch(self, plural: str, name: str, data: dict[str, Any],
               sub: str | None = None) -> dict[str, Any]:
