@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from bench.report import cuda_seconds
 from loraplex.runtime.kernels.launch_costs import recorded_launches
 from loraplex.runtime.kernels.paged_attention import paged_decode, paged_prefill
 
@@ -20,22 +21,10 @@ HEADS, KV_HEADS, HEAD_DIM, BLOCK_SIZE = 32, 8, 128, 16
 DTYPE = torch.bfloat16
 
 
-def seconds(launch, repeats: int = 20) -> float:
-    launch()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        launch()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3 / repeats
-
-
 def copy_bandwidth() -> float:
     source = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     target = torch.empty_like(source)
-    return 2 * source.numel() / seconds(lambda: target.copy_(source))
+    return 2 * source.numel() / cuda_seconds(lambda: target.copy_(source))
 
 
 def paged_inputs(num_seqs: int, context: int):
@@ -67,7 +56,7 @@ def main() -> None:
             def decode(q=query, k=key_cache, v=value_cache, t=tables, n=lengths):
                 paged_decode(q, k, v, t, n, HEAD_DIM**-0.5)
 
-            report("decode", num_seqs, context, 1, launch_bytes(decode), seconds(decode), copy)
+            report("decode", num_seqs, context, 1, launch_bytes(decode), cuda_seconds(decode), copy)
     for context, chunk in ((2048, 2048), (8192, 2048)):
         key_cache, value_cache, tables, lengths = paged_inputs(1, context)
         query = torch.randn(chunk, HEADS, HEAD_DIM, dtype=DTYPE, device="cuda")
@@ -78,7 +67,7 @@ def main() -> None:
                     c=chunks, size=chunk):
             paged_prefill(q, k, v, t, s, c, n, size, HEAD_DIM**-0.5)
 
-        report("prefill", 1, context, chunk, launch_bytes(prefill), seconds(prefill), copy)
+        report("prefill", 1, context, chunk, launch_bytes(prefill), cuda_seconds(prefill), copy)
 
 
 def report(kernel: str, num_seqs: int, context: int, chunk: int, moved: int, took: float,

@@ -25,25 +25,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench.report import cuda_seconds
 from loraplex.runtime.kernels.launch_costs import recorded_launches
 from loraplex.runtime.layers.quantized import Int4Weight
 
 PROJECTIONS = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
                "down": (4096, 14336)}  # (d_out, d_in)
 GROUP_SIZE = 128
+REPEATS = 50  # timed launches per product
 RESULTS = Path(__file__).parent / "results" / "int4_gemm_cuda.json"
-
-
-def seconds(launch, repeats: int = 50) -> float:
-    launch()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        launch()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3 / repeats
 
 
 def tinygemm(weight: Int4Weight):
@@ -73,13 +63,13 @@ def measure(name: str, rows_list: list[int]) -> list[dict]:
             weight.linear(x)
         moved = sum(cost.read + cost.written for cost in costs)
         times = {
-            "bf16": seconds(lambda x=x: F.linear(x, full)),
-            "int4": seconds(lambda x=x: weight.linear(x)),
-            "dequantize": seconds(lambda x=x: F.linear(x, weight.dequantize().to(x.dtype)),
-                                  repeats=10),
+            "bf16": cuda_seconds(lambda x=x: F.linear(x, full), REPEATS),
+            "int4": cuda_seconds(lambda x=x: weight.linear(x), REPEATS),
+            "dequantize": cuda_seconds(lambda x=x: F.linear(x, weight.dequantize().to(x.dtype)),
+                                       repeats=10),
         }
         if tiny is not None:
-            times["tinygemm"] = seconds(lambda x=x: tiny(x))
+            times["tinygemm"] = cuda_seconds(lambda x=x: tiny(x), REPEATS)
         results.append({"projection": name, "rows": rows, "d_out": d_out, "d_in": d_in,
                         "us": {kind: 1e6 * value for kind, value in times.items()},
                         "int4_gb_per_s": moved / times["int4"] / 1e9,

@@ -25,3 +25,16 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
 def write_json(path: Path, document: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def cuda_seconds(launch, repeats: int = 20) -> float:
+    """Mean seconds of `launch()` on the current CUDA stream (one warm-up call first)."""
+    launch()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        launch()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3 / repeats

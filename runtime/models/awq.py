@@ -14,7 +14,12 @@ from collections.abc import Mapping
 
 import torch
 
-from loraplex.runtime.models.int4_codes import NIBBLES_PER_WORD, LinearCodes, unpack_nibbles
+from loraplex.runtime.models.int4_codes import (
+    NIBBLES_PER_WORD,
+    LinearCodes,
+    packed_tensors,
+    unpack_nibbles,
+)
 
 SLOT_OUTPUTS = (0, 2, 4, 6, 1, 3, 5, 7)  # the output each 4-bit slot of a word holds
 
@@ -31,13 +36,7 @@ def _in_output_order(unpacked: torch.Tensor) -> torch.Tensor:
 
 def read_awq(name: str, tensors: Mapping[str, torch.Tensor], group_size: int) -> LinearCodes:
     """The codes of linear `name` from its `qweight`, `qzeros` and `scales`."""
-    for leaf in ("qweight", "qzeros", "scales"):
-        if leaf not in tensors:
-            raise ValueError(f"AWQ linear {name} has no {leaf} (it has "
-                             f"{', '.join(sorted(tensors))})")
-    qweight, qzeros, scales = tensors["qweight"], tensors["qzeros"], tensors["scales"]
-    if qweight.dim() != 2:
-        raise ValueError(f"{name}.qweight: expected 2 dimensions, got {tuple(qweight.shape)}")
+    qweight, qzeros, scales = packed_tensors("AWQ", name, tensors)
     in_features, out_features = qweight.shape[0], qweight.shape[1] * NIBBLES_PER_WORD
     if group_size <= 0 or in_features % group_size:
         raise ValueError(f"{name}: {in_features} inputs are not a whole number of AWQ groups "

@@ -18,7 +18,12 @@ from collections.abc import Mapping
 
 import torch
 
-from loraplex.runtime.models.int4_codes import NIBBLES_PER_WORD, LinearCodes, unpack_nibbles
+from loraplex.runtime.models.int4_codes import (
+    NIBBLES_PER_WORD,
+    LinearCodes,
+    packed_tensors,
+    unpack_nibbles,
+)
 
 ZERO_OFFSET = {"gptq": 1, "gptq_v2": 0}  # checkpoint_format -> added to the stored zero
 
@@ -32,13 +37,7 @@ def _shape_error(name: str, leaf: str, tensor: torch.Tensor, expected: tuple[int
 def read_gptq(name: str, tensors: Mapping[str, torch.Tensor], group_size: int,
               checkpoint_format: str) -> LinearCodes:
     """The codes of linear `name` from its `qweight`, `qzeros`, `scales` (and `g_idx`)."""
-    for leaf in ("qweight", "qzeros", "scales"):
-        if leaf not in tensors:
-            raise ValueError(f"GPTQ linear {name} has no {leaf} (it has "
-                             f"{', '.join(sorted(tensors))})")
-    qweight, qzeros, scales = tensors["qweight"], tensors["qzeros"], tensors["scales"]
-    if qweight.dim() != 2:
-        raise ValueError(f"{name}.qweight: expected 2 dimensions, got {tuple(qweight.shape)}")
+    qweight, qzeros, scales = packed_tensors("GPTQ", name, tensors)
     in_features, out_features = qweight.shape[0] * NIBBLES_PER_WORD, qweight.shape[1]
     group = in_features if group_size == -1 else group_size
     count = -(-in_features // group)

@@ -19,7 +19,7 @@ other quantized weight here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +37,20 @@ class LinearCodes:
     scales: torch.Tensor  # [N, G] float32
     zeros: torch.Tensor  # [N, G] float32: w = (q - zero) * scale
     groups: torch.Tensor  # [K] int64: the group of each input
+
+
+def packed_tensors(method: str, name: str, tensors: Mapping[str, torch.Tensor]
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(qweight, qzeros, scales) of linear `name`, refused by name when one is missing or
+    qweight is not a matrix."""
+    for leaf in ("qweight", "qzeros", "scales"):
+        if leaf not in tensors:
+            raise ValueError(f"{method} linear {name} has no {leaf} (it has "
+                             f"{', '.join(sorted(tensors))})")
+    qweight = tensors["qweight"]
+    if qweight.dim() != 2:
+        raise ValueError(f"{name}.qweight: expected 2 dimensions, got {tuple(qweight.shape)}")
+    return qweight, tensors["qzeros"], tensors["scales"]
 
 
 def unpack_nibbles(words: torch.Tensor, dim: int) -> torch.Tensor:
