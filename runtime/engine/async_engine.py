@@ -98,10 +98,6 @@ class AsyncEngine:
         return self.engine.loaded.device
 
     @property
-    def quantization(self) -> str:
-        return self.engine.loaded.quantization
-
-    @property
     def memory_plan(self) -> MemoryPlan:
         return self.engine.memory_plan
 

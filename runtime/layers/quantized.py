@@ -114,6 +114,10 @@ class Int4Weight(QuantizedWeight):
         self.scales_and_zeros = torch.stack([scales.t(), zeros.t()], dim=-1).to(
             dtype).contiguous()
         self.kernel_dtype = kernel_dtype(self.device, dtype)
+        if self.kernel == "triton":  # imported here: a CPU server never loads triton
+            from loraplex.runtime.kernels.int4_gemm import int4_matmul
+
+            self.triton_matmul = int4_matmul
 
     @classmethod
     def quantize(cls, weight: torch.Tensor, group_size: int,
@@ -141,10 +145,8 @@ class Int4Weight(QuantizedWeight):
                 x.to(self.kernel_dtype), self.packed, self.group_size,
                 self.scales_and_zeros.to(self.kernel_dtype)).to(x.dtype)
         if self.kernel == "triton":
-            from loraplex.runtime.kernels.int4_gemm import int4_matmul  # imports triton
-
             rows = x if x.stride(-1) == 1 else x.contiguous()  # [T, K], unit stride along K
-            return int4_matmul(rows, self.packed, self.scales_and_zeros, self.group_size)
+            return self.triton_matmul(rows, self.packed, self.scales_and_zeros, self.group_size)
         return F.linear(x, self.dequantize().to(x.dtype))
 
     def codes(self) -> torch.Tensor:  # [N, K] in 0..15

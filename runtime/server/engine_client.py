@@ -43,10 +43,6 @@ class EngineClient(Protocol):
     def device(self) -> torch.device: ...
 
     @property
-    def quantization(self) -> str:
-        """How the weights are served: none, int8, int4, gguf, gptq or awq."""
-
-    @property
     def memory_plan(self) -> MemoryPlan:
         """What the weights, adapters, activations and KV cache take on the device."""
 

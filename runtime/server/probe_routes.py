@@ -84,7 +84,8 @@ async def info(request: Request) -> dict[str, Any]:
         "model_source": engine_config.model,
         "model_dtype": served_dtype(engine, engine_config.dtype),
         "model_device_type": str(device),
-        "quantization": engine.quantization if engine is not None else engine_config.quantize,
+        "quantization": (engine.memory_plan.quantization if engine is not None
+                         else engine_config.quantize),
         "phase": state.phase.value,
         "max_model_len": limits.max_model_len if limits else None,
         "max_input_length": limits.max_input_length if limits else None,
