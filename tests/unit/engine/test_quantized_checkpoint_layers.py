@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from loraplex.runtime.layers.linear import MergedLinear
-from loraplex.runtime.layers.quantized import Int4Weight, kernel_dtype
+from loraplex.runtime.layers.quantized import Int4Weight
 from loraplex.runtime.layers.quantized_parts import PermutedInputs, SideBySide
 from loraplex.runtime.models.awq import read_awq
 from loraplex.runtime.models.gptq import read_gptq
@@ -24,23 +24,17 @@ from tests.helpers.quantized_checkpoints import (
     random_codes,
     random_groups,
 )
-
-TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1e-2}  # relative to the output's scale
-CPU = torch.device("cpu")
+from tests.helpers.quantized_products import assert_close, reference
 
 
 def assert_product(weight, x: torch.Tensor, reference_weight: torch.Tensor,
                    dtype: torch.dtype) -> None:
     """The served product equals the exact product of the activations as the kernel reads
     them (bf16 on the CPU) and the reference weight, within the kernel dtype's rounding."""
-    served_dtype = kernel_dtype(CPU, dtype)
     x = x.to(dtype)
-    expected = (x.to(served_dtype).double() @ reference_weight.double().t()).float()
     actual = weight.linear(x)
     assert actual.dtype == dtype
-    scale = expected.abs().max().item()
-    error = (actual.float() - expected).abs().max().item()
-    assert error <= TOLERANCE[served_dtype] * scale, f"error {error} at scale {scale}"
+    assert_close(actual, reference(x, reference_weight), dtype)
 
 
 def gptq_case(group_size: int, sym: bool, desc_act: bool, checkpoint_format: str, seed: int,

@@ -23,26 +23,10 @@ from loraplex.runtime.layers.linear import Linear, MergedLinear
 from loraplex.runtime.layers.quantized import (
     Int4Weight,
     Int8Weight,
-    kernel_dtype,
     quantize_weight,
 )
 from tests.helpers import tiny_llama_config
-
-TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1e-2}  # relative to the output's scale
-CPU = torch.device("cpu")
-
-
-def reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The exact product of the activations as the kernel reads them and `weight`."""
-    x_served = x.to(kernel_dtype(CPU, x.dtype))
-    return (x_served.double() @ weight.double().t()).float()
-
-
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
-    """Within the tolerance of the dtype the product ran in (its output's rounding)."""
-    scale = expected.abs().max().item()
-    error = (actual.float() - expected).abs().max().item()
-    assert error <= TOLERANCE[kernel_dtype(CPU, dtype)] * scale, f"error {error} at scale {scale}"
+from tests.helpers.quantized_products import assert_close, reference
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
