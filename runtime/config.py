@@ -17,7 +17,7 @@ DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 QUANTIZE = ("none", "int8", "int4", "gguf")
 LOAD_FORMATS = ("auto", "dummy")
-LORA_BACKENDS = ("auto", "triton", "torch")  # auto: triton on CUDA, torch elsewhere
+LORA_BACKENDS = ("auto", "triton", "cpu", "torch")  # auto: see EngineConfig.lora_backend
 
 
 def default_cache_dir() -> str:
@@ -60,8 +60,10 @@ class EngineConfig:
                                         "decode steps run eagerly")
     prefix_caching: bool = setting(True, help="reuse the KV blocks of prompt prefixes already "
                                    "computed under the same adapter")
-    lora_backend: str = setting("auto", help="auto (triton on CUDA, torch on CPU), triton, torch",
-                                choices=LORA_BACKENDS)
+    lora_backend: str = setting(
+        "auto", help="auto (triton on CUDA; on a CPU the compiled kernel, built on first use "
+        "with the machine's C compiler, or torch where none works), triton, cpu, torch",
+        choices=LORA_BACKENDS)
     max_lora_rank: int = setting(64, help="largest adapter rank accepted")
     device_slots: int = setting(32, help="adapters resident on the device at once")
     host_bytes: int = setting(8 << 30, help="host RAM budget for adapter weights")

@@ -1,7 +1,8 @@
 """LoRA kernels: apply many adapters to one batch, each row with its own (or no) adapter.
 
 `lora_apply` is what the model's LoRA layers call: shrink + expand on stacked per-slot
-pools, dispatched to the Triton SGMV kernels on CUDA and to the torch ops elsewhere.
+pools, dispatched to the Triton SGMV kernels on CUDA, to a compiled kernel on a CPU
+(`cpu_lora`) and to the torch ops where neither applies.
 `lora_apply_tiles` is the Triton path over fixed-size tile buffers, for decode steps
 captured in CUDA graphs.
 Triton is imported only when the Triton path runs, so this package imports on machines
@@ -16,7 +17,7 @@ import torch
 
 from loraplex.runtime.config import LORA_BACKENDS as BACKENDS
 
-from . import torch_ops
+from . import cpu_lora, torch_ops
 from .configs import KernelConfig
 from .segments import NO_ADAPTER, KernelTiles, LoraSegments
 
@@ -25,11 +26,15 @@ __all__ = ["BACKENDS", "NO_ADAPTER", "LoraSegments", "lora_apply", "lora_apply_t
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """`auto` -> `triton` on CUDA, `torch` elsewhere."""
+    """`auto` -> `triton` on CUDA; on a CPU `cpu` where its kernel builds, else `torch`."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "triton" if device.type == "cuda" else "torch"
+        if device.type == "cuda":
+            return "triton"
+        return "cpu" if device.type == "cpu" and cpu_lora.available() else "torch"
+    if backend == "cpu" and device.type != "cpu":
+        raise ValueError(f"the cpu LoRA backend runs on a CPU, not on {device}")
     return backend
 
 
@@ -58,9 +63,11 @@ def lora_apply(
     larger reads. `host_ranks`: the same values as `ranks`, known on the host, which spares
     the torch path a read of `ranks` back from the device.
     """
-    if resolve_backend(backend, x.device) == "torch":
-        torch_ops.lora_apply(y, x, lora_a, lora_b, slice_offsets, segments, ranks,
-                             zero_padded, host_ranks)
+    resolved = resolve_backend(backend, x.device)
+    if resolved != "triton":
+        path = cpu_lora if resolved == "cpu" else torch_ops
+        path.lora_apply(y, x, lora_a, lora_b, slice_offsets, segments, ranks, zero_padded,
+                        host_ranks)
         return
     from . import sgmv  # imports triton
 

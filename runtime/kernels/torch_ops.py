@@ -31,7 +31,7 @@ from .checks import (
     check_shrink_args,
 )
 from .segments import LoraSegments, RowGrouping
-from .torch_plan import SlotRange, torch_plan
+from .torch_plan import DirectSlot, SlotRange, torch_plan
 
 
 def lora_apply(
@@ -57,21 +57,33 @@ def lora_apply(
     rank_list = list(host_ranks) if host_ranks is not None else ranks.tolist()
     check_rank_values([rank_list[slot] for slot in segments.slot_runs()], lora_a.shape[2])
     plan = torch_plan(segments, rank_list, zero_padded)
-    bounds = _slice_bounds(slice_offsets)
+    bounds = slice_bounds(slice_offsets)
     for item in plan.direct:
-        slot_a = lora_a[item.slot, :, : item.rank]  # [n_slices, rank, d_in]
-        slot_b_t = lora_b[item.slot, :, : item.rank].t()  # [rank, d_out_total]
-        if isinstance(item.rows, slice):
-            _expand(y[item.rows], _shrink(x[item.rows], slot_a), slot_b_t, bounds)
-        else:
-            delta = y.new_zeros(item.rows.shape[0], y.shape[1])  # [m, d_out_total]
-            _expand(delta, _shrink(x.index_select(0, item.rows), slot_a), slot_b_t, bounds)
-            y.index_add_(0, item.rows, delta)
+        apply_direct(y, x, lora_a, lora_b, bounds, item)
     # row T of x_padded is the zero row the gathered ranges' padding reads
     x_padded = (torch.cat([x, x.new_zeros(1, x.shape[1])])
                 if any(item.first_row is None for item in plan.ranges) else x)
     for item in plan.ranges:
         _apply_range(y, x_padded, lora_a, lora_b, bounds, item)
+
+
+def apply_direct(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    bounds: Sequence[tuple[int, int]],
+    item: DirectSlot,
+) -> None:
+    """One slot on its own: a shrink and an expand matmul on views of its `[:rank]`."""
+    slot_a = lora_a[item.slot, :, : item.rank]  # [n_slices, rank, d_in]
+    slot_b_t = lora_b[item.slot, :, : item.rank].t()  # [rank, d_out_total]
+    if isinstance(item.rows, slice):
+        _expand(y[item.rows], _shrink(x[item.rows], slot_a), slot_b_t, bounds)
+    else:
+        delta = y.new_zeros(item.rows.shape[0], y.shape[1])  # [m, d_out_total]
+        _expand(delta, _shrink(x.index_select(0, item.rows), slot_a), slot_b_t, bounds)
+        y.index_add_(0, item.rows, delta)
 
 
 def sgmv_shrink(
@@ -118,7 +130,7 @@ def sgmv_expand(
         return
     grouping = segments.row_grouping()
     group_ranks = _group_ranks(ranks, grouping, lora_b.shape[2])
-    bounds = _slice_bounds(slice_offsets)
+    bounds = slice_bounds(slice_offsets)
     permutation = grouping.permutation
     if permutation is None:
         v_grouped, y_grouped = v, y
@@ -201,6 +213,6 @@ def _group_ranks(ranks: torch.Tensor, grouping: RowGrouping, max_rank: int) -> l
     return group_ranks
 
 
-def _slice_bounds(slice_offsets: Sequence[int]) -> list[tuple[int, int]]:
+def slice_bounds(slice_offsets: Sequence[int]) -> list[tuple[int, int]]:
     offsets = list(slice_offsets)
     return list(zip(offsets, offsets[1:], strict=False))

@@ -91,12 +91,12 @@ def _build_plan(segments: LoraSegments, rank_list: Sequence[int],
         if zero_padded and len(rows) <= SMALL_ROWS:
             small[slot] = rows
         else:
-            direct.append(DirectSlot(slot, rank, _row_spec(rows, device)))
+            direct.append(DirectSlot(slot, rank, row_spec(rows, device)))
     ranges: list[SlotRange] = []
     for members in _split_into_ranges(sorted(small), rank_list):
         if len(members) == 1:
             slot = members[0]
-            direct.append(DirectSlot(slot, rank_list[slot], _row_spec(small[slot], device)))
+            direct.append(DirectSlot(slot, rank_list[slot], row_spec(small[slot], device)))
         else:
             ranges.append(_slot_range(members, small, rank_list, segments.num_rows, device))
     return TorchPlan(direct=tuple(direct), ranges=tuple(ranges))
@@ -145,7 +145,7 @@ def _slot_range(members: list[int], rows_of: dict[int, list[int]], rank_list: Se
     return SlotRange(lo, hi, rank, m, None, packed[:size], packed[size:])
 
 
-def _row_spec(rows: list[int], device: torch.device) -> slice | torch.Tensor:
+def row_spec(rows: list[int], device: torch.device) -> slice | torch.Tensor:
     if rows[-1] - rows[0] == len(rows) - 1:  # rows are sorted: this means one run
         return slice(rows[0], rows[-1] + 1)
     return torch.tensor(rows, dtype=torch.int64).to(device)

@@ -1,0 +1,138 @@
+/*
+ * The LoRA of a decode batch on a CPU, one call per projection group.
+ *
+ * Each work item is one adapter slot and the few batch rows that use it. For each
+ * slice s (q|k|v, gate|up or one projection), the item's rows are shrunk by the slot's
+ * A[s, :rank] (rank dot products over d_in per row) and the result expanded by the
+ * slot's B[:rank, slice columns] (rank row-axpys per row), added to y. Each row of A and
+ * B is read once per item, at the slot's own rank, while the item's rows stay in L1;
+ * arithmetic is fp32 whatever the storage type, and y is rounded once.
+ *
+ * Built at run time by `cpu_lora.py` with the machine's own vector instructions and
+ * OpenMP (torch's own runtime, so both share one thread pool).
+ *
+ * Layouts (element strides; the innermost dimension of each is contiguous):
+ *   x [T, d_in], y [T, d_out];
+ *   A [S, n_slices, R, d_in]: row k of slot g, slice s at a + g*a_slot + s*a_slice + k*a_rank;
+ *   B rank-major [S, R, d_out]: row k of slot g at b + g*b_slot + k*b_rank;
+ *   rows [sum of counts]: batch rows grouped by item; item i owns
+ *   rows[item_start[i] .. item_start[i] + item_count[i]).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_ROWS 16      /* rows per item (callers send decode items only) */
+#define MAX_SLICES 4
+#define COLUMN_BLOCK 512 /* output columns accumulated at once, per row */
+
+typedef uint16_t bf16_t;
+
+static inline float bf16_load(bf16_t v) {
+    uint32_t bits = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline bf16_t bf16_round(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (bf16_t)((bits >> 16) | 0x40u); /* NaN */
+    bits += 0x7fffu + ((bits >> 16) & 1u); /* round to nearest even */
+    return (bf16_t)(bits >> 16);
+}
+
+typedef struct {
+    int64_t d_in, d_out, n_slices;
+    const int64_t *slice_offsets; /* n_slices + 1 */
+    int64_t x_row, y_row;
+    int64_t a_slot, a_slice, a_rank;
+    int64_t b_slot, b_rank;
+} shape_t;
+
+/* v[j][s][k] = x[row j] . A[slot, s, k] for k < rank; xf holds the rows as fp32. */
+#define SHRINK(T, LOAD)                                                                   \
+    for (int64_t s = 0; s < sh->n_slices; ++s) {                                          \
+        for (int64_t k = 0; k < rank; ++k) {                                              \
+            const T *a_row = a + slot * sh->a_slot + s * sh->a_slice + k * sh->a_rank;     \
+            for (int64_t j = 0; j < m; ++j) {                                             \
+                const float *xj = xf + j * sh->d_in;                                      \
+                float acc = 0.0f;                                                         \
+                _Pragma("omp simd reduction(+ : acc)")                                    \
+                for (int64_t i = 0; i < sh->d_in; ++i) acc += xj[i] * LOAD(a_row[i]);      \
+                v[(j * MAX_SLICES + s) * rank + k] = acc;                                 \
+            }                                                                             \
+        }                                                                                 \
+    }
+
+/* y[row j, slice s] += v[j][s][:rank] @ B[slot, :rank, slice s], COLUMN_BLOCK at a time. */
+#define EXPAND(T, LOAD, STORE_ADD)                                                        \
+    for (int64_t s = 0; s < sh->n_slices; ++s) {                                          \
+        for (int64_t lo = sh->slice_offsets[s]; lo < sh->slice_offsets[s + 1];            \
+             lo += COLUMN_BLOCK) {                                                        \
+            int64_t width = sh->slice_offsets[s + 1] - lo;                                \
+            if (width > COLUMN_BLOCK) width = COLUMN_BLOCK;                               \
+            memset(acc, 0, sizeof(float) * (size_t)(m * COLUMN_BLOCK));                  \
+            for (int64_t k = 0; k < rank; ++k) {                                          \
+                const T *b_row = b + slot * sh->b_slot + k * sh->b_rank + lo;             \
+                for (int64_t j = 0; j < m; ++j) {                                         \
+                    const float coef = v[(j * MAX_SLICES + s) * rank + k];                \
+                    float *out = acc + j * COLUMN_BLOCK;                                  \
+                    _Pragma("omp simd")                                                   \
+                    for (int64_t c = 0; c < width; ++c) out[c] += coef * LOAD(b_row[c]);  \
+                }                                                                         \
+            }                                                                             \
+            for (int64_t j = 0; j < m; ++j) {                                             \
+                T *y_row = y + rows[start + j] * sh->y_row + lo;                          \
+                const float *out = acc + j * COLUMN_BLOCK;                                \
+                _Pragma("omp simd")                                                       \
+                for (int64_t c = 0; c < width; ++c) STORE_ADD(y_row[c], out[c]);          \
+            }                                                                             \
+        }                                                                                 \
+    }
+
+#define LOAD_F32(value) (value)
+#define ADD_F32(target, delta) ((target) += (delta))
+#define ADD_BF16(target, delta) ((target) = bf16_round(bf16_load(target) + (delta)))
+
+#define ITEM_LOOP(T, LOAD, STORE_ADD, TO_F32)                                             \
+    _Pragma("omp parallel for schedule(dynamic, 1) num_threads(num_threads) if (num_threads > 1)") \
+    for (int64_t item = 0; item < num_items; ++item) {                                    \
+        const int64_t slot = item_slot[item], rank = item_rank[item];                     \
+        const int64_t start = item_start[item], m = item_count[item];                     \
+        float *xf = malloc(sizeof(float) * (size_t)(m * sh->d_in));                       \
+        float *v = malloc(sizeof(float) * (size_t)(m * MAX_SLICES * rank));               \
+        float *acc = malloc(sizeof(float) * (size_t)(m * COLUMN_BLOCK));                  \
+        for (int64_t j = 0; j < m; ++j) {                                                 \
+            const T *x_row = x + rows[start + j] * sh->x_row;                             \
+            for (int64_t i = 0; i < sh->d_in; ++i) xf[j * sh->d_in + i] = TO_F32(x_row[i]); \
+        }                                                                                 \
+        SHRINK(T, LOAD)                                                                   \
+        EXPAND(T, LOAD, STORE_ADD)                                                        \
+        free(xf);                                                                         \
+        free(v);                                                                          \
+        free(acc);                                                                        \
+    }
+
+int lora_items_f32(float *y, const float *x, const float *a, const float *b,
+                   const shape_t *sh, int64_t num_items, const int64_t *item_slot,
+                   const int64_t *item_rank, const int64_t *item_start,
+                   const int64_t *item_count, const int64_t *rows, int num_threads) {
+    if (sh->n_slices > MAX_SLICES) return -1;
+    for (int64_t item = 0; item < num_items; ++item)
+        if (item_count[item] > MAX_ROWS) return -2;
+    ITEM_LOOP(float, LOAD_F32, ADD_F32, LOAD_F32)
+    return 0;
+}
+
+int lora_items_bf16(bf16_t *y, const bf16_t *x, const bf16_t *a, const bf16_t *b,
+                    const shape_t *sh, int64_t num_items, const int64_t *item_slot,
+                    const int64_t *item_rank, const int64_t *item_start,
+                    const int64_t *item_count, const int64_t *rows, int num_threads) {
+    if (sh->n_slices > MAX_SLICES) return -1;
+    for (int64_t item = 0; item < num_items; ++item)
+        if (item_count[item] > MAX_ROWS) return -2;
+    ITEM_LOOP(bf16_t, bf16_load, ADD_BF16, bf16_load)
+    return 0;
+}

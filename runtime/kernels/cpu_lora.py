@@ -1,0 +1,201 @@
+"""The LoRA of decode rows on a CPU as one compiled call per projection group.
+
+The torch path spends its time in the overhead of many small matmuls (two rows per adapter
+at batch 16 with 8 adapters: matrix-vector work) and, in bf16, in kernels this CPU runs
+several times slower than fp32. `cpu_lora.c` does the whole group in one call: per slot,
+its few rows are shrunk and expanded reading A and B once at the slot's own rank, in fp32
+arithmetic, spread over torch's OpenMP threads.
+
+The C file is compiled on first use with the machine's C compiler (`CC`, else `cc`) for
+this CPU's vector instructions, and cached under the cache folder by a hash of the source,
+the flags and the CPU's feature list, so a process pays the compile (about a second) only
+once per machine. Where no compiler works, `available()` is False and the engine keeps the
+torch path (`resolve_backend`).
+
+Slots with more than `torch_plan.SMALL_ROWS` rows (prefill) still go through torch's
+matmuls, which are faster at that size; so do bf16/fp32 layouts the kernel does not take
+(fp16, a B pool that is not rank-major).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from loraplex.runtime.config import default_cache_dir
+
+from . import torch_ops
+from .checks import check_lora_args, check_rank_values, is_rank_major
+from .segments import LoraSegments
+from .torch_plan import SMALL_ROWS, DirectSlot, row_spec
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("cpu_lora.c")
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp")
+MAX_SLICES = 4  # as in cpu_lora.c
+COMPILE_TIMEOUT_S = 120
+ENTRY_POINTS = {torch.float32: "lora_items_f32", torch.bfloat16: "lora_items_bf16"}
+
+
+class _Shape(ctypes.Structure):
+    _fields_ = [
+        ("d_in", ctypes.c_int64), ("d_out", ctypes.c_int64), ("n_slices", ctypes.c_int64),
+        ("slice_offsets", ctypes.POINTER(ctypes.c_int64)),
+        ("x_row", ctypes.c_int64), ("y_row", ctypes.c_int64),
+        ("a_slot", ctypes.c_int64), ("a_slice", ctypes.c_int64), ("a_rank", ctypes.c_int64),
+        ("b_slot", ctypes.c_int64), ("b_rank", ctypes.c_int64),
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class NativePlan:
+    """One step's split: slots with many rows for torch, the rest as the kernel's items."""
+
+    direct: tuple[DirectSlot, ...]
+    num_items: int
+    items: torch.Tensor  # int64 [4, num_items]: slot, rank, start in `rows`, row count
+    rows: torch.Tensor  # int64 [rows of all items], batch rows grouped by item
+
+
+def available() -> bool:
+    """Whether the kernel is built (or builds now) and loads on this machine."""
+    return _library() is not None
+
+
+def supports(x: torch.Tensor, lora_b: torch.Tensor) -> bool:
+    """Whether the kernel takes these operands (else the torch path runs)."""
+    return x.device.type == "cpu" and x.dtype in ENTRY_POINTS and is_rank_major(lora_b)
+
+
+def lora_apply(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    slice_offsets: Sequence[int],
+    segments: LoraSegments,
+    ranks: torch.Tensor,
+    zero_padded: bool = False,
+    host_ranks: Sequence[int] | None = None,
+) -> None:
+    """`kernels.lora_apply`'s contract; the torch path where the kernel does not apply."""
+    library = _library()
+    if library is None or not supports(x, lora_b) or lora_a.shape[1] > MAX_SLICES:
+        torch_ops.lora_apply(y, x, lora_a, lora_b, slice_offsets, segments, ranks,
+                             zero_padded, host_ranks)
+        return
+    check_lora_args(y, x, lora_a, lora_b, slice_offsets, segments, ranks)
+    if not segments.has_lora:
+        return
+    rank_list = list(host_ranks) if host_ranks is not None else ranks.tolist()
+    check_rank_values([rank_list[slot] for slot in segments.slot_runs()], lora_a.shape[2])
+    plan = native_plan(segments, rank_list)
+    if plan.direct:
+        bounds = torch_ops.slice_bounds(slice_offsets)
+        for item in plan.direct:
+            torch_ops.apply_direct(y, x, lora_a, lora_b, bounds, item)
+    if plan.num_items == 0:
+        return
+    offsets = (ctypes.c_int64 * len(slice_offsets))(*slice_offsets)
+    shape = _Shape(x.shape[1], y.shape[1], lora_a.shape[1], offsets, x.stride(0), y.stride(0),
+                   lora_a.stride(0), lora_a.stride(1), lora_a.stride(2),
+                   lora_b.stride(0), lora_b.stride(2))
+    items = plan.items
+    status = getattr(library, ENTRY_POINTS[x.dtype])(
+        y.data_ptr(), x.data_ptr(), lora_a.data_ptr(), lora_b.data_ptr(), ctypes.byref(shape),
+        plan.num_items, items[0].data_ptr(), items[1].data_ptr(), items[2].data_ptr(),
+        items[3].data_ptr(), plan.rows.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
+    if status != 0:  # the checks above make this unreachable; never ignore it
+        raise RuntimeError(f"cpu_lora kernel refused its arguments (status {status})")
+
+
+def native_plan(segments: LoraSegments, rank_list: Sequence[int]) -> NativePlan:
+    """The plan for these segments and slot ranks (built once per step and rank layout)."""
+    key = ("native_plan", tuple(rank_list[slot] for slot in segments.slot_runs()))
+    return segments.memo(key, lambda: _build_plan(segments, rank_list))
+
+
+def _build_plan(segments: LoraSegments, rank_list: Sequence[int]) -> NativePlan:
+    device = segments.indptr.device
+    direct: list[DirectSlot] = []
+    fields: list[list[int]] = [[], [], [], []]
+    rows: list[int] = []
+    for slot, slot_rows in segments.slot_rows().items():
+        rank = rank_list[slot]
+        if rank == 0:
+            continue
+        if len(slot_rows) > SMALL_ROWS:
+            direct.append(DirectSlot(slot, rank, row_spec(slot_rows, device)))
+            continue
+        for field, value in zip(fields, (slot, rank, len(rows), len(slot_rows)), strict=True):
+            field.append(value)
+        rows += slot_rows
+    # largest items first: the threads' dynamic schedule then ends evenly
+    order = sorted(range(len(fields[0])), key=lambda i: -fields[1][i] * fields[3][i])
+    items = torch.tensor([[field[i] for i in order] for field in fields], dtype=torch.int64)
+    return NativePlan(tuple(direct), len(order), items.reshape(4, len(order)),
+                      torch.tensor(rows, dtype=torch.int64))
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    try:
+        path = _built_library()
+        library = ctypes.CDLL(str(path))
+    except (OSError, subprocess.SubprocessError) as error:
+        log.warning("the compiled CPU LoRA kernel is unavailable, using torch's ops: %s", error)
+        return None
+    pointer, int64 = ctypes.c_void_p, ctypes.c_int64
+    for name in ENTRY_POINTS.values():
+        function = getattr(library, name)
+        function.argtypes = [pointer, pointer, pointer, pointer, ctypes.POINTER(_Shape), int64,
+                             pointer, pointer, pointer, pointer, pointer, ctypes.c_int]
+        function.restype = ctypes.c_int
+    return library
+
+
+def _built_library() -> Path:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise OSError("no C compiler found (set CC)")
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(
+        b"\0".join([source, compiler.encode(), " ".join(FLAGS).encode(), _cpu_signature()])
+    ).hexdigest()[:16]
+    folder = Path(default_cache_dir()) / "kernels"
+    target = folder / f"cpu_lora-{key}.so"
+    if target.exists():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".cpu_lora-{key}.{os.getpid()}.so"  # several processes may build
+    result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(partial)],
+                            capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
+    if result.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise OSError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")
+    os.replace(partial, target)
+    return target
+
+
+def _cpu_signature() -> bytes:
+    """What `-march=native` depends on: the machine and its CPU's feature flags."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()} {flags}".encode()

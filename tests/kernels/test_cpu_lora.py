@@ -1,0 +1,120 @@
+"""The compiled CPU LoRA kernel against the fp64 oracle, and what happens where it cannot run.
+
+The problems are those of `test_lora_ops`: garbage (NaN, 1e30) past every slot's rank and in
+slots no row uses, so the kernel fails if it reads one element past a slot's rank; rows of
+no adapter and of a rank-0 adapter must come out bit for bit unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from loraplex.runtime.kernels import cpu_lora, lora_apply, resolve_backend
+from tests.kernels.problems import make_problem, segments_of
+from tests.kernels.test_lora_ops import (
+    LAYOUTS,
+    MAX_RANK,
+    RANKS,
+    SHAPES,
+    Case,
+    assert_applied,
+    build,
+)
+
+needs_compiler = pytest.mark.skipif(
+    shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler on this machine"
+)
+
+
+def rank_major(lora_b: torch.Tensor) -> torch.Tensor:
+    """The engine's storage order of B: a [S, d_out, R] view of a contiguous [S, R, d_out]."""
+    return lora_b.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+@needs_compiler
+def test_the_kernel_builds_here_and_auto_picks_it_on_a_cpu() -> None:
+    assert cpu_lora.available()
+    assert resolve_backend("auto", torch.device("cpu")) == "cpu"
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cpu_backend_matches_reference(layout: str, shape: str, dtype: torch.dtype) -> None:
+    """fp32 and bf16 run the kernel; fp16 and slots with many rows take the torch path."""
+    problem = build(Case(layout, shape, dtype), seed=2)
+    y = problem.y.clone()
+    lora_apply(y, problem.x, problem.lora_a, rank_major(problem.lora_b),
+               problem.slice_offsets, problem.segments(), problem.ranks, backend="cpu")
+    assert_applied(y, problem, dtype)
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_a_b_pool_that_is_not_rank_major_takes_the_torch_path(dtype: torch.dtype) -> None:
+    problem = build(Case("decode_shuffled", "qkv_gqa", dtype), seed=3)
+    assert not cpu_lora.supports(problem.x, problem.lora_b)
+    y = problem.y.clone()
+    lora_apply(y, problem.x, problem.lora_a, problem.lora_b, problem.slice_offsets,
+               problem.segments(), problem.ranks, backend="cpu")
+    assert_applied(y, problem, dtype)
+
+
+@needs_compiler
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_decode_rows_spread_over_threads(threads: int) -> None:
+    """Every slot of a 40-row batch its own work item; any thread count, same result."""
+    token_slots = [row % len(RANKS) for row in range(40)]
+    indptr, slots = segments_of(token_slots)
+    problem = make_problem(d_in=67, slice_widths=[33, 17, 17], ranks=RANKS, max_rank=MAX_RANK,
+                           indptr=indptr, slots=slots, dtype=torch.float32, seed=4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y = problem.y.clone()
+        lora_apply(y, problem.x, problem.lora_a, rank_major(problem.lora_b),
+                   problem.slice_offsets, problem.segments(), problem.ranks, backend="cpu")
+    finally:
+        torch.set_num_threads(before)
+    assert_applied(y, problem, torch.float32)
+
+
+@needs_compiler
+def test_the_step_plan_splits_prefill_slots_from_decode_items() -> None:
+    token_slots = [2] * 20 + [0, 5, 5, 7, -1]
+    indptr, slots = segments_of(token_slots)
+    problem = make_problem(d_in=67, slice_widths=[97], ranks=RANKS, max_rank=MAX_RANK,
+                           indptr=indptr, slots=slots, dtype=torch.float32, seed=5)
+    plan = cpu_lora.native_plan(problem.segments(), RANKS)
+    assert [item.slot for item in plan.direct] == [2]
+    # (slot, rank, start in rows, row count) per item, largest first; rows by slot
+    assert plan.items.t().tolist() == [[5, 5, 1, 2], [7, 5, 3, 1], [0, 1, 0, 1]]
+    assert plan.rows.tolist() == [20, 21, 22, 23]
+
+
+def test_a_machine_without_a_working_compiler_serves_with_the_torch_ops(tmp_path: Path) -> None:
+    """A broken compiler: a warning, `auto` resolves to torch, and LoRA still applies."""
+    script = (
+        "import torch\n"
+        "from loraplex.runtime.kernels import cpu_lora, resolve_backend\n"
+        "print(cpu_lora.available(), resolve_backend('auto', torch.device('cpu')))\n"
+    )
+    env = {**os.environ, "CC": "false", "LORAPLEX_CACHE": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=120, check=True)
+    assert result.stdout.split() == ["False", "torch"]
+    assert "compiled CPU LoRA kernel is unavailable" in result.stderr
+    assert not list((tmp_path / "kernels").glob("*.so"))
+
+
+def test_the_cpu_backend_refuses_another_device() -> None:
+    with pytest.raises(ValueError, match="runs on a CPU"):
+        resolve_backend("cpu", torch.device("meta"))
