@@ -40,9 +40,10 @@ from bench.report import machine_info, write_json
 from bench.serve_batch import ServedBatch
 from loraplex.runtime.adapters.synthetic import write_random_adapter
 from loraplex.runtime.adapters.target import LoraTargetShapes
-from loraplex.runtime.config import EngineConfig
+from loraplex.runtime.config import LORA_BACKENDS, EngineConfig
 from loraplex.runtime.engine.engine import Engine
 from loraplex.runtime.engine.request import GenerationRequest, SamplingParams
+from loraplex.runtime.kernels import resolve_backend
 from loraplex.runtime.models.loader import load_model
 
 MODES = ("inproc", "http", "peft")
@@ -85,7 +86,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="builtin:smollm2-135m-instruct")
     parser.add_argument("--load-format", default="auto", choices=("auto", "dummy"))
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="float32", help="float32: the precision PEFT runs in")
+    parser.add_argument("--dtype", default="float32",
+                        help="of loraplex and of PEFT's base model alike")
+    parser.add_argument("--lora-backend", default="auto", choices=LORA_BACKENDS,
+                        help="loraplex's LoRA path, in process and in the server")
     parser.add_argument("--quick", action="store_true",
                         help="in process only, batch 64, counts 0,1,8,32, 16 new tokens")
     parser.add_argument("--batches", type=ints, default=[1, 4, 16, 64])
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = EngineConfig(model=args.model, load_format=args.load_format, dtype=args.dtype,
-                          device=args.device,
+                          device=args.device, lora_backend=args.lora_backend,
                           max_num_seqs=max(args.batches), device_slots=max(max(args.counts), 1),
                           max_lora_rank=max(args.ranks),
                           kv_cache_bytes=KV_CACHE_BYTES if args.device in ("auto", "cpu") else 0,
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         folders = {name: files[args.ranks[i % len(args.ranks)]]
                    for i, name in enumerate(names)}
         if args.check_peft:
-            return check_peft(args, loaded.folder, tokenizer, texts, prompts, folders, pad_id)
+            return check_peft(args, loaded, tokenizer, texts, prompts, folders, pad_id)
         rows = run_matrix(args, config, loaded, texts, prompts, names, folders, pad_id)
     print_table(rows)
     lengths = [len(p) for p in prompts]
@@ -143,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model, "dtype": str(loaded.dtype).removeprefix("torch."),
         "device": loaded.device.type, "greedy": True,
         "new_tokens": args.new_tokens, "torch_threads": torch.get_num_threads(),
+        "lora_backend": resolve_backend(args.lora_backend, loaded.device),
         "ranks": args.ranks, "prompt_lengths": lengths,
         "machine": machine_info(loaded.device.type), "rows": rows})
     print(f"wrote {args.out}")
@@ -157,9 +162,10 @@ def run_matrix(args, config: EngineConfig, loaded, texts, prompts, names, folder
         "--max-num-seqs", str(max(args.batches)), "--device-slots",
         str(config.device_slots), "--max-lora-rank", str(max(args.ranks)),
         "--kv-cache-bytes", str(KV_CACHE_BYTES), "--no-prefix-caching",
+        "--lora-backend", args.lora_backend,
         env={"OMP_NUM_THREADS": str(args.threads)} if args.threads else None,
     ) if "http" in args.modes else None
-    peft = PeftBatch(loaded.folder, pad_id) if "peft" in args.modes else None
+    peft = PeftBatch(loaded.folder, pad_id, loaded.dtype) if "peft" in args.modes else None
     rows = []
     try:
         for count in args.counts:
@@ -207,19 +213,20 @@ def time_cell(mode: str, timer, prompts: list[list[int]], adapters: list[str | N
     return cell
 
 
-def check_peft(args, folder, tokenizer, texts, prompts, folders, pad_id: int) -> int:
+def check_peft(args, loaded, tokenizer, texts, prompts, folders, pad_id: int) -> int:
     """Time the harness and a plain PEFT loop on the first batch/count given."""
+    folder = loaded.folder
     batch, count = args.batches[0], max(args.counts)
     used = list(folders)[:count]
     adapters = [used[i % count] for i in range(batch)]
-    harness = PeftBatch(folder, pad_id)
+    harness = PeftBatch(folder, pad_id, loaded.dtype)
     harness.add_adapters({name: folders[name] for name in used})
     harness.time_batch(prompts[:batch], adapters, 2)
     harness_s = harness.time_batch(prompts[:batch], adapters, args.new_tokens)
     del harness
     plain_s = plain_generate_seconds(folder, tokenizer, texts[:batch],
                                      {name: folders[name] for name in used}, adapters,
-                                     args.new_tokens)
+                                     args.new_tokens, loaded.dtype)
     generated = batch * args.new_tokens
     print(f"batch {batch}, {count} adapters: harness {generated / harness_s:.1f} tok/s, "
           f"plain PeftModel.generate loop {generated / plain_s:.1f} tok/s")

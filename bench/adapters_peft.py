@@ -3,8 +3,9 @@
 `PeftBatch` loads transformers' model from the folder our engine loaded, adds each adapter
 from the same folder our engine reads, and times one left-padded greedy `generate` of
 the same prompt ids with `adapter_names` (PEFT's mixed batch; "__base__" for rows with no
-adapter). Every row must produce exactly `new_tokens` new tokens: EOS is neither a stop
-nor excluded (`min_new_tokens` = `max_new_tokens`), and the count is checked, so a
+adapter), in the dtype our engine serves (PEFT keeps fp32 adapter weights in fp32 on a
+bf16 base, its default). Every row must produce exactly `new_tokens` new tokens: EOS is
+neither a stop nor excluded (`min_new_tokens` = `max_new_tokens`), and the count is checked, so a
 faster-looking run that stopped early cannot pass for a fast one.
 
 `plain_generate_seconds` is the check on this harness: the plain loop a PEFT user
@@ -23,10 +24,10 @@ BASE_NAME = "__base__"  # PEFT's adapter name for rows that use no adapter
 
 
 class PeftBatch:
-    def __init__(self, folder: Path, pad_id: int) -> None:
+    def __init__(self, folder: Path, pad_id: int, dtype: torch.dtype = torch.float32) -> None:
         from transformers import AutoModelForCausalLM
 
-        self.base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        self.base = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
         self.model = None  # a PeftModel once an adapter is added
         self.loaded: set[str] = set()
         self.pad_id = pad_id
@@ -69,12 +70,12 @@ class PeftBatch:
 
 def plain_generate_seconds(folder: Path, tokenizer, texts: list[str],
                            adapters: dict[str, Path], names: list[str],
-                           new_tokens: int) -> float:
+                           new_tokens: int, dtype: torch.dtype = torch.float32) -> float:
     """The textbook PEFT mixed batch, timed after one warm-up call: seconds per batch."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    base = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
     first, *rest = adapters
     model = PeftModel.from_pretrained(base, adapters[first], adapter_name=first)
     for name in rest:

@@ -51,22 +51,37 @@ typedef struct {
     int64_t b_slot, b_rank;
 } shape_t;
 
-/* v[j][s][k] = x[row j] . A[slot, s, k] for k < rank; xf holds the rows as fp32. */
+/* v[j][s][k] = x[row j] . A[slot, s, k] for k < rank; xf holds the rows as fp32. Rows go
+ * in pairs, so each element of A is loaded (and widened) once per two rows. */
 #define SHRINK(T, LOAD)                                                                   \
     for (int64_t s = 0; s < sh->n_slices; ++s) {                                          \
         for (int64_t k = 0; k < rank; ++k) {                                              \
             const T *a_row = a + slot * sh->a_slot + s * sh->a_slice + k * sh->a_rank;     \
-            for (int64_t j = 0; j < m; ++j) {                                             \
-                const float *xj = xf + j * sh->d_in;                                      \
-                float acc = 0.0f;                                                         \
-                _Pragma("omp simd reduction(+ : acc)")                                    \
-                for (int64_t i = 0; i < sh->d_in; ++i) acc += xj[i] * LOAD(a_row[i]);      \
-                v[(j * MAX_SLICES + s) * rank + k] = acc;                                 \
+            int64_t j = 0;                                                                \
+            for (; j + 1 < m; j += 2) {                                                   \
+                const float *x0 = xf + j * sh->d_in, *x1 = x0 + sh->d_in;                 \
+                float acc0 = 0.0f, acc1 = 0.0f;                                           \
+                _Pragma("omp simd reduction(+ : acc0, acc1)")                             \
+                for (int64_t i = 0; i < sh->d_in; ++i) {                                  \
+                    const float value = LOAD(a_row[i]);                                   \
+                    acc0 += x0[i] * value;                                                \
+                    acc1 += x1[i] * value;                                                \
+                }                                                                         \
+                v[(j * MAX_SLICES + s) * rank + k] = acc0;                                \
+                v[((j + 1) * MAX_SLICES + s) * rank + k] = acc1;                          \
+            }                                                                             \
+            if (j < m) {                                                                  \
+                const float *x0 = xf + j * sh->d_in;                                      \
+                float acc0 = 0.0f;                                                        \
+                _Pragma("omp simd reduction(+ : acc0)")                                   \
+                for (int64_t i = 0; i < sh->d_in; ++i) acc0 += x0[i] * LOAD(a_row[i]);    \
+                v[(j * MAX_SLICES + s) * rank + k] = acc0;                                \
             }                                                                             \
         }                                                                                 \
     }
 
-/* y[row j, slice s] += v[j][s][:rank] @ B[slot, :rank, slice s], COLUMN_BLOCK at a time. */
+/* y[row j, slice s] += v[j][s][:rank] @ B[slot, :rank, slice s], COLUMN_BLOCK columns at
+ * a time, rows in pairs as in SHRINK. */
 #define EXPAND(T, LOAD, STORE_ADD)                                                        \
     for (int64_t s = 0; s < sh->n_slices; ++s) {                                          \
         for (int64_t lo = sh->slice_offsets[s]; lo < sh->slice_offsets[s + 1];            \
@@ -76,11 +91,23 @@ typedef struct {
             memset(acc, 0, sizeof(float) * (size_t)(m * COLUMN_BLOCK));                  \
             for (int64_t k = 0; k < rank; ++k) {                                          \
                 const T *b_row = b + slot * sh->b_slot + k * sh->b_rank + lo;             \
-                for (int64_t j = 0; j < m; ++j) {                                         \
-                    const float coef = v[(j * MAX_SLICES + s) * rank + k];                \
-                    float *out = acc + j * COLUMN_BLOCK;                                  \
+                int64_t j = 0;                                                            \
+                for (; j + 1 < m; j += 2) {                                               \
+                    const float coef0 = v[(j * MAX_SLICES + s) * rank + k];               \
+                    const float coef1 = v[((j + 1) * MAX_SLICES + s) * rank + k];         \
+                    float *out0 = acc + j * COLUMN_BLOCK, *out1 = out0 + COLUMN_BLOCK;    \
                     _Pragma("omp simd")                                                   \
-                    for (int64_t c = 0; c < width; ++c) out[c] += coef * LOAD(b_row[c]);  \
+                    for (int64_t c = 0; c < width; ++c) {                                 \
+                        const float value = LOAD(b_row[c]);                               \
+                        out0[c] += coef0 * value;                                         \
+                        out1[c] += coef1 * value;                                         \
+                    }                                                                     \
+                }                                                                         \
+                if (j < m) {                                                              \
+                    const float coef0 = v[(j * MAX_SLICES + s) * rank + k];               \
+                    float *out0 = acc + j * COLUMN_BLOCK;                                 \
+                    _Pragma("omp simd")                                                   \
+                    for (int64_t c = 0; c < width; ++c) out0[c] += coef0 * LOAD(b_row[c]); \
                 }                                                                         \
             }                                                                             \
             for (int64_t j = 0; j < m; ++j) {                                             \
