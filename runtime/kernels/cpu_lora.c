@@ -25,6 +25,7 @@
 #define MAX_ROWS 16      /* rows per item (callers send decode items only) */
 #define MAX_SLICES 4
 #define COLUMN_BLOCK 512 /* output columns accumulated at once, per row */
+#define PREFETCH_ROWS 4  /* rows of A or B requested from memory ahead of their use */
 
 typedef uint16_t bf16_t;
 
@@ -43,6 +44,25 @@ static inline bf16_t bf16_round(float f) {
     return (bf16_t)(bits >> 16);
 }
 
+/* Ask for `bytes` at `start` to be brought into cache: a slot's block of A or B is a short
+ * stream (a few KB) that the hardware prefetchers pick up too late on their own. */
+static inline void prefetch_bytes(const void *start, int64_t bytes) {
+    const char *p = (const char *)start;
+    for (int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(p + offset);
+}
+
+/* Rows k+PREFETCH_ROWS ahead of a block of `rows` rows `stride` elements apart; at k == 0
+ * also the block's first PREFETCH_ROWS rows. */
+#define PREFETCH_AHEAD(T, block, k, rows, stride, width)                                  \
+    do {                                                                                  \
+        if ((k) == 0)                                                                     \
+            for (int64_t ahead = 0; ahead < PREFETCH_ROWS && ahead < (rows); ++ahead)     \
+                prefetch_bytes((block) + ahead * (stride), (width) * (int64_t)sizeof(T)); \
+        if ((k) + PREFETCH_ROWS < (rows))                                                 \
+            prefetch_bytes((block) + ((k) + PREFETCH_ROWS) * (stride),                    \
+                           (width) * (int64_t)sizeof(T));                                 \
+    } while (0)
+
 typedef struct {
     int64_t d_in, d_out, n_slices;
     const int64_t *slice_offsets; /* n_slices + 1 */
@@ -56,7 +76,9 @@ typedef struct {
 #define SHRINK(T, LOAD)                                                                   \
     for (int64_t s = 0; s < sh->n_slices; ++s) {                                          \
         for (int64_t k = 0; k < rank; ++k) {                                              \
-            const T *a_row = a + slot * sh->a_slot + s * sh->a_slice + k * sh->a_rank;     \
+            const T *a_block = a + slot * sh->a_slot + s * sh->a_slice;                   \
+            const T *a_row = a_block + k * sh->a_rank;                                    \
+            PREFETCH_AHEAD(T, a_block, k, rank, sh->a_rank, sh->d_in);                    \
             int64_t j = 0;                                                                \
             for (; j + 1 < m; j += 2) {                                                   \
                 const float *x0 = xf + j * sh->d_in, *x1 = x0 + sh->d_in;                 \
@@ -90,7 +112,9 @@ typedef struct {
             if (width > COLUMN_BLOCK) width = COLUMN_BLOCK;                               \
             memset(acc, 0, sizeof(float) * (size_t)(m * COLUMN_BLOCK));                  \
             for (int64_t k = 0; k < rank; ++k) {                                          \
-                const T *b_row = b + slot * sh->b_slot + k * sh->b_rank + lo;             \
+                const T *b_block = b + slot * sh->b_slot + lo;                            \
+                const T *b_row = b_block + k * sh->b_rank;                                \
+                PREFETCH_AHEAD(T, b_block, k, rank, sh->b_rank, width);                   \
                 int64_t j = 0;                                                            \
                 for (; j + 1 < m; j += 2) {                                               \
                     const float coef0 = v[(j * MAX_SLICES + s) * rank + k];               \
