@@ -27,4 +27,6 @@ def packages() -> list[str]:
     return names
 
 
-setup(packages=packages(), package_dir=PACKAGE_DIRS)
+setup(packages=packages(), package_dir=PACKAGE_DIRS,
+      # the CPU LoRA kernel's source, compiled on the machine that serves (kernels.cpu_lora)
+      package_data={"loraplex.runtime.kernels": ["*.c"]})
