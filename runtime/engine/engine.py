@@ -24,8 +24,6 @@ import random
 import time
 from dataclasses import dataclass
 
-import xgrammar
-
 from loraplex.runtime.adapters.manager import AdapterManager
 from loraplex.runtime.adapters.target import LoraTargetShapes
 from loraplex.runtime.config import EngineConfig
@@ -171,6 +169,8 @@ class Engine:
                                              self._num_tokenizer_ids)
         seq = Sequence(request, detokenizer, seed=seed)
         if request.grammar is not None:
+            import xgrammar  # already imported where the request's grammar was compiled
+
             seq.grammar = xgrammar.GrammarMatcher(request.grammar)
         self._seqs[request.request_id] = seq
         self.scheduler.add(seq)

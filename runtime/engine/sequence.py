@@ -12,8 +12,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-
-import xgrammar
+from typing import TYPE_CHECKING
 
 from loraplex.runtime.adapters.records import AdapterLease
 from loraplex.runtime.engine.detokenizer import IncrementalDetokenizer
@@ -24,6 +23,9 @@ from loraplex.runtime.engine.request import (
     TokenLogprob,
 )
 from loraplex.runtime.engine.stop_strings import StopStringMatcher
+
+if TYPE_CHECKING:
+    import xgrammar
 
 
 class SequenceStatus(enum.Enum):

@@ -1,10 +1,11 @@
 """What a server start-up costs beside the weights: the precision `auto` picks, the
 tokenizer class, and which heavy libraries a start-up imports.
 
-A CPU pod's resident memory is mostly imports and weights. Two imports are avoidable:
-`AutoTokenizer` pulls in transformers' generation stack (dynamo, accelerate, boto3), and a
+A CPU pod's resident memory is mostly imports and weights. Three imports are avoidable:
+`AutoTokenizer` pulls in transformers' generation stack (dynamo, accelerate, boto3), a
 module built on the meta device with its random init pulls in torch's compiler (dynamo,
-inductor, triton). Neither is needed to serve, so a start-up must not import them.
+inductor, triton), and xgrammar (25 MB) is needed only once a request asks for structured
+output. A start-up must not import them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tests.helpers import BUILTIN_MODEL, builtin_folder, cache_dir
 CPUINFO = Path("/proc/cpuinfo")
 TEXTS = ["Hello world", "  leading spaces and émojis 🙂", "<|im_start|>user\nhi<|im_end|>"]
 COMPILER_AND_GENERATION = ("torch._dynamo", "torch._inductor", "triton", "accelerate", "boto3",
-                           "transformers.generation.utils")
+                           "transformers.generation.utils", "xgrammar")
 
 
 def cpu_flags() -> set[str]:
