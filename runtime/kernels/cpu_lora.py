@@ -6,11 +6,8 @@ several times slower than fp32. `cpu_lora.c` does the whole group in one call: p
 its few rows are shrunk and expanded reading A and B once at the slot's own rank, in fp32
 arithmetic, spread over torch's OpenMP threads.
 
-The C file is compiled on first use with the machine's C compiler (`CC`, else `cc`) for
-this CPU's vector instructions, and cached under the cache folder by a hash of the source,
-the flags and the CPU's feature list, so a process pays the compile (about a second) only
-once per machine. Where no compiler works, `available()` is False and the engine keeps the
-torch path (`resolve_backend`).
+The C file is compiled on first use (`cpu_native`). Where no compiler works, `available()`
+is False and the engine keeps the torch path (`resolve_backend`).
 
 Slots with more than `torch_plan.SMALL_ROWS` rows (prefill) still go through torch's
 matmuls, which are faster at that size; so do bf16/fp32 layouts the kernel does not take
@@ -21,31 +18,17 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from loraplex.runtime.config import default_cache_dir
-
-from . import torch_ops
+from . import cpu_native, torch_ops
 from .checks import check_lora_args, check_rank_values, is_rank_major
 from .segments import LoraSegments
 from .torch_plan import SMALL_ROWS, DirectSlot, row_spec
 
-log = logging.getLogger(__name__)
-
-SOURCE = Path(__file__).with_name("cpu_lora.c")
-FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp")
 MAX_SLICES = 4  # as in cpu_lora.c
-COMPILE_TIMEOUT_S = 120
 ENTRY_POINTS = {torch.float32: "lora_items_f32", torch.bfloat16: "lora_items_bf16"}
 
 
@@ -152,11 +135,8 @@ def _build_plan(segments: LoraSegments, rank_list: Sequence[int]) -> NativePlan:
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    try:
-        path = _built_library()
-        library = ctypes.CDLL(str(path))
-    except (OSError, subprocess.SubprocessError) as error:
-        log.warning("the compiled CPU LoRA kernel is unavailable, using torch's ops: %s", error)
+    library = cpu_native.load("cpu_lora")
+    if library is None:
         return None
     pointer, int64 = ctypes.c_void_p, ctypes.c_int64
     for name in ENTRY_POINTS.values():
@@ -165,37 +145,3 @@ def _library() -> ctypes.CDLL | None:
                              pointer, pointer, pointer, pointer, pointer, ctypes.c_int]
         function.restype = ctypes.c_int
     return library
-
-
-def _built_library() -> Path:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        raise OSError("no C compiler found (set CC)")
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(
-        b"\0".join([source, compiler.encode(), " ".join(FLAGS).encode(), _cpu_signature()])
-    ).hexdigest()[:16]
-    folder = Path(default_cache_dir()) / "kernels"
-    target = folder / f"cpu_lora-{key}.so"
-    if target.exists():
-        return target
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".cpu_lora-{key}.{os.getpid()}.so"  # several processes may build
-    result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(partial)],
-                            capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
-    if result.returncode != 0:
-        partial.unlink(missing_ok=True)
-        raise OSError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")
-    os.replace(partial, target)
-    return target
-
-
-def _cpu_signature() -> bytes:
-    """What `-march=native` depends on: the machine and its CPU's feature flags."""
-    flags = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            flags = next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        pass
-    return f"{platform.machine()} {platform.processor()} {flags}".encode()

@@ -111,7 +111,7 @@ def test_a_machine_without_a_working_compiler_serves_with_the_torch_ops(tmp_path
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                             text=True, timeout=120, check=True)
     assert result.stdout.split() == ["False", "torch"]
-    assert "compiled CPU LoRA kernel is unavailable" in result.stderr
+    assert "compiled CPU kernel cpu_lora is unavailable" in result.stderr
     assert not list((tmp_path / "kernels").glob("*.so"))
 
 

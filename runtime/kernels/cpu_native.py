@@ -1,0 +1,75 @@
+"""C kernels for the CPU path, compiled on the machine that runs them and loaded with ctypes.
+
+A few operations of a small decode batch are cheap in bytes and FLOPs but expensive as
+torch ops (many small calls, copies, slow bf16 kernels). Their C sources sit beside this
+module; `load(name)` compiles `name.c` on first use with the machine's C compiler (`CC`,
+else `cc`), for this CPU's vector instructions and with OpenMP (torch's own runtime, so
+both share one thread pool), and caches the library under the cache folder by a hash of the
+source, the flags and the CPU's feature list: a machine pays the compile (about a second)
+once. Where no compiler works, `load` returns None and callers keep the torch ops.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+from loraplex.runtime.config import default_cache_dir
+
+log = logging.getLogger(__name__)
+
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp")
+COMPILE_TIMEOUT_S = 120
+
+
+@functools.cache
+def load(name: str) -> ctypes.CDLL | None:
+    """The library built from `name.c` beside this module, or None (logged once)."""
+    try:
+        return ctypes.CDLL(str(_built(name)))
+    except (OSError, subprocess.SubprocessError) as error:
+        log.warning("the compiled CPU kernel %s is unavailable, using torch's ops: %s", name,
+                    error)
+        return None
+
+
+def _built(name: str) -> Path:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise OSError("no C compiler found (set CC)")
+    source_path = Path(__file__).with_name(f"{name}.c")
+    source = source_path.read_bytes()
+    key = hashlib.sha256(
+        b"\0".join([source, compiler.encode(), " ".join(FLAGS).encode(), _cpu_signature()])
+    ).hexdigest()[:16]
+    folder = Path(default_cache_dir()) / "kernels"
+    target = folder / f"{name}-{key}.so"
+    if target.exists():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{name}-{key}.{os.getpid()}.so"  # several processes may build
+    result = subprocess.run([compiler, *FLAGS, str(source_path), "-o", str(partial)],
+                            capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
+    if result.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise OSError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")
+    os.replace(partial, target)
+    return target
+
+
+def _cpu_signature() -> bytes:
+    """What `-march=native` depends on: the machine and its CPU's feature flags."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()} {flags}".encode()
