@@ -1,4 +1,8 @@
-"""Paged attention in torch, for the CPU: the same ops as the Triton kernels.
+"""Paged attention for the CPU: the same ops as the Triton kernels.
+
+Decode steps run the compiled kernel (`cpu_attention`) where it builds and takes the
+dtype; the rest of this module is the torch ops, for prefill, fp16 and machines without a
+C compiler.
 
 Keys are gathered through the block tables, but never more than a few sequences' worth
 of one layer at a time: decode rows go in small groups of similar length (each padded to
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import cpu_attention
 from .attention_checks import check_decode_args, check_prefill_args
 
 DECODE_GROUP = 8  # decode sequences per attention call
@@ -33,9 +38,22 @@ class DecodeGroup:
     stale: torch.Tensor | None  # int64: positions of the gathered [n * L] keys past a length
 
 
-def decode_plan(block_tables: torch.Tensor, lengths: Sequence[int],
-                block_size: int) -> tuple[DecodeGroup, ...]:
-    """The grouping of one decode step, the same for every layer: built once per step."""
+@dataclass(frozen=True)
+class DecodePlan:
+    """How one decode step is attended on the CPU, the same for every layer."""
+
+    native: cpu_attention.NativeDecode | None  # the compiled kernel's inputs, where it runs
+    groups: tuple[DecodeGroup, ...]  # else the torch ops' groups
+
+
+def decode_plan(query: torch.Tensor, key_cache: torch.Tensor, block_tables: torch.Tensor,
+                lengths: Sequence[int], native: bool = True) -> DecodePlan:
+    """Built once per step: the compiled kernel's inputs where it takes this dtype (and
+    `native`), else the torch ops' groups of similar length."""
+    block_size = key_cache.shape[1]
+    if native and cpu_attention.supports(query, key_cache):
+        return DecodePlan(cpu_attention.native_decode(block_tables, lengths, block_size,
+                                                      key_cache.shape[0]), ())
     device = block_tables.device
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     groups = []
@@ -52,22 +70,26 @@ def decode_plan(block_tables: torch.Tensor, lengths: Sequence[int],
         groups.append(DecodeGroup(
             index, block_tables[index, :width], visible[:, None, None, :],
             torch.tensor(stale, dtype=torch.int64, device=device) if stale else None))
-    return tuple(groups)
+    return DecodePlan(None, tuple(groups))
 
 
 def paged_decode(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                  block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
                  out: torch.Tensor | None = None, lengths: Sequence[int] | None = None,
-                 plan: Sequence[DecodeGroup] | None = None) -> torch.Tensor:
+                 plan: DecodePlan | None = None, native: bool = True) -> torch.Tensor:
     """As `paged_attention.paged_decode`: query [B, H, D] -> out [B, H, D]. lengths: the
     values of seq_lens on the host, when the caller has them (else read here); plan:
-    `decode_plan` of these tables and lengths, when the caller keeps it for every layer."""
+    `decode_plan` of these tables and lengths, when the caller keeps it for every layer;
+    native: False keeps the torch ops even where the compiled kernel runs."""
     check_decode_args(query, key_cache, value_cache, block_tables, seq_lens)
     out = torch.empty_like(query) if out is None else out
     if plan is None:
         lengths = seq_lens.tolist() if lengths is None else lengths
-        plan = decode_plan(block_tables, lengths, key_cache.shape[1])
-    for group in plan:
+        plan = decode_plan(query, key_cache, block_tables, lengths, native)
+    if plan.native is not None:
+        cpu_attention.paged_decode(query, key_cache, value_cache, plan.native, scale, out)
+        return out
+    for group in plan.groups:
         keys = _gathered(key_cache, group.tables, group.stale)  # [n, Hkv, L, D]
         values = _gathered(value_cache, group.tables, group.stale)
         attended = F.scaled_dot_product_attention(

@@ -47,12 +47,12 @@ class PagedAttention(nn.Module):
             if fused:
                 paged_attention.paged_decode(*args, out=output[:rows])
             else:
-                if decode.torch_plan is None:
-                    decode.torch_plan = attention_torch.decode_plan(
-                        decode.block_tables, decode.seq_lens_host, key_cache.shape[1])
+                if decode.cpu_plan is None:
+                    decode.cpu_plan = attention_torch.decode_plan(
+                        query, key_cache, decode.block_tables, decode.seq_lens_host)
                 attention_torch.paged_decode(*args, out=output[:rows],
                                              lengths=decode.seq_lens_host,
-                                             plan=decode.torch_plan)
+                                             plan=decode.cpu_plan)
         if prefill is not None:
             args = (query, key_cache, value_cache, prefill.block_tables, prefill.query_starts,
                     prefill.query_lens, prefill.context_lens, prefill.max_query_len,

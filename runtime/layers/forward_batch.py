@@ -30,8 +30,9 @@ class DecodeRows:
     block_tables: torch.Tensor  # int32/int64 [num_seqs, W]; entries past a row's length unread
     seq_lens: torch.Tensor  # int32/int64 [num_seqs]: keys each row sees, its new token's included
     seq_lens_host: list[int]  # the same lengths on the host (for the CPU path: no device read)
-    # the torch path's grouping of these rows, built by the first layer, read by the rest
-    torch_plan: tuple | None = None
+    # the CPU path's plan of these rows (attention_torch.DecodePlan), built by the first
+    # layer, read by the rest
+    cpu_plan: object | None = None
 
     @property
     def num_seqs(self) -> int:

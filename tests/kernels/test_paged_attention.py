@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import itertools
 import random
+import shutil
 
 import pytest
 import torch
 
-from loraplex.runtime.kernels import attention_reference, attention_torch
+from loraplex.runtime.kernels import attention_reference, attention_torch, cpu_attention
 from tests.kernels import interpreter_worker
 from tests.kernels.attention_problems import PagedProblem, paged_problem
 from tests.kernels.backends import WORKER_TIMEOUT_S
@@ -98,12 +99,19 @@ def test_triton_prefill_matches_fp64(interpreter_executor, gqa, head_dim, block_
     assert_close(got, expected_prefill(problem, dtype), dtype)
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["compiled_decode", "torch_decode"])
 @pytest.mark.parametrize(("gqa", "head_dim", "block_size", "dtype"), PREFILL_MATRIX)
-def test_torch_path_matches_fp64(gqa, head_dim, block_size, dtype):
+def test_torch_path_matches_fp64(gqa, head_dim, block_size, dtype, native):
+    """The CPU path: decode by the compiled kernel (fp32, bf16) or the torch ops."""
     decode = decode_problem(gqa, head_dim, block_size)
     case = decode.cast(dtype)
+    plan = attention_torch.decode_plan(case.query, case.key_cache, case.block_tables,
+                                       case.seq_lens.tolist(), native=native)
+    compiled = native and dtype in cpu_attention.ENTRY_POINTS and shutil.which("cc")
+    assert (plan.native is not None) == bool(compiled)
     got = attention_torch.paged_decode(case.query, case.key_cache, case.value_cache,
-                                       case.block_tables, case.seq_lens, case.scale)
+                                       case.block_tables, case.seq_lens, case.scale,
+                                       plan=plan)
     assert_close(got, expected_decode(decode, dtype), dtype)
     prefill = prefill_problem(gqa, head_dim, block_size)
     case = prefill.cast(dtype)
