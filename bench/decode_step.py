@@ -4,7 +4,8 @@ Throughput figures (`bench.adapters`) include each batch's prefill; this isolate
 decode step: the same batch is generated for 1 and for 1 + N tokens, alternating, and the
 step is the difference over N. The bound is measured on the same machine in the same run:
 the weights' bytes at the bandwidth of a large fp32 sum, and the step's linear FLOPs at the
-rate of a large matmul in the model's dtype, with the same torch threads.
+rate of a large matmul in the model's dtype, with the same torch threads. The bound is the
+base model's: with `--adapters` it leaves out the adapters' bytes.
 
     python -m bench.decode_step --batch 16 --dtype float32 [--adapters 8]
 """
