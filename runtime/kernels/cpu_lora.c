@@ -44,11 +44,12 @@ static inline bf16_t bf16_round(float f) {
     return (bf16_t)(bits >> 16);
 }
 
-/* Ask for `bytes` at `start` to be brought into cache: a slot's block of A or B is a short
- * stream (a few KB) that the hardware prefetchers pick up too late on their own. */
+/* Ask for `bytes` at `start` to be brought into L2 (into L1 as well measured slower): a
+ * slot's block of A or B is a short stream (a few KB) that the hardware prefetchers pick up
+ * too late on their own. */
 static inline void prefetch_bytes(const void *start, int64_t bytes) {
     const char *p = (const char *)start;
-    for (int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(p + offset);
+    for (int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(p + offset, 0, 1);
 }
 
 /* Rows k+PREFETCH_ROWS ahead of a block of `rows` rows `stride` elements apart; at k == 0
