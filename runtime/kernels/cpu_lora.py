@@ -3,15 +3,15 @@
 The torch path spends its time in the overhead of many small matmuls (two rows per adapter
 at batch 16 with 8 adapters: matrix-vector work) and, in bf16, in kernels this CPU runs
 several times slower than fp32. `cpu_lora.c` does the whole group in one call: per slot,
-its few rows are shrunk and expanded reading A and B once at the slot's own rank, in fp32
-arithmetic, spread over torch's OpenMP threads.
+its few rows are shrunk and expanded reading A and B once at the slot's own rank (two rows
+per pass, the next rows prefetched), in fp32 arithmetic, spread over torch's OpenMP threads.
 
 The C file is compiled on first use (`cpu_native`). Where no compiler works, `available()`
 is False and the engine keeps the torch path (`resolve_backend`).
 
 Slots with more than `torch_plan.SMALL_ROWS` rows (prefill) still go through torch's
-matmuls, which are faster at that size; so do bf16/fp32 layouts the kernel does not take
-(fp16, a B pool that is not rank-major).
+matmuls, which are compute-bound and fast at that size; so does what the kernel does not
+take (fp16, a B pool that is not rank-major, more than `MAX_SLICES` slices).
 """
 
 from __future__ import annotations
