@@ -1,15 +1,15 @@
 """What LoRA costs per layer, next to the layer's own matmuls.
 
-On CPU: the torch path at SmolLM2-135M shapes (hidden 576, ffn 1536, 9 q / 3 kv heads of
-64), batch 64, with 1, 8, 32 and 64 distinct adapters of mixed ranks (8..64), rows sorted
-by adapter and shuffled (decode order), against the four base projections of one layer
-(oneDNN with pre-packed weights, as the engine runs them). Layers rotate over several
-copies so that weights come from memory, as in a real forward. The pools hold zeros past
-each slot's rank, as the engine's slot pool does, so the torch path reads runs of slots
-in place (`zero_padded`); mixed ranks are timed both interleaved slot by slot ("8-64
-mixed") and grouped by rank as the slot table places them ("8-64 grouped"). Both storage
-orders of B are timed: the standard [S, d_out, R] and the rank-major view of
-[S, R, d_out] (a slot's `[:rank]` is then one contiguous block).
+On CPU: the compiled kernel (`cpu` backend, rank-major B) and torch's ops at SmolLM2-135M
+shapes (hidden 576, ffn 1536, 9 q / 3 kv heads of 64), batch 64, with 1, 8, 32 and 64
+distinct adapters of mixed ranks (8..64), rows sorted by adapter and shuffled (decode
+order), against the four base projections of one layer (oneDNN with pre-packed weights, as
+the engine runs them). Layers rotate over several copies so that weights come from memory,
+as in a real forward. The pools hold zeros past each slot's rank, as the engine's slot pool
+does, so the torch path reads runs of slots in place (`zero_padded`); mixed ranks are timed
+both interleaved slot by slot ("8-64 mixed") and grouped by rank as the slot table places
+them ("8-64 grouped"). Both storage orders of B are timed: the standard [S, d_out, R] and the
+rank-major view of [S, R, d_out] (a slot's `[:rank]` is then one contiguous block).
 
 On CUDA: the Triton shrink+expand at Llama-3-8B shapes in bf16, batch 1..256 with 1..256
 distinct adapters at rank 16 and 64 (pools of R = 64, so rank masking shows), against the
@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from loraplex.runtime.kernels import LoraSegments, lora_apply
+from loraplex.runtime.kernels import LoraSegments, lora_apply, resolve_backend
 from loraplex.runtime.layers.linear import Linear
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -81,9 +81,9 @@ class Row:
     rank: str
     b_layout: str  # storage of lora_b: "d_out,R" (contiguous) or "R,d_out" (rank-major)
     base_ms: float  # the layer's 4 base matmuls
-    lora_ms: float  # the 4 lora_apply calls (CPU: torch path; CUDA: triton)
+    lora_ms: float  # the 4 lora_apply calls (CPU: the compiled kernel; CUDA: triton)
     overhead: float  # lora_ms / base_ms
-    torch_loop_ms: float | None  # CUDA only: the torch path on the GPU
+    torch_loop_ms: float | None  # the torch ops (CUDA: on the GPU, standard B layout only)
     lora_mb: float  # bytes LoRA must move per layer
     lora_gbps: float
 
@@ -191,19 +191,25 @@ def bench_cpu(quick: bool) -> Iterator[Row]:
             segments = LoraSegments.from_token_slots(token_slots(batch, adapters, layout))
             for b_layout in (STANDARD, RANK_MAJOR):
 
-                def lora(segments=segments, rank_tensor=rank_tensor, b_layout=b_layout) -> None:
+                def lora(backend: str, segments=segments, rank_tensor=rank_tensor,
+                         b_layout=b_layout) -> None:
                     for layer in layers:
                         for group in SMOLLM2_135M:
                             lora_apply(
                                 outputs[group], inputs[group], layer.lora_a[group],
                                 layer.pool_b(group, b_layout), layer.slice_offsets[group],
-                                segments, rank_tensor, backend="torch", zero_padded=True,
+                                segments, rank_tensor, backend=backend, zero_padded=True,
                             )  # fmt: skip
 
-                lora_s = time_cpu(lora, repeats) / num_layers
+                # the compiled kernel takes a rank-major pool only (else it runs torch's ops)
+                backend = resolve_backend("auto", torch.device("cpu"))
+                torch_s = time_cpu(lambda: lora("torch"), repeats) / num_layers
+                lora_s = torch_s
+                if b_layout == RANK_MAJOR and backend == "cpu":
+                    lora_s = time_cpu(lambda: lora("cpu"), repeats) / num_layers
                 moved = lora_bytes(SMOLLM2_135M, ranks[:adapters], batch, element_size=4)
                 yield Row("cpu", batch, adapters, layout, rank_label, b_layout, base_s * 1e3,
-                          lora_s * 1e3, lora_s / base_s, None, moved / 1e6,
+                          lora_s * 1e3, lora_s / base_s, torch_s * 1e3, moved / 1e6,
                           moved / lora_s / 1e9)  # fmt: skip
 
 
@@ -290,7 +296,8 @@ def main(argv: list[str] | None = None) -> None:
               "shrink+expand, loop = torch path on the GPU")  # fmt: skip
     else:
         print(f"per layer of SmolLM2-135M, fp32, {torch.get_num_threads()} threads: "
-              "base = the 4 projections, lora = torch path")  # fmt: skip
+              "base = the 4 projections, lora = the compiled kernel where it takes the pool "
+              "(else torch's ops), loop = torch's ops")  # fmt: skip
     print(HEADER)
     label = "cpu"
     if device == "cuda":
