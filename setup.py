@@ -28,5 +28,5 @@ def packages() -> list[str]:
 
 
 setup(packages=packages(), package_dir=PACKAGE_DIRS,
-      # the CPU LoRA kernel's source, compiled on the machine that serves (kernels.cpu_lora)
-      package_data={"loraplex.runtime.kernels": ["*.c"]})
+      # the CPU kernels' sources, compiled on the machine that serves (kernels.cpu_native)
+      package_data={"loraplex.runtime.kernels": ["*.c", "*.h"]})

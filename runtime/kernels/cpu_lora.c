@@ -22,27 +22,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu_bf16.h"
+
 #define MAX_ROWS 16      /* rows per item (callers send decode items only) */
 #define MAX_SLICES 4
 #define COLUMN_BLOCK 512 /* output columns accumulated at once, per row */
 #define PREFETCH_ROWS 4  /* rows of A or B requested from memory ahead of their use */
-
-typedef uint16_t bf16_t;
-
-static inline float bf16_load(bf16_t v) {
-    uint32_t bits = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-static inline bf16_t bf16_round(float f) {
-    uint32_t bits;
-    memcpy(&bits, &f, sizeof bits);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (bf16_t)((bits >> 16) | 0x40u); /* NaN */
-    bits += 0x7fffu + ((bits >> 16) & 1u); /* round to nearest even */
-    return (bf16_t)(bits >> 16);
-}
 
 /* Ask for `bytes` at `start` to be brought into L2 (into L1 as well measured slower): a
  * slot's block of A or B is a short stream (a few KB) that the hardware prefetchers pick up
@@ -167,24 +152,25 @@ typedef struct {
         free(acc);                                                                        \
     }
 
-int lora_items_f32(float *y, const float *x, const float *a, const float *b,
-                   const shape_t *sh, int64_t num_items, const int64_t *item_slot,
-                   const int64_t *item_rank, const int64_t *item_start,
-                   const int64_t *item_count, const int64_t *rows, int num_threads) {
+/* 0, or why the items cannot run: -1 more slices than MAX_SLICES, -2 an item with more
+ * rows than MAX_ROWS (the callers' checks make both unreachable). */
+static int refused(const shape_t *sh, int64_t num_items, const int64_t *item_count) {
     if (sh->n_slices > MAX_SLICES) return -1;
     for (int64_t item = 0; item < num_items; ++item)
         if (item_count[item] > MAX_ROWS) return -2;
-    ITEM_LOOP(float, LOAD_F32, ADD_F32, LOAD_F32)
     return 0;
 }
 
-int lora_items_bf16(bf16_t *y, const bf16_t *x, const bf16_t *a, const bf16_t *b,
-                    const shape_t *sh, int64_t num_items, const int64_t *item_slot,
-                    const int64_t *item_rank, const int64_t *item_start,
-                    const int64_t *item_count, const int64_t *rows, int num_threads) {
-    if (sh->n_slices > MAX_SLICES) return -1;
-    for (int64_t item = 0; item < num_items; ++item)
-        if (item_count[item] > MAX_ROWS) return -2;
-    ITEM_LOOP(bf16_t, bf16_load, ADD_BF16, bf16_load)
-    return 0;
-}
+#define ENTRY_POINT(NAME, T, LOAD, STORE_ADD)                                             \
+    int NAME(T *y, const T *x, const T *a, const T *b, const shape_t *sh,                 \
+             int64_t num_items, const int64_t *item_slot, const int64_t *item_rank,       \
+             const int64_t *item_start, const int64_t *item_count, const int64_t *rows,   \
+             int num_threads) {                                                           \
+        const int status = refused(sh, num_items, item_count);                            \
+        if (status != 0) return status;                                                   \
+        ITEM_LOOP(T, LOAD, STORE_ADD, LOAD)                                               \
+        return 0;                                                                         \
+    }
+
+ENTRY_POINT(lora_items_f32, float, LOAD_F32, ADD_F32)
+ENTRY_POINT(lora_items_bf16, bf16_t, bf16_load, ADD_BF16)

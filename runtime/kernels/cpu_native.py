@@ -45,9 +45,10 @@ def _built(name: str) -> Path:
     if compiler is None:
         raise OSError("no C compiler found (set CC)")
     source_path = Path(__file__).with_name(f"{name}.c")
-    source = source_path.read_bytes()
+    headers = sorted(source_path.parent.glob("*.h"))  # what the sources may include
+    sources = [source_path.read_bytes(), *(header.read_bytes() for header in headers)]
     key = hashlib.sha256(
-        b"\0".join([source, compiler.encode(), " ".join(FLAGS).encode(), _cpu_signature()])
+        b"\0".join([*sources, compiler.encode(), " ".join(FLAGS).encode(), _cpu_signature()])
     ).hexdigest()[:16]
     folder = Path(default_cache_dir()) / "kernels"
     target = folder / f"{name}-{key}.so"
