@@ -19,6 +19,7 @@ import os
 import platform
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 from loraplex.runtime.config import default_cache_dir
@@ -29,11 +30,16 @@ FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp")
 COMPILE_TIMEOUT_S = 120
 
 
+_building = threading.Lock()  # one build at a time in a process (threads share a pid)
+
+
 @functools.cache
 def load(name: str) -> ctypes.CDLL | None:
     """The library built from `name.c` beside this module, or None (logged once)."""
     try:
-        return ctypes.CDLL(str(_built(name)))
+        with _building:
+            path = _built(name)
+        return ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as error:
         log.warning("the compiled CPU kernel %s is unavailable, using torch's ops: %s", name,
                     error)
