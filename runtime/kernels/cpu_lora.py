@@ -51,15 +51,21 @@ class NativePlan:
     items: torch.Tensor  # int64 [4, num_items]: slot, rank, start in `rows`, row count
     rows: torch.Tensor  # int64 [rows of all items], batch rows grouped by item
 
+    @functools.cached_property
+    def pointers(self) -> tuple[int, ...]:
+        """The kernel's item arguments: slot, rank, start, count and rows, as addresses."""
+        return (*(field.data_ptr() for field in self.items), self.rows.data_ptr())
+
 
 def available() -> bool:
     """Whether the kernel is built (or builds now) and loads on this machine."""
     return _library() is not None
 
 
-def supports(x: torch.Tensor, lora_b: torch.Tensor) -> bool:
+def supports(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor) -> bool:
     """Whether the kernel takes these operands (else the torch path runs)."""
-    return x.device.type == "cpu" and x.dtype in ENTRY_POINTS and is_rank_major(lora_b)
+    return (x.device.type == "cpu" and x.dtype in ENTRY_POINTS and is_rank_major(lora_b)
+            and lora_a.shape[1] <= MAX_SLICES)
 
 
 def lora_apply(
@@ -75,43 +81,41 @@ def lora_apply(
 ) -> None:
     """`kernels.lora_apply`'s contract; the torch path where the kernel does not apply."""
     library = _library()
-    if library is None or not supports(x, lora_b) or lora_a.shape[1] > MAX_SLICES:
+    if library is None or not supports(x, lora_a, lora_b):
         torch_ops.lora_apply(y, x, lora_a, lora_b, slice_offsets, segments, ranks,
                              zero_padded, host_ranks)
         return
     check_lora_args(y, x, lora_a, lora_b, slice_offsets, segments, ranks)
     if not segments.has_lora:
         return
-    rank_list = list(host_ranks) if host_ranks is not None else ranks.tolist()
-    check_rank_values([rank_list[slot] for slot in segments.slot_runs()], lora_a.shape[2])
-    plan = native_plan(segments, rank_list)
+    plan = native_plan(segments, host_ranks if host_ranks is not None else ranks.tolist(),
+                       lora_a.shape[2])
     if plan.direct:
         bounds = torch_ops.slice_bounds(slice_offsets)
         for item in plan.direct:
             torch_ops.apply_direct(y, x, lora_a, lora_b, bounds, item)
     if plan.num_items == 0:
         return
-    offsets = (ctypes.c_int64 * len(slice_offsets))(*slice_offsets)
-    shape = _Shape(x.shape[1], y.shape[1], lora_a.shape[1], offsets, x.stride(0), y.stride(0),
-                   lora_a.stride(0), lora_a.stride(1), lora_a.stride(2),
-                   lora_b.stride(0), lora_b.stride(2))
-    items = plan.items
+    shape = _shape(x.shape[1], y.shape[1], tuple(slice_offsets), x.stride(0), y.stride(0),
+                   lora_a.stride()[:3], lora_b.stride(0), lora_b.stride(2))
     status = getattr(library, ENTRY_POINTS[x.dtype])(
         y.data_ptr(), x.data_ptr(), lora_a.data_ptr(), lora_b.data_ptr(), ctypes.byref(shape),
-        plan.num_items, items[0].data_ptr(), items[1].data_ptr(), items[2].data_ptr(),
-        items[3].data_ptr(), plan.rows.data_ptr(), torch.get_num_threads(),
-    )  # fmt: skip
+        plan.num_items, *plan.pointers, torch.get_num_threads())
     if status != 0:  # the checks above make this unreachable; never ignore it
         raise RuntimeError(f"cpu_lora kernel refused its arguments (status {status})")
 
 
-def native_plan(segments: LoraSegments, rank_list: Sequence[int]) -> NativePlan:
-    """The plan for these segments and slot ranks (built once per step and rank layout)."""
-    key = ("native_plan", tuple(rank_list[slot] for slot in segments.slot_runs()))
-    return segments.memo(key, lambda: _build_plan(segments, rank_list))
+def native_plan(segments: LoraSegments, rank_list: Sequence[int], max_rank: int) -> NativePlan:
+    """The plan for these segments and slot ranks, their ranks checked against the pool's
+    `max_rank`: built once per step and rank layout, shared by every layer and group."""
+    ranks = tuple(rank_list[slot] for slot in segments.slot_runs())
+    return segments.memo(("native_plan", max_rank, ranks),
+                         lambda: _build_plan(segments, rank_list, ranks, max_rank))
 
 
-def _build_plan(segments: LoraSegments, rank_list: Sequence[int]) -> NativePlan:
+def _build_plan(segments: LoraSegments, rank_list: Sequence[int], ranks: tuple[int, ...],
+                max_rank: int) -> NativePlan:
+    check_rank_values(ranks, max_rank)
     device = segments.indptr.device
     direct: list[DirectSlot] = []
     fields: list[list[int]] = [[], [], [], []]
@@ -129,8 +133,18 @@ def _build_plan(segments: LoraSegments, rank_list: Sequence[int]) -> NativePlan:
     # largest items first: the threads' dynamic schedule then ends evenly
     order = sorted(range(len(fields[0])), key=lambda i: -fields[1][i] * fields[3][i])
     items = torch.tensor([[field[i] for i in order] for field in fields], dtype=torch.int64)
-    return NativePlan(tuple(direct), len(order), items.reshape(4, len(order)),
-                      torch.tensor(rows, dtype=torch.int64))
+    return NativePlan(tuple(direct), len(order), items, torch.tensor(rows, dtype=torch.int64))
+
+
+@functools.lru_cache(maxsize=64)
+def _shape(d_in: int, d_out: int, slice_offsets: tuple[int, ...], x_row: int, y_row: int,
+           a_strides: tuple[int, int, int], b_slot: int, b_rank: int) -> _Shape:
+    """The kernel's shape argument; one per projection group's layout, not one per call."""
+    offsets = (ctypes.c_int64 * len(slice_offsets))(*slice_offsets)
+    shape = _Shape(d_in, d_out, len(slice_offsets) - 1, offsets, x_row, y_row, *a_strides,
+                   b_slot, b_rank)
+    shape.offsets_storage = offsets  # the struct points into it: kept alive with the struct
+    return shape
 
 
 @functools.cache

@@ -61,7 +61,7 @@ def test_cpu_backend_matches_reference(layout: str, shape: str, dtype: torch.dty
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_a_b_pool_that_is_not_rank_major_takes_the_torch_path(dtype: torch.dtype) -> None:
     problem = build(Case("decode_shuffled", "qkv_gqa", dtype), seed=3)
-    assert not cpu_lora.supports(problem.x, problem.lora_b)
+    assert not cpu_lora.supports(problem.x, problem.lora_a, problem.lora_b)
     y = problem.y.clone()
     lora_apply(y, problem.x, problem.lora_a, problem.lora_b, problem.slice_offsets,
                problem.segments(), problem.ranks, backend="cpu")
@@ -93,7 +93,7 @@ def test_the_step_plan_splits_prefill_slots_from_decode_items() -> None:
     indptr, slots = segments_of(token_slots)
     problem = make_problem(d_in=67, slice_widths=[97], ranks=RANKS, max_rank=MAX_RANK,
                            indptr=indptr, slots=slots, dtype=torch.float32, seed=5)
-    plan = cpu_lora.native_plan(problem.segments(), RANKS)
+    plan = cpu_lora.native_plan(problem.segments(), RANKS, MAX_RANK)
     assert [item.slot for item in plan.direct] == [2]
     # (slot, rank, start in rows, row count) per item, largest first; rows by slot
     assert plan.items.t().tolist() == [[5, 5, 1, 2], [7, 5, 3, 1], [0, 1, 0, 1]]
