@@ -27,7 +27,7 @@
 #define MAX_ROWS 16      /* rows per item (callers send decode items only) */
 #define MAX_SLICES 4
 #define COLUMN_BLOCK 512 /* output columns accumulated at once, per row */
-#define PREFETCH_ROWS 4  /* rows of A or B requested from memory ahead of their use */
+#define K_STEP 4         /* rows of A or B per pass */
 
 /* Ask for `bytes` at `start` to be brought into L2 (into L1 as well measured slower): a
  * slot's block of A or B is a short stream (a few KB) that the hardware prefetchers pick up
@@ -37,18 +37,6 @@ static inline void prefetch_bytes(const void *start, int64_t bytes) {
     for (int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(p + offset, 0, 1);
 }
 
-/* Rows k+PREFETCH_ROWS ahead of a block of `rows` rows `stride` elements apart; at k == 0
- * also the block's first PREFETCH_ROWS rows. */
-#define PREFETCH_AHEAD(T, block, k, rows, stride, width)                                  \
-    do {                                                                                  \
-        if ((k) == 0)                                                                     \
-            for (int64_t ahead = 0; ahead < PREFETCH_ROWS && ahead < (rows); ++ahead)     \
-                prefetch_bytes((block) + ahead * (stride), (width) * (int64_t)sizeof(T)); \
-        if ((k) + PREFETCH_ROWS < (rows))                                                 \
-            prefetch_bytes((block) + ((k) + PREFETCH_ROWS) * (stride),                    \
-                           (width) * (int64_t)sizeof(T));                                 \
-    } while (0)
-
 typedef struct {
     int64_t d_in, d_out, n_slices;
     const int64_t *slice_offsets; /* n_slices + 1 */
@@ -57,67 +45,86 @@ typedef struct {
     int64_t b_slot, b_rank;
 } shape_t;
 
-/* v[j][s][k] = x[row j] . A[slot, s, k] for k < rank; xf holds the rows as fp32. Rows go
- * in pairs, so each element of A is loaded (and widened) once per two rows. */
+/* One step's work items (see `rows` above), shared by every layer of a projection group. */
+typedef struct {
+    int64_t num_items;
+    const int64_t *item_slot, *item_rank, *item_start, *item_count, *rows;
+    int64_t num_threads;
+} items_t;
+
+/* v[j][s][k] = x[row j] . A[slot, s, k] for k < rank; xf holds the rows as fp32. Four rows
+ * of A meet two rows of x in one pass: eight independent sums (so the adds do not wait on
+ * each other), each element of A loaded (and widened) once per two rows. */
 #define SHRINK(T, LOAD)                                                                   \
     for (int64_t s = 0; s < sh->n_slices; ++s) {                                          \
-        for (int64_t k = 0; k < rank; ++k) {                                              \
-            const T *a_block = a + slot * sh->a_slot + s * sh->a_slice;                   \
-            const T *a_row = a_block + k * sh->a_rank;                                    \
-            PREFETCH_AHEAD(T, a_block, k, rank, sh->a_rank, sh->d_in);                    \
-            int64_t j = 0;                                                                \
-            for (; j + 1 < m; j += 2) {                                                   \
-                const float *x0 = xf + j * sh->d_in, *x1 = x0 + sh->d_in;                 \
-                float acc0 = 0.0f, acc1 = 0.0f;                                           \
-                _Pragma("omp simd reduction(+ : acc0, acc1)")                             \
-                for (int64_t i = 0; i < sh->d_in; ++i) {                                  \
-                    const float value = LOAD(a_row[i]);                                   \
-                    acc0 += x0[i] * value;                                                \
-                    acc1 += x1[i] * value;                                                \
-                }                                                                         \
-                v[(j * MAX_SLICES + s) * rank + k] = acc0;                                \
-                v[((j + 1) * MAX_SLICES + s) * rank + k] = acc1;                          \
-            }                                                                             \
-            if (j < m) {                                                                  \
+        const T *a_block = a + slot * sh->a_slot + s * sh->a_slice;                       \
+        for (int64_t k = 0; k < rank; k += K_STEP) {                                      \
+            const int64_t k_count = rank - k < K_STEP ? rank - k : K_STEP;               \
+            const T *a0 = a_block + k * sh->a_rank;                                       \
+            const T *a1 = k_count > 1 ? a0 + sh->a_rank : a0;                             \
+            const T *a2 = k_count > 2 ? a0 + 2 * sh->a_rank : a0;                         \
+            const T *a3 = k_count > 3 ? a0 + 3 * sh->a_rank : a0;                         \
+            for (int64_t ahead = 0; ahead < K_STEP; ++ahead)                              \
+                if (k + K_STEP + ahead < rank)                                            \
+                    prefetch_bytes(a_block + (k + K_STEP + ahead) * sh->a_rank,           \
+                                   sh->d_in * (int64_t)sizeof(T));                        \
+            for (int64_t j = 0; j < m; j += 2) {                                          \
                 const float *x0 = xf + j * sh->d_in;                                      \
-                float acc0 = 0.0f;                                                        \
-                _Pragma("omp simd reduction(+ : acc0)")                                   \
-                for (int64_t i = 0; i < sh->d_in; ++i) acc0 += x0[i] * LOAD(a_row[i]);    \
-                v[(j * MAX_SLICES + s) * rank + k] = acc0;                                \
+                const float *x1 = j + 1 < m ? x0 + sh->d_in : x0;                         \
+                float s00 = 0.0f, s01 = 0.0f, s02 = 0.0f, s03 = 0.0f;                     \
+                float s10 = 0.0f, s11 = 0.0f, s12 = 0.0f, s13 = 0.0f;                     \
+                _Pragma("omp simd reduction(+ : s00, s01, s02, s03, s10, s11, s12, s13)") \
+                for (int64_t i = 0; i < sh->d_in; ++i) {                                  \
+                    const float w0 = LOAD(a0[i]), w1 = LOAD(a1[i]);                       \
+                    const float w2 = LOAD(a2[i]), w3 = LOAD(a3[i]);                       \
+                    s00 += x0[i] * w0; s01 += x0[i] * w1; s02 += x0[i] * w2; s03 += x0[i] * w3; \
+                    s10 += x1[i] * w0; s11 += x1[i] * w1; s12 += x1[i] * w2; s13 += x1[i] * w3; \
+                }                                                                         \
+                const float sums[2][K_STEP] = {{s00, s01, s02, s03}, {s10, s11, s12, s13}}; \
+                for (int64_t row = 0; row < 2 && j + row < m; ++row)                      \
+                    for (int64_t q = 0; q < k_count; ++q)                                 \
+                        v[((j + row) * MAX_SLICES + s) * rank + k + q] = sums[row][q];    \
             }                                                                             \
         }                                                                                 \
     }
 
 /* y[row j, slice s] += v[j][s][:rank] @ B[slot, :rank, slice s], COLUMN_BLOCK columns at
- * a time, rows in pairs as in SHRINK. */
+ * a time: four rows of B per pass over a row's accumulators (a quarter of the loads and
+ * stores of one row at a time); the coefficients past the rank are zero. */
 #define EXPAND(T, LOAD, STORE_ADD)                                                        \
     for (int64_t s = 0; s < sh->n_slices; ++s) {                                          \
         for (int64_t lo = sh->slice_offsets[s]; lo < sh->slice_offsets[s + 1];            \
              lo += COLUMN_BLOCK) {                                                        \
             int64_t width = sh->slice_offsets[s + 1] - lo;                                \
             if (width > COLUMN_BLOCK) width = COLUMN_BLOCK;                               \
-            memset(acc, 0, sizeof(float) * (size_t)(m * COLUMN_BLOCK));                  \
-            for (int64_t k = 0; k < rank; ++k) {                                          \
-                const T *b_block = b + slot * sh->b_slot + lo;                            \
-                const T *b_row = b_block + k * sh->b_rank;                                \
-                PREFETCH_AHEAD(T, b_block, k, rank, sh->b_rank, width);                   \
-                int64_t j = 0;                                                            \
-                for (; j + 1 < m; j += 2) {                                               \
-                    const float coef0 = v[(j * MAX_SLICES + s) * rank + k];               \
-                    const float coef1 = v[((j + 1) * MAX_SLICES + s) * rank + k];         \
+            memset(acc, 0, sizeof(float) * (size_t)((m + 1) * COLUMN_BLOCK));            \
+            const T *b_block = b + slot * sh->b_slot + lo;                                \
+            for (int64_t k = 0; k < rank; k += K_STEP) {                                  \
+                const int64_t k_count = rank - k < K_STEP ? rank - k : K_STEP;           \
+                const T *b0 = b_block + k * sh->b_rank;                                   \
+                const T *b1 = k_count > 1 ? b0 + sh->b_rank : b0;                         \
+                const T *b2 = k_count > 2 ? b0 + 2 * sh->b_rank : b0;                     \
+                const T *b3 = k_count > 3 ? b0 + 3 * sh->b_rank : b0;                     \
+                for (int64_t ahead = 0; ahead < K_STEP; ++ahead)                          \
+                    if (k + K_STEP + ahead < rank)                                        \
+                        prefetch_bytes(b_block + (k + K_STEP + ahead) * sh->b_rank,       \
+                                       width * (int64_t)sizeof(T));                       \
+                for (int64_t j = 0; j < m; j += 2) {                                      \
+                    float c0[K_STEP] = {0}, c1[K_STEP] = {0};                             \
+                    for (int64_t q = 0; q < k_count; ++q) {                               \
+                        c0[q] = v[(j * MAX_SLICES + s) * rank + k + q];                   \
+                        if (j + 1 < m) c1[q] = v[((j + 1) * MAX_SLICES + s) * rank + k + q]; \
+                    }                                                                     \
                     float *out0 = acc + j * COLUMN_BLOCK, *out1 = out0 + COLUMN_BLOCK;    \
                     _Pragma("omp simd")                                                   \
                     for (int64_t c = 0; c < width; ++c) {                                 \
-                        const float value = LOAD(b_row[c]);                               \
-                        out0[c] += coef0 * value;                                         \
-                        out1[c] += coef1 * value;                                         \
+                        const float w0 = LOAD(b0[c]), w1 = LOAD(b1[c]);                   \
+                        const float w2 = LOAD(b2[c]), w3 = LOAD(b3[c]);                   \
+                        const float d0 = c0[0] * w0 + c0[1] * w1 + c0[2] * w2 + c0[3] * w3; \
+                        const float d1 = c1[0] * w0 + c1[1] * w1 + c1[2] * w2 + c1[3] * w3; \
+                        out0[c] += d0;                                                    \
+                        out1[c] += d1;                                                    \
                     }                                                                     \
-                }                                                                         \
-                if (j < m) {                                                              \
-                    const float coef0 = v[(j * MAX_SLICES + s) * rank + k];               \
-                    float *out0 = acc + j * COLUMN_BLOCK;                                 \
-                    _Pragma("omp simd")                                                   \
-                    for (int64_t c = 0; c < width; ++c) out0[c] += coef0 * LOAD(b_row[c]); \
                 }                                                                         \
             }                                                                             \
             for (int64_t j = 0; j < m; ++j) {                                             \
@@ -134,19 +141,21 @@ typedef struct {
 #define ADD_BF16(target, delta) ((target) = bf16_round(bf16_load(target) + (delta)))
 
 #define ITEM_LOOP(T, LOAD, STORE_ADD, TO_F32)                                             \
+    const int64_t *rows = work->rows;                                                     \
+    const int num_threads = (int)work->num_threads;                                       \
     _Pragma("omp parallel for schedule(dynamic, 1) num_threads(num_threads) if (num_threads > 1)") \
-    for (int64_t item = 0; item < num_items; ++item) {                                    \
-        const int64_t slot = item_slot[item], rank = item_rank[item];                     \
-        const int64_t start = item_start[item], m = item_count[item];                     \
+    for (int64_t item = 0; item < work->num_items; ++item) {                              \
+        const int64_t slot = work->item_slot[item], rank = work->item_rank[item];         \
+        const int64_t start = work->item_start[item], m = work->item_count[item];         \
         float *xf = malloc(sizeof(float) * (size_t)(m * sh->d_in));                       \
         float *v = malloc(sizeof(float) * (size_t)(m * MAX_SLICES * rank));               \
-        float *acc = malloc(sizeof(float) * (size_t)(m * COLUMN_BLOCK));                  \
+        float *acc = malloc(sizeof(float) * (size_t)((m + 1) * COLUMN_BLOCK));            \
         for (int64_t j = 0; j < m; ++j) {                                                 \
             const T *x_row = x + rows[start + j] * sh->x_row;                             \
             for (int64_t i = 0; i < sh->d_in; ++i) xf[j * sh->d_in + i] = TO_F32(x_row[i]); \
         }                                                                                 \
-        SHRINK(T, LOAD)                                                                   \
-        EXPAND(T, LOAD, STORE_ADD)                                                        \
+        SHRINK(T, LOAD)                                                                 \
+        EXPAND(T, LOAD, STORE_ADD)                                                      \
         free(xf);                                                                         \
         free(v);                                                                          \
         free(acc);                                                                        \
@@ -154,19 +163,17 @@ typedef struct {
 
 /* 0, or why the items cannot run: -1 more slices than MAX_SLICES, -2 an item with more
  * rows than MAX_ROWS (the callers' checks make both unreachable). */
-static int refused(const shape_t *sh, int64_t num_items, const int64_t *item_count) {
+static int refused(const shape_t *sh, const items_t *work) {
     if (sh->n_slices > MAX_SLICES) return -1;
-    for (int64_t item = 0; item < num_items; ++item)
-        if (item_count[item] > MAX_ROWS) return -2;
+    for (int64_t item = 0; item < work->num_items; ++item)
+        if (work->item_count[item] > MAX_ROWS) return -2;
     return 0;
 }
 
 #define ENTRY_POINT(NAME, T, LOAD, STORE_ADD)                                             \
     int NAME(T *y, const T *x, const T *a, const T *b, const shape_t *sh,                 \
-             int64_t num_items, const int64_t *item_slot, const int64_t *item_rank,       \
-             const int64_t *item_start, const int64_t *item_count, const int64_t *rows,   \
-             int num_threads) {                                                           \
-        const int status = refused(sh, num_items, item_count);                            \
+             const items_t *work) {                                                       \
+        const int status = refused(sh, work);                                             \
         if (status != 0) return status;                                                   \
         ITEM_LOOP(T, LOAD, STORE_ADD, LOAD)                                               \
         return 0;                                                                         \

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +42,15 @@ class _Shape(ctypes.Structure):
     ]  # fmt: skip
 
 
+class _Items(ctypes.Structure):
+    _fields_ = [
+        ("num_items", ctypes.c_int64),
+        ("item_slot", ctypes.c_void_p), ("item_rank", ctypes.c_void_p),
+        ("item_start", ctypes.c_void_p), ("item_count", ctypes.c_void_p),
+        ("rows", ctypes.c_void_p), ("num_threads", ctypes.c_int64),
+    ]  # fmt: skip
+
+
 @dataclass(frozen=True)
 class NativePlan:
     """One step's split: slots with many rows for torch, the rest as the kernel's items."""
@@ -51,10 +60,61 @@ class NativePlan:
     items: torch.Tensor  # int64 [4, num_items]: slot, rank, start in `rows`, row count
     rows: torch.Tensor  # int64 [rows of all items], batch rows grouped by item
 
-    @functools.cached_property
-    def pointers(self) -> tuple[int, ...]:
-        """The kernel's item arguments: slot, rank, start, count and rows, as addresses."""
-        return (*(field.data_ptr() for field in self.items), self.rows.data_ptr())
+    def work(self, num_threads: int) -> _Items:
+        """The kernel's item argument (it points into `items` and `rows`)."""
+        return _Items(self.num_items, *(field.data_ptr() for field in self.items),
+                      self.rows.data_ptr(), num_threads)
+
+
+class BoundLora:
+    """One projection group's LoRA for one step, checked and planned once, then applied to
+    every layer at the cost of one kernel call (the model's decode path).
+
+    lora_a: [L, S, n_slices, R, d_in] and lora_b: [L, S, d_out_total, R] (rank-major: a
+    transposed view of a contiguous [L, S, R, d_out_total]), the per-layer pools stacked.
+    """
+
+    def __init__(self, lora_a: torch.Tensor, lora_b: torch.Tensor,
+                 slice_offsets: Sequence[int], segments: LoraSegments,
+                 rank_list: Sequence[int], function: Callable[..., int]) -> None:
+        self.lora_a, self.lora_b = lora_a, lora_b
+        self.plan = native_plan(segments, rank_list, lora_a.shape[3])
+        self.bounds = torch_ops.slice_bounds(slice_offsets)
+        self.num_rows = segments.num_rows
+        self.d_in, self.d_out = lora_a.shape[4], lora_b.shape[2]
+        self.dtype = lora_a.dtype
+        self._function = function
+        self._offsets = tuple(slice_offsets)
+        self._work = self.plan.work(torch.get_num_threads())
+        self._a = (lora_a.data_ptr(), lora_a.stride(0) * lora_a.element_size())
+        self._b = (lora_b.data_ptr(), lora_b.stride(0) * lora_b.element_size())
+        self._shapes: dict[tuple[int, int], _Shape] = {}
+
+    def apply(self, y: torch.Tensor, x: torch.Tensor, layer: int) -> None:
+        """y [T, d_out_total] += the LoRA delta of layer `layer` for x [T, d_in]."""
+        if not 0 <= layer < self.lora_a.shape[0]:
+            raise IndexError(f"layer {layer} is not in the pool's {self.lora_a.shape[0]} layers")
+        if (x.shape != (self.num_rows, self.d_in) or y.shape != (self.num_rows, self.d_out)
+                or x.dtype != self.dtype or y.dtype != self.dtype or not x.is_cpu
+                or not y.is_cpu or x.stride(1) != 1 or y.stride(1) != 1):
+            raise ValueError(
+                f"x {tuple(x.shape)} {x.dtype} {x.device} and y {tuple(y.shape)} {y.dtype} "
+                f"{y.device} must be [{self.num_rows}, {self.d_in}] and "
+                f"[{self.num_rows}, {self.d_out}] in {self.dtype} on the CPU, rows contiguous")
+        for item in self.plan.direct:
+            torch_ops.apply_direct(y, x, self.lora_a[layer], self.lora_b[layer], self.bounds,
+                                   item)
+        if self.plan.num_items == 0:
+            return
+        shape = self._shapes.get((x.stride(0), y.stride(0)))
+        if shape is None:
+            shape = self._shapes.setdefault((x.stride(0), y.stride(0)), _shape(
+                self.d_in, self.d_out, self._offsets, x.stride(0), y.stride(0),
+                self.lora_a.stride()[1:4], self.lora_b.stride(1), self.lora_b.stride(3)))
+        status = self._function(y.data_ptr(), x.data_ptr(), self._a[0] + layer * self._a[1],
+                                self._b[0] + layer * self._b[1], shape, self._work)
+        if status != 0:  # the checks above make this unreachable; never ignore it
+            raise RuntimeError(f"cpu_lora kernel refused its arguments (status {status})")
 
 
 def available() -> bool:
@@ -66,6 +126,22 @@ def supports(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor) -> boo
     """Whether the kernel takes these operands (else the torch path runs)."""
     return (x.device.type == "cpu" and x.dtype in ENTRY_POINTS and is_rank_major(lora_b)
             and lora_a.shape[1] <= MAX_SLICES)
+
+
+def bind(lora_a: torch.Tensor, lora_b: torch.Tensor, slice_offsets: Sequence[int],
+         segments: LoraSegments, rank_list: Sequence[int]) -> BoundLora | None:
+    """`BoundLora` over stacked pools ([L, ...] as there), or None where the kernel does
+    not apply (not built here, or operands it does not take: the torch path then runs)."""
+    library = _library()
+    if (library is None or lora_a.dim() != 5 or lora_b.dim() != 4
+            or not supports(lora_a[0, 0, 0], lora_a[0], lora_b[0])):
+        return None
+    # the shared checks, on a y and an x of the shapes `BoundLora.apply` then insists on
+    check_lora_args(lora_a.new_empty(segments.num_rows, lora_b.shape[2]),
+                    lora_a.new_empty(segments.num_rows, lora_a.shape[4]), lora_a[0], lora_b[0],
+                    slice_offsets, segments, torch.tensor(rank_list, dtype=torch.int32))
+    return BoundLora(lora_a, lora_b, slice_offsets, segments, rank_list,
+                     getattr(library, ENTRY_POINTS[lora_a.dtype]))
 
 
 def lora_apply(
@@ -80,29 +156,17 @@ def lora_apply(
     host_ranks: Sequence[int] | None = None,
 ) -> None:
     """`kernels.lora_apply`'s contract; the torch path where the kernel does not apply."""
-    library = _library()
-    if library is None or not supports(x, lora_a, lora_b):
+    if _library() is None or not supports(x, lora_a, lora_b):
         torch_ops.lora_apply(y, x, lora_a, lora_b, slice_offsets, segments, ranks,
                              zero_padded, host_ranks)
         return
     check_lora_args(y, x, lora_a, lora_b, slice_offsets, segments, ranks)
     if not segments.has_lora:
         return
-    plan = native_plan(segments, host_ranks if host_ranks is not None else ranks.tolist(),
-                       lora_a.shape[2])
-    if plan.direct:
-        bounds = torch_ops.slice_bounds(slice_offsets)
-        for item in plan.direct:
-            torch_ops.apply_direct(y, x, lora_a, lora_b, bounds, item)
-    if plan.num_items == 0:
-        return
-    shape = _shape(x.shape[1], y.shape[1], tuple(slice_offsets), x.stride(0), y.stride(0),
-                   lora_a.stride()[:3], lora_b.stride(0), lora_b.stride(2))
-    status = getattr(library, ENTRY_POINTS[x.dtype])(
-        y.data_ptr(), x.data_ptr(), lora_a.data_ptr(), lora_b.data_ptr(), ctypes.byref(shape),
-        plan.num_items, *plan.pointers, torch.get_num_threads())
-    if status != 0:  # the checks above make this unreachable; never ignore it
-        raise RuntimeError(f"cpu_lora kernel refused its arguments (status {status})")
+    bound = bind(lora_a[None], lora_b[None], slice_offsets, segments,
+                 host_ranks if host_ranks is not None else ranks.tolist())
+    assert bound is not None  # `supports` said yes above
+    bound.apply(y, x, 0)
 
 
 def native_plan(segments: LoraSegments, rank_list: Sequence[int], max_rank: int) -> NativePlan:
@@ -152,10 +216,10 @@ def _library() -> ctypes.CDLL | None:
     library = cpu_native.load("cpu_lora")
     if library is None:
         return None
-    pointer, int64 = ctypes.c_void_p, ctypes.c_int64
+    pointer = ctypes.c_void_p
     for name in ENTRY_POINTS.values():
         function = getattr(library, name)
-        function.argtypes = [pointer, pointer, pointer, pointer, ctypes.POINTER(_Shape), int64,
-                             pointer, pointer, pointer, pointer, pointer, ctypes.c_int]
+        function.argtypes = [pointer, pointer, pointer, pointer, ctypes.POINTER(_Shape),
+                             ctypes.POINTER(_Items)]
         function.restype = ctypes.c_int
     return library

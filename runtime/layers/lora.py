@@ -20,7 +20,13 @@ import torch
 
 from loraplex.runtime.adapters.slots import DeviceSlotPool
 from loraplex.runtime.adapters.target import GROUP_NAMES
-from loraplex.runtime.kernels import NO_ADAPTER, LoraSegments, lora_apply
+from loraplex.runtime.kernels import (
+    NO_ADAPTER,
+    LoraSegments,
+    cpu_lora,
+    lora_apply,
+    resolve_backend,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +36,7 @@ class LoraBatch:
     slice_offsets: dict[str, tuple[int, ...]]
     backend: str
     host_ranks: tuple[int, ...]  # the pool's slot ranks at build time (no device read)
+    native: dict[str, cpu_lora.BoundLora]  # groups the compiled CPU kernel runs, bound once
 
     @classmethod
     def build(cls, pool: DeviceSlotPool, row_slots: Sequence[int], backend: str,
@@ -50,10 +57,21 @@ class LoraBatch:
                 built[targeting] = LoraSegments.from_token_slots(group_slots, device)
             segments[group] = built[targeting]
         offsets = {group: pool.target.slice_offsets(group) for group in segments}
-        return cls(pool, segments, offsets, backend, tuple(pool.ranks_host))
+        native: dict[str, cpu_lora.BoundLora] = {}
+        if resolve_backend(backend, device) == "cpu":
+            for group, group_segments in segments.items():
+                bound = cpu_lora.bind(pool.lora_a[group], pool.lora_b[group].transpose(2, 3),
+                                      offsets[group], group_segments, pool.ranks_host)
+                if bound is not None:
+                    native[group] = bound
+        return cls(pool, segments, offsets, backend, tuple(pool.ranks_host), native)
 
     def apply(self, y: torch.Tensor, x: torch.Tensor, layer: int, group: str) -> None:
         """y [T, d_out_total] += each row's adapter delta of `group` for x [T, d_in]."""
+        native = self.native.get(group)
+        if native is not None:
+            native.apply(y, x, layer)
+            return
         segments = self.segments.get(group)
         if segments is None:
             return

@@ -100,6 +100,52 @@ def test_the_step_plan_splits_prefill_slots_from_decode_items() -> None:
     assert plan.rows.tolist() == [20, 21, 22, 23]
 
 
+def stacked_layers(dtype: torch.dtype, layers: int = 3) -> list:
+    """Problems with one batch and one slot table but each its own weights: a model's layers."""
+    token_slots = [2] * 12 + [0, 5, 5, 7, -1, 3]  # a prefill slot and decode rows
+    indptr, slots = segments_of(token_slots)
+    return [make_problem(d_in=67, slice_widths=[33, 17, 17], ranks=RANKS, max_rank=MAX_RANK,
+                         indptr=indptr, slots=slots, dtype=dtype, seed=10 + layer)
+            for layer in range(layers)]
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_a_group_bound_once_applies_every_layer_of_the_stacked_pools(dtype: torch.dtype) -> None:
+    problems = stacked_layers(dtype)
+    lora_a = torch.stack([problem.lora_a for problem in problems])  # [L, S, n, R, d_in]
+    lora_b = torch.stack([problem.lora_b for problem in problems])  # [L, S, d_out, R]
+    lora_b = lora_b.transpose(2, 3).contiguous().transpose(2, 3)
+    bound = cpu_lora.bind(lora_a, lora_b, problems[0].slice_offsets, problems[0].segments(),
+                          problems[0].rank_list)
+    assert bound is not None and bound.plan.direct and bound.plan.num_items
+    for layer in reversed(range(len(problems))):
+        y = problems[layer].y.clone()
+        bound.apply(y, problems[layer].x, layer)
+        assert_applied(y, problems[layer], dtype)
+
+
+@needs_compiler
+def test_a_bound_group_refuses_what_does_not_fit_it_and_leaves_y_alone() -> None:
+    problem = stacked_layers(torch.float32, layers=1)[0]
+    bound = cpu_lora.bind(problem.lora_a[None], rank_major(problem.lora_b)[None],
+                          problem.slice_offsets, problem.segments(), problem.rank_list)
+    assert bound is not None
+    y = problem.y.clone()
+    with pytest.raises(IndexError, match="layer 1"):
+        bound.apply(y, problem.x, 1)
+    with pytest.raises(ValueError, match="must be"):
+        bound.apply(y, problem.x[:-1], 0)  # one row short
+    with pytest.raises(ValueError, match="must be"):
+        bound.apply(y, problem.x.to(torch.bfloat16), 0)
+    with pytest.raises(ValueError, match="must be"):
+        bound.apply(y, problem.x.t().contiguous().t(), 0)  # columns not contiguous
+    assert torch.equal(y, problem.y)
+    # a pool the kernel does not read (B not rank-major) is not bound: the torch path runs
+    assert cpu_lora.bind(problem.lora_a[None], problem.lora_b[None], problem.slice_offsets,
+                         problem.segments(), problem.rank_list) is None
+
+
 def test_a_machine_without_a_working_compiler_serves_with_the_torch_ops(tmp_path: Path) -> None:
     """A broken compiler: a warning, `auto` resolves to torch, and LoRA still applies."""
     script = (
