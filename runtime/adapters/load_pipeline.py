@@ -26,6 +26,7 @@ from loraplex.runtime.adapters.errors import AdapterError
 from loraplex.runtime.adapters.loader import LoadOutcome, fetch_adapter, parse_adapter
 from loraplex.runtime.adapters.source import AdapterSource, FetchLimits, SourceCredentials
 from loraplex.runtime.adapters.target import LoraTargetShapes
+from loraplex.runtime.torch_threads import single_threaded
 
 Publish = Callable[["LoadTicket", LoadOutcome], None]
 
@@ -59,8 +60,10 @@ class LoadPipeline:
         self.limits = limits
         self.deadline_s = deadline_s
         self._downloads = ThreadPoolExecutor(download_workers,
-                                             thread_name_prefix="adapter-download")
-        self._local = ThreadPoolExecutor(load_workers, thread_name_prefix="adapter-load")
+                                             thread_name_prefix="adapter-download",
+                                             initializer=single_threaded)
+        self._local = ThreadPoolExecutor(load_workers, thread_name_prefix="adapter-load",
+                                         initializer=single_threaded)
 
     def start(self, name: str, source: AdapterSource, credentials: SourceCredentials | None,
               publish: Publish) -> LoadTicket:

@@ -39,6 +39,7 @@ from loraplex.runtime.adapters.stats import AdapterStats
 from loraplex.runtime.adapters.target import LoraTargetShapes
 from loraplex.runtime.adapters.weights import AdapterWeights
 from loraplex.runtime.config import EngineConfig
+from loraplex.runtime.torch_threads import single_threaded
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ class TierMover:
             limits=FetchLimits(config.adapter_connect_timeout_s,
                                config.adapter_read_timeout_s),
             deadline_s=config.adapter_load_deadline_s)
-        self._copies = ThreadPoolExecutor(1, thread_name_prefix="adapter-copy")
+        self._copies = ThreadPoolExecutor(1, thread_name_prefix="adapter-copy",
+                                          initializer=single_threaded)
 
     def stats(self) -> AdapterStats:
         with self.lock:

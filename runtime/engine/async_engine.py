@@ -28,6 +28,7 @@ from loraplex.runtime.config import EngineConfig
 from loraplex.runtime.engine.engine import ADAPTER_WAIT_S, Engine, EngineStats
 from loraplex.runtime.engine.memory_plan import MemoryPlan
 from loraplex.runtime.engine.request import GenerationRequest, RequestInterrupted, TokenEvent
+from loraplex.runtime.torch_threads import serving_threads
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class AsyncEngine:
         self._stats = engine.stats()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._torch_threads = torch.get_num_threads()  # the building thread's: see `_run`
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> AsyncEngine:
@@ -168,6 +170,7 @@ class AsyncEngine:
     # the engine thread
 
     def _run(self) -> None:
+        serving_threads(self._torch_threads)
         try:
             self._loop_until_stopped()
             events = self.engine.abort_all()

@@ -4,7 +4,10 @@ The torch path spends its time in the overhead of many small matmuls (two rows p
 at batch 16 with 8 adapters: matrix-vector work) and, in bf16, in kernels this CPU runs
 several times slower than fp32. `cpu_lora.c` does the whole group in one call: per slot,
 its few rows are shrunk and expanded reading A and B once at the slot's own rank (two rows
-per pass, the next rows prefetched), in fp32 arithmetic, spread over torch's OpenMP threads.
+and four rank rows per pass, the next rows prefetched), in fp32 arithmetic, spread over
+torch's OpenMP threads. The model binds each group once per step (`bind`): the plan, the
+checks and the pools' addresses then serve every layer, whose LoRA costs one kernel call
+and a few shape comparisons.
 
 The C file is compiled on first use (`cpu_native`). Where no compiler works, `available()`
 is False and the engine keeps the torch path (`resolve_backend`).

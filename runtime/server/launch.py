@@ -28,6 +28,7 @@ from loraplex.runtime.server.app import create_app
 from loraplex.runtime.server.engine_client import EngineClient
 from loraplex.runtime.server.startup_adapters import StartupAdapter, startup_adapters
 from loraplex.runtime.server.state import Phase, ServerState
+from loraplex.runtime.torch_threads import in_passing_thread
 
 log = logging.getLogger("loraplex.server")
 
@@ -53,7 +54,7 @@ def configure_logging(level: str) -> None:
 async def _build_engine(config: EngineConfig) -> EngineClient:
     from loraplex.runtime.engine.async_engine import AsyncEngine
 
-    engine = await asyncio.to_thread(AsyncEngine.from_config, config)
+    engine = await in_passing_thread(AsyncEngine.from_config, config)
     await engine.start()
     return engine
 

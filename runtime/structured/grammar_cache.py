@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from loraplex.runtime.structured.grammar_spec import GrammarKind, GrammarSpec
+from loraplex.runtime.torch_threads import single_threaded
 
 if TYPE_CHECKING:
     import xgrammar
@@ -52,7 +53,8 @@ class GrammarCache:
         self._compiler_lock = threading.Lock()
         self._entries: OrderedDict[GrammarSpec, xgrammar.CompiledGrammar] = OrderedDict()
         self._pending: dict[GrammarSpec, asyncio.Future] = {}
-        self._executor = ThreadPoolExecutor(COMPILE_WORKERS, thread_name_prefix="grammar")
+        self._executor = ThreadPoolExecutor(COMPILE_WORKERS, thread_name_prefix="grammar",
+                                            initializer=single_threaded)
         self.size_bytes = 0
 
     def __len__(self) -> int:

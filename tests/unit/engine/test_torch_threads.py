@@ -1,0 +1,58 @@
+"""The thread discipline of `torch_threads`: background pools on one torch thread, the
+serving thread on its own count, model loading in a thread that does not outlive it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from loraplex.runtime.torch_threads import in_passing_thread, serving_threads, single_threaded
+
+
+def test_a_background_pool_uses_one_thread_and_the_serving_thread_keeps_its_count() -> None:
+    serving = torch.get_num_threads()
+    with ThreadPoolExecutor(1, initializer=single_threaded) as pool:
+        assert pool.submit(torch.get_num_threads).result() == 1
+        pool.submit(lambda: torch.ones(1 << 20).add_(1).sum()).result()
+    assert torch.get_num_threads() == serving
+
+
+def test_a_serving_thread_started_after_a_pool_gets_the_count_it_asks_for() -> None:
+    wanted = max(2, torch.get_num_threads())
+    with ThreadPoolExecutor(1, initializer=single_threaded) as pool:
+        pool.submit(torch.get_num_threads).result()  # the last count set in the process: 1
+    seen: list[int] = []
+
+    def serve() -> None:
+        serving_threads(wanted)
+        seen.append(torch.get_num_threads())
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    thread.join()
+    assert seen == [wanted]
+
+
+def test_a_passing_thread_returns_raises_and_ends_with_its_call() -> None:
+    def load_names() -> set[str]:
+        return {thread.name for thread in threading.enumerate() if "loraplex-load" in thread.name}
+
+    async def run() -> None:
+        assert await in_passing_thread(sum, [1, 2, 3]) == 6
+        with pytest.raises(ValueError, match="bad checkpoint"):
+            await in_passing_thread(_raise, ValueError("bad checkpoint"))
+
+    asyncio.run(run())
+    deadline = time.monotonic() + 10
+    while load_names() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not load_names()
+
+
+def _raise(error: Exception) -> None:
+    raise error
