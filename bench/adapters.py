@@ -99,8 +99,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--modes", default=",".join(MODES), help=f"of {MODES}")
     parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads on every side (0: torch's default); on a busy "
-                        "shared machine 1 keeps idle-spinning thread teams out of the timings")
+                        help="torch threads on every side (0: each side's default: torch's "
+                        "in process and for PEFT, every core but one in the server)")
     parser.add_argument("--check-peft", action="store_true",
                         help="only time the PEFT harness against a plain PEFT loop")
     parser.add_argument("--out", default="bench/results/adapters_matrix_cpu.json")
@@ -163,6 +163,7 @@ def run_matrix(args, config: EngineConfig, loaded, texts, prompts, names, folder
         str(config.device_slots), "--max-lora-rank", str(max(args.ranks)),
         "--kv-cache-bytes", str(KV_CACHE_BYTES), "--no-prefix-caching",
         "--lora-backend", args.lora_backend,
+        *(("--cpu-threads", str(args.threads)) if args.threads else ()),
         env={"OMP_NUM_THREADS": str(args.threads)} if args.threads else None,
     ) if "http" in args.modes else None
     peft = PeftBatch(loaded.folder, pad_id, loaded.dtype) if "peft" in args.modes else None

@@ -35,6 +35,9 @@ class EngineConfig:
     load_format: str = setting("auto", help="auto: read weights; dummy: random weights",
                                choices=LOAD_FORMATS)
     device: str = setting("auto", help="auto, cpu, cuda, cuda:N")
+    cpu_threads: int = setting(0, help="torch threads of the serving engine's thread on a CPU "
+                               "(0: every core but one, which the HTTP server and tokenizers "
+                               "keep; at least 1)")
     quantize: str = setting(
         "none", help="weight-only quantization of the decoder's linears at load: none, int8 "
         "(per output channel), int4 (per group, round to nearest), gguf (serve a GGUF "
@@ -98,7 +101,7 @@ class EngineConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 < self.kv_cache_fraction <= 1:
             raise ValueError(f"kv_cache_fraction must be in (0, 1], got {self.kv_cache_fraction}")
-        for name in ("kv_cache_bytes", "max_model_len", "host_bytes", "disk_bytes",
+        for name in ("cpu_threads", "kv_cache_bytes", "max_model_len", "host_bytes", "disk_bytes",
                      "adapter_time_slice_s", "dynamic_failure_ttl_s", "cuda_graph_max_batch"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")

@@ -9,14 +9,21 @@ thread had run a parallel op (`bench.decode_step`, and the step times of `bench.
 
 So the background pools (adapter downloads, loads and copies, grammar compiles) start their
 threads with `single_threaded`; the model loads in a thread that ends with the load, taking
-its workers with it (`in_passing_thread`); and the engine's own thread sets the thread count
-it was built with (`serving_threads`), as torch would otherwise give a new thread whatever
-count was set last in the process, which a background pool may have set to one.
+its workers with it (`in_passing_thread`); and the engine's own thread sets its count
+(`serving_threads`), as torch would otherwise give a new thread whatever count was set last
+in the process, which a background pool may have set to one.
+
+That count leaves a core to the HTTP server on a CPU (`serving_thread_count`): with as many
+torch threads as cores, the event loop and the tokenizers preempt one of the step's workers
+and every parallel region waits for it. On the 2-core bench machine the server with two torch
+threads was no faster than with one (`bench.adapters --threads 1|2`, base and 8 adapters),
+while the same engine in process, alone on the machine, ran 1.3x faster with two.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -29,6 +36,16 @@ T = TypeVar("T")
 def single_threaded() -> None:
     """A thread pool's initializer: this thread's torch ops run on one thread."""
     torch.set_num_threads(1)
+
+
+def serving_thread_count(configured: int, device: torch.device) -> int:
+    """The serving thread's torch threads: `configured` if set; on a CPU every core but
+    one (at least one); elsewhere (the model on a GPU) what torch has now."""
+    if configured > 0:
+        return configured
+    if device.type == "cpu":
+        return max(1, len(os.sched_getaffinity(0)) - 1)
+    return torch.get_num_threads()
 
 
 def serving_threads(count: int) -> None:

@@ -28,7 +28,7 @@ from loraplex.runtime.config import EngineConfig
 from loraplex.runtime.engine.engine import ADAPTER_WAIT_S, Engine, EngineStats
 from loraplex.runtime.engine.memory_plan import MemoryPlan
 from loraplex.runtime.engine.request import GenerationRequest, RequestInterrupted, TokenEvent
-from loraplex.runtime.torch_threads import serving_threads
+from loraplex.runtime.torch_threads import serving_thread_count, serving_threads
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ class AsyncEngine:
         self._stats = engine.stats()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._torch_threads = torch.get_num_threads()  # the building thread's: see `_run`
+        self._torch_threads = serving_thread_count(engine.config.cpu_threads,
+                                                   engine.loaded.device)
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> AsyncEngine:

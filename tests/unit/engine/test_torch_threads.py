@@ -4,6 +4,7 @@ serving thread on its own count, model loading in a thread that does not outlive
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from loraplex.runtime.torch_threads import in_passing_thread, serving_threads, single_threaded
+from loraplex.runtime.config import EngineConfig
+from loraplex.runtime.torch_threads import (
+    in_passing_thread,
+    serving_thread_count,
+    serving_threads,
+    single_threaded,
+)
 
 
 def test_a_background_pool_uses_one_thread_and_the_serving_thread_keeps_its_count() -> None:
@@ -56,3 +63,15 @@ def test_a_passing_thread_returns_raises_and_ends_with_its_call() -> None:
 
 def _raise(error: Exception) -> None:
     raise error
+
+
+def test_the_serving_thread_leaves_a_core_to_the_http_server_on_a_cpu() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert serving_thread_count(0, torch.device("cpu")) == max(1, cores - 1)
+    assert serving_thread_count(3, torch.device("cpu")) == 3
+    assert serving_thread_count(0, torch.device("meta")) == torch.get_num_threads()
+
+
+def test_a_negative_thread_count_is_refused() -> None:
+    with pytest.raises(ValueError, match="cpu_threads must not be negative"):
+        EngineConfig(cpu_threads=-1)
