@@ -52,6 +52,20 @@ typedef struct {
     int64_t num_threads;
 } items_t;
 
+/* Rows k..k+3 of a block of `rank` rows `stride` elements apart, as p0..p3 (a row past the
+ * rank repeats row k: its coefficient or sum is not used), and rows k+4..k+7 requested from
+ * memory, `width` elements each. */
+#define ROW_GROUP(T, p, block, k, stride, width)                                          \
+    const int64_t k_count = rank - (k) < K_STEP ? rank - (k) : K_STEP;                   \
+    const T *p##0 = (block) + (k) * (stride);                                             \
+    const T *p##1 = k_count > 1 ? p##0 + (stride) : p##0;                                 \
+    const T *p##2 = k_count > 2 ? p##0 + 2 * (stride) : p##0;                             \
+    const T *p##3 = k_count > 3 ? p##0 + 3 * (stride) : p##0;                             \
+    for (int64_t ahead = 0; ahead < K_STEP; ++ahead)                                      \
+        if ((k) + K_STEP + ahead < rank)                                                  \
+            prefetch_bytes((block) + ((k) + K_STEP + ahead) * (stride),                   \
+                           (width) * (int64_t)sizeof(T));
+
 /* v[j][s][k] = x[row j] . A[slot, s, k] for k < rank; xf holds the rows as fp32. Four rows
  * of A meet two rows of x in one pass: eight independent sums (so the adds do not wait on
  * each other), each element of A loaded (and widened) once per two rows. */
@@ -59,15 +73,7 @@ typedef struct {
     for (int64_t s = 0; s < sh->n_slices; ++s) {                                          \
         const T *a_block = a + slot * sh->a_slot + s * sh->a_slice;                       \
         for (int64_t k = 0; k < rank; k += K_STEP) {                                      \
-            const int64_t k_count = rank - k < K_STEP ? rank - k : K_STEP;               \
-            const T *a0 = a_block + k * sh->a_rank;                                       \
-            const T *a1 = k_count > 1 ? a0 + sh->a_rank : a0;                             \
-            const T *a2 = k_count > 2 ? a0 + 2 * sh->a_rank : a0;                         \
-            const T *a3 = k_count > 3 ? a0 + 3 * sh->a_rank : a0;                         \
-            for (int64_t ahead = 0; ahead < K_STEP; ++ahead)                              \
-                if (k + K_STEP + ahead < rank)                                            \
-                    prefetch_bytes(a_block + (k + K_STEP + ahead) * sh->a_rank,           \
-                                   sh->d_in * (int64_t)sizeof(T));                        \
+            ROW_GROUP(T, a, a_block, k, sh->a_rank, sh->d_in)                             \
             for (int64_t j = 0; j < m; j += 2) {                                          \
                 const float *x0 = xf + j * sh->d_in;                                      \
                 const float *x1 = j + 1 < m ? x0 + sh->d_in : x0;                         \
@@ -100,15 +106,7 @@ typedef struct {
             memset(acc, 0, sizeof(float) * (size_t)((m + 1) * COLUMN_BLOCK));            \
             const T *b_block = b + slot * sh->b_slot + lo;                                \
             for (int64_t k = 0; k < rank; k += K_STEP) {                                  \
-                const int64_t k_count = rank - k < K_STEP ? rank - k : K_STEP;           \
-                const T *b0 = b_block + k * sh->b_rank;                                   \
-                const T *b1 = k_count > 1 ? b0 + sh->b_rank : b0;                         \
-                const T *b2 = k_count > 2 ? b0 + 2 * sh->b_rank : b0;                     \
-                const T *b3 = k_count > 3 ? b0 + 3 * sh->b_rank : b0;                     \
-                for (int64_t ahead = 0; ahead < K_STEP; ++ahead)                          \
-                    if (k + K_STEP + ahead < rank)                                        \
-                        prefetch_bytes(b_block + (k + K_STEP + ahead) * sh->b_rank,       \
-                                       width * (int64_t)sizeof(T));                       \
+                ROW_GROUP(T, b, b_block, k, sh->b_rank, width)                            \
                 for (int64_t j = 0; j < m; j += 2) {                                      \
                     float c0[K_STEP] = {0}, c1[K_STEP] = {0};                             \
                     for (int64_t q = 0; q < k_count; ++q) {                               \
