@@ -13,7 +13,8 @@ its workers with it (`in_passing_thread`); and the engine's own thread sets its 
 (`serving_threads`), as torch would otherwise give a new thread whatever count was set last
 in the process, which a background pool may have set to one.
 
-That count leaves a core to the HTTP server on a CPU (`serving_thread_count`): with as many
+That count leaves a core to the HTTP server on a CPU, counting the cores a pod's CPU limit
+allows rather than the node's (`serving_thread_count`): with as many
 torch threads as cores, the event loop and the tokenizers preempt one of the step's workers
 and every parallel region waits for it. On the 2-core bench machine the server with two torch
 threads was no faster than with one (`bench.adapters --threads 1|2`, base and 8 adapters),
@@ -23,14 +24,17 @@ while the same engine in process, alone on the machine, ran 1.3x faster with two
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 import torch
 
 T = TypeVar("T")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def single_threaded() -> None:
@@ -39,13 +43,36 @@ def single_threaded() -> None:
 
 
 def serving_thread_count(configured: int, device: torch.device) -> int:
-    """The serving thread's torch threads: `configured` if set; on a CPU every core but
-    one (at least one); elsewhere (the model on a GPU) what torch has now."""
+    """The serving thread's torch threads: `configured` if set; on a CPU every available
+    core but one (at least one); elsewhere (the model on a GPU) what torch has now."""
     if configured > 0:
         return configured
     if device.type == "cpu":
-        return max(1, len(os.sched_getaffinity(0)) - 1)
+        return max(1, available_cores() - 1)
     return torch.get_num_threads()
+
+
+def available_cores(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """The CPUs this process may use: its affinity, capped by a cgroup CPU quota (a pod's
+    CPU limit), which the affinity does not show."""
+    cores = len(os.sched_getaffinity(0))
+    quota = _cgroup_quota(cgroup_root)
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
+
+
+def _cgroup_quota(root: Path) -> float | None:
+    """CPUs' worth of the cgroup's quota (v2 `cpu.max`, else v1 CFS files), None if unset."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
 
 
 def serving_threads(count: int) -> None:

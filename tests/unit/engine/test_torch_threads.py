@@ -8,12 +8,14 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
 
 from loraplex.runtime.config import EngineConfig
 from loraplex.runtime.torch_threads import (
+    available_cores,
     in_passing_thread,
     serving_thread_count,
     serving_threads,
@@ -75,3 +77,19 @@ def test_the_serving_thread_leaves_a_core_to_the_http_server_on_a_cpu() -> None:
 def test_a_negative_thread_count_is_refused() -> None:
     with pytest.raises(ValueError, match="cpu_threads must not be negative"):
         EngineConfig(cpu_threads=-1)
+
+
+def test_a_cgroup_cpu_limit_caps_the_cores(tmp_path: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert available_cores(tmp_path) == cores  # no cgroup files: the affinity
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert available_cores(tmp_path) == cores
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # a 1.5-CPU limit
+    assert available_cores(tmp_path) == min(cores, 2)
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")  # cgroup v1, half a CPU
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert available_cores(tmp_path) == 1
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")  # v1 without a limit
+    assert available_cores(tmp_path) == cores
