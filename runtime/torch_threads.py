@@ -7,16 +7,17 @@ small op of the serving thread then waits for its workers to wake from sleep: on
 machine at batch 16 the model's projections took 2-4x longer as soon as one adapter-loading
 thread had run a parallel op (`bench.decode_step`, and the step times of `bench.adapters`).
 
-So the background pools (adapter downloads, loads and copies, grammar compiles) start their
-threads with `single_threaded`; the model loads in a thread that ends with the load, taking
-its workers with it (`in_passing_thread`); and the engine's own thread sets its count
-(`serving_threads`), as torch would otherwise give a new thread whatever count was set last
-in the process, which a background pool may have set to one.
+So the background pools (adapter downloads, loads and copies, grammar compiles) are all
+made by `background_pool`, whose threads start `single_threaded`; the model loads in a
+thread that ends with the load, taking its workers with it (`in_passing_thread`); and the
+engine's own thread sets its count (`serving_threads`), as torch would otherwise give a new
+thread whatever count was set last in the process, which a background pool may have set to
+one.
 
 That count leaves a core to the HTTP server on a CPU, counting the cores a pod's CPU limit
-allows rather than the node's (`serving_thread_count`): with as many
-torch threads as cores, the event loop and the tokenizers preempt one of the step's workers
-and every parallel region waits for it. On the 2-core bench machine the server with two torch
+allows rather than the node's (`serving_thread_count`): with as many torch threads as cores,
+the event loop and the tokenizers preempt one of the step's workers and every parallel
+region waits for it. On the 2-core bench machine the server with two torch
 threads was no faster than with one (`bench.adapters --threads 1|2`, base and 8 adapters),
 while the same engine in process, alone on the machine, ran 1.3x faster with two.
 """
@@ -40,6 +41,11 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 def single_threaded() -> None:
     """A thread pool's initializer: this thread's torch ops run on one thread."""
     torch.set_num_threads(1)
+
+
+def background_pool(workers: int, name: str) -> ThreadPoolExecutor:
+    """A pool for work beside serving (loads, copies, compiles), on one torch thread each."""
+    return ThreadPoolExecutor(workers, thread_name_prefix=name, initializer=single_threaded)
 
 
 def serving_thread_count(configured: int, device: torch.device) -> int:

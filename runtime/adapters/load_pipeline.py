@@ -16,7 +16,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -26,7 +25,7 @@ from loraplex.runtime.adapters.errors import AdapterError
 from loraplex.runtime.adapters.loader import LoadOutcome, fetch_adapter, parse_adapter
 from loraplex.runtime.adapters.source import AdapterSource, FetchLimits, SourceCredentials
 from loraplex.runtime.adapters.target import LoraTargetShapes
-from loraplex.runtime.torch_threads import single_threaded
+from loraplex.runtime.torch_threads import background_pool
 
 Publish = Callable[["LoadTicket", LoadOutcome], None]
 
@@ -59,11 +58,8 @@ class LoadPipeline:
         self.pin_memory = pin_memory
         self.limits = limits
         self.deadline_s = deadline_s
-        self._downloads = ThreadPoolExecutor(download_workers,
-                                             thread_name_prefix="adapter-download",
-                                             initializer=single_threaded)
-        self._local = ThreadPoolExecutor(load_workers, thread_name_prefix="adapter-load",
-                                         initializer=single_threaded)
+        self._downloads = background_pool(download_workers, "adapter-download")
+        self._local = background_pool(load_workers, "adapter-load")
 
     def start(self, name: str, source: AdapterSource, credentials: SourceCredentials | None,
               publish: Publish) -> LoadTicket:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from loraplex.runtime.adapters.stats import AdapterStats
 from loraplex.runtime.adapters.target import LoraTargetShapes
 from loraplex.runtime.adapters.weights import AdapterWeights
 from loraplex.runtime.config import EngineConfig
-from loraplex.runtime.torch_threads import single_threaded
+from loraplex.runtime.torch_threads import background_pool
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +68,7 @@ class TierMover:
             limits=FetchLimits(config.adapter_connect_timeout_s,
                                config.adapter_read_timeout_s),
             deadline_s=config.adapter_load_deadline_s)
-        self._copies = ThreadPoolExecutor(1, thread_name_prefix="adapter-copy",
-                                          initializer=single_threaded)
+        self._copies = background_pool(1, "adapter-copy")
 
     def stats(self) -> AdapterStats:
         with self.lock:

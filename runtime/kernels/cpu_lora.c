@@ -152,8 +152,8 @@ typedef struct {
             const T *x_row = x + rows[start + j] * sh->x_row;                             \
             for (int64_t i = 0; i < sh->d_in; ++i) xf[j * sh->d_in + i] = TO_F32(x_row[i]); \
         }                                                                                 \
-        SHRINK(T, LOAD)                                                                 \
-        EXPAND(T, LOAD, STORE_ADD)                                                      \
+        SHRINK(T, LOAD)                                                                   \
+        EXPAND(T, LOAD, STORE_ADD)                                                        \
         free(xf);                                                                         \
         free(v);                                                                          \
         free(acc);                                                                        \

@@ -132,9 +132,11 @@ def supports(x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor) -> boo
 
 
 def bind(lora_a: torch.Tensor, lora_b: torch.Tensor, slice_offsets: Sequence[int],
-         segments: LoraSegments, rank_list: Sequence[int]) -> BoundLora | None:
-    """`BoundLora` over stacked pools ([L, ...] as there), or None where the kernel does
-    not apply (not built here, or operands it does not take: the torch path then runs)."""
+         segments: LoraSegments, ranks: torch.Tensor, host_ranks: Sequence[int]
+         ) -> BoundLora | None:
+    """`BoundLora` over stacked pools ([L, ...] as there; `ranks` and `host_ranks` as in
+    `kernels.lora_apply`), or None where the kernel does not apply (not built here, or
+    operands it does not take: the torch path then runs)."""
     library = _library()
     if (library is None or lora_a.dim() != 5 or lora_b.dim() != 4
             or not supports(lora_a[0, 0, 0], lora_a[0], lora_b[0])):
@@ -142,8 +144,8 @@ def bind(lora_a: torch.Tensor, lora_b: torch.Tensor, slice_offsets: Sequence[int
     # the shared checks, on a y and an x of the shapes `BoundLora.apply` then insists on
     check_lora_args(lora_a.new_empty(segments.num_rows, lora_b.shape[2]),
                     lora_a.new_empty(segments.num_rows, lora_a.shape[4]), lora_a[0], lora_b[0],
-                    slice_offsets, segments, torch.tensor(rank_list, dtype=torch.int32))
-    return BoundLora(lora_a, lora_b, slice_offsets, segments, rank_list,
+                    slice_offsets, segments, ranks)
+    return BoundLora(lora_a, lora_b, slice_offsets, segments, host_ranks,
                      getattr(library, ENTRY_POINTS[lora_a.dtype]))
 
 
@@ -166,10 +168,10 @@ def lora_apply(
     check_lora_args(y, x, lora_a, lora_b, slice_offsets, segments, ranks)
     if not segments.has_lora:
         return
-    bound = bind(lora_a[None], lora_b[None], slice_offsets, segments,
-                 host_ranks if host_ranks is not None else ranks.tolist())
-    assert bound is not None  # `supports` said yes above
-    bound.apply(y, x, 0)
+    # checked above: the binding itself, without `bind`'s second round of checks
+    BoundLora(lora_a[None], lora_b[None], slice_offsets, segments,
+              host_ranks if host_ranks is not None else ranks.tolist(),
+              getattr(_library(), ENTRY_POINTS[x.dtype])).apply(y, x, 0)
 
 
 def native_plan(segments: LoraSegments, rank_list: Sequence[int], max_rank: int) -> NativePlan:

@@ -61,7 +61,8 @@ class LoraBatch:
         if resolve_backend(backend, device) == "cpu":
             for group, group_segments in segments.items():
                 bound = cpu_lora.bind(pool.lora_a[group], pool.lora_b[group].transpose(2, 3),
-                                      offsets[group], group_segments, pool.ranks_host)
+                                      offsets[group], group_segments, pool.ranks,
+                                      pool.ranks_host)
                 if bound is not None:
                     native[group] = bound
         return cls(pool, segments, offsets, backend, tuple(pool.ranks_host), native)

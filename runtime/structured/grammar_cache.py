@@ -17,12 +17,11 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from loraplex.runtime.structured.grammar_spec import GrammarKind, GrammarSpec
-from loraplex.runtime.torch_threads import single_threaded
+from loraplex.runtime.torch_threads import background_pool
 
 if TYPE_CHECKING:
     import xgrammar
@@ -53,8 +52,7 @@ class GrammarCache:
         self._compiler_lock = threading.Lock()
         self._entries: OrderedDict[GrammarSpec, xgrammar.CompiledGrammar] = OrderedDict()
         self._pending: dict[GrammarSpec, asyncio.Future] = {}
-        self._executor = ThreadPoolExecutor(COMPILE_WORKERS, thread_name_prefix="grammar",
-                                            initializer=single_threaded)
+        self._executor = background_pool(COMPILE_WORKERS, "grammar")
         self.size_bytes = 0
 
     def __len__(self) -> int:

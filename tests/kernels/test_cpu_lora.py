@@ -117,7 +117,7 @@ def test_a_group_bound_once_applies_every_layer_of_the_stacked_pools(dtype: torc
     lora_b = torch.stack([problem.lora_b for problem in problems])  # [L, S, d_out, R]
     lora_b = lora_b.transpose(2, 3).contiguous().transpose(2, 3)
     bound = cpu_lora.bind(lora_a, lora_b, problems[0].slice_offsets, problems[0].segments(),
-                          problems[0].rank_list)
+                          problems[0].ranks, problems[0].rank_list)
     assert bound is not None and bound.plan.direct and bound.plan.num_items
     for layer in reversed(range(len(problems))):
         y = problems[layer].y.clone()
@@ -129,7 +129,8 @@ def test_a_group_bound_once_applies_every_layer_of_the_stacked_pools(dtype: torc
 def test_a_bound_group_refuses_what_does_not_fit_it_and_leaves_y_alone() -> None:
     problem = stacked_layers(torch.float32, layers=1)[0]
     bound = cpu_lora.bind(problem.lora_a[None], rank_major(problem.lora_b)[None],
-                          problem.slice_offsets, problem.segments(), problem.rank_list)
+                          problem.slice_offsets, problem.segments(), problem.ranks,
+                          problem.rank_list)
     assert bound is not None
     y = problem.y.clone()
     with pytest.raises(IndexError, match="layer 1"):
@@ -143,7 +144,7 @@ def test_a_bound_group_refuses_what_does_not_fit_it_and_leaves_y_alone() -> None
     assert torch.equal(y, problem.y)
     # a pool the kernel does not read (B not rank-major) is not bound: the torch path runs
     assert cpu_lora.bind(problem.lora_a[None], problem.lora_b[None], problem.slice_offsets,
-                         problem.segments(), problem.rank_list) is None
+                         problem.segments(), problem.ranks, problem.rank_list) is None
 
 
 def test_a_machine_without_a_working_compiler_serves_with_the_torch_ops(tmp_path: Path) -> None:
