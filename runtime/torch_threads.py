@@ -40,7 +40,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 def single_threaded() -> None:
     """A thread pool's initializer: this thread's torch ops run on one thread."""
-    torch.set_num_threads(1)
+    _set_this_threads_count(1)
 
 
 def background_pool(workers: int, name: str) -> ThreadPoolExecutor:
@@ -83,6 +83,22 @@ def _cgroup_quota(root: Path) -> float | None:
 
 def serving_threads(count: int) -> None:
     """The serving thread's torch ops run on `count` threads (call on that thread)."""
+    _set_this_threads_count(count)
+
+
+def _set_this_threads_count(count: int) -> None:
+    """Set the calling thread's count for good.
+
+    torch keeps one process-wide count (the last `set_num_threads`, from any thread) and
+    copies it into a thread's own OpenMP setting at that thread's first parallel op or
+    `get_num_threads`. Set without that first, a thread's count is overwritten by whatever
+    another thread set in between: a serving thread that set 2 ran its whole life on 1 once
+    an adapter pool had started before its first step (`bench.adapters --threads 2`, 8
+    adapters registered first: the server at the speed of one thread), and a pool thread
+    that set 1 could run on the serving thread's count, its workers then stopping the
+    serving thread's from spinning.
+    """
+    torch.get_num_threads()  # this thread's copy of the process-wide count, taken now
     torch.set_num_threads(count)
 
 

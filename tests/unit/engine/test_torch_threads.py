@@ -47,6 +47,47 @@ def test_a_serving_thread_started_after_a_pool_gets_the_count_it_asks_for() -> N
     assert seen == [wanted]
 
 
+def _in_new_thread(function):
+    """`function()`'s result, run in a thread of its own (a fresh torch thread state)."""
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(function()))
+    thread.start()
+    thread.join()
+    return result[0]
+
+
+def test_a_serving_thread_keeps_its_count_when_a_pool_starts_before_its_first_op() -> None:
+    wanted = max(2, torch.get_num_threads())
+    counted = threading.Event()
+    pool_started = threading.Event()
+
+    def serve() -> int:
+        serving_threads(wanted)
+        counted.set()
+        pool_started.wait(10)  # a pool thread sets 1 before this thread's first parallel op
+        torch.ones(1 << 20).add_(1).sum()
+        return torch.get_num_threads()
+
+    def pool() -> None:
+        counted.wait(10)
+        with ThreadPoolExecutor(1, initializer=single_threaded) as executor:
+            executor.submit(lambda: None).result()
+        pool_started.set()
+
+    other = threading.Thread(target=pool)
+    other.start()
+    assert _in_new_thread(serve) == wanted
+    other.join()
+
+
+def test_a_pool_thread_stays_on_one_thread_when_a_serving_count_is_set_after_it() -> None:
+    wanted = max(2, torch.get_num_threads())
+    with ThreadPoolExecutor(1, initializer=single_threaded) as executor:
+        executor.submit(lambda: None).result()  # the initializer has run
+        _in_new_thread(lambda: serving_threads(wanted))
+        assert executor.submit(torch.get_num_threads).result() == 1
+
+
 def test_a_passing_thread_returns_raises_and_ends_with_its_call() -> None:
     def load_names() -> set[str]:
         return {thread.name for thread in threading.enumerate() if "loraplex-load" in thread.name}
