@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--modes", default=",".join(MODES), help=f"of {MODES}")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads on every side (0: each side's default: torch's "
-                        "in process and for PEFT, every core but one in the server)")
+                        "in process and for PEFT, every core in the server)")
     parser.add_argument("--check-peft", action="store_true",
                         help="only time the PEFT harness against a plain PEFT loop")
     parser.add_argument("--out", default="bench/results/adapters_matrix_cpu.json")

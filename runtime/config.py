@@ -36,8 +36,7 @@ class EngineConfig:
                                choices=LOAD_FORMATS)
     device: str = setting("auto", help="auto, cpu, cuda, cuda:N")
     cpu_threads: int = setting(0, help="torch threads of the serving engine's thread on a CPU "
-                               "(0: every core it may use, a cgroup CPU limit included, but "
-                               "one, which the HTTP server and tokenizers keep; at least 1)")
+                               "(0: every core it may use, a cgroup CPU limit included)")
     quantize: str = setting(
         "none", help="weight-only quantization of the decoder's linears at load: none, int8 "
         "(per output channel), int4 (per group, round to nearest), gguf (serve a GGUF "

@@ -108,9 +108,8 @@ def _raise(error: Exception) -> None:
     raise error
 
 
-def test_the_serving_thread_leaves_a_core_to_the_http_server_on_a_cpu() -> None:
-    cores = len(os.sched_getaffinity(0))
-    assert serving_thread_count(0, torch.device("cpu")) == max(1, cores - 1)
+def test_the_serving_thread_takes_every_available_core_on_a_cpu() -> None:
+    assert serving_thread_count(0, torch.device("cpu")) == available_cores()
     assert serving_thread_count(3, torch.device("cpu")) == 3
     assert serving_thread_count(0, torch.device("meta")) == torch.get_num_threads()
 
