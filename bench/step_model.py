@@ -35,6 +35,7 @@ from loraplex.runtime.engine.model_runner import ModelRunner
 from loraplex.runtime.engine.request import GenerationRequest, SamplingParams
 from loraplex.runtime.engine.scheduler import ScheduledSequence
 from loraplex.runtime.engine.sequence import Sequence
+from loraplex.runtime.layers.quantized_embedding import QuantizedEmbedding
 from loraplex.runtime.models.llama import LlamaForCausalLM
 from loraplex.runtime.models.shapes import shape_config
 
@@ -97,7 +98,10 @@ def ideal_seconds(model: LlamaForCausalLM, num_seqs: int, context: int, adapters
     """Weights as served (but the embedding table: only its rows are read), KV and
     adapters once."""
     config = model.config
-    weights = model.weight_bytes() - model.model.embed_tokens.weight.nbytes
+    embedding = model.model.embed_tokens
+    table = embedding.nbytes if isinstance(embedding, QuantizedEmbedding) else (
+        embedding.weight.nbytes)
+    weights = model.weight_bytes() - table
     layout = KVCacheLayout.of(config, BLOCK_SIZE, torch.bfloat16)
     kv = num_seqs * context * layout.bytes_per_block // BLOCK_SIZE
     target = LoraTargetShapes.from_hf_config(config)

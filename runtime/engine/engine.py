@@ -47,7 +47,7 @@ from loraplex.runtime.engine.scheduler import ScheduledSequence, Scheduler
 from loraplex.runtime.engine.sequence import Sequence
 from loraplex.runtime.engine.step_isolation import execute_isolated
 from loraplex.runtime.kernels import resolve_backend
-from loraplex.runtime.models.loader import LoadedModel, load_model
+from loraplex.runtime.models.loader import LoadedModel, load_model, release_freed_heap
 
 logger = logging.getLogger(__name__)
 ADAPTER_WAIT_S = 0.002  # pause of a loop whose every waiting request waits for its adapter
@@ -118,6 +118,7 @@ class Engine:
         self._num_prompt_tokens = 0
         self._num_generated_tokens = 0
         self.last_step_ran = False  # whether the last step ran the model
+        release_freed_heap()  # what building the engine freed (the tokenizer copy's temporaries)
 
     @property
     def vocab_size(self) -> int:

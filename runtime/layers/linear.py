@@ -41,13 +41,19 @@ class Linear(nn.Linear):
                                                       "none", [], "")
         return F.linear(x, self.weight, self.bias)
 
+    @property
+    def can_pack(self) -> bool:
+        """Whether `pack()` will pre-pack this layer's weight (a plain CPU weight in fp32
+        or bf16, where torch has oneDNN)."""
+        weight = self.weight
+        return (self.quantized is None and weight is not None and weight.device.type == "cpu"
+                and weight.dtype in PACKABLE_DTYPES and torch.backends.mkldnn.is_available())
+
     def pack(self) -> bool:
         """Pre-pack the current weight for oneDNN (CPU only); False where not possible."""
-        weight = self.weight
-        if (self.quantized is not None or weight.device.type != "cpu"
-                or weight.dtype not in PACKABLE_DTYPES or not torch.backends.mkldnn.is_available()):
+        if not self.can_pack:
             return False
-        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach())
         return True
 
     def quantize(self, method: str, group_size: int) -> None:

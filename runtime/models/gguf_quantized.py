@@ -7,7 +7,8 @@ codes are moved over as they are and nothing is rounded twice. Any other tensor 
 express; the K-quants have sub-blocks) keeps the dequantized weights of the converted
 folder, with a warning naming it. llama.cpp stores q and k with their rotary halves
 interleaved per head; the rows are put back in Hugging Face's order as transformers does
-when it converts the same file.
+when it converts the same file. A token embedding stored as Q8_0 (32 int8 codes and one fp16
+scale per block) is exactly `QuantizedEmbedding`'s format and is served from its blocks too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from loraplex.runtime.layers.linear import Linear, MergedLinear
 from loraplex.runtime.layers.quantized import Int4Weight
+from loraplex.runtime.layers.quantized_embedding import GROUP, QuantizedEmbedding
 from loraplex.runtime.models.llama import LlamaForCausalLM
 
 logger = logging.getLogger(__name__)
@@ -53,6 +55,17 @@ def q4_codes(tensor: gguf.ReaderTensor) -> Q4Codes:
     # byte j holds weight j (low nibble) and weight j + 16 (high nibble) of its block
     codes = np.concatenate([packed & 15, packed >> 4], axis=-1).reshape(rows, -1)
     return codes, scales, offsets
+
+
+def q8_0_embedding(tensor: gguf.ReaderTensor, dtype: torch.dtype) -> QuantizedEmbedding:
+    """A Q8_0 token embedding's own codes and scales (w = q * d per block of 32)."""
+    if tensor.tensor_type != gguf.GGMLQuantizationType.Q8_0:
+        raise ValueError(f"{tensor.name}: {tensor.tensor_type.name} is not Q8_0")
+    raw = np.asarray(tensor.data, dtype=np.uint8)  # [V, bytes per row]
+    blocks = raw.reshape(raw.shape[0], -1, 2 + GROUP)  # d: fp16, 32 int8 codes
+    scales = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    codes = blocks[..., 2:].copy().view(np.int8).reshape(raw.shape[0], -1)
+    return QuantizedEmbedding(torch.from_numpy(codes), torch.from_numpy(scales), dtype)
 
 
 def unpermute_rows(array: np.ndarray, heads: int) -> np.ndarray:
@@ -91,7 +104,8 @@ def layer_codes(tensors: dict[str, gguf.ReaderTensor], name_map: gguf.TensorName
 
 def use_gguf_blocks(model: LlamaForCausalLM, gguf_path: Path) -> tuple[int, list[str]]:
     """Give every decoder linear stored as Q4_0/Q4_1 in `gguf_path` those codes (its plain
-    weight released); (layers served 4-bit, names left dequantized)."""
+    weight released), and the token embedding its Q8_0 blocks (any other type: rounded to
+    int8 rows from the converted weights); (layers served 4-bit, names left dequantized)."""
     reader = gguf.GGUFReader(gguf_path)
     tensors = {tensor.name: tensor for tensor in reader.tensors}
     architectures = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
@@ -115,4 +129,8 @@ def use_gguf_blocks(model: LlamaForCausalLM, gguf_path: Path) -> tuple[int, list
         logger.warning("%s: %d linear layers are not in a 4-bit block type and stay "
                        "dequantized, e.g. %s", gguf_path.name, len(dequantized),
                        ", ".join(dequantized[:3]))
+    embedding = tensors.get(f"{name_map.get_name('model.embed_tokens')}.weight")
+    model.quantize_embedding(
+        q8_0_embedding(embedding, model.lm_head.weight.dtype) if embedding is not None
+        and embedding.tensor_type == gguf.GGMLQuantizationType.Q8_0 else None)
     return served, dequantized

@@ -29,6 +29,7 @@ from transformers import (
 )
 
 from loraplex.runtime.config import EngineConfig
+from loraplex.runtime.layers.quantized_embedding import QuantizedEmbedding
 from loraplex.runtime.models.builtin import (
     BUILTIN_PREFIX,
     builtin_gguf_path,
@@ -78,6 +79,9 @@ class LoadedModel:
         for module in self.model.own_linears():
             if module.weight is None:
                 counted[id(module)] = module.in_features * module.out_features
+        embedding = self.model.model.embed_tokens
+        if isinstance(embedding, QuantizedEmbedding) and not self.hf_config.tie_word_embeddings:
+            counted[id(embedding)] = embedding.num_embeddings * embedding.embedding_dim
         return sum(counted.values())
 
 

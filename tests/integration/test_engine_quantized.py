@@ -1,8 +1,8 @@
 """The builtin model served quantized: as good as full precision, within stated bounds.
 
-- `--quantize gguf` serves the GGUF's own 4-bit codes: dequantized, they are exactly the
-  weights transformers made of the same file (the converted folder every other test uses
-  as the oracle), so nothing is rounded twice.
+- `--quantize gguf` serves the GGUF's own 4-bit codes, and its Q8_0 token embedding as it
+  is: dequantized, they are exactly the weights transformers made of the same file (the
+  converted folder every other test uses as the oracle), so nothing is rounded twice.
 - `--quantize int8` / `int4` round the full-precision weights at load: greedy tokens on the
   8 chat prompts mostly agree with full precision, and the perplexity of a fixed text
   (tests/data/perplexity.txt, computed from the engine's own prompt logprobs) stays within
@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from loraplex.runtime.engine.engine import Engine
 from loraplex.runtime.engine.request import GenerationRequest, SamplingParams
+from loraplex.runtime.layers.quantized_embedding import QuantizedEmbedding
 from loraplex.runtime.models.builtin import builtin_gguf_path
 from loraplex.runtime.models.gguf_quantized import use_gguf_blocks
 from loraplex.runtime.models.llama import STACKED_PROJECTIONS
@@ -94,14 +95,34 @@ def test_gguf_codes_are_exactly_the_weights_transformers_dequantized() -> None:
     assert checked == 8
 
 
+def decoder_linear_bytes(model) -> int:
+    return sum(m.weight_bytes for m in model.own_linears() if m is not model.lm_head)
+
+
 @pytest.mark.parametrize("quantize", ["int8", "int4", "gguf"])
 def test_quantized_weights_are_smaller(quantize: str) -> None:
-    loaded = engine("none").loaded
-    full, served = loaded.weight_bytes, engine(quantize).loaded.weight_bytes
+    full, served = engine("none").loaded, engine(quantize).loaded
     bits = {"int8": 8, "int4": 4, "gguf": 4}[quantize]
-    embedding = loaded.hf_config.vocab_size * loaded.hf_config.hidden_size * 4
-    linears = full - embedding  # norms aside: every decoder linear, in fp32
-    assert served < full - linears * (1 - bits / 32) * 0.9
+    # the decoder's linears: from fp32 to `bits` per weight, plus their scales (int4: an
+    # fp32 scale and zero per group of 32, 2 bits a weight)
+    linears = decoder_linear_bytes(full.model)
+    assert decoder_linear_bytes(served.model) <= linears * (bits + 2) / 32 * 1.01
+    # the token embedding: int8 rows, one fp32 scale per 32, in place of the fp32 table
+    table = full.hf_config.vocab_size * full.hf_config.hidden_size
+    embedding = served.model.model.embed_tokens
+    assert isinstance(embedding, QuantizedEmbedding) and embedding.nbytes == table * (1 + 4 / 32)
+    # the tied LM head keeps only its packed copy (the plain table is released)
+    assert served.model.lm_head.weight is None and served.model.lm_head.packed_weight is not None
+    assert served.weight_bytes < full.weight_bytes - table * 4 * (1 - 9 / 32)
+
+
+def test_gguf_embedding_is_exactly_the_table_transformers_dequantized() -> None:
+    checkpoint = load_file(str(builtin_folder() / "model.safetensors"))
+    embedding = engine("gguf").loaded.model.model.embed_tokens
+    expected = checkpoint["model.embed_tokens.weight"].float()
+    assert torch.equal(embedding.dequantize(), expected)
+    ids = torch.tensor([0, 1, 17, 4_000, expected.shape[0] - 1])
+    assert torch.equal(embedding(ids), expected[ids])
 
 
 @pytest.mark.parametrize("quantize", ["int8", "gguf"])

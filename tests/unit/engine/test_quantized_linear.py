@@ -118,10 +118,13 @@ def test_packed_layer_keeps_one_copy_and_the_same_output() -> None:
 
 
 def dequantized_copy(engine: Engine, quantized: Engine) -> None:
-    """Give `engine`'s decoder linears the full-precision weights `quantized` serves."""
-    pairs = zip(engine.loaded.model.own_linears(), quantized.loaded.model.own_linears(),
-                strict=True)
-    for plain, served in pairs:
+    """Give `engine`'s decoder linears and token embedding the full-precision weights
+    `quantized` serves."""
+    model, served_model = engine.loaded.model, quantized.loaded.model
+    model.model.embed_tokens.weight.data.copy_(served_model.model.embed_tokens.dequantize())
+    plain_linears = [m for m in model.own_linears() if m is not model.lm_head]
+    served_linears = [m for m in served_model.own_linears() if m is not served_model.lm_head]
+    for plain, served in zip(plain_linears, served_linears, strict=True):
         if served.quantized is not None:
             plain.register_parameter("weight", nn.Parameter(served.quantized.dequantize(),
                                                             requires_grad=False))

@@ -1,0 +1,78 @@
+"""The int8 token embedding of a quantized model: rows are their own dequantized table, the
+table is the weights rounded by at most half a step, and the plain table goes only where
+nothing else reads it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from loraplex.runtime.layers.quantized_embedding import GROUP, QuantizedEmbedding
+from loraplex.runtime.models.llama import LlamaForCausalLM
+from loraplex.runtime.models.loader import build_model
+from loraplex.runtime.models.shapes import shape_config
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_are_the_dequantized_table_within_half_a_step_of_the_weights(dtype) -> None:
+    generator = torch.Generator().manual_seed(3)
+    weight = (torch.randn(300, 4 * GROUP, generator=generator) * 0.05).to(dtype)
+    weight[7] = 0.0  # a row of zeros: a tiny scale, no division by zero
+    weight[9, :GROUP] = 1e4  # one group far larger than the rest of its row
+    embedding = QuantizedEmbedding.quantize(weight)
+    table = embedding.dequantize()
+    ids = torch.tensor([[0, 7, 9], [299, 9, 3]])
+    rows = embedding(ids)
+    assert rows.shape == (2, 3, 4 * GROUP) and rows.dtype == dtype
+    assert torch.equal(rows, table[ids].to(dtype))
+    steps = embedding.scales.repeat_interleave(GROUP, dim=1)  # [V, d]
+    assert torch.all((table - weight.float()).abs() <= steps / 2 * 1.001)  # and fp rounding
+    assert torch.equal(table[7], torch.zeros(4 * GROUP))
+    assert embedding.nbytes == 300 * 4 * GROUP + 300 * 4 * 4
+
+
+def test_a_width_that_is_not_whole_groups_or_mismatched_scales_are_refused() -> None:
+    with pytest.raises(ValueError, match="multiple of 32"):
+        QuantizedEmbedding.quantize(torch.randn(10, GROUP + 8))
+    with pytest.raises(ValueError, match="scales of 10x2"):
+        QuantizedEmbedding(torch.zeros(10, 2 * GROUP, dtype=torch.int8), torch.ones(10, 3),
+                           torch.float32)
+
+
+def tiny_model(dtype: torch.dtype, tied: bool) -> LlamaForCausalLM:
+    config = shape_config("tiny-llama")
+    config.tie_word_embeddings = tied
+    model = build_model(config, dtype, torch.device("cpu"))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.02)
+    return model
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_packed_lm_head_keeps_its_copy_and_the_plain_table_is_released(tied) -> None:
+    model = tiny_model(torch.float32, tied)
+    table = model.model.embed_tokens.weight.detach().clone()
+    hidden = torch.randn(3, table.shape[1])
+    logits = model.compute_logits(hidden)
+    plain = tiny_model(torch.float32, tied)
+    plain.pack_weights()  # tied: the plain table and the LM head's packed copy of it
+    model.quantize_weights("int8", 32)
+    model.pack_weights()
+    assert isinstance(model.model.embed_tokens, QuantizedEmbedding)
+    assert model.lm_head.weight is None and model.lm_head.packed_weight is not None
+    assert model.model.embed_tokens.dequantize().sub(table).abs().max() < table.abs().max() / 127
+    if tied:  # the LM head still multiplies by the full-precision table
+        assert torch.allclose(model.compute_logits(hidden), logits, atol=1e-5)
+    embedding_saved = table.nbytes - model.model.embed_tokens.nbytes
+    assert model.weight_bytes() < plain.weight_bytes() - embedding_saved * 0.99
+
+
+def test_a_tied_lm_head_that_reads_the_plain_table_keeps_it_plain() -> None:
+    model = tiny_model(torch.float16, tied=True)  # fp16: no oneDNN packing, as on a GPU
+    assert not model.lm_head.can_pack
+    assert not model.quantize_embedding()
+    model.quantize_weights("int8", 32)
+    model.pack_weights()
+    assert isinstance(model.model.embed_tokens, torch.nn.Embedding)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
