@@ -8,7 +8,8 @@ at batch 64 spread over 32 random adapters (ranks 8-64). The variants alternate 
 run; the ratios against fp32 in the table come from that run. Quality is measured beside
 speed: the perplexity of the tests' fixed text (tests/data/perplexity.txt, from the
 engine's own prompt logprobs) and how many of 8 chat prompts give the first variant's
-greedy tokens (16 new tokens each).
+greedy tokens (16 new tokens each). The floor under the server figures is printed first:
+a process that has imported what `loraplex serve` imports before it loads a model.
 """
 
 from __future__ import annotations
@@ -66,6 +67,16 @@ def server_rss_mb(variant: str) -> float:
         return psutil.Process(server.process.pid).memory_info().rss / 1e6
     finally:
         server.stop()
+
+
+def imports_rss_mb() -> float:
+    """Resident memory of a process that has imported what `loraplex serve` imports before
+    it loads a model: the floor under every variant's server figure."""
+    code = ("import psutil, loraplex.cli, loraplex.runtime.server.launch; "
+            "print(psutil.Process().memory_info().rss / 1e6)")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    return float(output.stdout.strip().splitlines()[-1])
 
 
 def measure(variant: str, new_tokens: int, adapters: int) -> dict[str, Any]:
@@ -134,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             capture_output=True, text=True, check=True)
         rows.append(json.loads(output.stdout.strip().splitlines()[-1]))
         rows[-1]["server_rss_mb"] = server_rss_mb(variant)
-    base = rows[0]
+    base, floor = rows[0], imports_rss_mb()
+    print(f"server imports before any model: {floor:.0f} MB resident")
     print("| variant | server RSS MB | engine RSS MB | weights MB | tok/s b1 | tok/s b32 "
           "| tok/s b64 x adapters | b32 vs first | perplexity vs first | greedy = first |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -148,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['perplexity']:.2f} ({row['perplexity'] / base['perplexity']:.3f}x) | "
               f"{same}/{len(base['greedy'])} |")
     write_json(RESULTS, {"machine": machine_info(), "new_tokens": args.new_tokens,
-                         "adapters": args.adapters, "rows": rows})
+                         "adapters": args.adapters, "imports_rss_mb": floor, "rows": rows})
     return 0
 
 
