@@ -16,6 +16,7 @@ from torch import nn
 from transformers import PretrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
+from loraplex.runtime.kernels import cpu_layer_ops
 from loraplex.runtime.layers.fused_ops import runs_fused
 
 logger = logging.getLogger(__name__)
@@ -77,10 +78,27 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 def apply_rotary_qk(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor,
                     sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Both rotated: query [T, H, D], key [T, Hkv, D]; in place, in one Triton launch, where
-    the layers run fused (see `fused_ops`)."""
+    the layers run fused (see `fused_ops`), and in one compiled call on a CPU where key's
+    heads follow query's in each row, as in the fused q|k|v output (`cpu_layer_ops`)."""
     if runs_fused(query):
         from loraplex.runtime.kernels.fused_layers import rotary_qk_
 
         rotary_qk_(query, key, cos, sin)
         return query, key
+    if cpu_layer_ops.supports(query, key, cos, sin) and _adjacent(query, key):
+        rows, heads, head_dim = query.shape
+        both = query.as_strided((rows, heads + key.shape[1], head_dim),
+                                (query.stride(0), head_dim, 1))  # [T, H + Hkv, D]
+        cpu_layer_ops.rotary_(both, cos, sin)
+        return query, key
     return apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+
+
+def _adjacent(query: torch.Tensor, key: torch.Tensor) -> bool:
+    """Whether key's heads start where query's end, in every row, all heads contiguous."""
+    head_dim = query.shape[2]
+    return (query.stride()[1:] == (head_dim, 1) and key.stride()[1:] == (head_dim, 1)
+            and (key.stride(0) == query.stride(0) or query.shape[0] == 1)
+            and key.shape[2] == head_dim
+            and key.data_ptr() == query.data_ptr()
+            + query.shape[1] * head_dim * query.element_size())

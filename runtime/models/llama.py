@@ -122,12 +122,9 @@ class DecoderLayer(nn.Module):
     def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 batch: ForwardBatch, kv_cache: tuple[torch.Tensor, torch.Tensor]
                 ) -> torch.Tensor:
-        residual = hidden
-        hidden = self.self_attn(self.input_layernorm(hidden), cos, sin, batch, kv_cache)
-        hidden = residual + hidden
-        residual = hidden
-        hidden = self.mlp(self.post_attention_layernorm(hidden), batch)
-        return residual + hidden
+        attended = self.self_attn(self.input_layernorm(hidden), cos, sin, batch, kv_cache)
+        normed, hidden = self.post_attention_layernorm.add_and_norm(attended, hidden)
+        return hidden + self.mlp(normed, batch)
 
 
 class LlamaModel(nn.Module):
