@@ -114,11 +114,11 @@ def main() -> int:
 def engine_model_numbers(loaded, batch: int) -> dict[str, float]:
     """Bytes a decode step reads, and its FLOPs: every matrix once per row.
 
-    The weights as served (`weight_bytes`: the linears, the norms, and the embedding, which
-    a tied LM head reads whole each step while the lookup reads a few rows); every
-    parameter multiplies each row once (the embedding as the LM head).
+    The weights as served that a step reads whole (`streamed_weight_bytes`: the linears, the
+    norms and the LM head, not the embedding table, of which the lookup reads a few rows);
+    every parameter multiplies each row once (the embedding as the LM head).
     """
-    return {"weight_bytes": float(loaded.weight_bytes),
+    return {"weight_bytes": float(loaded.model.streamed_weight_bytes()),
             "linear_flops": float(2 * batch * loaded.num_parameters)}
 
 

@@ -35,7 +35,6 @@ from loraplex.runtime.engine.model_runner import ModelRunner
 from loraplex.runtime.engine.request import GenerationRequest, SamplingParams
 from loraplex.runtime.engine.scheduler import ScheduledSequence
 from loraplex.runtime.engine.sequence import Sequence
-from loraplex.runtime.layers.quantized_embedding import QuantizedEmbedding
 from loraplex.runtime.models.llama import LlamaForCausalLM
 from loraplex.runtime.models.shapes import shape_config
 
@@ -98,10 +97,7 @@ def ideal_seconds(model: LlamaForCausalLM, num_seqs: int, context: int, adapters
     """Weights as served (but the embedding table: only its rows are read), KV and
     adapters once."""
     config = model.config
-    embedding = model.model.embed_tokens
-    table = embedding.nbytes if isinstance(embedding, QuantizedEmbedding) else (
-        embedding.weight.nbytes)
-    weights = model.weight_bytes() - table
+    weights = model.streamed_weight_bytes()
     layout = KVCacheLayout.of(config, BLOCK_SIZE, torch.bfloat16)
     kv = num_seqs * context * layout.bytes_per_block // BLOCK_SIZE
     target = LoraTargetShapes.from_hf_config(config)

@@ -213,6 +213,16 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head]
         return others + embedding + sum(m.weight_bytes for m in [*owned, *packed_tied])
 
+    def streamed_weight_bytes(self) -> int:
+        """Bytes of the weights a forward pass reads whole: every served weight but the token
+        embedding's table, of which it reads only the rows it looks up (unless the LM head
+        multiplies by that same table: tied and not packed)."""
+        embedding = self.model.embed_tokens
+        if not self._embedding_is_plain:
+            return self.weight_bytes() - embedding.nbytes
+        head_reads_table = self.config.tie_word_embeddings and self.lm_head.packed_weight is None
+        return self.weight_bytes() - (0 if head_reads_table else embedding.weight.nbytes)
+
     def reset_buffers(self) -> None:
         """Compute non-parameter state once the module sits on its device."""
         self.model.rotary_emb.reset_parameters()

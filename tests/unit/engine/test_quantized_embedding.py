@@ -76,3 +76,23 @@ def test_a_tied_lm_head_that_reads_the_plain_table_keeps_it_plain() -> None:
     model.pack_weights()
     assert isinstance(model.model.embed_tokens, torch.nn.Embedding)
     assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+@pytest.mark.parametrize(("dtype", "tied", "quantize"), [
+    (torch.float32, True, False), (torch.float32, False, False), (torch.float16, True, False),
+    (torch.float32, True, True), (torch.float32, False, True)])
+def test_a_step_streams_every_weight_but_the_table_it_only_looks_rows_up_in(dtype, tied,
+                                                                            quantize) -> None:
+    model = tiny_model(dtype, tied)
+    table = model.model.embed_tokens.weight.nbytes
+    if quantize:
+        model.quantize_weights("int8", 32)
+    model.pack_weights()
+    embedding = model.model.embed_tokens
+    if quantize:
+        expected = model.weight_bytes() - embedding.nbytes
+    elif tied and dtype == torch.float16:  # unpacked: the LM head multiplies by the table
+        expected = model.weight_bytes()
+    else:
+        expected = model.weight_bytes() - table
+    assert model.streamed_weight_bytes() == expected
