@@ -26,6 +26,9 @@ class RMSNorm(nn.Module):
             return rms_norm(hidden, self.weight, self.eps)
         if cpu_layer_ops.supports(hidden, self.weight):
             return cpu_layer_ops.rms_norm(hidden, self.weight, self.eps)[0]
+        return self.torch_form(hidden)
+
+    def torch_form(self, hidden: torch.Tensor) -> torch.Tensor:  # [T, d] -> [T, d]
         input_dtype = hidden.dtype
         hidden = hidden.to(torch.float32)
         variance = hidden.pow(2).mean(-1, keepdim=True)
