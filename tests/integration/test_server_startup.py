@@ -31,7 +31,9 @@ def test_health_answers_while_the_model_loads_then_ready(tmp_path) -> None:
                 assert health.status_code == 200
                 if ready.status_code == 503:
                     assert ready.json()["status"] == "loading"
-                    refused = http.post("/generate", json={"inputs": "hi"})
+                    # one token: admitted if the model became ready meanwhile, and quick
+                    refused = http.post("/generate", json={
+                        "inputs": "hi", "parameters": {"max_new_tokens": 1}})
                     if refused.status_code == 503:  # still loading when it arrived
                         assert refused.json()["error_type"] == "unavailable"
                         seen_loading = True
