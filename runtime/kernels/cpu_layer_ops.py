@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -21,11 +23,15 @@ from . import cpu_native
 DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
 
+class _Kernels(NamedTuple):
+    rms_norm: Callable[..., None]
+    rotary: Callable[..., None]
+
+
 def supports(hidden: torch.Tensor, *others: torch.Tensor) -> bool:
     """Whether the kernels take `hidden` (and the tensors that go with it)."""
-    return (hidden.device.type == "cpu" and hidden.dtype in DTYPES
-            and all(t.dtype == hidden.dtype and t.device.type == "cpu" for t in others)
-            and _library() is not None)
+    return (hidden.device.type == "cpu" and hidden.dtype in _kernels()
+            and all(t.dtype == hidden.dtype and t.device.type == "cpu" for t in others))
 
 
 def rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float,
@@ -39,7 +45,7 @@ def rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float,
     out = torch.empty(rows, width, dtype=hidden.dtype)
     summed = hidden if residual is None else torch.empty(rows, width, dtype=hidden.dtype)
     null = ctypes.c_void_p(None)
-    getattr(_library(), f"rms_norm_{DTYPES[hidden.dtype]}")(
+    _kernels()[hidden.dtype].rms_norm(
         out.data_ptr(), null if residual is None else summed.data_ptr(), hidden.data_ptr(),
         null if residual is None else residual.data_ptr(), weight.data_ptr(), rows, width,
         hidden.stride(0), 0 if residual is None else residual.stride(0), width, width,
@@ -56,22 +62,23 @@ def rotary_(heads: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
             or not cos.is_contiguous() or not sin.is_contiguous()):
         raise ValueError("cpu rotary needs contiguous heads of an even size and cos/sin "
                          "[T, 1, D]")
-    getattr(_library(), f"rotary_{DTYPES[heads.dtype]}")(
+    _kernels()[heads.dtype].rotary(
         heads.data_ptr(), cos.data_ptr(), sin.data_ptr(), rows, count, head_dim,
         heads.stride(0))
 
 
 @functools.cache
-def _library() -> ctypes.CDLL | None:
+def _kernels() -> dict[torch.dtype, _Kernels]:
+    """Each dtype's entry points, typed once; empty where the library cannot be built."""
     library = cpu_native.load("cpu_layer_ops")
     if library is None:
-        return None
+        return {}
     pointer, size = ctypes.c_void_p, ctypes.c_int64
-    for suffix in DTYPES.values():
-        norm = getattr(library, f"rms_norm_{suffix}")
+    kernels = {}
+    for dtype, suffix in DTYPES.items():
+        norm, rotary = getattr(library, f"rms_norm_{suffix}"), getattr(library, f"rotary_{suffix}")
         norm.argtypes = [pointer] * 5 + [size] * 6 + [ctypes.c_float]
-        norm.restype = None
-        rotary = getattr(library, f"rotary_{suffix}")
         rotary.argtypes = [pointer] * 3 + [size] * 4
-        rotary.restype = None
-    return library
+        norm.restype = rotary.restype = None
+        kernels[dtype] = _Kernels(norm, rotary)
+    return kernels

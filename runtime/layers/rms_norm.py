@@ -38,7 +38,7 @@ class RMSNorm(nn.Module):
     def add_and_norm(self, hidden: torch.Tensor, residual: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """(norm(residual + hidden), residual + hidden), all [T, d]."""
-        if not runs_fused(hidden) and cpu_layer_ops.supports(hidden, residual, self.weight):
+        if cpu_layer_ops.supports(hidden, residual, self.weight):
             return cpu_layer_ops.rms_norm(hidden, self.weight, self.eps, residual)
         summed = residual + hidden
         return self(summed), summed
