@@ -43,24 +43,25 @@ def layer_inputs(rows: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         "cos": table.cos()[:, None, :], "sin": table.sin()[:, None, :]}.items()}
 
 
-def engine_ops(norms: tuple[RMSNorm, RMSNorm], t: dict[str, torch.Tensor]) -> torch.Tensor:
+def query_and_key(t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The query [T, H, D] and key [T, Hkv, D] views of the q|k|v rows."""
     q_size, kv_size = HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM
     rows = t["qkv"].shape[0]
+    return (t["qkv"][:, :q_size].view(rows, HEADS, HEAD_DIM),
+            t["qkv"][:, q_size:q_size + kv_size].view(rows, KV_HEADS, HEAD_DIM))
+
+
+def engine_ops(norms: tuple[RMSNorm, RMSNorm], t: dict[str, torch.Tensor]) -> torch.Tensor:
     norms[0](t["hidden"])
-    apply_rotary_qk(t["qkv"][:, :q_size].view(rows, HEADS, HEAD_DIM),
-                    t["qkv"][:, q_size:q_size + kv_size].view(rows, KV_HEADS, HEAD_DIM),
-                    t["cos"], t["sin"])
+    apply_rotary_qk(*query_and_key(t), t["cos"], t["sin"])
     _, summed = norms[1].add_and_norm(t["attended"], t["hidden"])
     return summed + t["mlp"]
 
 
 def torch_ops(norms: tuple[RMSNorm, RMSNorm], t: dict[str, torch.Tensor]) -> torch.Tensor:
-    q_size, kv_size = HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM
-    rows = t["qkv"].shape[0]
     norms[0].torch_form(t["hidden"])
-    apply_rotary(t["qkv"][:, :q_size].view(rows, HEADS, HEAD_DIM), t["cos"], t["sin"])
-    apply_rotary(t["qkv"][:, q_size:q_size + kv_size].view(rows, KV_HEADS, HEAD_DIM),
-                 t["cos"], t["sin"])
+    for heads in query_and_key(t):
+        apply_rotary(heads, t["cos"], t["sin"])
     summed = t["hidden"] + t["attended"]
     norms[1].torch_form(summed)
     return summed + t["mlp"]
