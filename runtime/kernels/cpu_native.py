@@ -6,7 +6,10 @@ module; `load(name)` compiles `name.c` on first use with the machine's C compile
 else `cc`), for this CPU's vector instructions and with OpenMP (torch's own runtime, so
 both share one thread pool), and caches the library under the cache folder by a hash of the
 source, the flags and the CPU's feature list: a machine pays the compile (about a second)
-once. Where no compiler works, `load` returns None and callers keep the torch ops.
+once. Where the C library has vector forms of its math functions (glibc's libmvec), a
+kernel is built against them (`LORAPLEX_VECTOR_MATH` defined, so a kernel may ask for them)
+and, where that link fails, built without. Where no compiler works, `load` returns None and
+callers keep the torch ops.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from loraplex.runtime.config import default_cache_dir
 
 log = logging.getLogger(__name__)
 
-FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp")
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno")
+VECTOR_MATH = (("-DLORAPLEX_VECTOR_MATH",), ("-lmvec",))  # (compile flags, libraries)
 COMPILE_TIMEOUT_S = 120
 
 
@@ -53,22 +57,30 @@ def _built(name: str) -> Path:
     source_path = Path(__file__).with_name(f"{name}.c")
     headers = sorted(source_path.parent.glob("*.h"))  # what the sources may include
     sources = [source_path.read_bytes(), *(header.read_bytes() for header in headers)]
-    key = hashlib.sha256(
-        b"\0".join([*sources, compiler.encode(), " ".join(FLAGS).encode(), _cpu_signature()])
-    ).hexdigest()[:16]
     folder = Path(default_cache_dir()) / "kernels"
-    target = folder / f"{name}-{key}.so"
-    if target.exists():
-        return target
+    builds = [((*FLAGS, *VECTOR_MATH[0]), VECTOR_MATH[1]), (FLAGS, ())]
+    targets = []
+    for flags, libraries in builds:
+        key = hashlib.sha256(b"\0".join([*sources, compiler.encode(),
+                                         " ".join((*flags, *libraries)).encode(),
+                                         _cpu_signature()])).hexdigest()[:16]
+        targets.append(folder / f"{name}-{key}.so")
+    for target in targets:
+        if target.exists():
+            return target
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{name}-{key}.{os.getpid()}.so"  # several processes may build
-    result = subprocess.run([compiler, *FLAGS, str(source_path), "-o", str(partial)],
-                            capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
-    if result.returncode != 0:
+    errors = []
+    for (flags, libraries), target in zip(builds, targets, strict=True):
+        partial = folder / f".{target.stem}.{os.getpid()}.so"  # several processes may build
+        result = subprocess.run([compiler, *flags, str(source_path), "-o", str(partial),
+                                 *libraries],
+                                capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
+        if result.returncode == 0:
+            os.replace(partial, target)
+            return target
         partial.unlink(missing_ok=True)
-        raise OSError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")
-    os.replace(partial, target)
-    return target
+        errors.append(result.stderr.strip()[-2000:])
+    raise OSError(f"{compiler} failed: {errors[-1]}")
 
 
 def _cpu_signature() -> bytes:

@@ -121,6 +121,40 @@ def test_torch_path_matches_fp64(gqa, head_dim, block_size, dtype, native):
     assert_close(got, expected_prefill(prefill, dtype), dtype)
 
 
+@pytest.mark.skipif(cpu_attention._library() is None, reason="no C compiler")
+@pytest.mark.parametrize("dtype", sorted(cpu_attention.ENTRY_POINTS, key=str))
+@pytest.mark.parametrize(("gqa", "head_dim"), [(1, 16), (3, 80), (8, 256), (4, 40), (2, 272)])
+def test_compiled_decode_at_every_head_size(gqa, head_dim, dtype):
+    """Head sizes other than the constants 64 and 128: multiples of 16 up to 256 on the
+    vector path (a one-vector head, an odd count of vectors, the largest), others on the
+    scalar loops; every GQA group size reads its shared KV head."""
+    problem = decode_problem(gqa, head_dim, 16)
+    case = problem.cast(dtype)
+    plan = attention_torch.decode_plan(case.query, case.key_cache, case.block_tables,
+                                       case.seq_lens.tolist(), native=True)
+    assert plan.native is not None
+    got = attention_torch.paged_decode(case.query, case.key_cache, case.value_cache,
+                                       case.block_tables, case.seq_lens, case.scale,
+                                       plan=plan)
+    assert_close(got, expected_decode(problem, dtype), dtype)
+
+
+def test_compiled_decode_keeps_long_contexts_exact():
+    """Thousands of positions over many blocks: the running maximum and the sums of a long
+    softmax, with one key far above the rest (its weight near 1) in a middle block."""
+    generator = torch.Generator().manual_seed(5)
+    problem = paged_problem([3000, 1, 2049], None, 8, 2, 64, 16, generator)
+    seq0_blocks = problem.block_tables[0].long()
+    problem.key_cache[seq0_blocks[93], 7] = problem.query[0, :4].mean(0) * 40  # one spike
+    case = problem.cast(torch.float32)
+    plan = attention_torch.decode_plan(case.query, case.key_cache, case.block_tables,
+                                       case.seq_lens.tolist(), native=True)
+    got = attention_torch.paged_decode(case.query, case.key_cache, case.value_cache,
+                                       case.block_tables, case.seq_lens, case.scale,
+                                       plan=plan)
+    assert_close(got, expected_decode(problem, torch.float32), torch.float32)
+
+
 def test_torch_prefill_slices_long_chunks(monkeypatch):
     """A chunk longer than QUERY_SLICE over a prefix is attended slice by slice."""
     monkeypatch.setattr(attention_torch, "QUERY_SLICE", 8)
