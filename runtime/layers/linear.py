@@ -1,14 +1,17 @@
-"""Linear layers: oneDNN with pre-packed weights on the CPU, and fused projections.
+"""Linear layers: pre-packed weights on the CPU, and fused projections.
 
 On the CPU, torch's `F.linear` runs MKL's sgemm, which on some processors (the AMD EPYC
 of our 2-core bench machine) takes slower code paths; oneDNN, the library torch's own
 compiler uses for CPU linears (`mkldnn::_linear_pointwise` over weights reordered once
 by `mkldnn::_reorder_linear_weight`), does the same fp32 arithmetic (only the summation
 order differs) in about 0.6x the time there, 0.4x for the 49k-wide LM head at batch 32
-(`python -m bench.engine`). `pack()` is called once the weights are final; until then,
-and on CUDA, the layer is a plain `nn.Linear`. A packed or quantized layer reads its
-weight through that one path only, so the plain copy is released (`release_weight`)
-unless another module shares it (a tied LM head).
+(`python -m bench.engine`). fp32 weights go one step further where the compiled kernel
+builds (`kernels.cpu_linear`: weight panels streamed at decode batch sizes, as fast as
+oneDNN on long prompts); bf16 weights stay with oneDNN (its AMX kernels). `pack()` is
+called once the weights are final; until then, and on CUDA, the layer is a plain
+`nn.Linear`. A packed or quantized layer reads its weight through that one path only, so
+the plain copy is released (`release_weight`) unless another module shares it (a tied LM
+head).
 
 `MergedLinear` is several projections side by side (q|k|v, gate|up): one GEMM instead of
 several, each part at fixed column offsets, so a checkpoint's separate weights load into
@@ -23,19 +26,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from loraplex.runtime.kernels import cpu_linear
 from loraplex.runtime.layers.quantized import QuantizedWeight, quantize_weight
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 
 
 class Linear(nn.Linear):
-    packed_weight: torch.Tensor | None = None  # oneDNN layout of `weight` (CPU only)
+    packed_weight: torch.Tensor | None = None  # `weight` packed for a CPU kernel
+    packed_panels: bool = False  # packed_weight holds cpu_linear's panels, not oneDNN's layout
     quantized: QuantizedWeight | None = None  # weight-only int8/int4 in place of `weight`
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, in] -> [T, out]
         if self.quantized is not None:
             output = self.quantized.linear(x)
             return output if self.bias is None else output + self.bias
+        if self.packed_panels:
+            return cpu_linear.linear(x, self.packed_weight, self.out_features, self.bias)
         if self.packed_weight is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias,
                                                       "none", [], "")
@@ -50,10 +57,13 @@ class Linear(nn.Linear):
                 and weight.dtype in PACKABLE_DTYPES and torch.backends.mkldnn.is_available())
 
     def pack(self) -> bool:
-        """Pre-pack the current weight for oneDNN (CPU only); False where not possible."""
+        """Pre-pack the current weight for the CPU kernels (`cpu_linear`'s panels for fp32
+        where it builds, else oneDNN's layout); False where not possible."""
         if not self.can_pack:
             return False
-        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach())
+        self.packed_panels = cpu_linear.supports(self.weight)
+        self.packed_weight = (cpu_linear.pack(self.weight) if self.packed_panels else
+                              torch.ops.mkldnn._reorder_linear_weight(self.weight.detach()))
         return True
 
     def quantize(self, method: str, group_size: int) -> None:
@@ -65,7 +75,7 @@ class Linear(nn.Linear):
         if (quantized.out_features, quantized.in_features) != expected:
             raise ValueError(f"quantized weight {quantized.out_features}x"
                              f"{quantized.in_features} for a {expected[0]}x{expected[1]} layer")
-        self.quantized, self.packed_weight = quantized, None
+        self.quantized, self.packed_weight, self.packed_panels = quantized, None, False
 
     def release_weight(self) -> None:
         """Drop the plain weight once it is read through a packed or quantized form."""

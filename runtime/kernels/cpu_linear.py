@@ -1,0 +1,74 @@
+"""fp32 linear layers on the CPU as one compiled call over weights stored in panels
+(`cpu_linear.c`).
+
+At the row counts of a decode step (1-64) a linear streams its weights from memory and
+does a few FLOPs per byte; oneDNN's packed GEMM, the fastest torch path, read them at
+about 15 GB/s at 16 rows where a plain sum reads 27. The kernel reads each weight panel as
+one prefetched stream with the tile's accumulators in registers: every projection of the
+builtin model at 16 rows took 0.81x oneDNN's time, 0.67x at 1 row, and 1.02-1.05x at
+256-1024 rows (prefill chunks) (`python -m bench.linear`). The panels are the layer's only
+copy of its weight, as oneDNN's packed copy was. Machines without 512-bit vectors or a C
+compiler, and bf16 weights (oneDNN's AMX kernels), keep oneDNN.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from . import cpu_native
+
+PANEL = 32  # output features per panel, as `cpu_linear.c` tiles them
+
+
+def supports(weight: torch.Tensor) -> bool:
+    """Whether `pack` takes this weight [N, K] (fp32 on a CPU the kernel was built for)."""
+    return (weight.device.type == "cpu" and weight.dtype == torch.float32
+            and weight.dim() == 2 and _library() is not None)
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """weight [N, K] -> panels [ceil(N / 32), K, 32]: panel p is rows 32p.. transposed, the
+    last one zero-padded."""
+    if not supports(weight):
+        raise ValueError("cpu_linear packs fp32 CPU weights [N, K], with the kernel built")
+    out_features, in_features = weight.shape
+    padded = F.pad(weight.detach(), (0, 0, 0, -out_features % PANEL))
+    return padded.view(-1, PANEL, in_features).transpose(1, 2).contiguous()
+
+
+def linear(x: torch.Tensor, panels: torch.Tensor, out_features: int,
+           bias: torch.Tensor | None) -> torch.Tensor:
+    """x [..., K] @ W^T (+ bias) -> [..., N] for W packed as `panels`."""
+    in_features = panels.shape[1]
+    if (x.dtype != torch.float32 or x.device.type != "cpu" or x.shape[-1] != in_features
+            or panels.shape[0] * PANEL < out_features or not panels.is_contiguous()
+            or (bias is not None and (bias.shape != (out_features,) or bias.dtype != x.dtype
+                                      or not bias.is_contiguous()))):
+        raise ValueError(f"cpu_linear takes fp32 CPU rows of {in_features} values and a "
+                         f"contiguous fp32 bias of {out_features}")
+    rows = x.reshape(-1, in_features)
+    if rows.shape[0] and rows.stride(1) != 1:
+        rows = rows.contiguous()
+    out = torch.empty(rows.shape[0], out_features, dtype=x.dtype)
+    if rows.shape[0]:
+        _library().linear_f32(
+            out.data_ptr(), rows.data_ptr(), panels.data_ptr(),
+            None if bias is None else bias.data_ptr(), rows.shape[0], out_features,
+            in_features, rows.stride(0), out.stride(0), torch.get_num_threads())
+    return out.view(*x.shape[:-1], out_features)
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    """The kernel, typed; None without a compiler or where the build lacks 512-bit vectors."""
+    library = cpu_native.load("cpu_linear")
+    if library is None or not library.wide_vectors():
+        return None
+    pointer, size = ctypes.c_void_p, ctypes.c_int64
+    library.linear_f32.argtypes = [pointer] * 4 + [size] * 5 + [ctypes.c_int]
+    library.linear_f32.restype = None
+    return library
