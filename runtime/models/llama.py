@@ -19,6 +19,7 @@ from loraplex.runtime.layers.attention import PagedAttention
 from loraplex.runtime.layers.forward_batch import ForwardBatch
 from loraplex.runtime.layers.fused_ops import silu_and_mul
 from loraplex.runtime.layers.linear import Linear, MergedLinear
+from loraplex.runtime.layers.panel_embedding import PanelEmbedding
 from loraplex.runtime.layers.quantized_embedding import QuantizedEmbedding
 from loraplex.runtime.layers.rms_norm import RMSNorm
 from loraplex.runtime.layers.rotary import RotaryEmbedding, apply_rotary_qk
@@ -159,7 +160,7 @@ class LlamaForCausalLM(nn.Module):
 
     @property
     def _embedding_is_plain(self) -> bool:
-        return not isinstance(self.model.embed_tokens, QuantizedEmbedding)
+        return isinstance(self.model.embed_tokens, nn.Embedding)
 
     def own_linears(self) -> list[Linear]:
         """Linear layers whose weight no other module reads (all but an LM head tied to a
@@ -170,9 +171,14 @@ class LlamaForCausalLM(nn.Module):
 
     def pack_weights(self) -> int:
         """Pre-pack every linear layer's final weights for the CPU; return how many.
-        Packed layers drop their plain weight (one copy in memory, not two)."""
+        Packed layers drop their plain weight (one copy in memory, not two). A tied LM head
+        packed in panels also serves the token lookups (`PanelEmbedding`, in place of the
+        plain table or its int8 rows: exact, and no bytes of its own)."""
         packed = [module for module in self.modules()
                   if isinstance(module, Linear) and module.pack()]
+        if self.config.tie_word_embeddings and self.lm_head.packed_panels:
+            self.model.embed_tokens = PanelEmbedding(self.lm_head.packed_weight,
+                                                     self.config.vocab_size)
         owned = set(self.own_linears())
         for module in packed:
             if module in owned:

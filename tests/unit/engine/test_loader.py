@@ -86,9 +86,9 @@ def test_tiny_llama_dummy_loads_fast_with_seeded_weights():
     other = load_model(tiny_llama_config(seed=4))
     assert first.hf_config.num_hidden_layers == 2 and first.hf_config.hidden_size == 64
     assert first.tokenizer.eos_token_id == 2 and first.eos_token_ids == (2,)
-    weight = "model.embed_tokens.weight"
-    params = [dict(m.model.named_parameters())[weight] for m in (first, again, other)]
-    assert torch.equal(params[0], params[1]) and not torch.equal(params[0], params[2])
+    ids = torch.arange(first.hf_config.vocab_size)
+    tables = [m.model.model.embed_tokens(ids) for m in (first, again, other)]
+    assert torch.equal(tables[0], tables[1]) and not torch.equal(tables[0], tables[2])
 
 
 def test_dummy_weights_from_a_config_folder(tmp_path):
