@@ -172,8 +172,8 @@ class LlamaForCausalLM(nn.Module):
     def pack_weights(self) -> int:
         """Pre-pack every linear layer's final weights for the CPU; return how many.
         Packed layers drop their plain weight (one copy in memory, not two). A tied LM head
-        packed in panels also serves the token lookups (`PanelEmbedding`, in place of the
-        plain table or its int8 rows: exact, and no bytes of its own)."""
+        packed in panels (fp32) also serves the token lookups (`PanelEmbedding`: the table's
+        own rows, no bytes of their own) in place of the plain table or its int8 rows."""
         packed = [module for module in self.modules()
                   if isinstance(module, Linear) and module.pack()]
         if self.config.tie_word_embeddings and self.lm_head.packed_panels:
@@ -200,7 +200,8 @@ class LlamaForCausalLM(nn.Module):
         """Look tokens up in int8 rows (`embedding`, else the table's own rounded) where that
         saves memory; False, the table left plain, where a tied LM head reads it as it is
         (not packed: on a GPU), beside which a quantized copy would only add bytes. A tied
-        LM head that is packed keeps the plain table until `pack_weights` releases it."""
+        LM head that is packed keeps the plain table until `pack_weights` releases it (and
+        one packed in fp32 panels then serves the lookups itself)."""
         if self.config.tie_word_embeddings and not self.lm_head.can_pack:
             return False
         self.model.embed_tokens = embedding or QuantizedEmbedding.quantize(

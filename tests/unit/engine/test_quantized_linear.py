@@ -121,7 +121,9 @@ def dequantized_copy(engine: Engine, quantized: Engine) -> None:
     """Give `engine`'s decoder linears and token embedding the full-precision weights
     `quantized` serves."""
     model, served_model = engine.loaded.model, quantized.loaded.model
-    model.model.embed_tokens.weight.data.copy_(served_model.model.embed_tokens.dequantize())
+    # the lookups read the rows served; the LM head keeps the full table, as served
+    rows = served_model.model.embed_tokens(torch.arange(served_model.config.vocab_size))
+    model.model.embed_tokens = nn.Embedding.from_pretrained(rows, freeze=True)
     plain_linears = [m for m in model.own_linears() if m is not model.lm_head]
     served_linears = [m for m in served_model.own_linears() if m is not served_model.lm_head]
     for plain, served in zip(plain_linears, served_linears, strict=True):
