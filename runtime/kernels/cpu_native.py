@@ -69,7 +69,6 @@ def _built(name: str) -> Path:
         if target.exists():
             return target
     folder.mkdir(parents=True, exist_ok=True)
-    errors = []
     for (flags, libraries), target in zip(builds, targets, strict=True):
         partial = folder / f".{target.stem}.{os.getpid()}.so"  # several processes may build
         result = subprocess.run([compiler, *flags, str(source_path), "-o", str(partial),
@@ -79,8 +78,7 @@ def _built(name: str) -> Path:
             os.replace(partial, target)
             return target
         partial.unlink(missing_ok=True)
-        errors.append(result.stderr.strip()[-2000:])
-    raise OSError(f"{compiler} failed: {errors[-1]}")
+    raise OSError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")  # the plain build's
 
 
 def _cpu_signature() -> bytes:

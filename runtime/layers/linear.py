@@ -34,7 +34,6 @@ PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 
 class Linear(nn.Linear):
     packed_weight: torch.Tensor | None = None  # `weight` packed for a CPU kernel
-    packed_panels: bool = False  # packed_weight holds cpu_linear's panels, not oneDNN's layout
     quantized: QuantizedWeight | None = None  # weight-only int8/int4 in place of `weight`
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, in] -> [T, out]
@@ -49,6 +48,12 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
     @property
+    def packed_panels(self) -> bool:
+        """Whether `packed_weight` holds cpu_linear's panels [N / 32, K, 32] (oneDNN's layout
+        is a 2-D tensor)."""
+        return self.packed_weight is not None and self.packed_weight.dim() == 3
+
+    @property
     def can_pack(self) -> bool:
         """Whether `pack()` will pre-pack this layer's weight (a plain CPU weight in fp32
         or bf16, where torch has oneDNN)."""
@@ -61,9 +66,9 @@ class Linear(nn.Linear):
         where it builds, else oneDNN's layout); False where not possible."""
         if not self.can_pack:
             return False
-        self.packed_panels = cpu_linear.supports(self.weight)
-        self.packed_weight = (cpu_linear.pack(self.weight) if self.packed_panels else
-                              torch.ops.mkldnn._reorder_linear_weight(self.weight.detach()))
+        self.packed_weight = (
+            cpu_linear.pack(self.weight) if cpu_linear.supports(self.weight)
+            else torch.ops.mkldnn._reorder_linear_weight(self.weight.detach()))
         return True
 
     def quantize(self, method: str, group_size: int) -> None:
@@ -75,7 +80,7 @@ class Linear(nn.Linear):
         if (quantized.out_features, quantized.in_features) != expected:
             raise ValueError(f"quantized weight {quantized.out_features}x"
                              f"{quantized.in_features} for a {expected[0]}x{expected[1]} layer")
-        self.quantized, self.packed_weight, self.packed_panels = quantized, None, False
+        self.quantized, self.packed_weight = quantized, None
 
     def release_weight(self) -> None:
         """Drop the plain weight once it is read through a packed or quantized form."""

@@ -7,16 +7,13 @@ inputs whose rows are a slice of a wider tensor.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from loraplex.runtime.kernels import cpu_linear
 from loraplex.runtime.layers.linear import Linear
+from tests.kernels.no_compiler import run_without_a_compiler
 
 pytestmark = pytest.mark.skipif(cpu_linear._library() is None,
                                 reason="no C compiler or no 512-bit vectors")
@@ -115,8 +112,6 @@ def test_a_machine_without_a_compiler_packs_for_onednn(tmp_path):
         "    close = torch.allclose(layer(x), want, atol=1e-5)\n"
         "print(packed, layer.packed_panels, close)\n"
     )
-    env = {**os.environ, "CC": "false", "LORAPLEX_CACHE": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                            text=True, timeout=120, check=True)
+    result = run_without_a_compiler(script, tmp_path)
     assert result.stdout.split() == ["True", "False", "True"]
     assert "compiled CPU kernel cpu_linear is unavailable" in result.stderr

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from loraplex.runtime.kernels import cpu_lora, lora_apply, resolve_backend
+from tests.kernels.no_compiler import run_without_a_compiler
 from tests.kernels.problems import make_problem, segments_of
 from tests.kernels.test_lora_ops import (
     LAYOUTS,
@@ -154,9 +153,7 @@ def test_a_machine_without_a_working_compiler_serves_with_the_torch_ops(tmp_path
         "from loraplex.runtime.kernels import cpu_lora, resolve_backend\n"
         "print(cpu_lora.available(), resolve_backend('auto', torch.device('cpu')))\n"
     )
-    env = {**os.environ, "CC": "false", "LORAPLEX_CACHE": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                            text=True, timeout=120, check=True)
+    result = run_without_a_compiler(script, tmp_path)
     assert result.stdout.split() == ["False", "torch"]
     assert "compiled CPU kernel cpu_lora is unavailable" in result.stderr
     assert not list((tmp_path / "kernels").glob("*.so"))
