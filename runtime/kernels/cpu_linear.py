@@ -5,10 +5,11 @@ At the row counts of a decode step (1-64) a linear streams its weights from memo
 does a few FLOPs per byte; oneDNN's packed GEMM, the fastest torch path, read them at
 about 15 GB/s at 16 rows where a plain sum reads 27. The kernel reads each weight panel as
 one prefetched stream with the tile's accumulators in registers: every projection of the
-builtin model at 16 rows took 0.81x oneDNN's time, 0.67x at 1 row, and 1.02-1.05x at
-256-1024 rows (prefill chunks) (`python -m bench.linear`). The panels are the layer's only
-copy of its weight, as oneDNN's packed copy was. Machines without 512-bit vectors or a C
-compiler, and bf16 weights (oneDNN's AMX kernels), keep oneDNN.
+builtin model at 16 rows took 0.81-0.90x oneDNN's time, 0.67-0.84x at 1 row, and
+1.02-1.05x at 256-1024 rows (prefill chunks), over two runs of `python -m bench.linear`.
+The panels are the layer's only copy of its weight, as oneDNN's packed copy was. Machines
+without 512-bit vectors or a C compiler, and bf16 weights (oneDNN's AMX kernels), keep
+oneDNN.
 """
 
 from __future__ import annotations
