@@ -3,15 +3,20 @@
 A pod with a small GPU (or a CPU) holds the base weights in 8 or 4 bits and multiplies
 them with activations in the serving dtype; LoRA deltas are added on top of the output
 exactly as for full weights, so adapters need nothing new. The products use torch's own
-weight-only kernels, no native code of ours. On the CPU those kernels are vectorized for
-bf16 activations only: with fp32 activations the same [32 x 576] @ [576 x 1536] product took
-16.7 ms (int8) and 48 ms (int4) against 0.75 and 0.71 ms in bf16 on our 2-core bench machine,
-so on the CPU the product always runs in bf16 (`KERNEL_DTYPE_CPU`) and returns the layer's
-dtype; an fp32 model keeps its format tables in fp32 for `dequantize()`.
+weight-only kernels, and for int4 on a CPU our compiled panels where they build. torch's CPU
+kernels are vectorized for bf16 activations only: with fp32 activations the same
+[32 x 576] @ [576 x 1536] product took 16.7 ms (int8) and 48 ms (int4) against 0.75 and
+0.71 ms in bf16 on our 2-core bench machine, so there the product runs in bf16
+(`KERNEL_DTYPE_CPU`) and returns the layer's dtype; an fp32 model keeps its format tables
+in fp32 for `dequantize()`.
 - int8: `aten._weight_int8pack_mm(x, q[N, K] int8, scales[N])` (CPU and CUDA),
   symmetric per output channel: w = q * scale.
-- int4: tinygemm's layout, asymmetric per group of `group_size` inputs:
-  w = (q - 8) * scale + zero with q in 0..15, scales and zeros `[K / g, N, 2]`. On the CPU
+- int4: asymmetric per group of `group_size` inputs: w = (q - 8) * scale + zero with q in
+  0..15. On a CPU where `kernels.cpu_linear` builds, its int4 panels ("panels": codes
+  [N / 32, K, 16], tables [N / 32, K / g, 2, 32] in fp32 for an fp32 model, else bf16;
+  fp32 products, each weight dequantized once per product, where torch's CPU kernel
+  dequantizes it again for every row: 0.6-0.7x its time at 32 rows, as fast at one);
+  elsewhere tinygemm's layout, scales and zeros `[K / g, N, 2]`: on the CPU
   `aten._weight_int4pack_mm_for_cpu`; on CUDA (and on meta tensors, for the step cost
   model) the Triton dequantize-GEMM `kernels.int4_gemm`, which reads the codes tile by
   tile and never materialises the weight. Only where Triton cannot run (other devices,
@@ -28,9 +33,10 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
+from loraplex.runtime.kernels import cpu_linear
 from loraplex.runtime.kernels.int4_checks import INT4_GROUP_SIZES
 
-INT4_KERNELS = ("cpu", "triton", "dequantize")  # see `int4_kernel`
+INT4_KERNELS = ("panels", "cpu", "triton", "dequantize")  # see `int4_kernel`
 INT4_CPU_ROWS = 16  # the CPU kernel's output tile
 INT4_INNER_K_TILES = 2  # tinygemm's inner tiling of the packed layout (2, 4 or 8)
 KERNEL_DTYPE_CPU = torch.bfloat16  # the activation dtype the CPU kernels are fast in
@@ -108,11 +114,16 @@ class Int4Weight(QuantizedWeight):
                              f"this layer has {self.out_features}")
         self.group_size = group_size
         self.device = codes.device
-        self.packed = pack_int4(codes.to(torch.int32).contiguous(), self.kernel)
-        # [K / g, N, 2] in the model's dtype; an fp32 model's table is rounded to the CPU
-        # kernel's bf16 for each product (3% of a decode step) rather than kept twice
-        self.scales_and_zeros = torch.stack([scales.t(), zeros.t()], dim=-1).to(
-            dtype).contiguous()
+        if self.kernel == "panels":  # [N / 32, K, 16] codes, [N / 32, K / g, 2, 32] tables
+            self.packed, self.scales_and_zeros = cpu_linear.pack_int4(
+                codes, scales.t(), zeros.t(),
+                torch.float32 if dtype == torch.float32 else torch.bfloat16)
+        else:
+            self.packed = pack_int4(codes.to(torch.int32).contiguous(), self.kernel)
+            # [K / g, N, 2] in the model's dtype; an fp32 model's table is rounded to the
+            # CPU kernel's bf16 for each product (3% of a decode step) rather than kept twice
+            self.scales_and_zeros = torch.stack([scales.t(), zeros.t()], dim=-1).to(
+                dtype).contiguous()
         self.kernel_dtype = kernel_dtype(self.device, dtype)
         if self.kernel == "triton":  # imported here: a CPU server never loads triton
             from loraplex.runtime.kernels.int4_gemm import int4_matmul
@@ -140,6 +151,9 @@ class Int4Weight(QuantizedWeight):
         return cls(codes, scales, offsets + 8.0 * scales, group_size, dtype, kernel)
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "panels":
+            return cpu_linear.linear_int4(x, self.packed, self.scales_and_zeros,
+                                          self.out_features).to(x.dtype)
         if self.kernel == "cpu":
             return torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x.to(self.kernel_dtype), self.packed, self.group_size,
@@ -150,6 +164,9 @@ class Int4Weight(QuantizedWeight):
         return F.linear(x, self.dequantize().to(x.dtype))
 
     def codes(self) -> torch.Tensor:  # [N, K] in 0..15
+        if self.kernel == "panels":
+            return cpu_linear.unpack_int4(self.packed, self.scales_and_zeros,
+                                          self.out_features)[0]
         if self.kernel != "cpu":
             return torch.stack([self.packed & 15, self.packed >> 4], dim=-1).view(
                 self.out_features, self.in_features).int()
@@ -159,8 +176,17 @@ class Int4Weight(QuantizedWeight):
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
             identity, self.packed, self.group_size, unit).t().round().int() + 8
 
+    def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scales, zeros), each [K / g, N] in fp32."""
+        if self.kernel == "panels":
+            _, scales, zeros = cpu_linear.unpack_int4(self.packed, self.scales_and_zeros,
+                                                      self.out_features)
+            return scales.float(), zeros.float()
+        scales, zeros = self.scales_and_zeros.float().unbind(-1)
+        return scales, zeros
+
     def dequantize(self) -> torch.Tensor:
-        scales, zeros = self.scales_and_zeros.float().unbind(-1)  # [K/g, N] each
+        scales, zeros = self.tables()  # [K/g, N] each
         expand = lambda t: t.t().repeat_interleave(self.group_size, dim=1)  # [N, K]
         return (self.codes().float() - 8.0) * expand(scales) + expand(zeros)
 
@@ -184,10 +210,11 @@ def check_int4_shape(in_features: int, group_size: int) -> None:
 
 
 def int4_kernel(device: torch.device) -> str:
-    """The int4 product on `device`: torch's CPU kernel, the Triton dequantize-GEMM where
-    Triton runs (CUDA; meta, where launches are costed, not run), else dequantizing."""
+    """The int4 product on `device`: our CPU panels where they build, else torch's CPU
+    kernel; the Triton dequantize-GEMM where Triton runs (CUDA; meta, where launches are
+    costed, not run); else dequantizing."""
     if device.type == "cpu":
-        return "cpu"
+        return "panels" if cpu_linear.available() else "cpu"
     if device.type in ("cuda", "meta") and importlib.util.find_spec("triton") is not None:
         return "triton"
     return "dequantize"

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import pytest
 import torch
 
+from loraplex.runtime.kernels import cpu_linear
 from loraplex.runtime.kernels.configs import KernelConfig, int4_gemm_config
 from loraplex.runtime.kernels.launch_costs import recorded_launches
 from loraplex.runtime.layers.quantized import Int4Weight, int4_kernel
@@ -131,11 +132,12 @@ def test_dequantize_fallback_equals_the_dequantized_product() -> None:
     case = Case(64, 9, 48, 256, torch.float32)
     weight, x = quantized_problem(case, kernel="dequantize")
     assert_matches_dequantized(weight.linear(x), x, weight, torch.float32)
-    assert torch.equal(weight.codes(), quantized_problem(case, kernel="cpu")[0].codes())
+    for kernel in ("cpu", "panels") if cpu_linear.available() else ("cpu",):
+        assert torch.equal(weight.codes(), quantized_problem(case, kernel=kernel)[0].codes())
 
 
 def test_each_device_gets_its_int4_kernel() -> None:
-    assert int4_kernel(torch.device("cpu")) == "cpu"
+    assert int4_kernel(torch.device("cpu")) == ("panels" if cpu_linear.available() else "cpu")
     assert int4_kernel(torch.device("meta")) == "triton"
     assert int4_kernel(torch.device("mps")) == "dequantize"
     with pytest.raises(ValueError, match="int4 kernel must be one of"):
