@@ -4,7 +4,9 @@ A tied LM head multiplies by the embedding table. Packed for the CPU it holds it
 of the table, and the plain table stayed beside it only for the lookups: 113 MB of the
 builtin model in fp32. Row n of the table is column n % 32 of panel n // 32, so lookups
 gather their rows from the panels and the plain table is released; the rows are the
-table's own values, bit for bit.
+table's own values, bit for bit (`PanelEmbedding`). An int4 LM head's panels serve them
+the same way (`Int4PanelEmbedding`): a row is its codes and tables dequantized, the weight
+the head multiplies by, and the model holds the table once, in 4 bits.
 """
 
 from __future__ import annotations
@@ -13,6 +15,17 @@ import torch
 from torch import nn
 
 from loraplex.runtime.kernels.cpu_linear import PANEL
+from loraplex.runtime.layers.quantized import Int4Weight
+
+
+def check_ids(ids: torch.Tensor, num_embeddings: int) -> None:
+    """Refuse token ids outside the table (a gather from panels would read padding or
+    another panel's columns, not fail)."""
+    if ids.numel():
+        low, high = torch.aminmax(ids)
+        if int(low) < 0 or int(high) >= num_embeddings:
+            raise IndexError(f"token ids {int(low)}..{int(high)} outside the "
+                             f"embedding's {num_embeddings} rows")
 
 
 class PanelEmbedding(nn.Module):
@@ -33,10 +46,35 @@ class PanelEmbedding(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # [...] -> [..., d]
         ids = input_ids.reshape(-1)  # [T]
-        if ids.numel():
-            low, high = torch.aminmax(ids)
-            if int(low) < 0 or int(high) >= self.num_embeddings:
-                raise IndexError(f"token ids {int(low)}..{int(high)} outside the "
-                                 f"embedding's {self.num_embeddings} rows")
+        check_ids(ids, self.num_embeddings)
         rows = self.panels[ids // PANEL, :, ids % PANEL]  # [T, d]
         return rows.view(*input_ids.shape, self.embedding_dim)
+
+
+class Int4PanelEmbedding(nn.Module):
+    def __init__(self, head: Int4Weight, dtype: torch.dtype) -> None:
+        """head: the tied LM head's int4 weight on `cpu_linear`'s panels, shared, not copied;
+        rows come out in `dtype`."""
+        super().__init__()
+        if head.kernel != "panels":
+            raise ValueError(f"an int4 LM head on the {head.kernel!r} kernel has no panels "
+                             f"to look tokens up in")
+        self.head, self.dtype = head, dtype  # read only; the LM head owns it
+        self.num_embeddings, self.embedding_dim = head.out_features, head.in_features
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its own: none (the LM head's panels are counted with the LM head)."""
+        return 0
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # [...] -> [..., d]
+        ids = input_ids.reshape(-1)  # [T]
+        check_ids(ids, self.num_embeddings)
+        panel, column = ids // PANEL, ids % PANEL
+        half = PANEL // 2  # byte j holds column j (low nibble) and j + 16 (high)
+        codes = self.head.packed[panel, :, column % half]  # [T, d] uint8
+        codes = (codes >> (column // half * 4)[:, None].to(torch.uint8)) & 15
+        table = self.head.scales_and_zeros[panel, :, :, column].float()  # [T, d / g, 2]
+        expand = lambda values: values.repeat_interleave(self.head.group_size, dim=1)
+        rows = (codes.float() - 8.0) * expand(table[..., 0]) + expand(table[..., 1])
+        return rows.to(self.dtype).view(*input_ids.shape, self.embedding_dim)

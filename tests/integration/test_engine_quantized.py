@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from loraplex.runtime.engine.engine import Engine
 from loraplex.runtime.engine.request import GenerationRequest, SamplingParams
-from loraplex.runtime.layers.panel_embedding import PanelEmbedding
+from loraplex.runtime.layers.panel_embedding import Int4PanelEmbedding, PanelEmbedding
 from loraplex.runtime.layers.quantized_embedding import QuantizedEmbedding
 from loraplex.runtime.models.builtin import builtin_gguf_path
 from loraplex.runtime.models.gguf_quantized import use_gguf_blocks
@@ -109,18 +109,24 @@ def test_quantized_weights_are_smaller(quantize: str) -> None:
     linears = decoder_linear_bytes(full.model)
     assert decoder_linear_bytes(served.model) <= linears * (bits + 2) / 32 * 1.01
     # the token embedding: int8 rows, one fp32 scale per 32, in place of the fp32 table;
-    # where the tied LM head is packed in fp32 panels, its panels serve the lookups instead
+    # where the tied LM head is packed in fp32 panels, its panels serve the lookups instead,
+    # and where it is int4 on the CPU's panels (int4), its 4 bits do
     table = full.hf_config.vocab_size * full.hf_config.hidden_size
-    embedding = served.model.model.embed_tokens
-    if served.model.lm_head.packed_panels:
+    embedding, head = served.model.model.embed_tokens, served.model.lm_head
+    if head.quantized is not None:
+        assert quantize == "int4" and isinstance(embedding, Int4PanelEmbedding)
+        assert embedding.nbytes == 0 and head.weight_bytes <= table * 4 * (bits + 2) / 32
+        rows_saved = table * 4 - head.weight_bytes  # the fp32 head's panels, in 4 bits
+    elif head.packed_panels:
         assert isinstance(embedding, PanelEmbedding) and embedding.nbytes == 0
+        rows_saved = 0
     else:
         assert isinstance(embedding, QuantizedEmbedding)
         assert embedding.nbytes == table * (1 + 4 / 32)
-    # the tied LM head keeps only its packed copy (the plain table is released)
-    assert served.model.lm_head.weight is None and served.model.lm_head.packed_weight is not None
-    # what quantizing saved: the decoder's linears, and (int8 rows) the fp32 table less its rows
-    rows_saved = 0 if isinstance(embedding, PanelEmbedding) else table * 4 - embedding.nbytes
+        rows_saved = table * 4 - embedding.nbytes  # the fp32 table less its int8 rows
+    # the tied LM head keeps only its packed or quantized copy (the plain table is released)
+    assert head.weight is None and (head.packed_weight is not None or head.quantized is not None)
+    # what quantizing saved: the decoder's linears, and the table's bytes as above
     saved = linears - decoder_linear_bytes(served.model) + rows_saved
     assert served.weight_bytes == full.weight_bytes - saved
 

@@ -1,5 +1,6 @@
-"""Token lookups in the panels of a tied fp32 LM head: the table's own rows, bit for bit,
-with no copy of the table left beside the panels."""
+"""Token lookups in the panels of a tied LM head: an fp32 head's rows are the table's own,
+bit for bit; an int4 head's are its dequantized weight; no copy of the table is left beside
+the panels."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import pytest
 import torch
 
 from loraplex.runtime.kernels import cpu_linear
-from loraplex.runtime.layers.panel_embedding import PanelEmbedding
+from loraplex.runtime.layers.panel_embedding import Int4PanelEmbedding, PanelEmbedding
+from loraplex.runtime.layers.quantized import Int4Weight
 from loraplex.runtime.layers.quantized_embedding import QuantizedEmbedding
 from tests.unit.engine.test_quantized_embedding import tiny_model
 
@@ -54,3 +56,51 @@ def test_a_tied_fp32_head_in_panels_serves_the_lookups(quantize) -> None:
     # the table counted once: the untied model's bytes less its separate embedding table
     if not quantize:
         assert model.weight_bytes() == untied.weight_bytes() - table.nbytes
+
+
+def int4_head(rows: int, width: int, group: int = 32) -> Int4Weight:
+    table = torch.randn(rows, width, generator=torch.Generator().manual_seed(rows))
+    return Int4Weight.quantize(table, group, kernel="panels")
+
+
+@pytest.mark.parametrize("group", [32, 64])
+def test_int4_rows_are_the_heads_dequantized_rows_at_every_panel_column(group) -> None:
+    head = int4_head(45, 128, group)  # a partial last panel
+    embedding = Int4PanelEmbedding(head, torch.float32)
+    table = head.dequantize()
+    ids = torch.arange(45)  # every column of both panels, either nibble of a byte
+    assert torch.equal(embedding(ids), table)
+    assert torch.equal(embedding(ids.view(5, 9)), table.view(5, 9, 128))
+    assert embedding(ids[:0]).shape == (0, 128) and embedding.nbytes == 0
+    assert Int4PanelEmbedding(head, torch.bfloat16)(ids).dtype == torch.bfloat16
+
+
+def test_int4_lookups_refuse_ids_outside_the_table_and_heads_without_panels() -> None:
+    embedding = Int4PanelEmbedding(int4_head(45, 64), torch.float32)
+    for bad in (45, 63, -1):
+        with pytest.raises(IndexError, match="outside the embedding's 45 rows"):
+            embedding(torch.tensor([3, bad]))
+    with pytest.raises(ValueError, match="no panels to look tokens up in"):
+        Int4PanelEmbedding(Int4Weight.quantize(torch.randn(48, 64), 32, kernel="cpu"),
+                           torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_an_int4_tied_head_serves_the_lookups_from_its_own_bits(dtype) -> None:
+    model = tiny_model(dtype, tied=True)
+    model.quantize_weights("int4", 32)
+    model.pack_weights()
+    head, embedding = model.lm_head.quantized, model.model.embed_tokens
+    assert head is not None and head.kernel == "panels" and model.lm_head.weight is None
+    assert isinstance(embedding, Int4PanelEmbedding) and embedding.head is head
+    ids = torch.tensor([0, 5, head.out_features - 1, 31, 32])
+    assert torch.equal(embedding(ids), head.dequantize()[ids].to(dtype))
+    hidden = torch.randn(3, head.in_features, dtype=dtype)
+    expected = hidden.double() @ head.dequantize().double().t()
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(model.compute_logits(hidden).double(), expected,
+                               rtol=tolerance, atol=tolerance)
+    # the table held once, in the head's 4 bits: the head and the decoder, nothing else
+    linears = sum(m.weight_bytes for m in model.own_linears())
+    norms = sum(p.nbytes for p in model.parameters())
+    assert model.weight_bytes() == linears + norms

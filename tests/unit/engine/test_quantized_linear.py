@@ -121,11 +121,15 @@ def dequantized_copy(engine: Engine, quantized: Engine) -> None:
     """Give `engine`'s decoder linears and token embedding the full-precision weights
     `quantized` serves."""
     model, served_model = engine.loaded.model, quantized.loaded.model
-    # the lookups read the rows served; the LM head keeps the full table, as served
+    # the lookups read the rows served; the LM head keeps the full table where it is served
+    # full, and gets its dequantized weight where it is quantized too (int4 on CPU panels)
     rows = served_model.model.embed_tokens(torch.arange(served_model.config.vocab_size))
     model.model.embed_tokens = nn.Embedding.from_pretrained(rows, freeze=True)
-    plain_linears = [m for m in model.own_linears() if m is not model.lm_head]
-    served_linears = [m for m in served_model.own_linears() if m is not served_model.lm_head]
+    head = served_model.lm_head.quantized is not None
+    plain_linears = [m for m in model.modules()
+                     if isinstance(m, Linear) and (m is not model.lm_head or head)]
+    served_linears = [m for m in served_model.modules()
+                      if isinstance(m, Linear) and (m is not served_model.lm_head or head)]
     for plain, served in zip(plain_linears, served_linears, strict=True):
         if served.quantized is not None:
             plain.register_parameter("weight", nn.Parameter(served.quantized.dequantize(),
