@@ -10,13 +10,14 @@
  * panels. Rows are taken in passes of ROWS_PER_PASS: one pass over 1-2k rows was 1.2x
  * slower than oneDNN's packed GEMM, passes of 256 as fast.
  *
- * int4 weights (`linear_int4`) use the same tiles: a thread dequantizes one panel of codes
- * into fp32 scratch (it stays in L2, read once per tile) and runs every row tile over it, so
- * a weight is dequantized once per call whatever the row count, and memory streams half a
- * byte per weight. Codes of panel p are [K, 16] bytes, byte j of row k holding column j in
- * its low nibble and column j + 16 in its high one; its table is [K / G, 2, 32] (bf16, or
- * fp32 for an fp32 model), the scale and the zero of each column per group of G inputs:
- * w = (q - 8) * scale + zero.
+ * Quantized weights (`linear_int4`, `linear_int8`) stream their codes in the same panels
+ * and are dequantized once per call whatever the row count: in registers for up to one
+ * tile of rows, else a thread dequantizes a panel into fp32 scratch (it stays in L2) and
+ * runs every row tile over it. int4: codes of panel p are [K, 16] bytes, byte j of row k
+ * holding column j in its low nibble and column j + 16 in its high one; its table is
+ * [K / G, 2, 32] (bf16, or fp32 for an fp32 model), the scale and the zero of each column
+ * per group of G inputs: w = (q - 8) * scale + zero. int8: codes of panel p are [K, 32]
+ * signed bytes, with one fp32 scale per output feature: w = q * scale.
  *
  * Built at run time by `cpu_linear.py` (through `cpu_native.py`) with the machine's own
  * vector instructions and OpenMP (torch's own runtime, so both share one thread pool).
@@ -26,7 +27,8 @@
  *
  * Layouts (element strides): x [M, K] rows x_row apart, unit stride along K; panels
  * [ceil(N / 32), K, 32] contiguous (int4: codes [ceil(N / 32), K, 16] and tables
- * [ceil(N / 32), K / G, 2, 32] contiguous); bias [N] or NULL; y [M, N] rows y_row apart.
+ * [ceil(N / 32), K / G, 2, 32]; int8: codes [ceil(N / 32), K, 32] and scales
+ * [32 ceil(N / 32)], all contiguous); bias [N] or NULL; y [M, N] rows y_row apart.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -38,12 +40,12 @@
 #define MAX_TILE_ROWS 12
 #define ROWS_PER_PASS 256
 #define PREFETCH_AHEAD 16
-#define CODE_BYTES (PANEL / 2)  /* bytes of codes per input of a panel */
 
 typedef float v16 __attribute__((vector_size(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
 
 typedef uint8_t codes16 __attribute__((vector_size(16), aligned(1)));
+typedef int8_t signed16 __attribute__((vector_size(16), aligned(1)));
 typedef uint16_t half16 __attribute__((vector_size(32), aligned(2)));
 typedef int32_t int16v __attribute__((vector_size(64)));
 typedef uint32_t uint16v __attribute__((vector_size(64)));
@@ -145,12 +147,18 @@ void linear_f32(float *y, const float *x, const float *panels, const float *bias
 static inline int16v widen_bytes(const uint8_t *bytes) {
     return (int16v)_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)bytes));
 }
+static inline int16v widen_signed_bytes(const int8_t *bytes) {
+    return (int16v)_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)bytes));
+}
 static inline uint16v widen_halves(const uint16_t *halves) {
     return (uint16v)_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)halves));
 }
 #else
 static inline int16v widen_bytes(const uint8_t *bytes) {
     return __builtin_convertvector(*(const codes16 *)bytes, int16v);
+}
+static inline int16v widen_signed_bytes(const int8_t *bytes) {
+    return __builtin_convertvector(*(const signed16 *)bytes, int16v);
 }
 static inline uint16v widen_halves(const uint16_t *halves) {
     return __builtin_convertvector(*(const half16 *)halves, uint16v);
@@ -162,18 +170,26 @@ static inline v16 bf16_values(const uint16_t *values) {
     return (v16)(widen_halves(values) << 16);
 }
 
-/* The scale and the zero of a group's 32 columns, the zero folded as zero - 8 * scale so
- * that w = q * scale + zero is one multiply-add. */
+/* A quantized weight as the kernels read it (layouts at the top). */
+typedef struct {
+    const void *codes, *tables;
+    int tables_fp32;  /* int4 tables in fp32, else bf16 */
+    int64_t k, group;  /* inputs, and inputs per group (int8: k, one group) */
+} quantized_t;
+
+/* What multiplies a group's 32 columns: w = q * scale + zero. */
 typedef struct { v16 scale_low, scale_high, zero_low, zero_high; } group_t;
 
-static inline group_t group_values(const void *tables, int64_t offset, int fp32) {
+/* int4: the group's table, its zero folded as zero - 8 * scale (one multiply-add a weight). */
+static inline group_t int4_group(const quantized_t *w, int64_t p, int64_t start) {
+    const int64_t offset = (p * (w->k / w->group) + start / w->group) * 2 * PANEL;
     group_t g;
-    if (fp32) {
-        const float *table = (const float *)tables + offset;
+    if (w->tables_fp32) {
+        const float *table = (const float *)w->tables + offset;
         g = (group_t){*(const v16u *)table, *(const v16u *)(table + 16),
                       *(const v16u *)(table + PANEL), *(const v16u *)(table + 48)};
     } else {
-        const uint16_t *table = (const uint16_t *)tables + offset;
+        const uint16_t *table = (const uint16_t *)w->tables + offset;
         g = (group_t){bf16_values(table), bf16_values(table + 16), bf16_values(table + PANEL),
                       bf16_values(table + 48)};
     }
@@ -182,37 +198,49 @@ static inline group_t group_values(const void *tables, int64_t offset, int fp32)
     return g;
 }
 
-/* Columns 0-15 and 16-31 of a panel's row of codes, dequantized. */
-#define DEQUANTIZE_ROW(codes, g, w_low, w_high)                                             \
-    const int16v q = widen_bytes(codes);                                                    \
-    const v16 w_low = __builtin_convertvector(q & 15, v16) * g.scale_low + g.zero_low;       \
-    const v16 w_high = __builtin_convertvector(q >> 4, v16) * g.scale_high + g.zero_high;
-
-/* out [K, 32] fp32 = panel of codes [K, 16] dequantized by its table [K / G, 2, 32], which
- * starts `table` elements into `tables`. */
-static void dequantize_panel(float *out, const uint8_t *codes, const void *tables,
-                             int64_t table, int fp32, int64_t k, int64_t group) {
-    for (int64_t start = 0; start < k; start += group, table += 2 * PANEL) {
-        const group_t g = group_values(tables, table, fp32);
-        for (int64_t i = start; i < start + group; ++i) {
-            DEQUANTIZE_ROW(codes + i * CODE_BYTES, g, w_low, w_high)
-            *(v16 *)(out + i * PANEL) = w_low;
-            *(v16 *)(out + i * PANEL + 16) = w_high;
-        }
-    }
+static inline void int4_weights(const quantized_t *w, int64_t p, int64_t k, const group_t *g,
+                                v16 *low, v16 *high) {
+    const int16v q = widen_bytes((const uint8_t *)w->codes + (p * w->k + k) * (PANEL / 2));
+    *low = __builtin_convertvector(q & 15, v16) * g->scale_low + g->zero_low;
+    *high = __builtin_convertvector(q >> 4, v16) * g->scale_high + g->zero_high;
 }
 
-/* All ROWS rows (at most one tile) against int4 panel p, dequantized in registers as it
- * streams: a decode step's few rows pay no scratch round trip. */
-#define INT4_TILE(ROWS)                                                                     \
-static void int4_tile_##ROWS(const linear_t *a, int64_t p, const uint8_t *codes,            \
-                             const void *tables, int64_t table, int fp32, int64_t group) {  \
+/* int8: the panel's 32 scales, no zero. */
+static inline group_t int8_group(const quantized_t *w, int64_t p, int64_t start) {
+    (void)start;
+    const float *scales = (const float *)w->tables + p * PANEL;
+    return (group_t){*(const v16u *)scales, *(const v16u *)(scales + 16), {0}, {0}};
+}
+
+static inline void int8_weights(const quantized_t *w, int64_t p, int64_t k, const group_t *g,
+                                v16 *low, v16 *high) {
+    const int8_t *row = (const int8_t *)w->codes + (p * w->k + k) * PANEL;
+    *low = __builtin_convertvector(widen_signed_bytes(row), v16) * g->scale_low;
+    *high = __builtin_convertvector(widen_signed_bytes(row + 16), v16) * g->scale_high;
+}
+
+/* A format's two ways through a panel p: dequantized into out [K, 32] (then read by the
+ * fp32 tiles), or, for up to one tile of rows, dequantized in registers as it streams (a
+ * decode step's few rows pay no scratch round trip). ROWS is a constant in each copy. */
+#define DEQUANTIZE_PANEL(FORMAT)                                                            \
+static void FORMAT##_dequantize_panel(float *out, const quantized_t *w, int64_t p) {        \
+    for (int64_t start = 0; start < w->k; start += w->group) {                              \
+        const group_t g = FORMAT##_group(w, p, start);                                      \
+        for (int64_t k = start; k < start + w->group; ++k)                                  \
+            FORMAT##_weights(w, p, k, &g, (v16 *)(out + k * PANEL),                         \
+                             (v16 *)(out + k * PANEL + 16));                                \
+    }                                                                                       \
+}
+
+#define QUANTIZED_TILE(FORMAT, ROWS)                                                        \
+static void FORMAT##_tile_##ROWS(const linear_t *a, int64_t p, const quantized_t *w) {      \
     v16 low[ROWS], high[ROWS];                                                              \
     for (int r = 0; r < ROWS; ++r) low[r] = high[r] = (v16){0};                             \
-    for (int64_t start = 0; start < a->k; start += group, table += 2 * PANEL) {             \
-        const group_t g = group_values(tables, table, fp32);                                \
-        for (int64_t k = start; k < start + group; ++k) {                                   \
-            DEQUANTIZE_ROW(codes + k * CODE_BYTES, g, w_low, w_high)                        \
+    for (int64_t start = 0; start < w->k; start += w->group) {                              \
+        const group_t g = FORMAT##_group(w, p, start);                                      \
+        for (int64_t k = start; k < start + w->group; ++k) {                                \
+            v16 w_low, w_high;                                                              \
+            FORMAT##_weights(w, p, k, &g, &w_low, &w_high);                                 \
             _Pragma("GCC unroll 12")                                                        \
             for (int r = 0; r < ROWS; ++r) {                                                \
                 const float value = a->x[r * a->x_row + k];                                 \
@@ -224,37 +252,41 @@ static void int4_tile_##ROWS(const linear_t *a, int64_t p, const uint8_t *codes,
     store_tile(a, 0, p, ROWS, low, high);                                                   \
 }
 
-INT4_TILE(1) INT4_TILE(2) INT4_TILE(3) INT4_TILE(4) INT4_TILE(5) INT4_TILE(6)
-INT4_TILE(7) INT4_TILE(8) INT4_TILE(9) INT4_TILE(10) INT4_TILE(11) INT4_TILE(12)
+typedef void (*quantized_tile_fn)(const linear_t *, int64_t, const quantized_t *);
+typedef void (*dequantize_fn)(float *, const quantized_t *, int64_t);
 
-typedef void (*int4_tile_fn)(const linear_t *, int64_t, const uint8_t *, const void *,
-                             int64_t, int, int64_t);
-static const int4_tile_fn INT4_TILES[MAX_TILE_ROWS + 1] = {
-    0, int4_tile_1, int4_tile_2, int4_tile_3, int4_tile_4, int4_tile_5, int4_tile_6,
-    int4_tile_7, int4_tile_8, int4_tile_9, int4_tile_10, int4_tile_11, int4_tile_12,
+#define QUANTIZED_FORMAT(FORMAT)                                                            \
+DEQUANTIZE_PANEL(FORMAT)                                                                    \
+QUANTIZED_TILE(FORMAT, 1) QUANTIZED_TILE(FORMAT, 2) QUANTIZED_TILE(FORMAT, 3)               \
+QUANTIZED_TILE(FORMAT, 4) QUANTIZED_TILE(FORMAT, 5) QUANTIZED_TILE(FORMAT, 6)               \
+QUANTIZED_TILE(FORMAT, 7) QUANTIZED_TILE(FORMAT, 8) QUANTIZED_TILE(FORMAT, 9)               \
+QUANTIZED_TILE(FORMAT, 10) QUANTIZED_TILE(FORMAT, 11) QUANTIZED_TILE(FORMAT, 12)            \
+static const quantized_tile_fn FORMAT##_TILES[MAX_TILE_ROWS + 1] = {                        \
+    0, FORMAT##_tile_1, FORMAT##_tile_2, FORMAT##_tile_3, FORMAT##_tile_4, FORMAT##_tile_5, \
+    FORMAT##_tile_6, FORMAT##_tile_7, FORMAT##_tile_8, FORMAT##_tile_9, FORMAT##_tile_10,   \
+    FORMAT##_tile_11, FORMAT##_tile_12,                                                     \
 };
 
-/* y = x W^T (+ bias) for int4 W (layouts above; `tables_fp32`: fp32 tables, else bf16);
- * G divides K. Up to one tile of rows
- * dequantizes in registers; more rows dequantize each panel once into a thread's scratch
- * and run every tile over it. Returns 0, or -2 where a thread's scratch could not be
- * allocated (y is then unset). */
-int linear_int4(float *y, const float *x, const uint8_t *codes, const void *tables,
-                int tables_fp32, const float *bias, int64_t m, int64_t n, int64_t k,
-                int64_t group, int64_t x_row, int64_t y_row, int num_threads) {
-    const linear_t a = {x, bias, y, n, k, x_row, y_row};
-    const int64_t num_panels = (n + PANEL - 1) / PANEL, table_size = (k / group) * 2 * PANEL;
+QUANTIZED_FORMAT(int4)
+QUANTIZED_FORMAT(int8)
+
+/* y = x W^T (+ bias) for a quantized W. Up to one tile of rows dequantizes in registers;
+ * more rows dequantize each panel once into a thread's scratch and run every tile over it.
+ * Returns 0, or -2 where a thread's scratch could not be allocated (y is then unset). */
+static int quantized_linear(const linear_t *a, int64_t m, const quantized_t *w,
+                            const quantized_tile_fn *tiles, dequantize_fn dequantize,
+                            int num_threads) {
+    const int64_t num_panels = (a->n + PANEL - 1) / PANEL;
     if (m <= MAX_TILE_ROWS) {
         _Pragma("omp parallel for schedule(static) num_threads(num_threads) if (num_threads > 1)")
         for (int64_t p = 0; p < num_panels; ++p)
-            INT4_TILES[m](&a, p, codes + p * k * CODE_BYTES, tables, p * table_size,
-                          tables_fp32, group);
+            tiles[m](a, p, w);
         return 0;
     }
     int failed = 0;
     _Pragma("omp parallel num_threads(num_threads) if (num_threads > 1)")
     {
-        float *scratch = aligned_alloc(64, k * PANEL * sizeof(float));  /* [K, 32] */
+        float *scratch = aligned_alloc(64, a->k * PANEL * sizeof(float));  /* [K, 32] */
         if (scratch == 0) {
             _Pragma("omp atomic write")
             failed = 1;
@@ -265,20 +297,37 @@ int linear_int4(float *y, const float *x, const uint8_t *codes, const void *tabl
         skip = failed;
         for (int64_t start = 0; !skip && start < m; start += ROWS_PER_PASS) {
             const int64_t rows = m - start < ROWS_PER_PASS ? m - start : ROWS_PER_PASS;
-            const int64_t tiles = (rows + MAX_TILE_ROWS - 1) / MAX_TILE_ROWS;
-            const int64_t height = (rows + tiles - 1) / tiles;
+            const int64_t tile_count = (rows + MAX_TILE_ROWS - 1) / MAX_TILE_ROWS;
+            const int64_t height = (rows + tile_count - 1) / tile_count;
             _Pragma("omp for schedule(static)")
             for (int64_t p = 0; p < num_panels; ++p) {
-                dequantize_panel(scratch, codes + p * k * CODE_BYTES, tables, p * table_size,
-                                 tables_fp32, k, group);
+                dequantize(scratch, w, p);
                 for (int64_t row = start; row < start + rows; row += height) {
                     const int64_t tile_rows = start + rows - row < height ? start + rows - row
                                                                           : height;
-                    TILES[tile_rows](&a, row, p, scratch, scratch + PREFETCH_AHEAD * PANEL);
+                    TILES[tile_rows](a, row, p, scratch, scratch + PREFETCH_AHEAD * PANEL);
                 }
             }
         }
         free(scratch);
     }
     return failed ? -2 : 0;
+}
+
+/* int4 W: `tables_fp32` says whether its tables are fp32 (else bf16); G divides K. */
+int linear_int4(float *y, const float *x, const uint8_t *codes, const void *tables,
+                int tables_fp32, const float *bias, int64_t m, int64_t n, int64_t k,
+                int64_t group, int64_t x_row, int64_t y_row, int num_threads) {
+    const linear_t a = {x, bias, y, n, k, x_row, y_row};
+    const quantized_t w = {codes, tables, tables_fp32, k, group};
+    return quantized_linear(&a, m, &w, int4_TILES, int4_dequantize_panel, num_threads);
+}
+
+/* int8 W: one fp32 scale per output feature. */
+int linear_int8(float *y, const float *x, const int8_t *codes, const float *scales,
+                const float *bias, int64_t m, int64_t n, int64_t k, int64_t x_row,
+                int64_t y_row, int num_threads) {
+    const linear_t a = {x, bias, y, n, k, x_row, y_row};
+    const quantized_t w = {codes, scales, 1, k, k};
+    return quantized_linear(&a, m, &w, int8_TILES, int8_dequantize_panel, num_threads);
 }

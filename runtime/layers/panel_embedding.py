@@ -4,9 +4,9 @@ A tied LM head multiplies by the embedding table. Packed for the CPU it holds it
 of the table, and the plain table stayed beside it only for the lookups: 113 MB of the
 builtin model in fp32. Row n of the table is column n % 32 of panel n // 32, so lookups
 gather their rows from the panels and the plain table is released; the rows are the
-table's own values, bit for bit (`PanelEmbedding`). An int4 LM head's panels serve them
-the same way (`Int4PanelEmbedding`): a row is its codes and tables dequantized, the weight
-the head multiplies by, and the model holds the table once, in 4 bits.
+table's own values, bit for bit (`PanelEmbedding`). A quantized model's int8 LM head serves
+them the same way (`Int8PanelEmbedding`): a row is its codes times its scale, the weight the
+head multiplies by, and the model holds the table once, in 8 bits.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from loraplex.runtime.kernels.cpu_linear import PANEL
-from loraplex.runtime.layers.quantized import Int4Weight
+from loraplex.runtime.layers.quantized import Int8Weight
 
 
 def check_ids(ids: torch.Tensor, num_embeddings: int) -> None:
@@ -51,13 +51,13 @@ class PanelEmbedding(nn.Module):
         return rows.view(*input_ids.shape, self.embedding_dim)
 
 
-class Int4PanelEmbedding(nn.Module):
-    def __init__(self, head: Int4Weight, dtype: torch.dtype) -> None:
-        """head: the tied LM head's int4 weight on `cpu_linear`'s panels, shared, not copied;
+class Int8PanelEmbedding(nn.Module):
+    def __init__(self, head: Int8Weight, dtype: torch.dtype) -> None:
+        """head: the tied LM head's int8 weight on `cpu_linear`'s panels, shared, not copied;
         rows come out in `dtype`."""
         super().__init__()
         if head.kernel != "panels":
-            raise ValueError(f"an int4 LM head on the {head.kernel!r} kernel has no panels "
+            raise ValueError(f"an int8 LM head on the {head.kernel!r} kernel has no panels "
                              f"to look tokens up in")
         self.head, self.dtype = head, dtype  # read only; the LM head owns it
         self.num_embeddings, self.embedding_dim = head.out_features, head.in_features
@@ -70,11 +70,6 @@ class Int4PanelEmbedding(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # [...] -> [..., d]
         ids = input_ids.reshape(-1)  # [T]
         check_ids(ids, self.num_embeddings)
-        panel, column = ids // PANEL, ids % PANEL
-        half = PANEL // 2  # byte j holds column j (low nibble) and j + 16 (high)
-        codes = self.head.packed[panel, :, column % half]  # [T, d] uint8
-        codes = (codes >> (column // half * 4)[:, None].to(torch.uint8)) & 15
-        table = self.head.scales_and_zeros[panel, :, :, column].float()  # [T, d / g, 2]
-        expand = lambda values: values.repeat_interleave(self.head.group_size, dim=1)
-        rows = (codes.float() - 8.0) * expand(table[..., 0]) + expand(table[..., 1])
+        codes = self.head.packed[ids // PANEL, :, ids % PANEL]  # [T, d] int8
+        rows = codes.float() * self.head.panel_scales[ids][:, None]
         return rows.to(self.dtype).view(*input_ids.shape, self.embedding_dim)

@@ -3,14 +3,15 @@
 A pod with a small GPU (or a CPU) holds the base weights in 8 or 4 bits and multiplies
 them with activations in the serving dtype; LoRA deltas are added on top of the output
 exactly as for full weights, so adapters need nothing new. The products use torch's own
-weight-only kernels, and for int4 on a CPU our compiled panels where they build. torch's CPU
+weight-only kernels, and on a CPU our compiled panels where they build. torch's CPU
 kernels are vectorized for bf16 activations only: with fp32 activations the same
 [32 x 576] @ [576 x 1536] product took 16.7 ms (int8) and 48 ms (int4) against 0.75 and
 0.71 ms in bf16 on our 2-core bench machine, so there the product runs in bf16
 (`KERNEL_DTYPE_CPU`) and returns the layer's dtype; an fp32 model keeps its format tables
 in fp32 for `dequantize()`.
-- int8: `aten._weight_int8pack_mm(x, q[N, K] int8, scales[N])` (CPU and CUDA),
-  symmetric per output channel: w = q * scale.
+- int8: symmetric per output channel: w = q * scale. On a CPU where `kernels.cpu_linear`
+  builds, its int8 panels ("panels"); elsewhere `aten._weight_int8pack_mm(x, q[N, K] int8,
+  scales[N])` (CPU and CUDA).
 - int4: asymmetric per group of `group_size` inputs: w = (q - 8) * scale + zero with q in
   0..15. On a CPU where `kernels.cpu_linear` builds, its int4 panels ("panels": codes
   [N / 32, K, 16], tables [N / 32, K / g, 2, 32] in fp32 for an fp32 model, else bf16;
@@ -33,10 +34,11 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-from loraplex.runtime.kernels import cpu_linear
+from loraplex.runtime.kernels import cpu_linear, cpu_quantized_linear
 from loraplex.runtime.kernels.int4_checks import INT4_GROUP_SIZES
 
 INT4_KERNELS = ("panels", "cpu", "triton", "dequantize")  # see `int4_kernel`
+INT8_KERNELS = ("panels", "torch")  # our CPU panels; torch's weight-only kernel
 INT4_CPU_ROWS = 16  # the CPU kernel's output tile
 INT4_INNER_K_TILES = 2  # tinygemm's inner tiling of the packed layout (2, 4 or 8)
 KERNEL_DTYPE_CPU = torch.bfloat16  # the activation dtype the CPU kernels are fast in
@@ -65,36 +67,60 @@ class QuantizedWeight:
 class Int8Weight(QuantizedWeight):
     """Symmetric int8, one scale per output channel."""
 
-    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> None:
-        self.codes = codes.to(torch.int8).contiguous()  # [N, K]
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype,
+                 kernel: str | None = None) -> None:
+        """codes [N, K] in -127..127, scales [N]: w = q * scale. `kernel`: one of
+        INT8_KERNELS, by default "panels" on a CPU where they build."""
+        self.out_features, self.in_features = codes.shape
+        self.kernel = kernel or int8_kernel(codes.device)
+        if self.kernel not in INT8_KERNELS:
+            raise ValueError(f"int8 kernel must be one of {INT8_KERNELS}, got {self.kernel!r}")
+        if self.kernel == "panels":  # [N / 32, K, 32] codes, [32 N / 32] fp32 scales
+            self.packed, self.panel_scales = cpu_quantized_linear.pack_int8(codes, scales)
+            return
+        self.plain_codes = codes.to(torch.int8).contiguous()  # [N, K]
         self.scales = scales.float().contiguous()  # [N], fp32: the format's own precision
         self.kernel_dtype = kernel_dtype(codes.device, dtype)
         self.kernel_scales = self.scales.to(self.kernel_dtype)  # [N], as the kernel reads them
-        self.out_features, self.in_features = self.codes.shape
 
     @classmethod
-    def quantize(cls, weight: torch.Tensor) -> Int8Weight:
+    def quantize(cls, weight: torch.Tensor, kernel: str | None = None) -> Int8Weight:
         """Round to nearest: scale = max |w| / 127 per output channel."""
         full = weight.detach().float()  # [N, K]
         scales = (full.abs().amax(dim=1) / 127.0).clamp(min=torch.finfo(torch.float32).tiny)
         codes = torch.round(full / scales[:, None]).clamp(-127, 127)
-        return cls(codes, scales, weight.dtype)
+        return cls(codes, scales, weight.dtype, kernel)
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "panels":
+            return cpu_quantized_linear.linear_int8(x, self.packed, self.panel_scales,
+                                                    self.out_features).to(x.dtype)
         x_kernel = x.to(self.kernel_dtype)
-        if self.codes.device.type == "cpu" and x.shape[0] >= INT8_CPU_DEQUANTIZE_ROWS:
+        if self.plain_codes.device.type == "cpu" and x.shape[0] >= INT8_CPU_DEQUANTIZE_ROWS:
             # the codes are exact in bf16: one dense product, scaled per output channel
-            output = F.linear(x_kernel, self.codes.to(self.kernel_dtype)) * self.kernel_scales
+            output = F.linear(x_kernel, self.plain_codes.to(self.kernel_dtype)) * \
+                self.kernel_scales
         else:
-            output = torch.ops.aten._weight_int8pack_mm(x_kernel, self.codes, self.kernel_scales)
+            output = torch.ops.aten._weight_int8pack_mm(x_kernel, self.plain_codes,
+                                                        self.kernel_scales)
         return output.to(x.dtype)
 
+    def codes(self) -> torch.Tensor:  # [N, K] int8
+        if self.kernel == "panels":
+            return cpu_quantized_linear.unpack_int8(self.packed, self.out_features)
+        return self.plain_codes
+
+    def channel_scales(self) -> torch.Tensor:  # [N] fp32
+        return self.panel_scales[:self.out_features] if self.kernel == "panels" else self.scales
+
     def dequantize(self) -> torch.Tensor:
-        return self.codes.float() * self.scales[:, None]
+        return self.codes().float() * self.channel_scales()[:, None]
 
     @property
     def nbytes(self) -> int:
-        return self.codes.nbytes + self.scales.nbytes + self.kernel_scales.nbytes
+        if self.kernel == "panels":
+            return self.packed.nbytes + self.panel_scales.nbytes
+        return self.plain_codes.nbytes + self.scales.nbytes + self.kernel_scales.nbytes
 
 
 class Int4Weight(QuantizedWeight):
@@ -115,7 +141,7 @@ class Int4Weight(QuantizedWeight):
         self.group_size = group_size
         self.device = codes.device
         if self.kernel == "panels":  # [N / 32, K, 16] codes, [N / 32, K / g, 2, 32] tables
-            self.packed, self.scales_and_zeros = cpu_linear.pack_int4(
+            self.packed, self.scales_and_zeros = cpu_quantized_linear.pack_int4(
                 codes, scales.t(), zeros.t(),
                 torch.float32 if dtype == torch.float32 else torch.bfloat16)
         else:
@@ -152,7 +178,7 @@ class Int4Weight(QuantizedWeight):
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "panels":
-            return cpu_linear.linear_int4(x, self.packed, self.scales_and_zeros,
+            return cpu_quantized_linear.linear_int4(x, self.packed, self.scales_and_zeros,
                                           self.out_features).to(x.dtype)
         if self.kernel == "cpu":
             return torch.ops.aten._weight_int4pack_mm_for_cpu(
@@ -165,7 +191,7 @@ class Int4Weight(QuantizedWeight):
 
     def codes(self) -> torch.Tensor:  # [N, K] in 0..15
         if self.kernel == "panels":
-            return cpu_linear.unpack_int4(self.packed, self.scales_and_zeros,
+            return cpu_quantized_linear.unpack_int4(self.packed, self.scales_and_zeros,
                                           self.out_features)[0]
         if self.kernel != "cpu":
             return torch.stack([self.packed & 15, self.packed >> 4], dim=-1).view(
@@ -179,7 +205,7 @@ class Int4Weight(QuantizedWeight):
     def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(scales, zeros), each [K / g, N] in fp32."""
         if self.kernel == "panels":
-            _, scales, zeros = cpu_linear.unpack_int4(self.packed, self.scales_and_zeros,
+            _, scales, zeros = cpu_quantized_linear.unpack_int4(self.packed, self.scales_and_zeros,
                                                       self.out_features)
             return scales.float(), zeros.float()
         scales, zeros = self.scales_and_zeros.float().unbind(-1)
@@ -207,6 +233,11 @@ def check_int4_shape(in_features: int, group_size: int) -> None:
         raise ValueError(f"int4 with groups of {group_size} needs the input width to be a "
                          f"multiple of it; this layer has {in_features} inputs (choose "
                          f"--quantize-group-size from {INT4_GROUP_SIZES} dividing it)")
+
+
+def int8_kernel(device: torch.device) -> str:
+    """The int8 product on `device`: our CPU panels where they build, else torch's."""
+    return "panels" if device.type == "cpu" and cpu_linear.available() else "torch"
 
 
 def int4_kernel(device: torch.device) -> str:

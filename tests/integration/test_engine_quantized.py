@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from loraplex.runtime.engine.engine import Engine
 from loraplex.runtime.engine.request import GenerationRequest, SamplingParams
-from loraplex.runtime.layers.panel_embedding import Int4PanelEmbedding, PanelEmbedding
+from loraplex.runtime.layers.panel_embedding import Int8PanelEmbedding, PanelEmbedding
 from loraplex.runtime.layers.quantized_embedding import QuantizedEmbedding
 from loraplex.runtime.models.builtin import builtin_gguf_path
 from loraplex.runtime.models.gguf_quantized import use_gguf_blocks
@@ -110,13 +110,14 @@ def test_quantized_weights_are_smaller(quantize: str) -> None:
     assert decoder_linear_bytes(served.model) <= linears * (bits + 2) / 32 * 1.01
     # the token embedding: int8 rows, one fp32 scale per 32, in place of the fp32 table;
     # where the tied LM head is packed in fp32 panels, its panels serve the lookups instead,
-    # and where it is int4 on the CPU's panels (int4), its 4 bits do
+    # and where it is int8 on the CPU's panels (int8, int4), its 8 bits do
     table = full.hf_config.vocab_size * full.hf_config.hidden_size
     embedding, head = served.model.model.embed_tokens, served.model.lm_head
     if head.quantized is not None:
-        assert quantize == "int4" and isinstance(embedding, Int4PanelEmbedding)
-        assert embedding.nbytes == 0 and head.weight_bytes <= table * 4 * (bits + 2) / 32
-        rows_saved = table * 4 - head.weight_bytes  # the fp32 head's panels, in 4 bits
+        assert quantize != "gguf" and isinstance(embedding, Int8PanelEmbedding)
+        # a byte a weight and an fp32 scale a row (the vocabulary fills whole panels)
+        assert embedding.nbytes == 0 and head.weight_bytes == table + 4 * full.hf_config.vocab_size
+        rows_saved = table * 4 - head.weight_bytes  # the fp32 head's panels, in 8 bits
     elif head.packed_panels:
         assert isinstance(embedding, PanelEmbedding) and embedding.nbytes == 0
         rows_saved = 0

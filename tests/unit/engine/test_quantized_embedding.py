@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loraplex.runtime.layers.panel_embedding import PanelEmbedding
+from loraplex.runtime.layers.panel_embedding import Int8PanelEmbedding, PanelEmbedding
 from loraplex.runtime.layers.quantized_embedding import GROUP, QuantizedEmbedding
 from loraplex.runtime.models.llama import LlamaForCausalLM
 from loraplex.runtime.models.loader import build_model
@@ -51,30 +51,33 @@ def tiny_model(dtype: torch.dtype, tied: bool) -> LlamaForCausalLM:
 
 
 @pytest.mark.parametrize(("dtype", "tied"), [(torch.bfloat16, True), (torch.float32, False)])
-def test_a_packed_lm_head_keeps_its_copy_and_the_plain_table_is_released(dtype, tied) -> None:
-    """bf16 tied: oneDNN packs the LM head and the lookups read int8 rows (an fp32 head in
-    panels serves the lookups itself: tests/unit/engine/test_panel_embedding.py)."""
+def test_a_quantized_models_lookups_leave_no_plain_table(dtype, tied) -> None:
+    """On a CPU the LM head goes to int8 panels: a tied one serves the lookups from its own
+    rows (tests/unit/engine/test_panel_embedding.py), an untied model's lookups read int8
+    rows of their own; either way the plain table is released."""
     model = tiny_model(dtype, tied)
     table = model.model.embed_tokens.weight.detach().clone()
     hidden = torch.randn(3, table.shape[1], dtype=dtype)
     logits = model.compute_logits(hidden)
     plain = tiny_model(dtype, tied)
-    plain.pack_weights()  # tied: the plain table and the LM head's packed copy of it
+    plain.pack_weights()
     model.quantize_weights("int8", 32)
     model.pack_weights()
-    assert isinstance(model.model.embed_tokens, QuantizedEmbedding)
-    assert model.lm_head.weight is None and model.lm_head.packed_weight is not None
-    assert model.lm_head.packed_panels == (dtype == torch.float32)  # untied fp32: panels
-    error = model.model.embed_tokens.dequantize().sub(table.float()).abs().max()
-    assert error < table.float().abs().max() / 127
-    if tied:  # the LM head still multiplies by the full-precision table
-        assert torch.allclose(model.compute_logits(hidden), logits, atol=1e-2)
-    embedding_saved = table.nbytes - model.model.embed_tokens.nbytes
-    assert model.weight_bytes() < plain.weight_bytes() - embedding_saved * 0.99
+    embedding = model.model.embed_tokens
+    assert model.lm_head.weight is None and model.lm_head.quantized is not None
+    assert isinstance(embedding, Int8PanelEmbedding if tied else QuantizedEmbedding)
+    rows = embedding(torch.arange(table.shape[0])).float()
+    assert (rows - table.float()).abs().max() < table.float().abs().max() / 127
+    assert torch.allclose(model.compute_logits(hidden), logits, atol=1e-2)
+    assert model.weight_bytes() < plain.weight_bytes() - (table.nbytes - embedding.nbytes)
 
 
 def test_a_tied_lm_head_that_reads_the_plain_table_keeps_it_plain() -> None:
-    model = tiny_model(torch.float16, tied=True)  # fp16: no oneDNN packing, as on a GPU
+    """Where the head is neither packed nor in int8 panels (a GPU; here the meta device),
+    it multiplies by the plain table, and an int8 copy of the rows would only add bytes."""
+    config = shape_config("tiny-llama")
+    config.tie_word_embeddings = True
+    model = build_model(config, torch.float16, torch.device("meta"))
     assert not model.lm_head.can_pack
     assert not model.quantize_embedding()
     model.quantize_weights("int8", 32)
@@ -94,11 +97,11 @@ def test_a_step_streams_every_weight_but_the_table_it_only_looks_rows_up_in(dtyp
         model.quantize_weights("int8", 32)
     model.pack_weights()
     embedding = model.model.embed_tokens
-    if tied and dtype == torch.float32:  # lookups in the LM head's panels: nothing apart
+    if quantize:  # int8 rows of their own, or (tied) the int8 head's own: nothing apart
+        expected = model.weight_bytes() - embedding.nbytes
+    elif tied and dtype == torch.float32:  # lookups in the LM head's panels: nothing apart
         assert isinstance(embedding, PanelEmbedding)
         expected = model.weight_bytes()
-    elif quantize:
-        expected = model.weight_bytes() - embedding.nbytes
     elif tied and dtype == torch.float16:  # unpacked: the LM head multiplies by the table
         expected = model.weight_bytes()
     else:

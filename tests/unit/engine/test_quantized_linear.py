@@ -37,7 +37,7 @@ def test_int8_product_equals_its_dequantized_weight(dtype, rows) -> None:
     quantized = Int8Weight.quantize(weight.to(dtype))
     x = torch.randn(rows, 96, generator=generator).to(dtype)
     assert_close(quantized.linear(x), reference(x, quantized.dequantize()), dtype)
-    steps = quantized.scales.float()[:, None] / 2  # round to nearest: half a step at most
+    steps = quantized.channel_scales()[:, None] / 2  # round to nearest: half a step at most
     assert ((quantized.dequantize() - weight.to(dtype).float()).abs() <= steps + 1e-6).all()
 
 

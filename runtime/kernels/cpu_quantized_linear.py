@@ -1,0 +1,124 @@
+"""Weight-only int4 and int8 linears on the CPU through `cpu_linear.c`'s panels.
+
+torch's own CPU kernels for weight-only products dequantize the weights again for every row
+(`aten._weight_int4pack_mm_for_cpu`: a 49k-wide LM head took 0.7 ms at 1 row and 10 ms at
+32), or multiply in bf16 at one row and convert the whole weight at more
+(`aten._weight_int8pack_mm`). These panels dequantize each weight once per call, in
+registers for up to one tile of rows (12) and into a thread's scratch (it stays in L2) for
+more, and multiply in fp32; rows of any float dtype are read as fp32, products come out in
+fp32. Measured by `python -m bench.linear --quantized`.
+
+- int4: w = (q - 8) * scale + zero, q in 0..15, a scale and a zero per group of g inputs
+  and output feature. Codes [ceil(N / 32), K, 16] uint8 (byte j of a panel's row k holds
+  column j in its low nibble and j + 16 in its high one), tables [ceil(N / 32), K / g, 2,
+  32] in fp32 or bf16.
+- int8: w = q * scale, q in -127..127, one fp32 scale per output feature. Codes
+  [ceil(N / 32), K, 32] int8, scales [32 ceil(N / 32)].
+The last panel's padding columns are zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .cpu_linear import PANEL, _library, to_panels
+
+TABLE_DTYPES = (torch.float32, torch.bfloat16)  # int4 tables the kernel reads
+ROW_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # read as fp32
+
+
+def pack_int4(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """codes [N, K] in 0..15, scales and zeros [K / g, N] -> (codes, tables) in panels,
+    the tables in `dtype` (fp32 or bf16)."""
+    if dtype not in TABLE_DTYPES:
+        raise ValueError(f"int4 panel tables are fp32 or bf16, not {dtype}")
+    if codes.dim() != 2 or scales.shape != zeros.shape or scales.dim() != 2 or \
+            scales.shape[1] != codes.shape[0] or codes.shape[1] % scales.shape[0]:
+        raise ValueError(f"int4 panels need codes [N, K] and tables [K / g, N]; got codes "
+                         f"{tuple(codes.shape)}, scales {tuple(scales.shape)}, zeros "
+                         f"{tuple(zeros.shape)}")
+    panel_codes = to_panels(codes.to(torch.uint8))  # [P, K, 32]
+    packed = (panel_codes[..., 16:] << 4 | panel_codes[..., :16]).contiguous()  # [P, K, 16]
+    table = torch.stack([scales, zeros], dim=1).to(dtype)  # [K / g, 2, N]
+    tables = F.pad(table, (0, -codes.shape[0] % PANEL)).view(
+        table.shape[0], 2, -1, PANEL).permute(2, 0, 1, 3).contiguous()  # [P, K / g, 2, 32]
+    return packed, tables
+
+
+def unpack_int4(packed: torch.Tensor, tables: torch.Tensor, out_features: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`pack_int4` undone: (codes [N, K] int32, scales [K / g, N], zeros [K / g, N])."""
+    codes = _unpanel(torch.cat([packed & 15, packed >> 4], dim=-1), out_features)
+    table = tables.permute(1, 2, 0, 3).reshape(tables.shape[1], 2, -1)[..., :out_features]
+    return codes.int(), table[:, 0], table[:, 1]
+
+
+def linear_int4(x: torch.Tensor, packed: torch.Tensor, tables: torch.Tensor,
+                out_features: int) -> torch.Tensor:
+    """x [..., K] @ W^T -> [..., N] in fp32, for int4 W in `pack_int4`'s panels."""
+    in_features, groups = packed.shape[1], tables.shape[1]
+    if (packed.dtype != torch.uint8 or tables.dtype not in TABLE_DTYPES
+            or packed.shape[0] * PANEL < out_features
+            or tables.shape != (packed.shape[0], groups, 2, PANEL) or in_features % groups
+            or not packed.is_contiguous() or not tables.is_contiguous()):
+        raise ValueError(f"linear_int4 takes contiguous int4 panels for {out_features} "
+                         f"outputs")
+    fp32, group = tables.dtype == torch.float32, in_features // groups
+    return _run("linear_int4", x, out_features, in_features,
+                lambda library, out, rows, m, x_row, y_row, threads: library.linear_int4(
+                    out, rows, packed.data_ptr(), tables.data_ptr(), fp32, None, m,
+                    out_features, in_features, group, x_row, y_row, threads))
+
+
+def pack_int8(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """codes [N, K] in -127..127, scales [N] -> (codes [P, K, 32] int8, scales [32 P] fp32)."""
+    if codes.dim() != 2 or scales.shape != (codes.shape[0],):
+        raise ValueError(f"int8 panels need codes [N, K] and scales [N]; got codes "
+                         f"{tuple(codes.shape)}, scales {tuple(scales.shape)}")
+    padded = F.pad(scales.float(), (0, -codes.shape[0] % PANEL)).contiguous()
+    return to_panels(codes.to(torch.int8)).contiguous(), padded
+
+
+def unpack_int8(packed: torch.Tensor, out_features: int) -> torch.Tensor:
+    """`pack_int8`'s codes undone: [N, K] int8."""
+    return _unpanel(packed, out_features)
+
+
+def linear_int8(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
+                out_features: int) -> torch.Tensor:
+    """x [..., K] @ W^T -> [..., N] in fp32, for int8 W in `pack_int8`'s panels."""
+    if (packed.dtype != torch.int8 or packed.dim() != 3 or packed.shape[2] != PANEL
+            or packed.shape[0] * PANEL < out_features or scales.dtype != torch.float32
+            or scales.shape != (packed.shape[0] * PANEL,) or not packed.is_contiguous()
+            or not scales.is_contiguous()):
+        raise ValueError(f"linear_int8 takes contiguous int8 panels for {out_features} "
+                         f"outputs")
+    return _run("linear_int8", x, out_features, packed.shape[1],
+                lambda library, out, rows, m, x_row, y_row, threads: library.linear_int8(
+                    out, rows, packed.data_ptr(), scales.data_ptr(), None, m, out_features,
+                    packed.shape[1], x_row, y_row, threads))
+
+
+def _run(kernel: str, x: torch.Tensor, out_features: int, in_features: int,
+         call: Callable[..., int]) -> torch.Tensor:
+    """x's rows (read in fp32 at their own stride) through `call(library, out, rows, m,
+    x_row, y_row, threads)`, which returns the kernel's status."""
+    if x.dtype not in ROW_DTYPES or x.device.type != "cpu" or x.shape[-1] != in_features:
+        raise ValueError(f"{kernel} takes fp32, bf16 or fp16 CPU rows of {in_features} values, "
+                         f"got {x.dtype} {x.device.type} rows of {x.shape[-1]}")
+    rows = x.reshape(-1, in_features).float()
+    if rows.shape[0] and rows.stride(1) != 1:
+        rows = rows.contiguous()
+    out = torch.empty(rows.shape[0], out_features, dtype=torch.float32)
+    if rows.shape[0] and call(_library(), out.data_ptr(), rows.data_ptr(), rows.shape[0],
+                              rows.stride(0), out.stride(0), torch.get_num_threads()):
+        raise MemoryError(f"{kernel} could not allocate its scratch")
+    return out.view(*x.shape[:-1], out_features)
+
+
+def _unpanel(panels: torch.Tensor, out_features: int) -> torch.Tensor:  # -> [N, K]
+    return panels.transpose(1, 2).reshape(-1, panels.shape[1])[:out_features]

@@ -1,0 +1,180 @@
+"""The compiled int4 and int8 linears (`cpu_quantized_linear`) against an fp64 product of
+the weight their codes and tables describe, and `Int4Weight` / `Int8Weight` on them.
+
+Row counts cover the in-register path (1, 5, 12: one tile) and the scratch path (13, 16,
+40, 300: split tiles, more than one pass of 256 rows); output widths a whole panel, a
+partial last panel and the model's shapes; group sizes 32-256; fp32 and bf16 tables and
+activations; inputs whose rows are a slice of a wider tensor.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from loraplex.runtime.kernels import cpu_linear
+from loraplex.runtime.kernels import cpu_quantized_linear as panels
+from loraplex.runtime.layers.quantized import Int4Weight, Int8Weight
+
+pytestmark = pytest.mark.skipif(not cpu_linear.available(),
+                                reason="no C compiler or no 512-bit vectors")
+
+ROWS = (1, 5, 12, 13, 16, 40, 300)
+SHAPES = ((32, 64), (45, 256), (960, 576), (70, 1536))  # (out, in)
+
+
+def problem(rows: int, out_features: int, in_features: int, group: int, seed: int = 0):
+    """Codes, tables [K / g, N] and rows read at a stride."""
+    generator = torch.Generator().manual_seed(seed + rows * 7 + out_features + group)
+    codes = torch.randint(0, 16, (out_features, in_features), generator=generator)
+    scales = torch.rand(in_features // group, out_features, generator=generator) / 50 + 1e-3
+    zeros = torch.randn(in_features // group, out_features, generator=generator) / 20
+    x = torch.randn(rows, in_features + 3, generator=generator)[:, 2:2 + in_features]
+    return codes, scales, zeros, x
+
+
+def weight_of(codes, scales, zeros, group: int) -> torch.Tensor:  # [N, K] in fp64
+    expand = lambda table: table.double().t().repeat_interleave(group, dim=1)
+    return (codes.double() - 8) * expand(scales) + expand(zeros)
+
+
+@pytest.mark.parametrize("table_dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(("out_features", "in_features"), SHAPES)
+@pytest.mark.parametrize("rows", ROWS)
+def test_kernel_matches_fp64(rows, out_features, in_features, table_dtype):
+    group = 32 if in_features % 64 else 64
+    codes, scales, zeros, x = problem(rows, out_features, in_features, group)
+    scales, zeros = scales.to(table_dtype), zeros.to(table_dtype)  # as the kernel reads them
+    packed, tables = panels.pack_int4(codes, scales, zeros, table_dtype)
+    assert x.stride(0) == in_features + 3  # rows read in place at their own stride
+    got = panels.linear_int4(x, packed, tables, out_features)
+    assert got.shape == (rows, out_features) and got.dtype == torch.float32
+    expected = x.double() @ weight_of(codes, scales, zeros, group).t()
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("group", [32, 64, 128, 256])
+def test_every_group_size_reads_its_own_table_row(group):
+    codes, scales, zeros, x = problem(16, 64, 512, group)
+    packed, tables = panels.pack_int4(codes, scales, zeros, torch.float32)
+    for rows in (x[:3], x):  # in registers, and through the scratch
+        expected = rows.double() @ weight_of(codes, scales, zeros, group).t()
+        torch.testing.assert_close(panels.linear_int4(rows, packed, tables, 64).double(),
+                                   expected, rtol=1e-5, atol=1e-5)
+
+
+def test_packing_round_trips_and_pads_with_zeros():
+    codes, scales, zeros, _ = problem(1, 45, 64, 32)
+    packed, tables = panels.pack_int4(codes, scales, zeros, torch.float32)
+    assert packed.shape == (2, 64, 16) and tables.shape == (2, 2, 2, 32)
+    assert packed[0, 5, 3] == codes[3, 5] | codes[19, 5] << 4  # columns j and j + 16
+    unpacked = panels.unpack_int4(packed, tables, 45)
+    for got, want in zip(unpacked, (codes, scales, zeros), strict=True):
+        assert torch.equal(got, want.to(got.dtype))
+    assert not packed[1, :, 13:].any() and not tables[1, ..., 13:].any()
+
+
+def test_bf16_rows_and_leading_dimensions():
+    codes, scales, zeros, x = problem(12, 45, 256, 32)
+    packed, tables = panels.pack_int4(codes, scales, zeros, torch.float32)
+    rows = x.contiguous().bfloat16()
+    batched = panels.linear_int4(rows.view(3, 4, 256), packed, tables, 45)
+    assert torch.equal(batched.view(12, 45), panels.linear_int4(rows, packed, tables, 45))
+    assert torch.equal(batched.view(12, 45),
+                       panels.linear_int4(rows.float(), packed, tables, 45))
+    assert panels.linear_int4(x[:0], packed, tables, 45).shape == (0, 45)
+
+
+def test_bad_inputs_are_refused_by_name():
+    codes, scales, zeros, x = problem(4, 45, 64, 32)
+    packed, tables = panels.pack_int4(codes, scales, zeros, torch.float32)
+    for bad in (x[:, :32], x.to(torch.float64), x.to(torch.int32)):
+        with pytest.raises(ValueError, match="linear_int4 takes"):
+            panels.linear_int4(bad, packed, tables, 45)
+    with pytest.raises(ValueError, match="linear_int4 takes"):
+        panels.linear_int4(x, packed, tables, 65)  # wider than the panels hold
+    with pytest.raises(ValueError, match="linear_int4 takes"):
+        panels.linear_int4(x, packed, tables.half(), 45)
+    with pytest.raises(ValueError, match="int4 panels need codes"):
+        panels.pack_int4(codes, scales[:, :40], zeros, torch.float32)
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        panels.pack_int4(codes, scales, zeros, torch.float16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int4_weight_on_panels_equals_its_dequantized_product(dtype):
+    """The layer's weight: the panels' product is the product of `dequantize()`, and the
+    codes and tables read back are the ones torch's own CPU kernel holds."""
+    weight = torch.randn(96, 256, generator=torch.Generator().manual_seed(3)).to(dtype)
+    ours = Int4Weight.quantize(weight, 64, kernel="panels")
+    torchs = Int4Weight.quantize(weight, 64, kernel="cpu")
+    assert torch.equal(ours.codes(), torchs.codes())
+    assert torch.equal(ours.dequantize(), torchs.dequantize())
+    assert ours.nbytes == torchs.nbytes
+    x = torch.randn(20, 256, generator=torch.Generator().manual_seed(4)).to(dtype)
+    got = ours.linear(x)
+    assert got.dtype == dtype
+    expected = x.double() @ ours.dequantize().double().t()
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2  # the output rounded to bf16
+    torch.testing.assert_close(got.double(), expected, rtol=tolerance, atol=tolerance)
+
+
+def int8_problem(rows: int, out_features: int, in_features: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed + rows * 7 + out_features)
+    codes = torch.randint(-127, 128, (out_features, in_features), generator=generator)
+    scales = torch.rand(out_features, generator=generator) / 500 + 1e-4
+    x = torch.randn(rows, in_features + 3, generator=generator)[:, 2:2 + in_features]
+    return codes, scales, x
+
+
+@pytest.mark.parametrize(("out_features", "in_features"), SHAPES)
+@pytest.mark.parametrize("rows", ROWS)
+def test_int8_kernel_matches_fp64(rows, out_features, in_features):
+    codes, scales, x = int8_problem(rows, out_features, in_features)
+    packed, padded = panels.pack_int8(codes, scales)
+    got = panels.linear_int8(x, packed, padded, out_features)
+    assert got.shape == (rows, out_features) and got.dtype == torch.float32
+    expected = x.double() @ (codes.double() * scales.double()[:, None]).t()
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_int8_packing_round_trips_and_pads_with_zeros():
+    codes, scales, x = int8_problem(3, 45, 64)
+    packed, padded = panels.pack_int8(codes, scales)
+    assert packed.shape == (2, 64, 32) and packed.dtype == torch.int8
+    assert padded.shape == (64,) and not padded[45:].any() and not packed[1, :, 13:].any()
+    assert torch.equal(panels.unpack_int8(packed, 45), codes.to(torch.int8))
+    rows = x.bfloat16()  # bf16 rows are read as fp32
+    assert torch.equal(panels.linear_int8(rows, packed, padded, 45),
+                       panels.linear_int8(rows.float(), packed, padded, 45))
+
+
+def test_int8_bad_inputs_are_refused_by_name():
+    codes, scales, x = int8_problem(4, 45, 64)
+    packed, padded = panels.pack_int8(codes, scales)
+    with pytest.raises(ValueError, match="linear_int8 takes fp32, bf16 or fp16 CPU rows of 64"):
+        panels.linear_int8(x.double(), packed, padded, 45)
+    with pytest.raises(ValueError, match="linear_int8 takes contiguous int8 panels"):
+        panels.linear_int8(x, packed, padded[:45], 45)
+    with pytest.raises(ValueError, match="linear_int8 takes contiguous int8 panels"):
+        panels.linear_int8(x, packed, padded, 65)
+    with pytest.raises(ValueError, match="int8 panels need codes"):
+        panels.pack_int8(codes, scales[:40])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_weight_on_panels_equals_torchs(dtype):
+    """`Int8Weight` on panels: the codes, scales and dequantized weight of torch's path, and
+    the product of that weight."""
+    weight = torch.randn(70, 256, generator=torch.Generator().manual_seed(5)).to(dtype)
+    ours, torchs = (Int8Weight.quantize(weight, kernel=k) for k in ("panels", "torch"))
+    assert torch.equal(ours.codes(), torchs.codes())
+    assert torch.equal(ours.dequantize(), torchs.dequantize())
+    assert ours.nbytes == 96 * 256 + 96 * 4  # codes and fp32 scales, padded to a panel
+    for rows in (1, 20):
+        x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(rows)).to(dtype)
+        got = ours.linear(x)
+        assert got.dtype == dtype
+        expected = x.double() @ ours.dequantize().double().t()
+        tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(got.double(), expected, rtol=tolerance, atol=tolerance)
