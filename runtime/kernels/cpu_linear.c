@@ -252,11 +252,41 @@ static void FORMAT##_tile_##ROWS(const linear_t *a, int64_t p, const quantized_t
     store_tile(a, 0, p, ROWS, low, high);                                                   \
 }
 
+/* 16 fp32 values rounded to bf16 (to nearest even; the weights are finite). */
+static inline void store_bf16(uint16_t *out, v16 values) {
+    const uint16v bits = (uint16v)values;
+    const uint16v rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16;
+    for (int i = 0; i < 16; ++i) out[i] = (uint16_t)rounded[i];
+}
+
+/* out [K, N] bf16, rows n_row apart = the weight transposed, dequantized panel by panel. */
+#define DEQUANTIZE_DENSE(FORMAT)                                                            \
+static void FORMAT##_dequantize_dense(uint16_t *out, const quantized_t *w, int64_t n,       \
+                                      int64_t n_row, int num_threads) {                     \
+    const int64_t num_panels = (n + PANEL - 1) / PANEL;                                     \
+    _Pragma("omp parallel for schedule(static) num_threads(num_threads) if (num_threads > 1)") \
+    for (int64_t p = 0; p < num_panels; ++p) {                                              \
+        const int64_t columns = n - p * PANEL < PANEL ? n - p * PANEL : PANEL;              \
+        for (int64_t start = 0; start < w->k; start += w->group) {                          \
+            const group_t g = FORMAT##_group(w, p, start);                                  \
+            for (int64_t k = start; k < start + w->group; ++k) {                            \
+                v16 low, high;                                                              \
+                FORMAT##_weights(w, p, k, &g, &low, &high);                                 \
+                uint16_t row[PANEL];                                                        \
+                store_bf16(row, low);                                                       \
+                store_bf16(row + 16, high);                                                 \
+                for (int64_t c = 0; c < columns; ++c) out[k * n_row + p * PANEL + c] = row[c]; \
+            }                                                                               \
+        }                                                                                   \
+    }                                                                                       \
+}
+
 typedef void (*quantized_tile_fn)(const linear_t *, int64_t, const quantized_t *);
 typedef void (*dequantize_fn)(float *, const quantized_t *, int64_t);
 
 #define QUANTIZED_FORMAT(FORMAT)                                                            \
 DEQUANTIZE_PANEL(FORMAT)                                                                    \
+DEQUANTIZE_DENSE(FORMAT)                                                                    \
 QUANTIZED_TILE(FORMAT, 1) QUANTIZED_TILE(FORMAT, 2) QUANTIZED_TILE(FORMAT, 3)               \
 QUANTIZED_TILE(FORMAT, 4) QUANTIZED_TILE(FORMAT, 5) QUANTIZED_TILE(FORMAT, 6)               \
 QUANTIZED_TILE(FORMAT, 7) QUANTIZED_TILE(FORMAT, 8) QUANTIZED_TILE(FORMAT, 9)               \
@@ -330,4 +360,18 @@ int linear_int8(float *y, const float *x, const int8_t *codes, const float *scal
     const linear_t a = {x, bias, y, n, k, x_row, y_row};
     const quantized_t w = {codes, scales, 1, k, k};
     return quantized_linear(&a, m, &w, int8_TILES, int8_dequantize_panel, num_threads);
+}
+
+/* out [K, N] bf16, rows n_row apart: int4 W transposed, for a dense bf16 product. */
+void dequantize_int4(uint16_t *out, const uint8_t *codes, const void *tables, int tables_fp32,
+                     int64_t n, int64_t k, int64_t group, int64_t n_row, int num_threads) {
+    const quantized_t w = {codes, tables, tables_fp32, k, group};
+    int4_dequantize_dense(out, &w, n, n_row, num_threads);
+}
+
+/* out [K, N] bf16, rows n_row apart: int8 W transposed, for a dense bf16 product. */
+void dequantize_int8(uint16_t *out, const int8_t *codes, const float *scales, int64_t n,
+                     int64_t k, int64_t n_row, int num_threads) {
+    const quantized_t w = {codes, scales, 1, k, k};
+    int8_dequantize_dense(out, &w, n, n_row, num_threads);
 }

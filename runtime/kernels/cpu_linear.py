@@ -87,4 +87,9 @@ def _library() -> ctypes.CDLL | None:
     library.linear_int4.restype = ctypes.c_int
     library.linear_int8.argtypes = [pointer] * 5 + [size] * 5 + [ctypes.c_int]
     library.linear_int8.restype = ctypes.c_int
+    library.dequantize_int4.argtypes = [pointer] * 3 + [ctypes.c_int] + [size] * 4 + [
+        ctypes.c_int]
+    library.dequantize_int4.restype = None
+    library.dequantize_int8.argtypes = [pointer] * 3 + [size] * 3 + [ctypes.c_int]
+    library.dequantize_int8.restype = None
     return library

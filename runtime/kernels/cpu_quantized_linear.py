@@ -61,17 +61,22 @@ def linear_int4(x: torch.Tensor, packed: torch.Tensor, tables: torch.Tensor,
                 out_features: int) -> torch.Tensor:
     """x [..., K] @ W^T -> [..., N] in fp32, for int4 W in `pack_int4`'s panels."""
     in_features, groups = packed.shape[1], tables.shape[1]
-    if (packed.dtype != torch.uint8 or tables.dtype not in TABLE_DTYPES
-            or packed.shape[0] * PANEL < out_features
-            or tables.shape != (packed.shape[0], groups, 2, PANEL) or in_features % groups
-            or not packed.is_contiguous() or not tables.is_contiguous()):
-        raise ValueError(f"linear_int4 takes contiguous int4 panels for {out_features} "
-                         f"outputs")
+    check_int4(packed, tables, out_features)
     fp32, group = tables.dtype == torch.float32, in_features // groups
     return _run("linear_int4", x, out_features, in_features,
                 lambda library, out, rows, m, x_row, y_row, threads: library.linear_int4(
                     out, rows, packed.data_ptr(), tables.data_ptr(), fp32, None, m,
                     out_features, in_features, group, x_row, y_row, threads))
+
+
+def check_int4(packed: torch.Tensor, tables: torch.Tensor, out_features: int) -> None:
+    in_features, groups = packed.shape[1], tables.shape[1]
+    if (packed.dtype != torch.uint8 or tables.dtype not in TABLE_DTYPES
+            or packed.shape[0] * PANEL < out_features
+            or tables.shape != (packed.shape[0], groups, 2, PANEL) or in_features % groups
+            or not packed.is_contiguous() or not tables.is_contiguous()):
+        raise ValueError(f"int4 kernels take contiguous int4 panels for {out_features} "
+                         f"outputs")
 
 
 def pack_int8(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,6 +88,15 @@ def pack_int8(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, 
     return to_panels(codes.to(torch.int8)).contiguous(), padded
 
 
+def check_int8(packed: torch.Tensor, scales: torch.Tensor, out_features: int) -> None:
+    if (packed.dtype != torch.int8 or packed.dim() != 3 or packed.shape[2] != PANEL
+            or packed.shape[0] * PANEL < out_features or scales.dtype != torch.float32
+            or scales.shape != (packed.shape[0] * PANEL,) or not packed.is_contiguous()
+            or not scales.is_contiguous()):
+        raise ValueError(f"int8 kernels take contiguous int8 panels for {out_features} "
+                         f"outputs")
+
+
 def unpack_int8(packed: torch.Tensor, out_features: int) -> torch.Tensor:
     """`pack_int8`'s codes undone: [N, K] int8."""
     return _unpanel(packed, out_features)
@@ -91,16 +105,32 @@ def unpack_int8(packed: torch.Tensor, out_features: int) -> torch.Tensor:
 def linear_int8(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
                 out_features: int) -> torch.Tensor:
     """x [..., K] @ W^T -> [..., N] in fp32, for int8 W in `pack_int8`'s panels."""
-    if (packed.dtype != torch.int8 or packed.dim() != 3 or packed.shape[2] != PANEL
-            or packed.shape[0] * PANEL < out_features or scales.dtype != torch.float32
-            or scales.shape != (packed.shape[0] * PANEL,) or not packed.is_contiguous()
-            or not scales.is_contiguous()):
-        raise ValueError(f"linear_int8 takes contiguous int8 panels for {out_features} "
-                         f"outputs")
+    check_int8(packed, scales, out_features)
     return _run("linear_int8", x, out_features, packed.shape[1],
                 lambda library, out, rows, m, x_row, y_row, threads: library.linear_int8(
                     out, rows, packed.data_ptr(), scales.data_ptr(), None, m, out_features,
                     packed.shape[1], x_row, y_row, threads))
+
+
+def dense_int4(packed: torch.Tensor, tables: torch.Tensor, out_features: int) -> torch.Tensor:
+    """int4 W in `pack_int4`'s panels -> W^T [K, N] in bf16, for one dense product."""
+    in_features, groups = packed.shape[1], tables.shape[1]
+    check_int4(packed, tables, out_features)
+    out = torch.empty(in_features, out_features, dtype=torch.bfloat16)
+    _library().dequantize_int4(out.data_ptr(), packed.data_ptr(), tables.data_ptr(),
+                               tables.dtype == torch.float32, out_features, in_features,
+                               in_features // groups, out.stride(0), torch.get_num_threads())
+    return out
+
+
+def dense_int8(packed: torch.Tensor, scales: torch.Tensor, out_features: int) -> torch.Tensor:
+    """int8 W in `pack_int8`'s panels -> W^T [K, N] in bf16, for one dense product."""
+    check_int8(packed, scales, out_features)
+    out = torch.empty(packed.shape[1], out_features, dtype=torch.bfloat16)
+    _library().dequantize_int8(out.data_ptr(), packed.data_ptr(), scales.data_ptr(),
+                               out_features, packed.shape[1], out.stride(0),
+                               torch.get_num_threads())
+    return out
 
 
 def _run(kernel: str, x: torch.Tensor, out_features: int, in_features: int,

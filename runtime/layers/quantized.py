@@ -45,6 +45,10 @@ KERNEL_DTYPE_CPU = torch.bfloat16  # the activation dtype the CPU kernels are fa
 # the CPU int8 kernel costs ~13 us per row of a [576 x 960] product; from 16 rows on,
 # converting the codes to bf16 for one dense product is cheaper (2x at 32 rows, `bench.quantized`)
 INT8_CPU_DEQUANTIZE_ROWS = 16
+# from this many rows (prefill chunks) a weight on the CPU panels is dequantized once to bf16
+# for one dense product (oneDNN; AMX where present): for the builtin model's gate|up it took
+# 0.5x the panels' time at 128 rows and 0.33x at 256, 1.17x at 32 (`bench.linear --quantized`)
+PANELS_DENSE_ROWS = 48
 
 
 class QuantizedWeight:
@@ -92,6 +96,10 @@ class Int8Weight(QuantizedWeight):
         return cls(codes, scales, weight.dtype, kernel)
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "panels" and x.shape[0] >= PANELS_DENSE_ROWS:
+            dense = cpu_quantized_linear.dense_int8(self.packed, self.panel_scales,
+                                                    self.out_features)  # [K, N] bf16
+            return torch.mm(x.to(torch.bfloat16), dense).to(x.dtype)
         if self.kernel == "panels":
             return cpu_quantized_linear.linear_int8(x, self.packed, self.panel_scales,
                                                     self.out_features).to(x.dtype)
@@ -177,9 +185,13 @@ class Int4Weight(QuantizedWeight):
         return cls(codes, scales, offsets + 8.0 * scales, group_size, dtype, kernel)
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "panels" and x.shape[0] >= PANELS_DENSE_ROWS:
+            dense = cpu_quantized_linear.dense_int4(self.packed, self.scales_and_zeros,
+                                                    self.out_features)  # [K, N] bf16
+            return torch.mm(x.to(torch.bfloat16), dense).to(x.dtype)
         if self.kernel == "panels":
             return cpu_quantized_linear.linear_int4(x, self.packed, self.scales_and_zeros,
-                                          self.out_features).to(x.dtype)
+                                                    self.out_features).to(x.dtype)
         if self.kernel == "cpu":
             return torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x.to(self.kernel_dtype), self.packed, self.group_size,
@@ -192,7 +204,7 @@ class Int4Weight(QuantizedWeight):
     def codes(self) -> torch.Tensor:  # [N, K] in 0..15
         if self.kernel == "panels":
             return cpu_quantized_linear.unpack_int4(self.packed, self.scales_and_zeros,
-                                          self.out_features)[0]
+                                                    self.out_features)[0]
         if self.kernel != "cpu":
             return torch.stack([self.packed & 15, self.packed >> 4], dim=-1).view(
                 self.out_features, self.in_features).int()
@@ -205,7 +217,8 @@ class Int4Weight(QuantizedWeight):
     def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(scales, zeros), each [K / g, N] in fp32."""
         if self.kernel == "panels":
-            _, scales, zeros = cpu_quantized_linear.unpack_int4(self.packed, self.scales_and_zeros,
+            _, scales, zeros = cpu_quantized_linear.unpack_int4(self.packed,
+                                                                self.scales_and_zeros,
                                                       self.out_features)
             return scales.float(), zeros.float()
         scales, zeros = self.scales_and_zeros.float().unbind(-1)

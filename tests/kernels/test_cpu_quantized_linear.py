@@ -14,7 +14,7 @@ import torch
 
 from loraplex.runtime.kernels import cpu_linear
 from loraplex.runtime.kernels import cpu_quantized_linear as panels
-from loraplex.runtime.layers.quantized import Int4Weight, Int8Weight
+from loraplex.runtime.layers.quantized import PANELS_DENSE_ROWS, Int4Weight, Int8Weight
 
 pytestmark = pytest.mark.skipif(not cpu_linear.available(),
                                 reason="no C compiler or no 512-bit vectors")
@@ -89,11 +89,11 @@ def test_bad_inputs_are_refused_by_name():
     codes, scales, zeros, x = problem(4, 45, 64, 32)
     packed, tables = panels.pack_int4(codes, scales, zeros, torch.float32)
     for bad in (x[:, :32], x.to(torch.float64), x.to(torch.int32)):
-        with pytest.raises(ValueError, match="linear_int4 takes"):
+        with pytest.raises(ValueError, match="(linear_int4|int4 kernels) take"):
             panels.linear_int4(bad, packed, tables, 45)
-    with pytest.raises(ValueError, match="linear_int4 takes"):
+    with pytest.raises(ValueError, match="(linear_int4|int4 kernels) take"):
         panels.linear_int4(x, packed, tables, 65)  # wider than the panels hold
-    with pytest.raises(ValueError, match="linear_int4 takes"):
+    with pytest.raises(ValueError, match="(linear_int4|int4 kernels) take"):
         panels.linear_int4(x, packed, tables.half(), 45)
     with pytest.raises(ValueError, match="int4 panels need codes"):
         panels.pack_int4(codes, scales[:, :40], zeros, torch.float32)
@@ -154,9 +154,9 @@ def test_int8_bad_inputs_are_refused_by_name():
     packed, padded = panels.pack_int8(codes, scales)
     with pytest.raises(ValueError, match="linear_int8 takes fp32, bf16 or fp16 CPU rows of 64"):
         panels.linear_int8(x.double(), packed, padded, 45)
-    with pytest.raises(ValueError, match="linear_int8 takes contiguous int8 panels"):
+    with pytest.raises(ValueError, match="int8 kernels take contiguous int8 panels"):
         panels.linear_int8(x, packed, padded[:45], 45)
-    with pytest.raises(ValueError, match="linear_int8 takes contiguous int8 panels"):
+    with pytest.raises(ValueError, match="int8 kernels take contiguous int8 panels"):
         panels.linear_int8(x, packed, padded, 65)
     with pytest.raises(ValueError, match="int8 panels need codes"):
         panels.pack_int8(codes, scales[:40])
@@ -178,3 +178,38 @@ def test_int8_weight_on_panels_equals_torchs(dtype):
         expected = x.double() @ ours.dequantize().double().t()
         tolerance = 1e-5 if dtype == torch.float32 else 1e-2
         torch.testing.assert_close(got.double(), expected, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("table_dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(("out_features", "in_features"), SHAPES)
+def test_dense_dequantization_is_the_weight_transposed_in_bf16(out_features, in_features,
+                                                               table_dtype):
+    """What a prefill chunk multiplies by: W^T [K, N], each weight rounded once to bf16."""
+    group = 32 if in_features % 64 else 64
+    codes, scales, zeros, _ = problem(1, out_features, in_features, group)
+    scales, zeros = scales.to(table_dtype), zeros.to(table_dtype)
+    packed, tables = panels.pack_int4(codes, scales, zeros, table_dtype)
+    expected = weight_of(codes, scales, zeros, group).float().t().bfloat16()
+    got = panels.dense_int4(packed, tables, out_features)
+    assert got.shape == (in_features, out_features) and got.dtype == torch.bfloat16
+    assert (got.float() - expected.float()).abs().max() <= expected.float().abs().max() / 128
+    int8_codes, int8_scales, _ = int8_problem(1, out_features, in_features)
+    packed, padded = panels.pack_int8(int8_codes, int8_scales)
+    expected = (int8_codes.float() * int8_scales[:, None]).t()
+    torch.testing.assert_close(panels.dense_int8(packed, padded, out_features).float(),
+                               expected, rtol=2 ** -8, atol=0)
+
+
+@pytest.mark.parametrize("rows", [PANELS_DENSE_ROWS - 1, PANELS_DENSE_ROWS, 300])
+def test_weights_on_panels_take_one_dense_product_for_many_rows(rows):
+    """From PANELS_DENSE_ROWS rows on the product is one bf16 GEMM over the dequantized
+    weight: the same product within bf16's rounding, on either side of the switch."""
+    weight = torch.randn(96, 256, generator=torch.Generator().manual_seed(6))
+    x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(7))
+    for quantized in (Int4Weight.quantize(weight, 32, kernel="panels"),
+                      Int8Weight.quantize(weight, kernel="panels")):
+        expected = x.double() @ quantized.dequantize().double().t()
+        got = quantized.linear(x)
+        assert got.dtype == torch.float32
+        error = (got.double() - expected).abs().max() / expected.abs().max()
+        assert error <= (2e-2 if rows >= PANELS_DENSE_ROWS else 1e-6)
