@@ -205,18 +205,23 @@ static inline void int4_weights(const quantized_t *w, int64_t p, int64_t k, cons
     *high = __builtin_convertvector(q >> 4, v16) * g->scale_high + g->zero_high;
 }
 
-/* int8: the panel's 32 scales, no zero. */
+/* int8: the panel's 32 scales (none: the codes themselves), no zero. */
 static inline group_t int8_group(const quantized_t *w, int64_t p, int64_t start) {
     (void)start;
     const float *scales = (const float *)w->tables + p * PANEL;
+    if (w->tables == 0) return (group_t){{0}, {0}, {0}, {0}};
     return (group_t){*(const v16u *)scales, *(const v16u *)(scales + 16), {0}, {0}};
 }
 
 static inline void int8_weights(const quantized_t *w, int64_t p, int64_t k, const group_t *g,
                                 v16 *low, v16 *high) {
     const int8_t *row = (const int8_t *)w->codes + (p * w->k + k) * PANEL;
-    *low = __builtin_convertvector(widen_signed_bytes(row), v16) * g->scale_low;
-    *high = __builtin_convertvector(widen_signed_bytes(row + 16), v16) * g->scale_high;
+    *low = __builtin_convertvector(widen_signed_bytes(row), v16);
+    *high = __builtin_convertvector(widen_signed_bytes(row + 16), v16);
+    if (w->tables != 0) {
+        *low *= g->scale_low;
+        *high *= g->scale_high;
+    }
 }
 
 /* A format's two ways through a panel p: dequantized into out [K, 32] (then read by the
@@ -256,7 +261,11 @@ static void FORMAT##_tile_##ROWS(const linear_t *a, int64_t p, const quantized_t
 static inline void store_bf16(uint16_t *out, v16 values) {
     const uint16v bits = (uint16v)values;
     const uint16v rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16;
+#ifdef __AVX512F__
+    _mm256_storeu_si256((__m256i *)out, _mm512_cvtepi32_epi16((__m512i)rounded));
+#else
     for (int i = 0; i < 16; ++i) out[i] = (uint16_t)rounded[i];
+#endif
 }
 
 /* out [K, N] bf16, rows n_row apart = the weight transposed, dequantized panel by panel. */
@@ -272,10 +281,11 @@ static void FORMAT##_dequantize_dense(uint16_t *out, const quantized_t *w, int64
             for (int64_t k = start; k < start + w->group; ++k) {                            \
                 v16 low, high;                                                              \
                 FORMAT##_weights(w, p, k, &g, &low, &high);                                 \
-                uint16_t row[PANEL];                                                        \
-                store_bf16(row, low);                                                       \
-                store_bf16(row + 16, high);                                                 \
-                for (int64_t c = 0; c < columns; ++c) out[k * n_row + p * PANEL + c] = row[c]; \
+                uint16_t *target = out + k * n_row + p * PANEL, row[PANEL];                 \
+                uint16_t *first = columns == PANEL ? target : row;                          \
+                store_bf16(first, low);                                                     \
+                store_bf16(first + 16, high);                                               \
+                for (int64_t c = 0; first == row && c < columns; ++c) target[c] = row[c];   \
             }                                                                               \
         }                                                                                   \
     }                                                                                       \
@@ -369,9 +379,10 @@ void dequantize_int4(uint16_t *out, const uint8_t *codes, const void *tables, in
     int4_dequantize_dense(out, &w, n, n_row, num_threads);
 }
 
-/* out [K, N] bf16, rows n_row apart: int8 W transposed, for a dense bf16 product. */
-void dequantize_int8(uint16_t *out, const int8_t *codes, const float *scales, int64_t n,
-                     int64_t k, int64_t n_row, int num_threads) {
-    const quantized_t w = {codes, scales, 1, k, k};
+/* out [K, N] bf16, rows n_row apart: int8 W's codes transposed (exact in bf16), for a dense
+ * bf16 product scaled per output feature after. */
+void dequantize_int8(uint16_t *out, const int8_t *codes, int64_t n, int64_t k, int64_t n_row,
+                     int num_threads) {
+    const quantized_t w = {codes, 0, 1, k, k};
     int8_dequantize_dense(out, &w, n, n_row, num_threads);
 }

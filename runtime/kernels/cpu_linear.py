@@ -90,6 +90,6 @@ def _library() -> ctypes.CDLL | None:
     library.dequantize_int4.argtypes = [pointer] * 3 + [ctypes.c_int] + [size] * 4 + [
         ctypes.c_int]
     library.dequantize_int4.restype = None
-    library.dequantize_int8.argtypes = [pointer] * 3 + [size] * 3 + [ctypes.c_int]
+    library.dequantize_int8.argtypes = [pointer] * 2 + [size] * 3 + [ctypes.c_int]
     library.dequantize_int8.restype = None
     return library

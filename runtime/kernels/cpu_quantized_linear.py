@@ -123,13 +123,16 @@ def dense_int4(packed: torch.Tensor, tables: torch.Tensor, out_features: int) ->
     return out
 
 
-def dense_int8(packed: torch.Tensor, scales: torch.Tensor, out_features: int) -> torch.Tensor:
-    """int8 W in `pack_int8`'s panels -> W^T [K, N] in bf16, for one dense product."""
-    check_int8(packed, scales, out_features)
+def dense_int8(packed: torch.Tensor, out_features: int) -> torch.Tensor:
+    """int8 W's codes in `pack_int8`'s panels -> [K, N] in bf16 (exact: |q| <= 127), for one
+    dense product scaled per output feature after."""
+    if packed.dtype != torch.int8 or packed.dim() != 3 or packed.shape[2] != PANEL or \
+            packed.shape[0] * PANEL < out_features or not packed.is_contiguous():
+        raise ValueError(f"int8 kernels take contiguous int8 panels for {out_features} "
+                         f"outputs")
     out = torch.empty(packed.shape[1], out_features, dtype=torch.bfloat16)
-    _library().dequantize_int8(out.data_ptr(), packed.data_ptr(), scales.data_ptr(),
-                               out_features, packed.shape[1], out.stride(0),
-                               torch.get_num_threads())
+    _library().dequantize_int8(out.data_ptr(), packed.data_ptr(), out_features,
+                               packed.shape[1], out.stride(0), torch.get_num_threads())
     return out
 
 
