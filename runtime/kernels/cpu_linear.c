@@ -40,6 +40,7 @@
 #define MAX_TILE_ROWS 12
 #define ROWS_PER_PASS 256
 #define PREFETCH_AHEAD 16
+#define DENSE_ROWS 32  /* inputs a thread dequantizes at a time into a dense weight */
 
 typedef float v16 __attribute__((vector_size(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
@@ -268,17 +269,22 @@ static inline void store_bf16(uint16_t *out, v16 values) {
 #endif
 }
 
-/* out [K, N] bf16, rows n_row apart = the weight transposed, dequantized panel by panel. */
+/* out [K, N] bf16, rows n_row apart = the weight transposed. Threads split the inputs in
+ * blocks of DENSE_ROWS (within a group: group sizes are multiples of it), and a block walks
+ * every panel, so each output row is written front to back. */
 #define DEQUANTIZE_DENSE(FORMAT)                                                            \
 static void FORMAT##_dequantize_dense(uint16_t *out, const quantized_t *w, int64_t n,       \
                                       int64_t n_row, int num_threads) {                     \
     const int64_t num_panels = (n + PANEL - 1) / PANEL;                                     \
+    const int64_t blocks = (w->k + DENSE_ROWS - 1) / DENSE_ROWS;                            \
     _Pragma("omp parallel for schedule(static) num_threads(num_threads) if (num_threads > 1)") \
-    for (int64_t p = 0; p < num_panels; ++p) {                                              \
-        const int64_t columns = n - p * PANEL < PANEL ? n - p * PANEL : PANEL;              \
-        for (int64_t start = 0; start < w->k; start += w->group) {                          \
+    for (int64_t block = 0; block < blocks; ++block) {                                      \
+        const int64_t start = block * DENSE_ROWS;                                           \
+        const int64_t end = w->k - start < DENSE_ROWS ? w->k : start + DENSE_ROWS;          \
+        for (int64_t p = 0; p < num_panels; ++p) {                                          \
+            const int64_t columns = n - p * PANEL < PANEL ? n - p * PANEL : PANEL;          \
             const group_t g = FORMAT##_group(w, p, start);                                  \
-            for (int64_t k = start; k < start + w->group; ++k) {                            \
+            for (int64_t k = start; k < end; ++k) {                                        \
                 v16 low, high;                                                              \
                 FORMAT##_weights(w, p, k, &g, &low, &high);                                 \
                 uint16_t *target = out + k * n_row + p * PANEL, row[PANEL];                 \

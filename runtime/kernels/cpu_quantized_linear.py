@@ -28,6 +28,7 @@ from .cpu_linear import PANEL, _library, to_panels
 
 TABLE_DTYPES = (torch.float32, torch.bfloat16)  # int4 tables the kernel reads
 ROW_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # read as fp32
+DENSE_BLOCK_PANELS = 128  # 4096 outputs: a [K, 4096] bf16 block (4.7 MB at K = 576)
 
 
 def pack_int4(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
@@ -134,6 +135,41 @@ def dense_int8(packed: torch.Tensor, out_features: int) -> torch.Tensor:
     _library().dequantize_int8(out.data_ptr(), packed.data_ptr(), out_features,
                                packed.shape[1], out.stride(0), torch.get_num_threads())
     return out
+
+
+def dense_int4_product(x: torch.Tensor, packed: torch.Tensor, tables: torch.Tensor,
+                       out_features: int) -> torch.Tensor:
+    """x [M, K] @ W^T -> [M, N] in bf16 through dense bf16 products (oneDNN; AMX where
+    present) over blocks of int4 W dequantized by `dense_int4`."""
+    return _dense_blocks(x, out_features, lambda first, last, columns: dense_int4(
+        packed[first:last], tables[first:last], columns))
+
+
+def dense_int8_product(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
+                       out_features: int) -> torch.Tensor:
+    """x [M, K] @ W^T -> [M, N] in bf16 through dense bf16 products over blocks of int8 W's
+    codes (`dense_int8`), scaled per output feature after."""
+    output = _dense_blocks(x, out_features, lambda first, last, columns: dense_int8(
+        packed[first:last], columns))
+    return output.mul_(scales[:out_features])
+
+
+def _dense_blocks(x: torch.Tensor, out_features: int,
+                  dequantize: Callable[[int, int, int], torch.Tensor]) -> torch.Tensor:
+    """The product block by block of DENSE_BLOCK_PANELS panels, `dequantize(first, last,
+    columns)` giving panels [first, last) as [K, columns] bf16: a 49k-wide LM head's whole
+    dense copy (57 MB, paged in afresh each call) cost more than its product."""
+    rows = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)  # [M, K]
+    num_panels = -(-out_features // PANEL)
+    if num_panels <= DENSE_BLOCK_PANELS:
+        return torch.mm(rows, dequantize(0, num_panels, out_features))
+    output = torch.empty(rows.shape[0], out_features, dtype=torch.bfloat16)
+    for first in range(0, num_panels, DENSE_BLOCK_PANELS):
+        last = min(first + DENSE_BLOCK_PANELS, num_panels)
+        columns = min(out_features, last * PANEL) - first * PANEL
+        output[:, first * PANEL:first * PANEL + columns] = torch.mm(
+            rows, dequantize(first, last, columns))
+    return output
 
 
 def _run(kernel: str, x: torch.Tensor, out_features: int, in_features: int,

@@ -97,9 +97,8 @@ class Int8Weight(QuantizedWeight):
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "panels" and x.shape[0] >= PANELS_DENSE_ROWS:
-            codes = cpu_quantized_linear.dense_int8(self.packed, self.out_features)  # [K, N]
-            output = torch.mm(x.to(torch.bfloat16), codes).mul_(self.channel_scales())
-            return output.to(x.dtype)
+            return cpu_quantized_linear.dense_int8_product(
+                x, self.packed, self.panel_scales, self.out_features).to(x.dtype)
         if self.kernel == "panels":
             return cpu_quantized_linear.linear_int8(x, self.packed, self.panel_scales,
                                                     self.out_features).to(x.dtype)
@@ -186,9 +185,8 @@ class Int4Weight(QuantizedWeight):
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "panels" and x.shape[0] >= PANELS_DENSE_ROWS:
-            dense = cpu_quantized_linear.dense_int4(self.packed, self.scales_and_zeros,
-                                                    self.out_features)  # [K, N] bf16
-            return torch.mm(x.to(torch.bfloat16), dense).to(x.dtype)
+            return cpu_quantized_linear.dense_int4_product(
+                x, self.packed, self.scales_and_zeros, self.out_features).to(x.dtype)
         if self.kernel == "panels":
             return cpu_quantized_linear.linear_int4(x, self.packed, self.scales_and_zeros,
                                                     self.out_features).to(x.dtype)

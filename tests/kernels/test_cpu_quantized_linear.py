@@ -212,3 +212,19 @@ def test_weights_on_panels_take_one_dense_product_for_many_rows(rows):
         assert got.dtype == torch.float32
         error = (got.double() - expected).abs().max() / expected.abs().max()
         assert error <= (2e-2 if rows >= PANELS_DENSE_ROWS else 1e-6)
+
+
+def test_dense_products_of_wide_weights_go_block_by_block(monkeypatch):
+    """Outputs wider than a block (here 2 panels, with a partial last panel) land in their
+    own columns."""
+    monkeypatch.setattr(panels, "DENSE_BLOCK_PANELS", 2)
+    codes, scales, zeros, x = problem(5, 150, 64, 32)
+    packed, tables = panels.pack_int4(codes, scales, zeros, torch.bfloat16)
+    expected = panels.dense_int4(packed, tables, 150)  # one block: [64, 150]
+    got = panels.dense_int4_product(x, packed, tables, 150)
+    assert torch.equal(got, torch.mm(x.bfloat16(), expected))
+    int8_codes, int8_scales, _ = int8_problem(5, 150, 64)
+    packed, padded = panels.pack_int8(int8_codes, int8_scales)
+    got = panels.dense_int8_product(x, packed, padded, 150)
+    expected = torch.mm(x.bfloat16(), int8_codes.t().bfloat16()).mul_(int8_scales)
+    assert torch.equal(got, expected)
