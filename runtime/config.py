@@ -40,8 +40,10 @@ class EngineConfig:
     quantize: str = setting(
         "none", help="weight-only quantization of the decoder's linears at load: none, int8 "
         "(per output channel), int4 (per group, round to nearest), gguf (serve a GGUF "
-        "model's own Q4_0/Q4_1 blocks as int4; other types dequantized); with any of them "
-        "the token embedding is looked up in int8 rows (a GGUF's own Q8_0)", choices=QUANTIZE)
+        "model's own Q4_0/Q4_1 blocks as int4; other types dequantized). On a CPU, int8 and "
+        "int4 also hold the LM head in int8 (per output channel), a tied one serving the "
+        "token lookups; otherwise tokens are looked up in int8 rows (a GGUF's own Q8_0)",
+        choices=QUANTIZE)
     quantize_group_size: int = setting(32, help="inputs per int4 group (32, 64, 128, 256)")
     cache_dir: str = setting(factory=default_cache_dir,
                              help="cache folder for converted models and adapters")
