@@ -18,17 +18,32 @@ from loraplex.runtime.kernels.cpu_linear import PANEL
 from loraplex.runtime.layers.quantized import Int8Weight
 
 
-def check_ids(ids: torch.Tensor, num_embeddings: int) -> None:
-    """Refuse token ids outside the table (a gather from panels would read padding or
-    another panel's columns, not fail)."""
-    if ids.numel():
-        low, high = torch.aminmax(ids)
-        if int(low) < 0 or int(high) >= num_embeddings:
-            raise IndexError(f"token ids {int(low)}..{int(high)} outside the "
-                             f"embedding's {num_embeddings} rows")
+class PanelLookups(nn.Module):
+    """Lookups that gather rows from a tied LM head's panels: no bytes of their own (the
+    panels are counted with the LM head); ids outside the table are refused (a gather from
+    panels would read padding or another panel's columns, not fail)."""
+
+    num_embeddings: int
+    embedding_dim: int
+
+    @property
+    def nbytes(self) -> int:
+        return 0
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # [...] -> [..., d]
+        ids = input_ids.reshape(-1)  # [T]
+        if ids.numel():
+            low, high = torch.aminmax(ids)
+            if int(low) < 0 or int(high) >= self.num_embeddings:
+                raise IndexError(f"token ids {int(low)}..{int(high)} outside the "
+                                 f"embedding's {self.num_embeddings} rows")
+        return self.rows(ids).view(*input_ids.shape, self.embedding_dim)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:  # [T] -> [T, d]
+        raise NotImplementedError
 
 
-class PanelEmbedding(nn.Module):
+class PanelEmbedding(PanelLookups):
     def __init__(self, panels: torch.Tensor, num_embeddings: int) -> None:
         """panels [ceil(V / 32), d, 32]: the packed LM head, shared, not copied."""
         super().__init__()
@@ -39,19 +54,11 @@ class PanelEmbedding(nn.Module):
         self.panels = panels  # read only; the LM head owns it (not a buffer: not saved twice)
         self.num_embeddings, self.embedding_dim = num_embeddings, panels.shape[1]
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of its own: none (the LM head's panels are counted with the LM head)."""
-        return 0
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # [...] -> [..., d]
-        ids = input_ids.reshape(-1)  # [T]
-        check_ids(ids, self.num_embeddings)
-        rows = self.panels[ids // PANEL, :, ids % PANEL]  # [T, d]
-        return rows.view(*input_ids.shape, self.embedding_dim)
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.panels[ids // PANEL, :, ids % PANEL]  # [T, d]
 
 
-class Int8PanelEmbedding(nn.Module):
+class Int8PanelEmbedding(PanelLookups):
     def __init__(self, head: Int8Weight, dtype: torch.dtype) -> None:
         """head: the tied LM head's int8 weight on `cpu_linear`'s panels, shared, not copied;
         rows come out in `dtype`."""
@@ -62,14 +69,6 @@ class Int8PanelEmbedding(nn.Module):
         self.head, self.dtype = head, dtype  # read only; the LM head owns it
         self.num_embeddings, self.embedding_dim = head.out_features, head.in_features
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of its own: none (the LM head's panels are counted with the LM head)."""
-        return 0
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # [...] -> [..., d]
-        ids = input_ids.reshape(-1)  # [T]
-        check_ids(ids, self.num_embeddings)
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
         codes = self.head.packed[ids // PANEL, :, ids % PANEL]  # [T, d] int8
-        rows = codes.float() * self.head.panel_scales[ids][:, None]
-        return rows.to(self.dtype).view(*input_ids.shape, self.embedding_dim)
+        return (codes.float() * self.head.panel_scales[ids][:, None]).to(self.dtype)
