@@ -61,13 +61,21 @@ def unpack_int4(packed: torch.Tensor, tables: torch.Tensor, out_features: int
 def linear_int4(x: torch.Tensor, packed: torch.Tensor, tables: torch.Tensor,
                 out_features: int) -> torch.Tensor:
     """x [..., K] @ W^T -> [..., N] in fp32, for int4 W in `pack_int4`'s panels."""
-    in_features, groups = packed.shape[1], tables.shape[1]
+    return int4_product(packed, tables, out_features)(x)
+
+
+def int4_product(packed: torch.Tensor, tables: torch.Tensor, out_features: int
+                 ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`linear_int4` for this weight, its panels checked once (a layer's every call then
+    pays only the rows' checks: the per-call Python cost is most of a small product's)."""
     check_int4(packed, tables, out_features)
-    fp32, group = tables.dtype == torch.float32, in_features // groups
-    return _run("linear_int4", x, out_features, in_features,
-                lambda library, out, rows, m, x_row, y_row, threads: library.linear_int4(
-                    out, rows, packed.data_ptr(), tables.data_ptr(), fp32, None, m,
-                    out_features, in_features, group, x_row, y_row, threads))
+    in_features, groups = packed.shape[1], tables.shape[1]
+    weight = (packed.data_ptr(), tables.data_ptr(), tables.dtype == torch.float32, None)
+    sizes = (out_features, in_features, in_features // groups)
+    kernel = _library().linear_int4
+    return lambda x: _run("linear_int4", x, out_features, in_features, lambda out, rows, m,
+                          x_row, y_row, threads: kernel(out, rows, *weight, m, *sizes, x_row,
+                                                        y_row, threads))
 
 
 def check_int4(packed: torch.Tensor, tables: torch.Tensor, out_features: int) -> None:
@@ -106,11 +114,18 @@ def unpack_int8(packed: torch.Tensor, out_features: int) -> torch.Tensor:
 def linear_int8(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
                 out_features: int) -> torch.Tensor:
     """x [..., K] @ W^T -> [..., N] in fp32, for int8 W in `pack_int8`'s panels."""
+    return int8_product(packed, scales, out_features)(x)
+
+
+def int8_product(packed: torch.Tensor, scales: torch.Tensor, out_features: int
+                 ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`linear_int8` for this weight, its panels checked once."""
     check_int8(packed, scales, out_features)
-    return _run("linear_int8", x, out_features, packed.shape[1],
-                lambda library, out, rows, m, x_row, y_row, threads: library.linear_int8(
-                    out, rows, packed.data_ptr(), scales.data_ptr(), None, m, out_features,
-                    packed.shape[1], x_row, y_row, threads))
+    weight, in_features = (packed.data_ptr(), scales.data_ptr(), None), packed.shape[1]
+    kernel = _library().linear_int8
+    return lambda x: _run("linear_int8", x, out_features, in_features, lambda out, rows, m,
+                          x_row, y_row, threads: kernel(out, rows, *weight, m, out_features,
+                                                        in_features, x_row, y_row, threads))
 
 
 def dense_int4(packed: torch.Tensor, tables: torch.Tensor, out_features: int) -> torch.Tensor:
@@ -174,17 +189,19 @@ def _dense_blocks(x: torch.Tensor, out_features: int,
 
 def _run(kernel: str, x: torch.Tensor, out_features: int, in_features: int,
          call: Callable[..., int]) -> torch.Tensor:
-    """x's rows (read in fp32 at their own stride) through `call(library, out, rows, m,
-    x_row, y_row, threads)`, which returns the kernel's status."""
+    """x's rows (read in fp32 at their own stride) through `call(out, rows, m, x_row, y_row,
+    threads)`, which returns the kernel's status."""
     if x.dtype not in ROW_DTYPES or x.device.type != "cpu" or x.shape[-1] != in_features:
-        raise ValueError(f"{kernel} takes fp32, bf16 or fp16 CPU rows of {in_features} values, "
-                         f"got {x.dtype} {x.device.type} rows of {x.shape[-1]}")
-    rows = x.reshape(-1, in_features).float()
-    if rows.shape[0] and rows.stride(1) != 1:
+        raise ValueError(f"{kernel} takes fp32, bf16 or fp16 CPU rows of {in_features} "
+                         f"values, got {x.dtype} {x.device.type} rows of {x.shape[-1]}")
+    rows = x.reshape(-1, in_features)
+    if rows.dtype != torch.float32:
+        rows = rows.float()
+    elif rows.shape[0] and rows.stride(1) != 1:
         rows = rows.contiguous()
     out = torch.empty(rows.shape[0], out_features, dtype=torch.float32)
-    if rows.shape[0] and call(_library(), out.data_ptr(), rows.data_ptr(), rows.shape[0],
-                              rows.stride(0), out.stride(0), torch.get_num_threads()):
+    if rows.shape[0] and call(out.data_ptr(), rows.data_ptr(), rows.shape[0], rows.stride(0),
+                              out.stride(0), torch.get_num_threads()):
         raise MemoryError(f"{kernel} could not allocate its scratch")
     return out.view(*x.shape[:-1], out_features)
 

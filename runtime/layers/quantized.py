@@ -81,6 +81,8 @@ class Int8Weight(QuantizedWeight):
             raise ValueError(f"int8 kernel must be one of {INT8_KERNELS}, got {self.kernel!r}")
         if self.kernel == "panels":  # [N / 32, K, 32] codes, [32 N / 32] fp32 scales
             self.packed, self.panel_scales = cpu_quantized_linear.pack_int8(codes, scales)
+            self.panel_product = cpu_quantized_linear.int8_product(
+                self.packed, self.panel_scales, self.out_features)
             return
         self.plain_codes = codes.to(torch.int8).contiguous()  # [N, K]
         self.scales = scales.float().contiguous()  # [N], fp32: the format's own precision
@@ -100,8 +102,7 @@ class Int8Weight(QuantizedWeight):
             return cpu_quantized_linear.dense_int8_product(
                 x, self.packed, self.panel_scales, self.out_features).to(x.dtype)
         if self.kernel == "panels":
-            return cpu_quantized_linear.linear_int8(x, self.packed, self.panel_scales,
-                                                    self.out_features).to(x.dtype)
+            return self.panel_product(x).to(x.dtype)
         x_kernel = x.to(self.kernel_dtype)
         if self.plain_codes.device.type == "cpu" and x.shape[0] >= INT8_CPU_DEQUANTIZE_ROWS:
             # the codes are exact in bf16: one dense product, scaled per output channel
@@ -151,6 +152,8 @@ class Int4Weight(QuantizedWeight):
             self.packed, self.scales_and_zeros = cpu_quantized_linear.pack_int4(
                 codes, scales.t(), zeros.t(),
                 torch.float32 if dtype == torch.float32 else torch.bfloat16)
+            self.panel_product = cpu_quantized_linear.int4_product(
+                self.packed, self.scales_and_zeros, self.out_features)
         else:
             self.packed = pack_int4(codes.to(torch.int32).contiguous(), self.kernel)
             # [K / g, N, 2] in the model's dtype; an fp32 model's table is rounded to the
@@ -188,8 +191,7 @@ class Int4Weight(QuantizedWeight):
             return cpu_quantized_linear.dense_int4_product(
                 x, self.packed, self.scales_and_zeros, self.out_features).to(x.dtype)
         if self.kernel == "panels":
-            return cpu_quantized_linear.linear_int4(x, self.packed, self.scales_and_zeros,
-                                                    self.out_features).to(x.dtype)
+            return self.panel_product(x).to(x.dtype)
         if self.kernel == "cpu":
             return torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x.to(self.kernel_dtype), self.packed, self.group_size,
