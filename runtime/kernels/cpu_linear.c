@@ -53,9 +53,16 @@ typedef uint32_t uint16v __attribute__((vector_size(64)));
 
 typedef struct {
     const float *x, *bias;
-    float *y;
+    void *y;  /* fp32, or bf16 where y_bf16 */
     int64_t n, k, x_row, y_row;
+    int y_bf16;
 } linear_t;
+
+/* A float rounded to bf16's bits (to nearest even; the values are finite). */
+static inline uint16_t bf16_bits(float value) {
+    union { float f; uint32_t u; } bits = {value};
+    return (uint16_t)((bits.u + 0x7FFF + ((bits.u >> 16) & 1)) >> 16);
+}
 
 /* Rows [row, row + ROWS) of y, columns of panel p, whose [K, 32] weights are at w: ROWS is
  * a constant in each copy. */
@@ -90,15 +97,21 @@ static inline void store_tile(const linear_t *a, int64_t row, int64_t p, int row
         bias_high = *(const v16u *)(a->bias + first + 16);
     }
     for (int r = 0; r < rows; ++r) {
-        float *out = a->y + (row + r) * a->y_row + first;
-        if (columns == PANEL) {
+        const int64_t offset = (row + r) * a->y_row + first;
+        float *out = (float *)a->y + offset;
+        uint16_t *out_bf16 = (uint16_t *)a->y + offset;
+        if (columns == PANEL && !a->y_bf16) {
             *(v16u *)out = low[r] + bias_low;
             *(v16u *)(out + 16) = high[r] + bias_high;
             continue;
         }
         for (int64_t c = 0; c < columns; ++c) {
-            const float value = c < 16 ? low[r][c] : high[r][c - 16];
-            out[c] = a->bias != 0 ? value + a->bias[first + c] : value;
+            float value = c < 16 ? low[r][c] : high[r][c - 16];
+            value = a->bias != 0 ? value + a->bias[first + c] : value;
+            if (a->y_bf16)
+                out_bf16[c] = bf16_bits(value);
+            else
+                out[c] = value;
         }
     }
 }
@@ -123,7 +136,7 @@ int wide_vectors(void) {
 void linear_f32(float *y, const float *x, const float *panels, const float *bias,
                 int64_t m, int64_t n, int64_t k, int64_t x_row, int64_t y_row,
                 int num_threads) {
-    const linear_t a = {x, bias, y, n, k, x_row, y_row};
+    const linear_t a = {x, bias, y, n, k, x_row, y_row, 0};
     const int64_t num_panels = (n + PANEL - 1) / PANEL, panel_size = k * PANEL;
     _Pragma("omp parallel num_threads(num_threads) if (num_threads > 1)")
     for (int64_t start = 0; start < m; start += ROWS_PER_PASS) {
@@ -319,7 +332,7 @@ QUANTIZED_FORMAT(int8)
 /* y = x W^T (+ bias) for a quantized W. Up to one tile of rows dequantizes in registers;
  * more rows dequantize each panel once into a thread's scratch and run every tile over it.
  * Returns 0, or -2 where a thread's scratch could not be allocated (y is then unset). */
-static int quantized_linear(const linear_t *a, int64_t m, const quantized_t *w,
+static int quantized_panels(const linear_t *a, int64_t m, const quantized_t *w,
                             const quantized_tile_fn *tiles, dequantize_fn dequantize,
                             int num_threads) {
     const int64_t num_panels = (a->n + PANEL - 1) / PANEL;
@@ -360,22 +373,48 @@ static int quantized_linear(const linear_t *a, int64_t m, const quantized_t *w,
     return failed ? -2 : 0;
 }
 
-/* int4 W: `tables_fp32` says whether its tables are fp32 (else bf16); G divides K. */
-int linear_int4(float *y, const float *x, const uint8_t *codes, const void *tables,
-                int tables_fp32, const float *bias, int64_t m, int64_t n, int64_t k,
-                int64_t group, int64_t x_row, int64_t y_row, int num_threads) {
-    const linear_t a = {x, bias, y, n, k, x_row, y_row};
-    const quantized_t w = {codes, tables, tables_fp32, k, group};
-    return quantized_linear(&a, m, &w, int4_TILES, int4_dequantize_panel, num_threads);
+/* `quantized_panels`, bf16 rows (x_bf16, else a->x in fp32) read once into fp32 first. */
+static int quantized_linear(linear_t *a, const uint16_t *x_bf16, int64_t m,
+                            const quantized_t *w, const quantized_tile_fn *tiles,
+                            dequantize_fn dequantize, int num_threads) {
+    float *rows = 0;
+    if (x_bf16 != 0) {  /* bf16 rows: read once into fp32 [m, k] */
+        rows = malloc(m * a->k * sizeof(float));
+        if (rows == 0) return -2;
+        for (int64_t r = 0; r < m; ++r)
+            for (int64_t k = 0; k < a->k; ++k) {
+                union { uint32_t u; float f; } value = {(uint32_t)x_bf16[r * a->x_row + k]
+                                                        << 16};
+                rows[r * a->k + k] = value.f;
+            }
+        a->x = rows;
+        a->x_row = a->k;
+    }
+    const int status = quantized_panels(a, m, w, tiles, dequantize, num_threads);
+    free(rows);
+    return status;
 }
 
-/* int8 W: one fp32 scale per output feature. */
-int linear_int8(float *y, const float *x, const int8_t *codes, const float *scales,
+
+/* int4 W: `tables_fp32` says whether its tables are fp32 (else bf16); G divides K. With
+ * `bf16`, x and y are bf16 (y rounded once from the fp32 sums), else fp32. */
+int linear_int4(void *y, const void *x, int bf16, const uint8_t *codes, const void *tables,
+                int tables_fp32, const float *bias, int64_t m, int64_t n, int64_t k,
+                int64_t group, int64_t x_row, int64_t y_row, int num_threads) {
+    linear_t a = {bf16 ? 0 : x, bias, y, n, k, x_row, y_row, bf16};
+    const quantized_t w = {codes, tables, tables_fp32, k, group};
+    return quantized_linear(&a, bf16 ? x : 0, m, &w, int4_TILES, int4_dequantize_panel,
+                            num_threads);
+}
+
+/* int8 W: one fp32 scale per output feature; `bf16` as for linear_int4. */
+int linear_int8(void *y, const void *x, int bf16, const int8_t *codes, const float *scales,
                 const float *bias, int64_t m, int64_t n, int64_t k, int64_t x_row,
                 int64_t y_row, int num_threads) {
-    const linear_t a = {x, bias, y, n, k, x_row, y_row};
+    linear_t a = {bf16 ? 0 : x, bias, y, n, k, x_row, y_row, bf16};
     const quantized_t w = {codes, scales, 1, k, k};
-    return quantized_linear(&a, m, &w, int8_TILES, int8_dequantize_panel, num_threads);
+    return quantized_linear(&a, bf16 ? x : 0, m, &w, int8_TILES, int8_dequantize_panel,
+                            num_threads);
 }
 
 /* out [K, N] bf16, rows n_row apart: int4 W transposed, for a dense bf16 product. */

@@ -82,10 +82,11 @@ def _library() -> ctypes.CDLL | None:
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     library.linear_f32.argtypes = [pointer] * 4 + [size] * 5 + [ctypes.c_int]
     library.linear_f32.restype = None
-    library.linear_int4.argtypes = [pointer] * 4 + [ctypes.c_int, pointer] + [size] * 6 + [
-        ctypes.c_int]
+    flag = ctypes.c_int
+    library.linear_int4.argtypes = [pointer, pointer, flag, pointer, pointer, flag, pointer] + [
+        size] * 6 + [flag]
     library.linear_int4.restype = ctypes.c_int
-    library.linear_int8.argtypes = [pointer] * 5 + [size] * 5 + [ctypes.c_int]
+    library.linear_int8.argtypes = [pointer, pointer, flag] + [pointer] * 3 + [size] * 5 + [flag]
     library.linear_int8.restype = ctypes.c_int
     library.dequantize_int4.argtypes = [pointer] * 3 + [ctypes.c_int] + [size] * 4 + [
         ctypes.c_int]

@@ -5,8 +5,8 @@ torch's own CPU kernels for weight-only products dequantize the weights again fo
 32), or multiply in bf16 at one row and convert the whole weight at more
 (`aten._weight_int8pack_mm`). These panels dequantize each weight once per call, in
 registers for up to one tile of rows (12) and into a thread's scratch (it stays in L2) for
-more, and multiply in fp32; rows of any float dtype are read as fp32, products come out in
-fp32. Measured by `python -m bench.linear --quantized`.
+more, and multiply-add in fp32; bf16 rows give bf16 products (each rounded once), other rows
+fp32 ones. Measured by `python -m bench.linear --quantized`.
 
 - int4: w = (q - 8) * scale + zero, q in 0..15, a scale and a zero per group of g inputs
   and output feature. Codes [ceil(N / 32), K, 16] uint8 (byte j of a panel's row k holds
@@ -60,7 +60,8 @@ def unpack_int4(packed: torch.Tensor, tables: torch.Tensor, out_features: int
 
 def linear_int4(x: torch.Tensor, packed: torch.Tensor, tables: torch.Tensor,
                 out_features: int) -> torch.Tensor:
-    """x [..., K] @ W^T -> [..., N] in fp32, for int4 W in `pack_int4`'s panels."""
+    """x [..., K] @ W^T -> [..., N] for int4 W in `pack_int4`'s panels (bf16 for bf16 rows,
+    else fp32)."""
     return int4_product(packed, tables, out_features)(x)
 
 
@@ -73,9 +74,9 @@ def int4_product(packed: torch.Tensor, tables: torch.Tensor, out_features: int
     weight = (packed.data_ptr(), tables.data_ptr(), tables.dtype == torch.float32, None)
     sizes = (out_features, in_features, in_features // groups)
     kernel = _library().linear_int4
-    return lambda x: _run("linear_int4", x, out_features, in_features, lambda out, rows, m,
-                          x_row, y_row, threads: kernel(out, rows, *weight, m, *sizes, x_row,
-                                                        y_row, threads))
+    return lambda x: _run("linear_int4", x, out_features, in_features, lambda out, rows, bf16,
+                          m, x_row, y_row, threads: kernel(out, rows, bf16, *weight, m, *sizes,
+                                                           x_row, y_row, threads))
 
 
 def check_int4(packed: torch.Tensor, tables: torch.Tensor, out_features: int) -> None:
@@ -113,7 +114,8 @@ def unpack_int8(packed: torch.Tensor, out_features: int) -> torch.Tensor:
 
 def linear_int8(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
                 out_features: int) -> torch.Tensor:
-    """x [..., K] @ W^T -> [..., N] in fp32, for int8 W in `pack_int8`'s panels."""
+    """x [..., K] @ W^T -> [..., N] for int8 W in `pack_int8`'s panels (bf16 for bf16 rows,
+    else fp32)."""
     return int8_product(packed, scales, out_features)(x)
 
 
@@ -123,9 +125,10 @@ def int8_product(packed: torch.Tensor, scales: torch.Tensor, out_features: int
     check_int8(packed, scales, out_features)
     weight, in_features = (packed.data_ptr(), scales.data_ptr(), None), packed.shape[1]
     kernel = _library().linear_int8
-    return lambda x: _run("linear_int8", x, out_features, in_features, lambda out, rows, m,
-                          x_row, y_row, threads: kernel(out, rows, *weight, m, out_features,
-                                                        in_features, x_row, y_row, threads))
+    return lambda x: _run("linear_int8", x, out_features, in_features, lambda out, rows, bf16,
+                          m, x_row, y_row, threads: kernel(out, rows, bf16, *weight, m,
+                                                           out_features, in_features, x_row,
+                                                           y_row, threads))
 
 
 def dense_int4(packed: torch.Tensor, tables: torch.Tensor, out_features: int) -> torch.Tensor:
@@ -189,19 +192,21 @@ def _dense_blocks(x: torch.Tensor, out_features: int,
 
 def _run(kernel: str, x: torch.Tensor, out_features: int, in_features: int,
          call: Callable[..., int]) -> torch.Tensor:
-    """x's rows (read in fp32 at their own stride) through `call(out, rows, m, x_row, y_row,
-    threads)`, which returns the kernel's status."""
+    """x's rows through `call(out, rows, bf16, m, x_row, y_row, threads)`, which returns the
+    kernel's status: bf16 rows are read as they are and give bf16 products (rounded once from
+    the fp32 sums), fp32 rows fp32 ones, fp16 rows are read as fp32."""
     if x.dtype not in ROW_DTYPES or x.device.type != "cpu" or x.shape[-1] != in_features:
         raise ValueError(f"{kernel} takes fp32, bf16 or fp16 CPU rows of {in_features} "
                          f"values, got {x.dtype} {x.device.type} rows of {x.shape[-1]}")
     rows = x.reshape(-1, in_features)
-    if rows.dtype != torch.float32:
+    if rows.dtype == torch.float16:
         rows = rows.float()
     elif rows.shape[0] and rows.stride(1) != 1:
         rows = rows.contiguous()
-    out = torch.empty(rows.shape[0], out_features, dtype=torch.float32)
-    if rows.shape[0] and call(out.data_ptr(), rows.data_ptr(), rows.shape[0], rows.stride(0),
-                              out.stride(0), torch.get_num_threads()):
+    out = torch.empty(rows.shape[0], out_features, dtype=rows.dtype)
+    if rows.shape[0] and call(out.data_ptr(), rows.data_ptr(), rows.dtype == torch.bfloat16,
+                              rows.shape[0], rows.stride(0), out.stride(0),
+                              torch.get_num_threads()):
         raise MemoryError(f"{kernel} could not allocate its scratch")
     return out.view(*x.shape[:-1], out_features)
 

@@ -74,15 +74,20 @@ def test_packing_round_trips_and_pads_with_zeros():
     assert not packed[1, :, 13:].any() and not tables[1, ..., 13:].any()
 
 
-def test_bf16_rows_and_leading_dimensions():
-    codes, scales, zeros, x = problem(12, 45, 256, 32)
+@pytest.mark.parametrize("rows", [12, 40])  # in registers, and through the scratch
+def test_bf16_rows_give_the_fp32_product_rounded_once(rows):
+    codes, scales, zeros, x = problem(rows, 45, 256, 32)
     packed, tables = panels.pack_int4(codes, scales, zeros, torch.float32)
-    rows = x.contiguous().bfloat16()
-    batched = panels.linear_int4(rows.view(3, 4, 256), packed, tables, 45)
-    assert torch.equal(batched.view(12, 45), panels.linear_int4(rows, packed, tables, 45))
-    assert torch.equal(batched.view(12, 45),
-                       panels.linear_int4(rows.float(), packed, tables, 45))
+    bf16 = torch.cat([x, x[:, :3]], dim=1).bfloat16()[:, :256]  # read at its own stride
+    assert bf16.stride(0) == 259
+    got = panels.linear_int4(bf16, packed, tables, 45)
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, panels.linear_int4(bf16.float(), packed, tables, 45).bfloat16())
+    batched = panels.linear_int4(bf16.contiguous().view(2, rows // 2, 256), packed, tables, 45)
+    assert torch.equal(batched.view(rows, 45), got)
     assert panels.linear_int4(x[:0], packed, tables, 45).shape == (0, 45)
+    fp16 = panels.linear_int4(x.half(), packed, tables, 45)  # read as fp32, fp32 out
+    assert torch.equal(fp16, panels.linear_int4(x.half().float(), packed, tables, 45))
 
 
 def test_bad_inputs_are_refused_by_name():
@@ -144,9 +149,9 @@ def test_int8_packing_round_trips_and_pads_with_zeros():
     assert packed.shape == (2, 64, 32) and packed.dtype == torch.int8
     assert padded.shape == (64,) and not padded[45:].any() and not packed[1, :, 13:].any()
     assert torch.equal(panels.unpack_int8(packed, 45), codes.to(torch.int8))
-    rows = x.bfloat16()  # bf16 rows are read as fp32
+    rows = x.bfloat16()  # bf16 rows: the fp32 product of their values, rounded once
     assert torch.equal(panels.linear_int8(rows, packed, padded, 45),
-                       panels.linear_int8(rows.float(), packed, padded, 45))
+                       panels.linear_int8(rows.float(), packed, padded, 45).bfloat16())
 
 
 def test_int8_bad_inputs_are_refused_by_name():
