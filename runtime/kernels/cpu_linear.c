@@ -133,11 +133,19 @@ int wide_vectors(void) {
 #endif
 }
 
+/* No more threads than units of work: a thread with none still joins the region's barrier,
+ * and on a busy machine waits there for a core (a one-panel product took 0.75 ms, not 12 us,
+ * beside another process's two threads). */
+static inline int threads_for(int64_t units, int num_threads) {
+    return units < 1 ? 1 : units < num_threads ? (int)units : num_threads;
+}
+
 void linear_f32(float *y, const float *x, const float *panels, const float *bias,
                 int64_t m, int64_t n, int64_t k, int64_t x_row, int64_t y_row,
                 int num_threads) {
     const linear_t a = {x, bias, y, n, k, x_row, y_row, 0};
     const int64_t num_panels = (n + PANEL - 1) / PANEL, panel_size = k * PANEL;
+    num_threads = threads_for(num_panels, num_threads);
     _Pragma("omp parallel num_threads(num_threads) if (num_threads > 1)")
     for (int64_t start = 0; start < m; start += ROWS_PER_PASS) {
         const int64_t rows = m - start < ROWS_PER_PASS ? m - start : ROWS_PER_PASS;
@@ -290,6 +298,7 @@ static void FORMAT##_dequantize_dense(uint16_t *out, const quantized_t *w, int64
                                       int64_t n_row, int num_threads) {                     \
     const int64_t num_panels = (n + PANEL - 1) / PANEL;                                     \
     const int64_t blocks = (w->k + DENSE_ROWS - 1) / DENSE_ROWS;                            \
+    num_threads = threads_for(blocks, num_threads);                                         \
     _Pragma("omp parallel for schedule(static) num_threads(num_threads) if (num_threads > 1)") \
     for (int64_t block = 0; block < blocks; ++block) {                                      \
         const int64_t start = block * DENSE_ROWS;                                           \
@@ -336,6 +345,7 @@ static int quantized_panels(const linear_t *a, int64_t m, const quantized_t *w,
                             const quantized_tile_fn *tiles, dequantize_fn dequantize,
                             int num_threads) {
     const int64_t num_panels = (a->n + PANEL - 1) / PANEL;
+    num_threads = threads_for(num_panels, num_threads);
     if (m <= MAX_TILE_ROWS) {
         _Pragma("omp parallel for schedule(static) num_threads(num_threads) if (num_threads > 1)")
         for (int64_t p = 0; p < num_panels; ++p)
