@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .cpu_linear import PANEL, _library, to_panels
 
 TABLE_DTYPES = (torch.float32, torch.bfloat16)  # int4 tables the kernel reads
-ROW_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # read as fp32
+ROW_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # fp16 rows are read as fp32
 DENSE_BLOCK_PANELS = 128  # 4096 outputs: a [K, 4096] bf16 block (4.7 MB at K = 576)
 
 
