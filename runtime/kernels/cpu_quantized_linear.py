@@ -71,12 +71,13 @@ def int4_product(packed: torch.Tensor, tables: torch.Tensor, out_features: int
     pays only the rows' checks: the per-call Python cost is most of a small product's)."""
     check_int4(packed, tables, out_features)
     in_features, groups = packed.shape[1], tables.shape[1]
-    weight = (packed.data_ptr(), tables.data_ptr(), tables.dtype == torch.float32, None)
-    sizes = (out_features, in_features, in_features // groups)
+    fp32, sizes = tables.dtype == torch.float32, (out_features, in_features, in_features // groups)
     kernel = _library().linear_int4
+    # the pointers are read at each call from the tensors the closure holds (alive with it)
     return lambda x: _run("linear_int4", x, out_features, in_features, lambda out, rows, bf16,
-                          m, x_row, y_row, threads: kernel(out, rows, bf16, *weight, m, *sizes,
-                                                           x_row, y_row, threads))
+                          m, x_row, y_row, threads: kernel(
+                              out, rows, bf16, packed.data_ptr(), tables.data_ptr(), fp32, None,
+                              m, *sizes, x_row, y_row, threads))
 
 
 def check_int4(packed: torch.Tensor, tables: torch.Tensor, out_features: int) -> None:
@@ -123,12 +124,11 @@ def int8_product(packed: torch.Tensor, scales: torch.Tensor, out_features: int
                  ) -> Callable[[torch.Tensor], torch.Tensor]:
     """`linear_int8` for this weight, its panels checked once."""
     check_int8(packed, scales, out_features)
-    weight, in_features = (packed.data_ptr(), scales.data_ptr(), None), packed.shape[1]
-    kernel = _library().linear_int8
+    in_features, kernel = packed.shape[1], _library().linear_int8
     return lambda x: _run("linear_int8", x, out_features, in_features, lambda out, rows, bf16,
-                          m, x_row, y_row, threads: kernel(out, rows, bf16, *weight, m,
-                                                           out_features, in_features, x_row,
-                                                           y_row, threads))
+                          m, x_row, y_row, threads: kernel(
+                              out, rows, bf16, packed.data_ptr(), scales.data_ptr(), None, m,
+                              out_features, in_features, x_row, y_row, threads))
 
 
 def dense_int4(packed: torch.Tensor, tables: torch.Tensor, out_features: int) -> torch.Tensor:

@@ -9,6 +9,8 @@ activations; inputs whose rows are a slice of a wider tensor.
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 
@@ -233,3 +235,20 @@ def test_dense_products_of_wide_weights_go_block_by_block(monkeypatch):
     got = panels.dense_int8_product(x, packed, padded, 150)
     expected = torch.mm(x.bfloat16(), int8_codes.t().bfloat16()).mul_(int8_scales)
     assert torch.equal(got, expected)
+
+
+def test_a_product_keeps_its_panels_alive():
+    """A layer's product holds its panels: dropping every other reference frees nothing
+    under it (the kernel gets the pointers at each call)."""
+    codes, scales, zeros, x = problem(3, 64, 64, 32)
+    packed, tables = panels.pack_int4(codes, scales, zeros, torch.float32)
+    int8_codes, int8_scales, _ = int8_problem(3, 64, 64)
+    int8_packed, padded = panels.pack_int8(int8_codes, int8_scales)
+    products = [panels.int4_product(packed, tables, 64),
+                panels.int8_product(int8_packed, padded, 64)]
+    expected = [product(x).clone() for product in products]
+    del packed, tables, int8_packed, padded
+    gc.collect()
+    reuse = [torch.full((64, 64, 32), 7, dtype=torch.uint8) for _ in range(20)]  # noqa: F841
+    for product, want in zip(products, expected, strict=True):
+        assert torch.equal(product(x), want)
