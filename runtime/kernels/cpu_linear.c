@@ -409,8 +409,8 @@ static int quantized_linear(linear_t *a, const uint16_t *x_bf16, int64_t m,
 /* int4 W: `tables_fp32` says whether its tables are fp32 (else bf16); G divides K. With
  * `bf16`, x and y are bf16 (y rounded once from the fp32 sums), else fp32. */
 int linear_int4(void *y, const void *x, int bf16, const uint8_t *codes, const void *tables,
-                int tables_fp32, const float *bias, int64_t m, int64_t n, int64_t k,
-                int64_t group, int64_t x_row, int64_t y_row, int num_threads) {
+                const float *bias, int64_t m, int64_t n, int64_t k, int64_t x_row,
+                int64_t y_row, int num_threads, int tables_fp32, int64_t group) {
     linear_t a = {bf16 ? 0 : x, bias, y, n, k, x_row, y_row, bf16};
     const quantized_t w = {codes, tables, tables_fp32, k, group};
     return quantized_linear(&a, bf16 ? x : 0, m, &w, int4_TILES, int4_dequantize_panel,

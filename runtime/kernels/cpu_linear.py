@@ -83,11 +83,11 @@ def _library() -> ctypes.CDLL | None:
     library.linear_f32.argtypes = [pointer] * 4 + [size] * 5 + [ctypes.c_int]
     library.linear_f32.restype = None
     flag = ctypes.c_int
-    library.linear_int4.argtypes = [pointer, pointer, flag, pointer, pointer, flag, pointer] + [
-        size] * 6 + [flag]
-    library.linear_int4.restype = ctypes.c_int
-    library.linear_int8.argtypes = [pointer, pointer, flag] + [pointer] * 3 + [size] * 5 + [flag]
-    library.linear_int8.restype = ctypes.c_int
+    # y, x, bf16, codes, tables, bias, m, n, k, x_row, y_row, threads (int4: + tables_fp32, g)
+    quantized = [pointer, pointer, flag] + [pointer] * 3 + [size] * 5 + [flag]
+    library.linear_int4.argtypes = quantized + [flag, size]
+    library.linear_int8.argtypes = quantized
+    library.linear_int4.restype = library.linear_int8.restype = ctypes.c_int
     library.dequantize_int4.argtypes = [pointer] * 3 + [ctypes.c_int] + [size] * 4 + [
         ctypes.c_int]
     library.dequantize_int4.restype = None

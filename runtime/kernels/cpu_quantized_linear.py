@@ -70,14 +70,8 @@ def int4_product(packed: torch.Tensor, tables: torch.Tensor, out_features: int
     """`linear_int4` for this weight, its panels checked once (a layer's every call then
     pays only the rows' checks: the per-call Python cost is most of a small product's)."""
     check_int4(packed, tables, out_features)
-    in_features, groups = packed.shape[1], tables.shape[1]
-    fp32, sizes = tables.dtype == torch.float32, (out_features, in_features, in_features // groups)
-    kernel = _library().linear_int4
-    # the pointers are read at each call from the tensors the closure holds (alive with it)
-    return lambda x: _run("linear_int4", x, out_features, in_features, lambda out, rows, bf16,
-                          m, x_row, y_row, threads: kernel(
-                              out, rows, bf16, packed.data_ptr(), tables.data_ptr(), fp32, None,
-                              m, *sizes, x_row, y_row, threads))
+    return _product("linear_int4", packed, tables, out_features, tables.dtype == torch.float32,
+                    packed.shape[1] // tables.shape[1])
 
 
 def check_int4(packed: torch.Tensor, tables: torch.Tensor, out_features: int) -> None:
@@ -124,11 +118,7 @@ def int8_product(packed: torch.Tensor, scales: torch.Tensor, out_features: int
                  ) -> Callable[[torch.Tensor], torch.Tensor]:
     """`linear_int8` for this weight, its panels checked once."""
     check_int8(packed, scales, out_features)
-    in_features, kernel = packed.shape[1], _library().linear_int8
-    return lambda x: _run("linear_int8", x, out_features, in_features, lambda out, rows, bf16,
-                          m, x_row, y_row, threads: kernel(
-                              out, rows, bf16, packed.data_ptr(), scales.data_ptr(), None, m,
-                              out_features, in_features, x_row, y_row, threads))
+    return _product("linear_int8", packed, scales, out_features)
 
 
 def dense_int4(packed: torch.Tensor, tables: torch.Tensor, out_features: int) -> torch.Tensor:
@@ -190,25 +180,32 @@ def _dense_blocks(x: torch.Tensor, out_features: int,
     return output
 
 
-def _run(kernel: str, x: torch.Tensor, out_features: int, in_features: int,
-         call: Callable[..., int]) -> torch.Tensor:
-    """x's rows through `call(out, rows, bf16, m, x_row, y_row, threads)`, which returns the
-    kernel's status: bf16 rows are read as they are and give bf16 products (rounded once from
-    the fp32 sums), fp32 rows fp32 ones, fp16 rows are read as fp32."""
-    if x.dtype not in ROW_DTYPES or x.device.type != "cpu" or x.shape[-1] != in_features:
-        raise ValueError(f"{kernel} takes fp32, bf16 or fp16 CPU rows of {in_features} "
-                         f"values, got {x.dtype} {x.device.type} rows of {x.shape[-1]}")
-    rows = x.reshape(-1, in_features)
-    if rows.dtype == torch.float16:
-        rows = rows.float()
-    elif rows.shape[0] and rows.stride(1) != 1:
-        rows = rows.contiguous()
-    out = torch.empty(rows.shape[0], out_features, dtype=rows.dtype)
-    if rows.shape[0] and call(out.data_ptr(), rows.data_ptr(), rows.dtype == torch.bfloat16,
-                              rows.shape[0], rows.stride(0), out.stride(0),
-                              torch.get_num_threads()):
-        raise MemoryError(f"{kernel} could not allocate its scratch")
-    return out.view(*x.shape[:-1], out_features)
+def _product(kernel: str, packed: torch.Tensor, tables: torch.Tensor, out_features: int,
+             *format_args: object) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x [..., K] -> x @ W^T through `kernel` (its arguments after the common ones:
+    `format_args`). The product holds the panels and reads their pointers at each call.
+    bf16 rows are read as they are and give bf16 products (rounded once from the fp32 sums),
+    fp32 rows fp32 ones, fp16 rows are read as fp32."""
+    in_features, call = packed.shape[1], getattr(_library(), kernel)
+
+    def product(x: torch.Tensor) -> torch.Tensor:
+        if x.dtype not in ROW_DTYPES or x.device.type != "cpu" or x.shape[-1] != in_features:
+            raise ValueError(f"{kernel} takes fp32, bf16 or fp16 CPU rows of {in_features} "
+                             f"values, got {x.dtype} {x.device.type} rows of {x.shape[-1]}")
+        rows = x.reshape(-1, in_features)
+        if rows.dtype == torch.float16:
+            rows = rows.float()
+        elif rows.shape[0] and rows.stride(1) != 1:
+            rows = rows.contiguous()
+        out = torch.empty(rows.shape[0], out_features, dtype=rows.dtype)
+        if rows.shape[0] and call(out.data_ptr(), rows.data_ptr(), rows.dtype == torch.bfloat16,
+                                  packed.data_ptr(), tables.data_ptr(), None, rows.shape[0],
+                                  out_features, in_features, rows.stride(0), out.stride(0),
+                                  torch.get_num_threads(), *format_args):
+            raise MemoryError(f"{kernel} could not allocate its scratch")
+        return out.view(*x.shape[:-1], out_features)
+
+    return product
 
 
 def _unpanel(panels: torch.Tensor, out_features: int) -> torch.Tensor:  # -> [N, K]
