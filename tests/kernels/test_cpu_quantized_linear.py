@@ -212,13 +212,21 @@ def test_weights_on_panels_take_one_dense_product_for_many_rows(rows):
     weight: the same product within bf16's rounding, on either side of the switch."""
     weight = torch.randn(96, 256, generator=torch.Generator().manual_seed(6))
     x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(7))
-    for quantized in (Int4Weight.quantize(weight, 32, kernel="panels"),
-                      Int8Weight.quantize(weight, kernel="panels")):
+    int4 = Int4Weight.quantize(weight, 32, kernel="panels")
+    int8 = Int8Weight.quantize(weight, kernel="panels")
+    paths = [  # (quantized, its panel product, its dense product)
+        (int4, lambda: panels.linear_int4(x, int4.packed, int4.scales_and_zeros, 96),
+         lambda: panels.dense_int4_product(x, int4.packed, int4.scales_and_zeros, 96)),
+        (int8, lambda: panels.linear_int8(x, int8.packed, int8.panel_scales, 96),
+         lambda: panels.dense_int8_product(x, int8.packed, int8.panel_scales, 96))]
+    for quantized, panel_product, dense_product in paths:
         expected = x.double() @ quantized.dequantize().double().t()
         got = quantized.linear(x)
         assert got.dtype == torch.float32
         error = (got.double() - expected).abs().max() / expected.abs().max()
         assert error <= (2e-2 if rows >= PANELS_DENSE_ROWS else 1e-6)
+        taken = dense_product() if rows >= PANELS_DENSE_ROWS else panel_product()
+        assert torch.equal(got, taken.float())  # the path the row count picks
 
 
 def test_dense_products_of_wide_weights_go_block_by_block(monkeypatch):
