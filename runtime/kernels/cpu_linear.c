@@ -35,8 +35,13 @@
  * [ceil(N / 32), K / G, 2, 32]; int8: codes [ceil(N / 32), K, 32] and scales
  * [32 ceil(N / 32)], all contiguous); bias [N] or NULL; y [M, N] rows y_row apart.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#ifdef LORAPLEX_VECTOR_MATH /* the C library has vector forms of expf (glibc's libmvec) */
+#pragma omp declare simd notinbranch
+extern float expf(float);
+#endif
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
@@ -62,6 +67,8 @@ typedef struct {
     void *y;  /* fp32, or bf16 where y_bf16 */
     int64_t n, k, x_row, y_row;
     int y_bf16;
+    float *gate;  /* a gated product's gate tiles, [ROWS_PER_PASS, 32] (`linear_f32_gated`) */
+    int gate_phase;  /* 0: a plain product; 1: keep the tile as the gate; 2: silu(gate) * tile */
 } linear_t;
 
 /* A float rounded to bf16's bits (to nearest even; the values are finite). */
@@ -103,6 +110,29 @@ static void tile_##ROWS(const linear_t *a, int64_t row, int64_t p, const float *
     store_tile(a, row, p, ROWS, low, high);                                                 \
 }
 
+/* silu(g) = g / (1 + exp(-g)), lane by lane, as torch's F.silu computes it in fp32. */
+static inline v16 silu16(v16 g) {
+    v16 out = g;
+    _Pragma("omp simd")
+    for (int i = 0; i < 16; ++i) out[i] = g[i] / (1.0f + expf(-g[i]));
+    return out;
+}
+
+/* A gated product's tile row: phase 1 keeps the gate's 32 values, phase 2 writes
+ * y[row, first + c] = silu(gate) * up (whole panels and no bias: `linear_f32_gated`). */
+static inline void store_gated(const linear_t *a, int64_t row, int64_t first, v16 low,
+                               v16 high) {
+    float *kept = a->gate + (row % ROWS_PER_PASS) * PANEL;
+    if (a->gate_phase == 1) {
+        *(v16u *)kept = low;
+        *(v16u *)(kept + 16) = high;
+        return;
+    }
+    float *out = (float *)a->y + row * a->y_row + first;
+    *(v16u *)out = silu16(*(const v16u *)kept) * low;
+    *(v16u *)(out + 16) = silu16(*(const v16u *)(kept + 16)) * high;
+}
+
 /* y[row + r, 32p + c] = tile value (+ bias), only for columns below n. */
 static inline void store_tile(const linear_t *a, int64_t row, int64_t p, int rows,
                               const v16 *low, const v16 *high) {
@@ -113,6 +143,10 @@ static inline void store_tile(const linear_t *a, int64_t row, int64_t p, int row
         bias_high = *(const v16u *)(a->bias + first + 16);
     }
     for (int r = 0; r < rows; ++r) {
+        if (a->gate_phase) {
+            store_gated(a, row + r, first, low[r], high[r]);
+            continue;
+        }
         const int64_t offset = (row + r) * a->y_row + first;
         float *out = (float *)a->y + offset;
         uint16_t *out_bf16 = (uint16_t *)a->y + offset;
@@ -157,27 +191,62 @@ static inline int threads_for(int64_t units, int num_threads) {
     return units < 1 ? 1 : units < num_threads ? (int)units : num_threads;
 }
 
+/* Rows [start, start + rows) against one panel (its weights at own, the next one the thread
+ * reads at next), into y's panel p: equal tiles of up to 12 rows (16 rows are 8 + 8, not
+ * 12 + 4), prefetching as the header says. */
+static void panel_rows(const linear_t *a, int64_t start, int64_t rows, int64_t p,
+                       const float *own, const float *next) {
+    const int64_t tiles = (rows + MAX_TILE_ROWS - 1) / MAX_TILE_ROWS;
+    const int64_t height = (rows + tiles - 1) / tiles;
+    const int64_t step = (PANEL + tiles - 1) / tiles;  /* prefetched values a k */
+    for (int64_t row = start, t = 0; row < start + rows; row += height, ++t) {
+        const int64_t tile_rows = start + rows - row < height ? start + rows - row : height;
+        const float *ahead = tiles == 1 ? own + PREFETCH_AHEAD * PANEL : next + t * step * a->k;
+        TILES[tile_rows](a, row, p, own, ahead, step);
+    }
+}
+
 void linear_f32(float *y, const float *x, const float *panels, const float *bias,
                 int64_t m, int64_t n, int64_t k, int64_t x_row, int64_t y_row,
                 int num_threads) {
-    const linear_t a = {x, bias, y, n, k, x_row, y_row, 0};
+    const linear_t a = {x, bias, y, n, k, x_row, y_row, 0, 0, 0};
     const int64_t num_panels = (n + PANEL - 1) / PANEL, panel_size = k * PANEL;
     num_threads = threads_for(num_panels, num_threads);
     _Pragma("omp parallel num_threads(num_threads) if (num_threads > 1)")
     for (int64_t start = 0; start < m; start += ROWS_PER_PASS) {
         const int64_t rows = m - start < ROWS_PER_PASS ? m - start : ROWS_PER_PASS;
-        /* tiles of equal height: 16 rows are 8 + 8, not 12 + 4 */
-        const int64_t tiles = (rows + MAX_TILE_ROWS - 1) / MAX_TILE_ROWS;
-        const int64_t height = (rows + tiles - 1) / tiles;
-        const int64_t step = (PANEL + tiles - 1) / tiles;  /* prefetched values a k */
         _Pragma("omp for schedule(static)")
         for (int64_t p = 0; p < num_panels; ++p) {
-            const float *own = panels + p * panel_size, *next = own + panel_size;
-            for (int64_t row = start, t = 0; row < start + rows; row += height, ++t) {
-                const int64_t tile_rows = start + rows - row < height ? start + rows - row : height;
-                const float *ahead = tiles == 1 ? own + PREFETCH_AHEAD * PANEL
-                                                : next + t * step * k;
-                TILES[tile_rows](&a, row, p, own, ahead, step);
+            const float *own = panels + p * panel_size;
+            panel_rows(&a, start, rows, p, own, own + panel_size);
+        }
+    }
+}
+
+/*
+ * y[M, n] = silu(x W_gate^T) * (x W_up^T) for a gate|up weight [2n, K] in panels (gate's n
+ * outputs, then up's; n a multiple of 32): the product of the MLP's fused projection and its
+ * activation, without storing the [M, 2n] product between them. A thread takes gate panel
+ * j, keeping its tiles, then up panel j, writing y's panel j from both.
+ */
+void linear_f32_gated(float *y, const float *x, const float *panels, int64_t m, int64_t n,
+                      int64_t k, int64_t x_row, int64_t y_row, int num_threads) {
+    const int64_t pairs = n / PANEL, panel_size = k * PANEL;
+    num_threads = threads_for(pairs, num_threads);
+    _Pragma("omp parallel num_threads(num_threads) if (num_threads > 1)")
+    {
+        float gate[ROWS_PER_PASS * PANEL] __attribute__((aligned(64)));
+        linear_t a = {x, 0, y, n, k, x_row, y_row, 0, gate, 0};
+        for (int64_t start = 0; start < m; start += ROWS_PER_PASS) {
+            const int64_t rows = m - start < ROWS_PER_PASS ? m - start : ROWS_PER_PASS;
+            _Pragma("omp for schedule(static)")
+            for (int64_t j = 0; j < pairs; ++j) {
+                const float *gate_weights = panels + j * panel_size;
+                const float *up_weights = gate_weights + pairs * panel_size;
+                a.gate_phase = 1;
+                panel_rows(&a, start, rows, j, gate_weights, up_weights);
+                a.gate_phase = 2;
+                panel_rows(&a, start, rows, j, up_weights, gate_weights + panel_size);
             }
         }
     }
@@ -430,7 +499,7 @@ static int quantized_linear(linear_t *a, const uint16_t *x_bf16, int64_t m,
 int linear_int4(void *y, const void *x, int bf16, const uint8_t *codes, const void *tables,
                 const float *bias, int64_t m, int64_t n, int64_t k, int64_t x_row,
                 int64_t y_row, int num_threads, int tables_fp32, int64_t group) {
-    linear_t a = {bf16 ? 0 : x, bias, y, n, k, x_row, y_row, bf16};
+    linear_t a = {bf16 ? 0 : x, bias, y, n, k, x_row, y_row, bf16, 0, 0};
     const quantized_t w = {codes, tables, tables_fp32, k, group};
     return quantized_linear(&a, bf16 ? x : 0, m, &w, int4_TILES, int4_dequantize_panel,
                             num_threads);
@@ -440,7 +509,7 @@ int linear_int4(void *y, const void *x, int bf16, const uint8_t *codes, const vo
 int linear_int8(void *y, const void *x, int bf16, const int8_t *codes, const float *scales,
                 const float *bias, int64_t m, int64_t n, int64_t k, int64_t x_row,
                 int64_t y_row, int num_threads) {
-    linear_t a = {bf16 ? 0 : x, bias, y, n, k, x_row, y_row, bf16};
+    linear_t a = {bf16 ? 0 : x, bias, y, n, k, x_row, y_row, bf16, 0, 0};
     const quantized_t w = {codes, scales, 1, k, k};
     return quantized_linear(&a, bf16 ? x : 0, m, &w, int8_TILES, int8_dequantize_panel,
                             num_threads);

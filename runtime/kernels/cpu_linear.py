@@ -4,12 +4,12 @@
 At the row counts of a decode step (1-64) a linear streams its weights from memory and
 does a few FLOPs per byte; oneDNN's packed GEMM, the fastest torch path, read them at
 about 15 GB/s at 16 rows where a plain sum reads 27. The kernel reads each weight panel as
-one prefetched stream with the tile's accumulators in registers: every projection of the
-builtin model at 16 rows took 0.81-0.90x oneDNN's time, 0.67-0.84x at 1 row, and
-1.02-1.05x at 256-1024 rows (prefill chunks), over two runs of `python -m bench.linear`.
-The panels are the layer's only copy of its weight, as oneDNN's packed copy was. Machines
-without 512-bit vectors or a C compiler, and bf16 weights (oneDNN's AMX kernels), keep
-oneDNN. Quantized weights go through the same tiles (`cpu_quantized_linear`).
+interleaved prefetched streams with the tile's accumulators in registers (see the C file
+for the numbers). The panels are the layer's only copy of its weight, as oneDNN's packed
+copy was. Machines without 512-bit vectors or a C compiler, and bf16 weights (oneDNN's AMX
+kernels), keep oneDNN. Quantized weights go through the same tiles
+(`cpu_quantized_linear`). The MLP's gate|up projection can take its SiLU gate in the same
+call (`linear_silu_and_mul`), so the [T, 2I] product is never stored and read back.
 """
 
 from __future__ import annotations
@@ -68,6 +68,27 @@ def linear(x: torch.Tensor, panels: torch.Tensor, out_features: int,
     return out.view(*x.shape[:-1], out_features)
 
 
+def linear_silu_and_mul(x: torch.Tensor, panels: torch.Tensor,
+                        intermediate: int) -> torch.Tensor:
+    """x [..., K] -> silu(x W_gate^T) * (x W_up^T) [..., I] for a gate|up weight [2I, K]
+    packed as `panels` (I a multiple of 32, no bias), as `F.silu(gate) * up` rounds."""
+    in_features = panels.shape[1]
+    if (x.dtype != torch.float32 or x.device.type != "cpu" or x.shape[-1] != in_features
+            or intermediate % PANEL or panels.shape[0] * PANEL != 2 * intermediate
+            or not panels.is_contiguous()):
+        raise ValueError(f"cpu_linear's gated product takes fp32 CPU rows of {in_features} "
+                         "values and gate|up panels of two multiples of 32 outputs")
+    rows = x.reshape(-1, in_features)
+    if rows.shape[0] and rows.stride(1) != 1:
+        rows = rows.contiguous()
+    out = torch.empty(rows.shape[0], intermediate, dtype=x.dtype)
+    if rows.shape[0]:
+        _library().linear_f32_gated(
+            out.data_ptr(), rows.data_ptr(), panels.data_ptr(), rows.shape[0], intermediate,
+            in_features, rows.stride(0), out.stride(0), torch.get_num_threads())
+    return out.view(*x.shape[:-1], intermediate)
+
+
 def available() -> bool:
     """Whether the kernel is built here (a C compiler and 512-bit vectors)."""
     return _library() is not None
@@ -82,6 +103,8 @@ def _library() -> ctypes.CDLL | None:
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     library.linear_f32.argtypes = [pointer] * 4 + [size] * 5 + [ctypes.c_int]
     library.linear_f32.restype = None
+    library.linear_f32_gated.argtypes = [pointer] * 3 + [size] * 5 + [ctypes.c_int]
+    library.linear_f32_gated.restype = None
     flag = ctypes.c_int
     # y, x, bf16, codes, tables, bias, m, n, k, x_row, y_row, threads (int4: + tables_fp32, g)
     quantized = [pointer, pointer, flag] + [pointer] * 3 + [size] * 5 + [flag]

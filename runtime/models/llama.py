@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
+from loraplex.runtime.kernels import cpu_linear
 from loraplex.runtime.layers.attention import PagedAttention
 from loraplex.runtime.layers.forward_batch import ForwardBatch
 from loraplex.runtime.layers.fused_ops import silu_and_mul
@@ -102,7 +103,18 @@ class MLP(nn.Module):
             config.hidden_size, (config.intermediate_size, config.intermediate_size), bias=bias)
         self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=bias)
 
+    @property
+    def gates_in_linear(self) -> bool:
+        """Whether the gate|up product takes its SiLU gate in the same compiled call
+        (`cpu_linear.linear_silu_and_mul`: fp32 panels, no bias, I a multiple of 32)."""
+        return (self.gate_up_proj.packed_panels and self.gate_up_proj.bias is None
+                and self.intermediate_size % cpu_linear.PANEL == 0)
+
     def forward(self, hidden: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        if batch.lora is None and self.gates_in_linear:  # no delta to add before the gate
+            activated = cpu_linear.linear_silu_and_mul(
+                hidden, self.gate_up_proj.packed_weight, self.intermediate_size)  # [T, I]
+            return self.down_proj(activated)
         gate_up = self.gate_up_proj(hidden)  # [T, 2I]
         if batch.lora is not None:
             batch.lora.apply(gate_up, hidden, self.layer_index, "gate_up")
