@@ -27,15 +27,10 @@
 #include <string.h>
 
 #include "cpu_bf16.h"
+#include "cpu_kernels.h"
 
 #define LOAD_F32(value) (value)
 #define STORE_F32(value) (value)
-
-typedef struct {
-    int64_t num_seqs, num_heads, num_kv_heads, head_dim, block_size, table_width;
-    int64_t q_row, out_row;
-    float scale;
-} decode_shape_t;
 
 #define DECODE(T, LOAD, STORE)                                                            \
     const int64_t group = sh->num_heads / sh->num_kv_heads, d = sh->head_dim;             \
@@ -241,6 +236,7 @@ int paged_decode_f32(float *out, const float *query, const float *key_cache,
     DECODE(float, LOAD_F32, STORE_F32)
     return 0;
 }
+HAS_TYPE(paged_decode_f32, paged_decode_f32_fn);
 
 int paged_decode_bf16(bf16_t *out, const bf16_t *query, const bf16_t *key_cache,
                       const bf16_t *value_cache, const int64_t *tables, const int64_t *lengths,

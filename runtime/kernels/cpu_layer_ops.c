@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "cpu_bf16.h"
+#include "cpu_kernels.h"
 
 /* one row: sum of squares in fp32, in the order of a 16-lane vector reduction */
 static float mean_square_f32(const float *row, int64_t width) {
@@ -90,3 +91,5 @@ RMS_NORM(rms_norm_f32, float, F32_LOAD, F32_STORE)
 RMS_NORM(rms_norm_bf16, bf16_t, BF16_LOAD, BF16_STORE)
 ROTARY(rotary_f32, float, F32_LOAD, F32_STORE)
 ROTARY(rotary_bf16, bf16_t, BF16_LOAD, BF16_STORE)
+HAS_TYPE(rms_norm_f32, rms_norm_f32_fn);
+HAS_TYPE(rotary_f32, rotary_f32_fn);

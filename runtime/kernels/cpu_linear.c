@@ -38,6 +38,8 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+
+#include "cpu_kernels.h"
 #ifdef LORAPLEX_VECTOR_MATH /* the C library has vector forms of expf (glibc's libmvec) */
 #pragma omp declare simd notinbranch
 extern float expf(float);
@@ -251,6 +253,8 @@ void linear_f32_gated(float *y, const float *x, const float *panels, int64_t m, 
         }
     }
 }
+HAS_TYPE(linear_f32, linear_f32_fn);
+HAS_TYPE(linear_f32_gated, linear_f32_gated_fn);
 
 /* Widening 16 narrow integers: compilers turn the generic form into 16 scalar loads. */
 #ifdef __AVX512F__

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from loraplex.runtime.kernels import cpu_linear
+from loraplex.runtime.kernels import cpu_attention, cpu_decoder, cpu_linear
 from loraplex.runtime.layers.attention import PagedAttention
 from loraplex.runtime.layers.forward_batch import ForwardBatch
 from loraplex.runtime.layers.fused_ops import silu_and_mul
@@ -150,12 +150,65 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config, head_dim_of(config))
 
+    # base decode steps may run every layer in one compiled call (`cpu_decoder`) where the
+    # layers allow it (`compiled_layer_weights`); False keeps them one by one
+    compiled_layers = True
+
     def forward(self, batch: ForwardBatch, kv_caches: KVCaches) -> torch.Tensor:
         hidden = self.embed_tokens(batch.input_ids)  # [T, d]
         cos, sin = self.rotary_emb(batch.positions, hidden.dtype)  # [T, 1, head_dim]
+        weights = (self.compiled_layer_weights()
+                   if self._step_may_compile(batch, hidden, kv_caches) else None)
+        if weights is not None:
+            hidden = hidden.clone(memory_format=torch.contiguous_format)  # updated in place
+            block_size, num_blocks = kv_caches[0][0].shape[1], kv_caches[0][0].shape[0]
+            decode = cpu_attention.native_decode(batch.decode.block_tables,
+                                                 batch.decode.seq_lens_host, block_size,
+                                                 num_blocks)
+            cpu_decoder.run_layers(hidden, weights, kv_caches, self._decoder_shape(), cos,
+                                   sin, batch.slot_mapping, decode)
+            return self.norm(hidden)
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             hidden = layer(hidden, cos, sin, batch, kv_cache)
         return self.norm(hidden)
+
+    def compiled_layer_weights(self) -> tuple[cpu_decoder.LayerWeights, ...] | None:
+        """Every layer's weights as `cpu_decoder` reads them, taken from the layers at each
+        call (a layer packed again is read as it is now), or None unless each layer's
+        linears are fp32 panels with the MLP's gate in its gate|up call and no MLP bias."""
+        if not cpu_decoder.available():
+            return None
+        weights = []
+        for layer in self.layers:
+            attention, mlp = layer.self_attn, layer.mlp
+            if not (attention.qkv_proj.packed_panels and attention.o_proj.packed_panels
+                    and mlp.gates_in_linear and mlp.down_proj.packed_panels
+                    and mlp.down_proj.bias is None and attention.head_dim % 2 == 0
+                    and layer.input_layernorm.weight.dtype == torch.float32
+                    and layer.post_attention_layernorm.weight.dtype == torch.float32):
+                return None
+            weights.append(cpu_decoder.LayerWeights(
+                layer.input_layernorm.weight.detach(), attention.qkv_proj.packed_weight,
+                attention.qkv_proj.bias, attention.o_proj.packed_weight, attention.o_proj.bias,
+                layer.post_attention_layernorm.weight.detach(), mlp.gate_up_proj.packed_weight,
+                mlp.down_proj.packed_weight))
+        return tuple(weights)
+
+    def _decoder_shape(self) -> cpu_decoder.DecoderShape:
+        first = self.layers[0]
+        attention = first.self_attn
+        return cpu_decoder.DecoderShape(
+            first.input_layernorm.weight.shape[0], attention.num_heads, attention.num_kv_heads,
+            attention.head_dim, first.mlp.intermediate_size, first.input_layernorm.eps,
+            attention.attn.scale)
+
+    def _step_may_compile(self, batch: ForwardBatch, hidden: torch.Tensor,
+                          kv_caches: KVCaches) -> bool:
+        """A base step of decode rows only, in fp32 on the CPU, with compiled layers on."""
+        return (self.compiled_layers and batch.lora is None and batch.prefill is None
+                and batch.decode is not None and batch.decode.num_seqs == hidden.shape[0]
+                and hidden.dtype == torch.float32 and hidden.device.type == "cpu"
+                and kv_caches[0][0].dtype == torch.float32 and kv_caches[0][0].is_contiguous())
 
 
 class LlamaForCausalLM(nn.Module):

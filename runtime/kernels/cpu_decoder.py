@@ -1,0 +1,130 @@
+"""An fp32 decode step's decoder layers on the CPU as one compiled call (`cpu_decoder.c`).
+
+Layer by layer, the interpreter's work between the compiled kernels (module calls, views,
+argument checks: about 0.2 ms a layer) was a fifth of the builtin model's decode step at
+batch 1. `run_layers` hands the C driver every layer's weight and cache addresses and the
+kernels' own entry points, so a step's layers are one call that runs the same kernels in
+the same order: the hidden states equal the layer-by-layer path's bit for bit. The model
+decides when a step may take it (`LlamaModel`): fp32 panels everywhere, no adapters, decode
+rows only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from . import cpu_attention, cpu_layer_ops, cpu_linear, cpu_native
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    """One decoder layer's tensors as the driver reads them (fp32, contiguous)."""
+
+    input_norm: torch.Tensor  # [d]
+    qkv: torch.Tensor  # panels of [q_size + 2 kv_size, d]
+    qkv_bias: torch.Tensor | None  # [q_size + 2 kv_size]
+    o: torch.Tensor  # panels of [d, q_size]
+    o_bias: torch.Tensor | None  # [d]
+    post_norm: torch.Tensor  # [d]
+    gate_up: torch.Tensor  # panels of [2 I, d]
+    down: torch.Tensor  # panels of [d, I]
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    eps: float
+    scale: float  # attention's, usually head_dim ** -0.5
+
+
+class _Kernels(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_void_p)
+                for name in ("linear", "gated", "rms_norm", "rotary", "attend")]
+
+
+class _Shape(ctypes.Structure):
+    _fields_ = [
+        *((name, ctypes.c_int64) for name in (
+            "rows", "hidden", "heads", "kv_heads", "head_dim", "intermediate", "num_layers",
+            "block_size", "table_width", "num_slots")),
+        ("eps", ctypes.c_float), ("scale", ctypes.c_float),
+    ]
+
+
+def available() -> bool:
+    """Whether the driver and every kernel it runs are built here."""
+    return _entry_points() is not None
+
+
+def run_layers(hidden: torch.Tensor, layers: Sequence[LayerWeights],
+               caches: Sequence[tuple[torch.Tensor, torch.Tensor]], shape: DecoderShape,
+               cos: torch.Tensor, sin: torch.Tensor, slots: torch.Tensor,
+               decode: cpu_attention.NativeDecode) -> None:
+    """hidden [T, d] (contiguous fp32) through every layer, in place; decode row t writes its
+    key and value into cache slot slots[t] (int64 [T]) and attends through `decode`'s
+    tables. cos, sin [T, 1, D] contiguous; caches [blocks, block_size, Hkv, D]."""
+    rows, width = hidden.shape
+    if (hidden.dtype != torch.float32 or not hidden.is_contiguous() or width != shape.hidden
+            or slots.shape != (rows,) or slots.dtype != torch.int64
+            or cos.shape != (rows, 1, shape.head_dim) or not cos.is_contiguous()
+            or not sin.is_contiguous() or decode.lengths.shape != (rows,)
+            or len(caches) != len(layers)):
+        raise ValueError("cpu_decoder takes contiguous fp32 rows of the model's width, one "
+                         "int64 slot, cos/sin row and decode length per row, and a cache "
+                         "per layer")
+    key_cache = caches[0][0]
+    addresses = torch.tensor([
+        [layer.input_norm.data_ptr(), layer.qkv.data_ptr(), _address(layer.qkv_bias),
+         layer.o.data_ptr(), _address(layer.o_bias), layer.post_norm.data_ptr(),
+         layer.gate_up.data_ptr(), layer.down.data_ptr(), keys.data_ptr(), values.data_ptr()]
+        for layer, (keys, values) in zip(layers, caches, strict=True)], dtype=torch.int64)
+    q_size, kv_size = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    scratch = torch.empty(rows * (2 * width + 2 * q_size + 2 * kv_size + shape.intermediate))
+    native_shape = _Shape(rows, width, shape.heads, shape.kv_heads, shape.head_dim,
+                          shape.intermediate, len(layers), key_cache.shape[1],
+                          decode.tables.shape[1], key_cache.shape[0] * key_cache.shape[1],
+                          shape.eps, shape.scale)
+    library, kernels = _entry_points()
+    status = library.decoder_layers_f32(
+        hidden.data_ptr(), ctypes.byref(kernels), addresses.data_ptr(),
+        ctypes.byref(native_shape), cos.data_ptr(), sin.data_ptr(), slots.data_ptr(),
+        decode.tables.data_ptr(), decode.lengths.data_ptr(), scratch.data_ptr(),
+        torch.get_num_threads())
+    if status == -3:
+        raise ValueError(f"a KV cache slot is outside the cache's {native_shape.num_slots}")
+    if status == -2:
+        raise MemoryError("cpu paged_decode could not allocate a sequence's scores")
+    if status != 0:
+        raise ValueError(f"{shape.heads} query heads do not share {shape.kv_heads} KV heads")
+
+
+def _address(tensor: torch.Tensor | None) -> int:
+    return 0 if tensor is None else tensor.data_ptr()
+
+
+@functools.cache
+def _entry_points() -> tuple[ctypes.CDLL, _Kernels] | None:
+    """The driver, typed, and the kernels' addresses; None where any of them is not built."""
+    library = cpu_native.load("cpu_decoder")
+    linear, attention = cpu_linear._library(), cpu_attention._library()
+    layer_ops = cpu_layer_ops._kernels().get(torch.float32)
+    if library is None or linear is None or attention is None or layer_ops is None:
+        return None
+    if library.layer_fields() != len(LayerWeights.__dataclass_fields__) + 2:  # + the caches
+        raise RuntimeError("cpu_decoder.c and cpu_decoder.py disagree on the layer table")
+    pointer = ctypes.c_void_p
+    library.decoder_layers_f32.argtypes = [pointer] * 10 + [ctypes.c_int]
+    library.decoder_layers_f32.restype = ctypes.c_int
+    kernels = _Kernels(*(ctypes.cast(function, pointer).value for function in (
+        linear.linear_f32, linear.linear_f32_gated, layer_ops.rms_norm, layer_ops.rotary,
+        attention.paged_decode_f32)))
+    return library, kernels

@@ -1,0 +1,43 @@
+/*
+ * What one CPU kernel library calls in another: the entry points `cpu_decoder.c` runs, as
+ * function types (it receives their addresses from `cpu_decoder.py`, each library being
+ * built and loaded on its own), and the attention kernel's shape. Each defining file
+ * asserts that its function has this type, so the two cannot drift apart.
+ */
+#ifndef LORAPLEX_CPU_KERNELS_H
+#define LORAPLEX_CPU_KERNELS_H
+
+#include <stdint.h>
+
+typedef struct {
+    int64_t num_seqs, num_heads, num_kv_heads, head_dim, block_size, table_width;
+    int64_t q_row, out_row;
+    float scale;
+} decode_shape_t;
+
+/* cpu_linear.c */
+typedef void (*linear_f32_fn)(float *y, const float *x, const float *panels, const float *bias,
+                              int64_t m, int64_t n, int64_t k, int64_t x_row, int64_t y_row,
+                              int num_threads);
+typedef void (*linear_f32_gated_fn)(float *y, const float *x, const float *panels, int64_t m,
+                                    int64_t n, int64_t k, int64_t x_row, int64_t y_row,
+                                    int num_threads);
+/* cpu_layer_ops.c */
+typedef void (*rms_norm_f32_fn)(float *out, float *sum_out, const float *x,
+                                const float *residual, const float *weight, int64_t rows,
+                                int64_t width, int64_t x_stride, int64_t residual_stride,
+                                int64_t sum_stride, int64_t out_stride, float eps);
+typedef void (*rotary_f32_fn)(float *x, const float *cos_table, const float *sin_table,
+                              int64_t rows, int64_t heads, int64_t head_dim,
+                              int64_t row_stride);
+/* cpu_attention.c */
+typedef int (*paged_decode_f32_fn)(float *out, const float *query, const float *key_cache,
+                                   const float *value_cache, const int64_t *tables,
+                                   const int64_t *lengths, const decode_shape_t *sh,
+                                   int num_threads);
+
+#define HAS_TYPE(function, type) \
+    _Static_assert(__builtin_types_compatible_p(__typeof__(&function), type), \
+                   #function " is not a " #type)
+
+#endif

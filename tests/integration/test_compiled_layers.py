@@ -1,0 +1,100 @@
+"""Base decode steps run the decoder layers in one compiled call (`cpu_decoder`): the builtin
+fp32 model's tokens and logprobs equal the layer-by-layer path's exactly, steps with
+prefill rows keep that path, a layer packed again is read as it is now, and a cache slot
+out of range is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from loraplex.runtime.engine.engine import Engine
+from loraplex.runtime.engine.request import GenerationRequest, SamplingParams
+from loraplex.runtime.kernels import cpu_attention, cpu_decoder
+from tests.helpers import CHAT_PROMPTS, builtin_config, builtin_loaded, chat_prompt_ids
+
+pytestmark = [pytest.mark.model, pytest.mark.timeout(600),
+              pytest.mark.skipif(not cpu_decoder.available(), reason="no C compiler")]
+
+
+@pytest.fixture
+def calls(monkeypatch) -> list[int]:
+    """The row count of each compiled call."""
+    seen: list[int] = []
+    run = cpu_decoder.run_layers
+    monkeypatch.setattr(cpu_decoder, "run_layers",
+                        lambda hidden, *args: seen.append(hidden.shape[0]) or run(hidden, *args))
+    return seen
+
+
+def generate(requests: list[GenerationRequest]) -> list[list[tuple[int, float, list]]]:
+    engine = Engine(builtin_config(), builtin_loaded())
+    try:
+        results = engine.generate(requests)
+    finally:
+        engine.close()
+    return [[(event.token_id, event.logprob, [(alt.token_id, alt.logprob)
+                                               for alt in event.top_logprobs])
+             for event in results[request.request_id]] for request in requests]
+
+
+def requests(new_tokens: int) -> list[GenerationRequest]:
+    return [GenerationRequest(f"r{index}", chat_prompt_ids(messages), SamplingParams(
+        max_new_tokens=new_tokens, logprobs=3, ignore_eos=True))
+        for index, messages in enumerate(CHAT_PROMPTS)]
+
+
+def test_compiled_layers_equal_the_layer_by_layer_path(calls):
+    model = builtin_loaded().model.model
+    assert model.compiled_layer_weights() is not None  # fp32 panels throughout
+    compiled = generate(requests(12))
+    assert calls and max(calls) == len(CHAT_PROMPTS)
+    try:
+        model.compiled_layers = False
+        calls.clear()
+        one_by_one = generate(requests(12))
+    finally:
+        model.compiled_layers = True
+    assert not calls
+    assert compiled == one_by_one  # token ids and fp32 logprobs, exactly
+
+
+def test_only_steps_of_decode_rows_alone_take_the_compiled_layers(calls):
+    generate(requests(1)[:1])  # the prefill step alone
+    assert calls == []
+    generate(requests(3)[:1])  # a prefill step, then two decode steps of one row
+    assert calls == [1, 1]
+
+
+def test_a_layer_packed_again_is_read_as_it_is_now():
+    """The weights are taken from the layers at each step, not kept from the first one."""
+    model = builtin_loaded().model.model
+    down = model.layers[3].mlp.down_proj
+    before = model.compiled_layer_weights()[3].down
+    packed = down.packed_weight
+    try:
+        down.packed_weight = packed.clone()
+        assert model.compiled_layer_weights()[3].down is down.packed_weight
+        assert model.compiled_layer_weights()[3].down is not before
+    finally:
+        down.packed_weight = packed
+
+
+def test_a_cache_slot_out_of_range_is_refused_before_any_write():
+    model = builtin_loaded().model.model
+    shape, weights = model._decoder_shape(), model.compiled_layer_weights()
+    caches = [(torch.zeros(2, 16, shape.kv_heads, shape.head_dim),
+               torch.zeros(2, 16, shape.kv_heads, shape.head_dim)) for _ in model.layers]
+    hidden = torch.randn(1, shape.hidden)
+    before = hidden.clone()
+    cos = torch.ones(1, 1, shape.head_dim)
+    decode = cpu_attention.native_decode(torch.tensor([[0, 1]]), [3], 16, 2)
+    with pytest.raises(ValueError, match="slot is outside the cache's 32"):
+        cpu_decoder.run_layers(hidden, weights, caches, shape, cos, cos * 0,
+                               torch.tensor([32]), decode)
+    assert torch.equal(hidden, before)
+    assert not any(keys.any() or values.any() for keys, values in caches)
+    with pytest.raises(ValueError, match="one int64 slot"):
+        cpu_decoder.run_layers(hidden, weights, caches, shape, cos, cos * 0,
+                               torch.tensor([0, 1]), decode)
