@@ -6,7 +6,10 @@
  * model's 30-layer step whatever the batch. Here the same kernels run in the same order
  * (`cpu_linear.c`, `cpu_layer_ops.c`, `cpu_attention.c`: their addresses come from
  * `cpu_decoder.py`), so the result is the layer-by-layer path's bit for bit; only the
- * copies into the KV cache are this file's own.
+ * copies into the KV cache are this file's own. A step with adapters adds each projection
+ * group's LoRA delta right after its product (`cpu_lora.c`, as `LoraBatch.apply` does);
+ * the gate|up product is then stored, and the gate taken here, with the C library's
+ * exponential (the layer-by-layer path's is torch's: the two differ in the last bits).
  *
  * Per layer, over T rows of width d (q_size = H * D, kv_size = Hkv * D):
  *   normed = rms_norm(hidden)                  qkv = normed @ Wqkv^T (+ b)
@@ -15,18 +18,26 @@
  *   hidden += projected; normed = rms_norm(hidden)
  *   activated = silu(normed @ Wgate^T) * (normed @ Wup^T)
  *   hidden += activated @ Wdown^T
- * hidden [T, d] is updated in place; scratch holds T * (2 d + qkv width + q_size + I)
+ * hidden [T, d] is updated in place; scratch holds T * (2 d + qkv width + q_size + 3 I)
  * floats. The layer table holds, per layer, the addresses of: input norm weight [d], qkv
  * panels, qkv bias or 0, o panels, o bias or 0, post-attention norm weight [d], gate|up
  * panels, down panels, key cache, value cache (LAYER_FIELDS int64 values).
  */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
 #include "cpu_kernels.h"
 
+#ifdef LORAPLEX_VECTOR_MATH /* the C library has vector forms of expf (glibc's libmvec) */
+#pragma omp declare simd notinbranch
+extern float expf(float);
+#endif
+
 enum { INPUT_NORM, QKV, QKV_BIAS, O, O_BIAS, POST_NORM, GATE_UP, DOWN, KEY_CACHE, VALUE_CACHE,
        LAYER_FIELDS };
+
+enum { QKV_LORA, O_LORA, GATE_UP_LORA, DOWN_LORA, LORA_GROUPS };
 
 typedef struct {
     linear_f32_fn linear;
@@ -34,7 +45,18 @@ typedef struct {
     rms_norm_f32_fn rms_norm;
     rotary_f32_fn rotary;
     paged_decode_f32_fn attend;
+    lora_items_f32_fn lora;
 } kernels_t;
+
+/* One projection group's LoRA in this step: layer 0's A and B pools (a NULL a: no row's
+ * adapter targets the group), the bytes from one layer's pools to the next, the group's
+ * shape and the step's work items. */
+typedef struct {
+    const char *a, *b;
+    int64_t a_layer_bytes, b_layer_bytes;
+    const lora_shape_t *shape;
+    const lora_items_t *items;
+} group_lora_t;
 
 typedef struct {
     int64_t rows, hidden, heads, kv_heads, head_dim, intermediate, num_layers;
@@ -44,12 +66,34 @@ typedef struct {
 
 int layer_fields(void) { return LAYER_FIELDS; }
 
-/* 0, or -3 for a cache slot outside the cache, else the attention kernel's status (before
- * any layer runs for a bad slot: nothing is written). */
+/* y [T, width] += the group's LoRA delta of layer l for x; 0, or -4 if the kernel refused. */
+static int add_lora(const kernels_t *kernels, const group_lora_t *group, int64_t l, float *y,
+                    const float *x) {
+    if (group->a == 0) return 0;
+    const int status = kernels->lora(y, x, (const float *)(group->a + l * group->a_layer_bytes),
+                                     (const float *)(group->b + l * group->b_layer_bytes),
+                                     group->shape, group->items);
+    return status == 0 ? 0 : -4;
+}
+
+/* out [T, I] = silu(gate) * up for rows [gate | up] of gate_up [T, 2I]. */
+static void silu_and_mul(float *out, const float *gate_up, int64_t rows, int64_t inter) {
+    for (int64_t t = 0; t < rows; ++t) {
+        const float *gate = gate_up + t * 2 * inter, *up = gate + inter;
+        float *o = out + t * inter;
+        _Pragma("omp simd")
+        for (int64_t i = 0; i < inter; ++i) o[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+    }
+}
+
+/* 0, or -3 for a cache slot outside the cache (before any layer runs: nothing is written),
+ * -4 where the LoRA kernel refused its items, else the attention kernel's status. lora:
+ * LORA_GROUPS groups, or NULL for a step without adapters. */
 int decoder_layers_f32(float *hidden, const kernels_t *kernels, const int64_t *layers,
                        const decoder_shape_t *shape, const float *cos_table,
                        const float *sin_table, const int64_t *slots, const int64_t *tables,
-                       const int64_t *lengths, float *scratch, int num_threads) {
+                       const int64_t *lengths, const group_lora_t *lora, float *scratch,
+                       int num_threads) {
     const int64_t rows = shape->rows, d = shape->hidden, head_dim = shape->head_dim;
     const int64_t q_size = shape->heads * head_dim, kv_size = shape->kv_heads * head_dim;
     const int64_t width = q_size + 2 * kv_size, inter = shape->intermediate;
@@ -60,6 +104,8 @@ int decoder_layers_f32(float *hidden, const kernels_t *kernels, const int64_t *l
     float *attended = qkv + rows * width;      /* [T, q_size] */
     float *projected = attended + rows * q_size;  /* [T, d] */
     float *activated = projected + rows * d;   /* [T, I] */
+    float *gate_up = activated + rows * inter; /* [T, 2 I], with a LoRA of gate|up */
+    int status = 0;
     const decode_shape_t attention = {rows, shape->heads, shape->kv_heads, head_dim,
                                       shape->block_size, shape->table_width, width, q_size,
                                       shape->scale};
@@ -72,6 +118,7 @@ int decoder_layers_f32(float *hidden, const kernels_t *kernels, const int64_t *l
         kernels->linear(qkv, normed, (const float *)(intptr_t)w[QKV],
                         (const float *)(intptr_t)w[QKV_BIAS], rows, width, d, d, width,
                         num_threads);
+        if (lora && (status = add_lora(kernels, &lora[QKV_LORA], l, qkv, normed))) return status;
         kernels->rotary(qkv, cos_table, sin_table, rows, shape->heads + shape->kv_heads,
                         head_dim, width);
         for (int64_t t = 0; t < rows; ++t) {
@@ -80,19 +127,31 @@ int decoder_layers_f32(float *hidden, const kernels_t *kernels, const int64_t *l
             memcpy(value_cache + slots[t] * kv_size, qkv + t * width + q_size + kv_size,
                    kv_size * sizeof(float));
         }
-        const int status = kernels->attend(attended, qkv, key_cache, value_cache, tables,
-                                           lengths, &attention, num_threads);
+        status = kernels->attend(attended, qkv, key_cache, value_cache, tables, lengths,
+                                 &attention, num_threads);
         if (status != 0) return status;
         kernels->linear(projected, attended, (const float *)(intptr_t)w[O],
                         (const float *)(intptr_t)w[O_BIAS], rows, d, q_size, q_size, d,
                         num_threads);
+        if (lora && (status = add_lora(kernels, &lora[O_LORA], l, projected, attended)))
+            return status;
         kernels->rms_norm(normed, hidden, projected, hidden,
                           (const float *)(intptr_t)w[POST_NORM], rows, d, d, d, d, d,
                           shape->eps);
-        kernels->gated(activated, normed, (const float *)(intptr_t)w[GATE_UP], rows, inter, d,
-                       d, inter, num_threads);
+        if (lora && lora[GATE_UP_LORA].a) {  /* the delta goes in before the gate */
+            kernels->linear(gate_up, normed, (const float *)(intptr_t)w[GATE_UP], 0, rows,
+                            2 * inter, d, d, 2 * inter, num_threads);
+            if ((status = add_lora(kernels, &lora[GATE_UP_LORA], l, gate_up, normed)))
+                return status;
+            silu_and_mul(activated, gate_up, rows, inter);
+        } else {
+            kernels->gated(activated, normed, (const float *)(intptr_t)w[GATE_UP], rows, inter,
+                           d, d, inter, num_threads);
+        }
         kernels->linear(projected, activated, (const float *)(intptr_t)w[DOWN], 0, rows, d,
                         inter, inter, d, num_threads);
+        if (lora && (status = add_lora(kernels, &lora[DOWN_LORA], l, projected, activated)))
+            return status;
         for (int64_t i = 0; i < rows * d; ++i) hidden[i] += projected[i];
     }
     return 0;

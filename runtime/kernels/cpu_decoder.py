@@ -4,9 +4,11 @@ Layer by layer, the interpreter's work between the compiled kernels (module call
 argument checks: about 0.2 ms a layer) was a fifth of the builtin model's decode step at
 batch 1. `run_layers` hands the C driver every layer's weight and cache addresses and the
 kernels' own entry points, so a step's layers are one call that runs the same kernels in
-the same order: the hidden states equal the layer-by-layer path's bit for bit. The model
-decides when a step may take it (`LlamaModel`): fp32 panels everywhere, no adapters, decode
-rows only.
+the same order: the hidden states equal the layer-by-layer path's bit for bit. A step with
+adapters adds each group's delta through the LoRA kernel (`cpu_lora`) at the same points;
+its gate is then the C library's SiLU (the last bits may differ from torch's). The model
+decides when a step may take it (`LlamaModel`): fp32 panels everywhere, decode rows only,
+and each targeted LoRA group on the kernel.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from . import cpu_attention, cpu_layer_ops, cpu_linear, cpu_native
+from . import cpu_attention, cpu_layer_ops, cpu_linear, cpu_lora, cpu_native
+
+LORA_GROUPS = ("qkv", "o", "gate_up", "down")  # in cpu_decoder.c's order
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,13 @@ class DecoderShape:
 
 class _Kernels(ctypes.Structure):
     _fields_ = [(name, ctypes.c_void_p)
-                for name in ("linear", "gated", "rms_norm", "rotary", "attend")]
+                for name in ("linear", "gated", "rms_norm", "rotary", "attend", "lora")]
+
+
+class _GroupLora(ctypes.Structure):
+    _fields_ = [("a", ctypes.c_void_p), ("b", ctypes.c_void_p),
+                ("a_layer_bytes", ctypes.c_int64), ("b_layer_bytes", ctypes.c_int64),
+                ("shape", ctypes.c_void_p), ("items", ctypes.c_void_p)]
 
 
 class _Shape(ctypes.Structure):
@@ -68,10 +78,13 @@ def available() -> bool:
 def run_layers(hidden: torch.Tensor, layers: Sequence[LayerWeights],
                caches: Sequence[tuple[torch.Tensor, torch.Tensor]], shape: DecoderShape,
                cos: torch.Tensor, sin: torch.Tensor, slots: torch.Tensor,
-               decode: cpu_attention.NativeDecode) -> None:
+               decode: cpu_attention.NativeDecode,
+               lora: Sequence[cpu_lora.BoundLora | None] | None = None) -> None:
     """hidden [T, d] (contiguous fp32) through every layer, in place; decode row t writes its
     key and value into cache slot slots[t] (int64 [T]) and attends through `decode`'s
-    tables. cos, sin [T, 1, D] contiguous; caches [blocks, block_size, Hkv, D]."""
+    tables. cos, sin [T, 1, D] contiguous; caches [blocks, block_size, Hkv, D]. lora: the
+    step's bound kernel of each of LORA_GROUPS (None: not targeted), for a step with
+    adapters (`LoraBatch.compiled_groups`)."""
     rows, width = hidden.shape
     if (hidden.dtype != torch.float32 or not hidden.is_contiguous() or width != shape.hidden
             or slots.shape != (rows,) or slots.dtype != torch.int64
@@ -88,7 +101,9 @@ def run_layers(hidden: torch.Tensor, layers: Sequence[LayerWeights],
          layer.gate_up.data_ptr(), layer.down.data_ptr(), keys.data_ptr(), values.data_ptr()]
         for layer, (keys, values) in zip(layers, caches, strict=True)], dtype=torch.int64)
     q_size, kv_size = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    scratch = torch.empty(rows * (2 * width + 2 * q_size + 2 * kv_size + shape.intermediate))
+    scratch = torch.empty(rows * (2 * width + 2 * q_size + 2 * kv_size
+                                  + 3 * shape.intermediate), dtype=torch.float32)
+    groups = None if lora is None else _lora_groups(lora)
     native_shape = _Shape(rows, width, shape.heads, shape.kv_heads, shape.head_dim,
                           shape.intermediate, len(layers), key_cache.shape[1],
                           decode.tables.shape[1], key_cache.shape[0] * key_cache.shape[1],
@@ -97,14 +112,32 @@ def run_layers(hidden: torch.Tensor, layers: Sequence[LayerWeights],
     status = library.decoder_layers_f32(
         hidden.data_ptr(), ctypes.byref(kernels), addresses.data_ptr(),
         ctypes.byref(native_shape), cos.data_ptr(), sin.data_ptr(), slots.data_ptr(),
-        decode.tables.data_ptr(), decode.lengths.data_ptr(), scratch.data_ptr(),
+        decode.tables.data_ptr(), decode.lengths.data_ptr(), groups, scratch.data_ptr(),
         torch.get_num_threads())
+    if status == -4:
+        raise RuntimeError("cpu_lora kernel refused its arguments in the compiled layers")
     if status == -3:
         raise ValueError(f"a KV cache slot is outside the cache's {native_shape.num_slots}")
     if status == -2:
         raise MemoryError("cpu paged_decode could not allocate a sequence's scores")
     if status != 0:
         raise ValueError(f"{shape.heads} query heads do not share {shape.kv_heads} KV heads")
+
+
+def _lora_groups(bound: Sequence[cpu_lora.BoundLora | None]) -> ctypes.Array:
+    if len(bound) != len(LORA_GROUPS):
+        raise ValueError(f"cpu_decoder takes a LoRA entry for each of {LORA_GROUPS}")
+    groups = (_GroupLora * len(LORA_GROUPS))()
+    for group, kernel in zip(groups, bound, strict=True):
+        arguments = None if kernel is None else kernel.kernel_arguments()
+        if kernel is not None and (arguments is None or kernel.dtype != torch.float32):
+            raise ValueError("cpu_decoder runs fp32 LoRA groups whose slots are all on "
+                             "the kernel")
+        if arguments is not None:
+            a, a_layer, b, b_layer, shape, items = arguments
+            group.a, group.a_layer_bytes, group.b, group.b_layer_bytes = a, a_layer, b, b_layer
+            group.shape, group.items = ctypes.addressof(shape), ctypes.addressof(items)
+    return groups
 
 
 def _address(tensor: torch.Tensor | None) -> int:
@@ -116,15 +149,16 @@ def _entry_points() -> tuple[ctypes.CDLL, _Kernels] | None:
     """The driver, typed, and the kernels' addresses; None where any of them is not built."""
     library = cpu_native.load("cpu_decoder")
     linear, attention = cpu_linear._library(), cpu_attention._library()
-    layer_ops = cpu_layer_ops._kernels().get(torch.float32)
-    if library is None or linear is None or attention is None or layer_ops is None:
+    layer_ops, lora = cpu_layer_ops._kernels().get(torch.float32), cpu_lora._library()
+    if (library is None or linear is None or attention is None or layer_ops is None
+            or lora is None):
         return None
     if library.layer_fields() != len(LayerWeights.__dataclass_fields__) + 2:  # + the caches
         raise RuntimeError("cpu_decoder.c and cpu_decoder.py disagree on the layer table")
     pointer = ctypes.c_void_p
-    library.decoder_layers_f32.argtypes = [pointer] * 10 + [ctypes.c_int]
+    library.decoder_layers_f32.argtypes = [pointer] * 11 + [ctypes.c_int]
     library.decoder_layers_f32.restype = ctypes.c_int
     kernels = _Kernels(*(ctypes.cast(function, pointer).value for function in (
         linear.linear_f32, linear.linear_f32_gated, layer_ops.rms_norm, layer_ops.rotary,
-        attention.paged_decode_f32)))
+        attention.paged_decode_f32, lora.lora_items_f32)))
     return library, kernels

@@ -30,6 +30,24 @@ typedef void (*rms_norm_f32_fn)(float *out, float *sum_out, const float *x,
 typedef void (*rotary_f32_fn)(float *x, const float *cos_table, const float *sin_table,
                               int64_t rows, int64_t heads, int64_t head_dim,
                               int64_t row_stride);
+/* cpu_lora.c: its shape (per projection group's layout) and one step's work items (an
+ * adapter slot and the few batch rows that use it), shared by every layer of a group */
+typedef struct {
+    int64_t d_in, d_out, n_slices;
+    const int64_t *slice_offsets; /* n_slices + 1 */
+    int64_t x_row, y_row;
+    int64_t a_slot, a_slice, a_rank;
+    int64_t b_slot, b_rank;
+} lora_shape_t;
+
+typedef struct {
+    int64_t num_items;
+    const int64_t *item_slot, *item_rank, *item_start, *item_count, *rows;
+    int64_t num_threads;
+} lora_items_t;
+
+typedef int (*lora_items_f32_fn)(float *y, const float *x, const float *a, const float *b,
+                                 const lora_shape_t *sh, const lora_items_t *work);
 /* cpu_attention.c */
 typedef int (*paged_decode_f32_fn)(float *out, const float *query, const float *key_cache,
                                    const float *value_cache, const int64_t *tables,

@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "cpu_bf16.h"
+#include "cpu_kernels.h"
 
 #define MAX_ROWS 16      /* rows per item (callers send decode items only) */
 #define MAX_SLICES 4
@@ -37,20 +38,8 @@ static inline void prefetch_bytes(const void *start, int64_t bytes) {
     for (int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(p + offset, 0, 1);
 }
 
-typedef struct {
-    int64_t d_in, d_out, n_slices;
-    const int64_t *slice_offsets; /* n_slices + 1 */
-    int64_t x_row, y_row;
-    int64_t a_slot, a_slice, a_rank;
-    int64_t b_slot, b_rank;
-} shape_t;
-
-/* One step's work items (see `rows` above), shared by every layer of a projection group. */
-typedef struct {
-    int64_t num_items;
-    const int64_t *item_slot, *item_rank, *item_start, *item_count, *rows;
-    int64_t num_threads;
-} items_t;
+/* The shape (lora_shape_t) and the step's work items (lora_items_t) are in cpu_kernels.h,
+ * which `cpu_decoder.c` reads too. */
 
 /* Rows k..k+3 of a block of `rank` rows `stride` elements apart, as p0..p3 (a row past the
  * rank repeats row k: its coefficient or sum is not used), and rows k+4..k+7 requested from
@@ -161,7 +150,7 @@ typedef struct {
 
 /* 0, or why the items cannot run: -1 more slices than MAX_SLICES, -2 an item with more
  * rows than MAX_ROWS (the callers' checks make both unreachable). */
-static int refused(const shape_t *sh, const items_t *work) {
+static int refused(const lora_shape_t *sh, const lora_items_t *work) {
     if (sh->n_slices > MAX_SLICES) return -1;
     for (int64_t item = 0; item < work->num_items; ++item)
         if (work->item_count[item] > MAX_ROWS) return -2;
@@ -169,8 +158,8 @@ static int refused(const shape_t *sh, const items_t *work) {
 }
 
 #define ENTRY_POINT(NAME, T, LOAD, STORE_ADD)                                             \
-    int NAME(T *y, const T *x, const T *a, const T *b, const shape_t *sh,                 \
-             const items_t *work) {                                                       \
+    int NAME(T *y, const T *x, const T *a, const T *b, const lora_shape_t *sh,            \
+             const lora_items_t *work) {                                                  \
         const int status = refused(sh, work);                                             \
         if (status != 0) return status;                                                   \
         ITEM_LOOP(T, LOAD, STORE_ADD, LOAD)                                               \
@@ -178,4 +167,5 @@ static int refused(const shape_t *sh, const items_t *work) {
     }
 
 ENTRY_POINT(lora_items_f32, float, LOAD_F32, ADD_F32)
+HAS_TYPE(lora_items_f32, lora_items_f32_fn);
 ENTRY_POINT(lora_items_bf16, bf16_t, bf16_load, ADD_BF16)

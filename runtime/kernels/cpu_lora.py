@@ -109,15 +109,29 @@ class BoundLora:
                                    item)
         if self.plan.num_items == 0:
             return
-        shape = self._shapes.get((x.stride(0), y.stride(0)))
-        if shape is None:
-            shape = self._shapes.setdefault((x.stride(0), y.stride(0)), _shape(
-                self.d_in, self.d_out, self._offsets, x.stride(0), y.stride(0),
-                self.lora_a.stride()[1:4], self.lora_b.stride(1), self.lora_b.stride(3)))
         status = self._function(y.data_ptr(), x.data_ptr(), self._a[0] + layer * self._a[1],
-                                self._b[0] + layer * self._b[1], shape, self._work)
+                                self._b[0] + layer * self._b[1],
+                                self._shape_for(x.stride(0), y.stride(0)), self._work)
         if status != 0:  # the checks above make this unreachable; never ignore it
             raise RuntimeError(f"cpu_lora kernel refused its arguments (status {status})")
+
+    def kernel_arguments(self) -> tuple[int, int, int, int, _Shape, _Items] | None:
+        """What a compiled caller (`cpu_decoder`) passes the kernel for contiguous rows x
+        [T, d_in] and y [T, d_out]: layer 0's A and B addresses, the bytes from one layer's
+        pools to the next, the shape and the step's items (both kept alive here); None where
+        some slot's rows take torch's matmuls this step."""
+        if self.plan.direct:
+            return None
+        return (self._a[0], self._a[1], self._b[0], self._b[1],
+                self._shape_for(self.d_in, self.d_out), self._work)
+
+    def _shape_for(self, x_row: int, y_row: int) -> _Shape:
+        shape = self._shapes.get((x_row, y_row))
+        if shape is None:
+            shape = self._shapes.setdefault((x_row, y_row), _shape(
+                self.d_in, self.d_out, self._offsets, x_row, y_row, self.lora_a.stride()[1:4],
+                self.lora_b.stride(1), self.lora_b.stride(3)))
+        return shape
 
 
 def available() -> bool:

@@ -81,3 +81,14 @@ class LoraBatch:
         lora_apply(y, x, lora_a, lora_b, self.slice_offsets[group], segments, self.pool.ranks,
                    self.backend, zero_padded=True, host_ranks=self.host_ranks)
 
+    def compiled_groups(self, groups: Sequence[str]) -> list[cpu_lora.BoundLora | None] | None:
+        """For a compiled caller (`cpu_decoder`): each named group's bound kernel, None for a
+        group no row's adapter targets; None in all where a targeted group is not on the
+        kernel this step (another dtype, or a slot with rows for torch's matmuls)."""
+        bound: list[cpu_lora.BoundLora | None] = []
+        for group in groups:
+            native = self.native.get(group)
+            if group in self.segments and (native is None or native.plan.direct):
+                return None
+            bound.append(native if group in self.segments else None)
+        return bound

@@ -55,6 +55,11 @@ class StaticLoraBatch:
         lora_apply_tiles(y, x, lora_a, lora_b, tiles.slice_offsets, tiles.tiles,
                          self.pool.ranks, tiles.configs)
 
+    def compiled_groups(self, groups: Sequence[str]) -> None:
+        """None: a captured step's LoRA is its tiles' Triton launches, not the compiled CPU
+        layers' kernel (`LoraBatch.compiled_groups`), so its layers run one by one."""
+        return None
+
 
 class StaticLoraTiles:
     """The persistent tile buffer of every projection group, for up to `max_rows` rows.

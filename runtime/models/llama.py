@@ -150,8 +150,9 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config, head_dim_of(config))
 
-    # base decode steps may run every layer in one compiled call (`cpu_decoder`) where the
-    # layers allow it (`compiled_layer_weights`); False keeps them one by one
+    # decode steps may run every layer in one compiled call (`cpu_decoder`) where the layers
+    # allow it (`compiled_layer_weights`) and each LoRA group the step targets is on the
+    # compiled kernel; False keeps them one by one
     compiled_layers = True
 
     def forward(self, batch: ForwardBatch, kv_caches: KVCaches) -> torch.Tensor:
@@ -159,14 +160,16 @@ class LlamaModel(nn.Module):
         cos, sin = self.rotary_emb(batch.positions, hidden.dtype)  # [T, 1, head_dim]
         weights = (self.compiled_layer_weights()
                    if self._step_may_compile(batch, hidden, kv_caches) else None)
-        if weights is not None:
+        lora = (None if weights is None or batch.lora is None
+                else batch.lora.compiled_groups(cpu_decoder.LORA_GROUPS))
+        if weights is not None and (batch.lora is None or lora is not None):
             hidden = hidden.clone(memory_format=torch.contiguous_format)  # updated in place
             block_size, num_blocks = kv_caches[0][0].shape[1], kv_caches[0][0].shape[0]
             decode = cpu_attention.native_decode(batch.decode.block_tables,
                                                  batch.decode.seq_lens_host, block_size,
                                                  num_blocks)
             cpu_decoder.run_layers(hidden, weights, kv_caches, self._decoder_shape(), cos,
-                                   sin, batch.slot_mapping, decode)
+                                   sin, batch.slot_mapping, decode, lora)
             return self.norm(hidden)
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             hidden = layer(hidden, cos, sin, batch, kv_cache)
@@ -204,8 +207,8 @@ class LlamaModel(nn.Module):
 
     def _step_may_compile(self, batch: ForwardBatch, hidden: torch.Tensor,
                           kv_caches: KVCaches) -> bool:
-        """A base step of decode rows only, in fp32 on the CPU, with compiled layers on."""
-        return (self.compiled_layers and batch.lora is None and batch.prefill is None
+        """A step of decode rows only, in fp32 on the CPU, with compiled layers on."""
+        return (self.compiled_layers and batch.prefill is None
                 and batch.decode is not None and batch.decode.num_seqs == hidden.shape[0]
                 and hidden.dtype == torch.float32 and hidden.device.type == "cpu"
                 and kv_caches[0][0].dtype == torch.float32 and kv_caches[0][0].is_contiguous())

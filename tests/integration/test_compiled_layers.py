@@ -1,7 +1,8 @@
-"""Base decode steps run the decoder layers in one compiled call (`cpu_decoder`): the builtin
-fp32 model's tokens and logprobs equal the layer-by-layer path's exactly, steps with
-prefill rows keep that path, a layer packed again is read as it is now, and a cache slot
-out of range is refused before anything is written.
+"""Decode steps run the decoder layers in one compiled call (`cpu_decoder`): the builtin fp32
+model's tokens and logprobs equal the layer-by-layer path's exactly without adapters, and
+within the SiLU's last bits with 8 adapters of ranks 8-64 (some targeting part of the
+projections); steps with prefill rows keep that path, a layer packed again is read as it
+is now, and a cache slot out of range is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from loraplex.runtime.adapters.synthetic import write_random_adapter
+from loraplex.runtime.adapters.target import LoraTargetShapes
 from loraplex.runtime.engine.engine import Engine
 from loraplex.runtime.engine.request import GenerationRequest, SamplingParams
 from loraplex.runtime.kernels import cpu_attention, cpu_decoder
@@ -28,9 +31,12 @@ def calls(monkeypatch) -> list[int]:
     return seen
 
 
-def generate(requests: list[GenerationRequest]) -> list[list[tuple[int, float, list]]]:
-    engine = Engine(builtin_config(), builtin_loaded())
+def generate(requests: list[GenerationRequest], adapters: dict[str, str] | None = None
+             ) -> list[list[tuple[int, float, list]]]:
+    engine = Engine(builtin_config(device_slots=8, max_lora_rank=64), builtin_loaded())
     try:
+        for name, folder in (adapters or {}).items():
+            engine.adapters.register(name, folder)
         results = engine.generate(requests)
     finally:
         engine.close()
@@ -39,9 +45,11 @@ def generate(requests: list[GenerationRequest]) -> list[list[tuple[int, float, l
              for event in results[request.request_id]] for request in requests]
 
 
-def requests(new_tokens: int) -> list[GenerationRequest]:
+def requests(new_tokens: int, adapters: list[str | None] | None = None
+             ) -> list[GenerationRequest]:
+    names = adapters or [None] * len(CHAT_PROMPTS)
     return [GenerationRequest(f"r{index}", chat_prompt_ids(messages), SamplingParams(
-        max_new_tokens=new_tokens, logprobs=3, ignore_eos=True))
+        max_new_tokens=new_tokens, logprobs=3, ignore_eos=True), adapter=names[index])
         for index, messages in enumerate(CHAT_PROMPTS)]
 
 
@@ -58,6 +66,30 @@ def test_compiled_layers_equal_the_layer_by_layer_path(calls):
         model.compiled_layers = True
     assert not calls
     assert compiled == one_by_one  # token ids and fp32 logprobs, exactly
+
+
+def test_steps_with_adapters_compile_too_and_agree(calls, tmp_path):
+    """8 adapters over the 10 rows (two with none), ranks 8-64, one targeting only q and v
+    (its rows add nothing to o and the MLP)."""
+    target = LoraTargetShapes.from_hf_config(builtin_loaded().hf_config)
+    adapters = {f"a{index}": str(write_random_adapter(
+        tmp_path / f"a{index}", target, (8, 16, 32, 64)[index % 4], seed=index,
+        **({"target_modules": ["q_proj", "v_proj"]} if index == 3 else {})))
+        for index in range(8)}
+    names = [f"a{index % 8}" if index < 8 else None for index in range(len(CHAT_PROMPTS))]
+    model = builtin_loaded().model.model
+    compiled = generate(requests(8, names), adapters)
+    assert max(calls) == len(CHAT_PROMPTS)
+    try:
+        model.compiled_layers = False
+        one_by_one = generate(requests(8, names), adapters)
+    finally:
+        model.compiled_layers = True
+    for got, want in zip(compiled, one_by_one, strict=True):
+        assert [token for token, *_ in got] == [token for token, *_ in want]
+        for (_, logprob, top), (_, want_logprob, want_top) in zip(got, want, strict=True):
+            assert logprob == pytest.approx(want_logprob, abs=1e-4)
+            assert [t for t, _ in top] == [t for t, _ in want_top]
 
 
 def test_only_steps_of_decode_rows_alone_take_the_compiled_layers(calls):
