@@ -3,17 +3,20 @@
  *
  * W is stored once, at load, in panels of 32 output features: panel p is
  * W[32p : 32p + 32, :] transposed, [K, 32] contiguous (the last panel zero-padded). A tile
- * of up to 12 rows against one panel keeps its 24 accumulators in vector registers and
- * reads the panel as STREAMS interleaved sequential streams (k = s * K / STREAMS + i, for
- * each i every stream s in turn), each prefetched PREFETCH_AHEAD values of k ahead: more
- * streams keep more lines in flight while a tile's multiply-adds run (8 streams took 0.81x
- * one stream's time for a decode step's linears at 16 rows, 0.88x at one). Where a panel
- * takes several tiles (more than 12 rows), each tile prefetches its share of the next panel
- * instead (tile t of T: the t-th of T slices, 32 / T values of it for each k), so memory
+ * of up to 12 rows against one panel keeps its 24 accumulators in vector registers. In a
+ * product of up to STREAM_ROWS rows it reads the panel as STREAMS interleaved sequential
+ * streams (k = s * K / STREAMS + i, for each i every stream s in turn), each prefetched
+ * PREFETCH_AHEAD values of k ahead: more streams keep more lines in flight while the
+ * multiply-adds run (a decode step's linears took 0.81x one stream's time at 16 rows, 0.88x
+ * at one); larger products read one stream (their later tiles find the panel in L2). Where
+ * a panel takes several tiles (more than 12 rows), each tile prefetches its share of the
+ * next panel (tile t of T: the t-th of T slices, 32 / T values of it for each k), so memory
  * stays busy through every tile rather than only while the first one streams (0.89x the
- * time at 16 rows against the next panel prefetched by the later tiles alone). Threads split the
- * panels. Rows are taken in passes of ROWS_PER_PASS: one pass over 1-2k rows was 1.2x
- * slower than oneDNN's packed GEMM, passes of 256 as fast.
+ * time at 16 rows against the next panel prefetched by the later tiles alone). Threads
+ * split the panels. Rows are taken in passes of ROWS_PER_PASS: one pass over 1-2k rows was
+ * 1.2x slower than oneDNN's packed GEMM, passes of 256 as fast.
+ *
+ * The MLP's gate|up product can take its SiLU gate in the same call (`linear_f32_gated`).
  *
  * Quantized weights (`linear_int4`, `linear_int8`) stream their codes in the same panels
  * and are dequantized once per call whatever the row count: in registers for up to one
@@ -53,6 +56,9 @@ extern float expf(float);
 #define ROWS_PER_PASS 256
 #define PREFETCH_AHEAD 4   /* values of k, within a stream */
 #define STREAMS 8  /* where K divides by it; else the largest power of two that does */
+#ifndef STREAM_ROWS
+#define STREAM_ROWS 24
+#endif
 #define DENSE_ROWS 32  /* inputs a thread dequantizes at a time into a dense weight */
 
 typedef float v16 __attribute__((vector_size(64)));
@@ -71,6 +77,7 @@ typedef struct {
     int y_bf16;
     float *gate;  /* a gated product's gate tiles, [ROWS_PER_PASS, 32] (`linear_f32_gated`) */
     int gate_phase;  /* 0: a plain product; 1: keep the tile as the gate; 2: silu(gate) * tile */
+    int64_t streams;  /* a tile reads its panel as this many streams (K divides by it) */
 } linear_t;
 
 /* A float rounded to bf16's bits (to nearest even; the values are finite). */
@@ -79,35 +86,45 @@ static inline uint16_t bf16_bits(float value) {
     return (uint16_t)((bits.u + 0x7FFF + ((bits.u >> 16) & 1)) >> 16);
 }
 
-/* Streams of a K-long panel: STREAMS, or fewer where K does not divide by it. */
-static inline int64_t streams_for(int64_t k) {
-    int64_t streams = STREAMS;
+/* Streams of a K-long panel for a product of m rows: STREAMS, or fewer where K does not
+ * divide by it, up to STREAM_ROWS rows; one beyond (the later tiles of a panel read it from
+ * L2, where one stream suits the L1 prefetcher: 256 rows took 1.19x oneDNN's time in 8). */
+static inline int64_t streams_for(int64_t k, int64_t m) {
+    int64_t streams = m <= STREAM_ROWS ? STREAMS : 1;
     while (k % streams != 0) streams /= 2;
     return streams;
 }
 
+/* One k of a tile: the panel's row k times x[., k], prefetching prefetch[k * step, + step / 2]. */
+#define TILE_STEP(ROWS, k)                                                                  \
+    {                                                                                       \
+        const v16 w_low = *(const v16u *)(w + (k) * PANEL);                                 \
+        const v16 w_high = *(const v16u *)(w + (k) * PANEL + 16);                           \
+        __builtin_prefetch(prefetch + (k) * step, 0, 1);                                    \
+        __builtin_prefetch(prefetch + (k) * step + step / 2, 0, 1);                         \
+        _Pragma("GCC unroll 12")                                                            \
+        for (int r = 0; r < ROWS; ++r) {                                                    \
+            const float value = x[r * a->x_row + (k)];                                      \
+            low[r] += value * w_low;                                                        \
+            high[r] += value * w_high;                                                      \
+        }                                                                                   \
+    }
+
 /* Rows [row, row + ROWS) of y, columns of panel p, whose [K, 32] weights are at w: ROWS is
- * a constant in each copy. For each k it prefetches prefetch[k * step, + step / 2]. */
+ * a constant in each copy. One stream is its own loop (the interleaved one's control costs
+ * 15% where the tiles are bound by their multiply-adds, as at 256 rows). */
 #define TILE(ROWS)                                                                          \
 static void tile_##ROWS(const linear_t *a, int64_t row, int64_t p, const float *w,          \
                         const float *prefetch, int64_t step) {                              \
     const float *x = a->x + row * a->x_row;                                                 \
-    const int64_t streams = streams_for(a->k), span = a->k / streams;                       \
+    const int64_t span = a->k / a->streams;                                                 \
     v16 low[ROWS], high[ROWS];                                                              \
     for (int r = 0; r < ROWS; ++r) low[r] = high[r] = (v16){0};                             \
-    for (int64_t i = 0; i < span; ++i) {                                                    \
-        for (int64_t k = i; k < a->k; k += span) {                                          \
-            const v16 w_low = *(const v16u *)(w + k * PANEL);                               \
-            const v16 w_high = *(const v16u *)(w + k * PANEL + 16);                         \
-            __builtin_prefetch(prefetch + k * step, 0, 1);                                  \
-            __builtin_prefetch(prefetch + k * step + step / 2, 0, 1);                       \
-            _Pragma("GCC unroll 12")                                                        \
-            for (int r = 0; r < ROWS; ++r) {                                                \
-                const float value = x[r * a->x_row + k];                                    \
-                low[r] += value * w_low;                                                    \
-                high[r] += value * w_high;                                                  \
-            }                                                                               \
-        }                                                                                   \
+    if (a->streams == 1) {                                                                  \
+        for (int64_t k = 0; k < a->k; ++k) TILE_STEP(ROWS, k)                               \
+    } else {                                                                                \
+        for (int64_t i = 0; i < span; ++i)                                                  \
+            for (int64_t k = i; k < a->k; k += span) TILE_STEP(ROWS, k)                     \
     }                                                                                       \
     store_tile(a, row, p, ROWS, low, high);                                                 \
 }
@@ -211,7 +228,7 @@ static void panel_rows(const linear_t *a, int64_t start, int64_t rows, int64_t p
 void linear_f32(float *y, const float *x, const float *panels, const float *bias,
                 int64_t m, int64_t n, int64_t k, int64_t x_row, int64_t y_row,
                 int num_threads) {
-    const linear_t a = {x, bias, y, n, k, x_row, y_row, 0, 0, 0};
+    const linear_t a = {x, bias, y, n, k, x_row, y_row, 0, 0, 0, streams_for(k, m)};
     const int64_t num_panels = (n + PANEL - 1) / PANEL, panel_size = k * PANEL;
     num_threads = threads_for(num_panels, num_threads);
     _Pragma("omp parallel num_threads(num_threads) if (num_threads > 1)")
@@ -238,7 +255,7 @@ void linear_f32_gated(float *y, const float *x, const float *panels, int64_t m, 
     _Pragma("omp parallel num_threads(num_threads) if (num_threads > 1)")
     {
         float gate[ROWS_PER_PASS * PANEL] __attribute__((aligned(64)));
-        linear_t a = {x, 0, y, n, k, x_row, y_row, 0, gate, 0};
+        linear_t a = {x, 0, y, n, k, x_row, y_row, 0, gate, 0, streams_for(k, m)};
         for (int64_t start = 0; start < m; start += ROWS_PER_PASS) {
             const int64_t rows = m - start < ROWS_PER_PASS ? m - start : ROWS_PER_PASS;
             _Pragma("omp for schedule(static)")
@@ -503,7 +520,7 @@ static int quantized_linear(linear_t *a, const uint16_t *x_bf16, int64_t m,
 int linear_int4(void *y, const void *x, int bf16, const uint8_t *codes, const void *tables,
                 const float *bias, int64_t m, int64_t n, int64_t k, int64_t x_row,
                 int64_t y_row, int num_threads, int tables_fp32, int64_t group) {
-    linear_t a = {bf16 ? 0 : x, bias, y, n, k, x_row, y_row, bf16, 0, 0};
+    linear_t a = {bf16 ? 0 : x, bias, y, n, k, x_row, y_row, bf16, 0, 0, 1};
     const quantized_t w = {codes, tables, tables_fp32, k, group};
     return quantized_linear(&a, bf16 ? x : 0, m, &w, int4_TILES, int4_dequantize_panel,
                             num_threads);
@@ -513,7 +530,7 @@ int linear_int4(void *y, const void *x, int bf16, const uint8_t *codes, const vo
 int linear_int8(void *y, const void *x, int bf16, const int8_t *codes, const float *scales,
                 const float *bias, int64_t m, int64_t n, int64_t k, int64_t x_row,
                 int64_t y_row, int num_threads) {
-    linear_t a = {bf16 ? 0 : x, bias, y, n, k, x_row, y_row, bf16, 0, 0};
+    linear_t a = {bf16 ? 0 : x, bias, y, n, k, x_row, y_row, bf16, 0, 0, 1};
     const quantized_t w = {codes, scales, 1, k, k};
     return quantized_linear(&a, bf16 ? x : 0, m, &w, int8_TILES, int8_dequantize_panel,
                             num_threads);

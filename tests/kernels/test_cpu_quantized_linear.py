@@ -142,8 +142,7 @@ def test_int8_kernel_matches_fp64(rows, out_features, in_features):
     got = panels.linear_int8(x, packed, padded, out_features)
     assert got.shape == (rows, out_features) and got.dtype == torch.float32
     expected = x.double() @ (codes.double() * scales.double()[:, None]).t()
-    # fp32 sums of up to 1536 products: the fp32 kernel's own tolerance (test_cpu_linear)
-    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_int8_packing_round_trips_and_pads_with_zeros():
