@@ -56,10 +56,7 @@ def linear(x: torch.Tensor, panels: torch.Tensor, out_features: int,
                                       or not bias.is_contiguous()))):
         raise ValueError(f"cpu_linear takes fp32 CPU rows of {in_features} values and a "
                          f"contiguous fp32 bias of {out_features}")
-    rows = x.reshape(-1, in_features)
-    if rows.shape[0] and rows.stride(1) != 1:
-        rows = rows.contiguous()
-    out = torch.empty(rows.shape[0], out_features, dtype=x.dtype)
+    rows, out = _rows_and_output(x, in_features, out_features)
     if rows.shape[0]:
         _library().linear_f32(
             out.data_ptr(), rows.data_ptr(), panels.data_ptr(),
@@ -78,15 +75,21 @@ def linear_silu_and_mul(x: torch.Tensor, panels: torch.Tensor,
             or not panels.is_contiguous()):
         raise ValueError(f"cpu_linear's gated product takes fp32 CPU rows of {in_features} "
                          "values and gate|up panels of two multiples of 32 outputs")
-    rows = x.reshape(-1, in_features)
-    if rows.shape[0] and rows.stride(1) != 1:
-        rows = rows.contiguous()
-    out = torch.empty(rows.shape[0], intermediate, dtype=x.dtype)
+    rows, out = _rows_and_output(x, in_features, intermediate)
     if rows.shape[0]:
         _library().linear_f32_gated(
             out.data_ptr(), rows.data_ptr(), panels.data_ptr(), rows.shape[0], intermediate,
             in_features, rows.stride(0), out.stride(0), torch.get_num_threads())
     return out.view(*x.shape[:-1], intermediate)
+
+
+def _rows_and_output(x: torch.Tensor, in_features: int, width: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., K] as rows [M, K] of unit stride along K, and a new output [M, width]."""
+    rows = x.reshape(-1, in_features)
+    if rows.shape[0] and rows.stride(1) != 1:
+        rows = rows.contiguous()
+    return rows, torch.empty(rows.shape[0], width, dtype=x.dtype)
 
 
 def available() -> bool:
