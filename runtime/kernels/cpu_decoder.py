@@ -95,6 +95,13 @@ def run_layers(hidden: torch.Tensor, layers: Sequence[LayerWeights],
                          "int64 slot, cos/sin row and decode length per row, and a cache "
                          "per layer")
     key_cache = caches[0][0]
+    cache_shape = (key_cache.shape[0], key_cache.shape[1], shape.kv_heads, shape.head_dim)
+    if decode.tables.shape[0] != rows or any(
+            cache.shape != cache_shape or cache.dtype != torch.float32
+            or not cache.is_contiguous() for pair in caches for cache in pair):
+        raise ValueError(f"cpu_decoder takes a block table per row and contiguous fp32 "
+                         f"caches of one shape [blocks, block_size, {shape.kv_heads}, "
+                         f"{shape.head_dim}]")
     addresses = torch.tensor([
         [layer.input_norm.data_ptr(), layer.qkv.data_ptr(), _address(layer.qkv_bias),
          layer.o.data_ptr(), _address(layer.o_bias), layer.post_norm.data_ptr(),

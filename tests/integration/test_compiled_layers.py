@@ -130,3 +130,8 @@ def test_a_cache_slot_out_of_range_is_refused_before_any_write():
     with pytest.raises(ValueError, match="one int64 slot"):
         cpu_decoder.run_layers(hidden, weights, caches, shape, cos, cos * 0,
                                torch.tensor([0, 1]), decode)
+    narrow = [(keys[..., :-1], values) for keys, values in caches]  # a cache of another shape
+    with pytest.raises(ValueError, match="caches of one shape"):
+        cpu_decoder.run_layers(hidden, weights, narrow, shape, cos, cos * 0,
+                               torch.tensor([0]), decode)
+    assert torch.equal(hidden, before)
