@@ -87,11 +87,6 @@
 
 #define MAX_CHUNKS 16 /* the vector path's largest head: 16 vectors of 16 lanes */
 
-#ifdef LORAPLEX_VECTOR_MATH /* the C library has vector forms of expf (glibc's libmvec) */
-#pragma omp declare simd notinbranch
-extern float expf(float);
-#endif
-
 typedef float v16 __attribute__((vector_size(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
 typedef float v8 __attribute__((vector_size(32)));

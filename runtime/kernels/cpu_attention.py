@@ -79,10 +79,16 @@ def paged_decode(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torc
         out.data_ptr(), query.data_ptr(), key_cache.data_ptr(), value_cache.data_ptr(),
         inputs.tables.data_ptr(), inputs.lengths.data_ptr(), ctypes.byref(shape),
         torch.get_num_threads())
+    raise_for_status(status, num_heads, key_cache.shape[2])
+
+
+def raise_for_status(status: int, num_heads: int, num_kv_heads: int) -> None:
+    """The kernel's status (also passed on by `cpu_decoder`) as the error it means; 0 is
+    none."""
     if status == -2:
         raise MemoryError("cpu paged_decode could not allocate a sequence's scores")
     if status != 0:
-        raise ValueError(f"{num_heads} query heads do not share {key_cache.shape[2]} KV heads")
+        raise ValueError(f"{num_heads} query heads do not share {num_kv_heads} KV heads")
 
 
 @functools.cache

@@ -29,11 +29,6 @@
 
 #include "cpu_kernels.h"
 
-#ifdef LORAPLEX_VECTOR_MATH /* the C library has vector forms of expf (glibc's libmvec) */
-#pragma omp declare simd notinbranch
-extern float expf(float);
-#endif
-
 enum { INPUT_NORM, QKV, QKV_BIAS, O, O_BIAS, POST_NORM, GATE_UP, DOWN, KEY_CACHE, VALUE_CACHE,
        LAYER_FIELDS };
 
@@ -82,7 +77,7 @@ static void silu_and_mul(float *out, const float *gate_up, int64_t rows, int64_t
         const float *gate = gate_up + t * 2 * inter, *up = gate + inter;
         float *o = out + t * inter;
         _Pragma("omp simd")
-        for (int64_t i = 0; i < inter; ++i) o[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+        for (int64_t i = 0; i < inter; ++i) o[i] = silu_f32(gate[i]) * up[i];
     }
 }
 

@@ -125,10 +125,7 @@ def run_layers(hidden: torch.Tensor, layers: Sequence[LayerWeights],
         raise RuntimeError("cpu_lora kernel refused its arguments in the compiled layers")
     if status == -3:
         raise ValueError(f"a KV cache slot is outside the cache's {native_shape.num_slots}")
-    if status == -2:
-        raise MemoryError("cpu paged_decode could not allocate a sequence's scores")
-    if status != 0:
-        raise ValueError(f"{shape.heads} query heads do not share {shape.kv_heads} KV heads")
+    cpu_attention.raise_for_status(status, shape.heads, shape.kv_heads)
 
 
 def _lora_groups(bound: Sequence[cpu_lora.BoundLora | None]) -> ctypes.Array:

@@ -1,13 +1,24 @@
 /*
- * What one CPU kernel library calls in another: the entry points `cpu_decoder.c` runs, as
- * function types (it receives their addresses from `cpu_decoder.py`, each library being
- * built and loaded on its own), and the attention kernel's shape. Each defining file
- * asserts that its function has this type, so the two cannot drift apart.
+ * What the CPU kernel libraries share: the entry points `cpu_decoder.c` runs, as function
+ * types (it receives their addresses from `cpu_decoder.py`, each library being built and
+ * loaded on its own), the attention and LoRA kernels' argument structs, and the vector
+ * `expf` and SiLU. Each defining file asserts that its function has its type, so the two
+ * cannot drift apart.
  */
 #ifndef LORAPLEX_CPU_KERNELS_H
 #define LORAPLEX_CPU_KERNELS_H
 
+#include <math.h>
 #include <stdint.h>
+
+#ifdef LORAPLEX_VECTOR_MATH /* the C library has vector forms of expf (glibc's libmvec) */
+#pragma omp declare simd notinbranch
+extern float expf(float);
+#endif
+
+/* silu(g) = g / (1 + exp(-g)) in fp32, as torch's F.silu computes it (the MLP's gate, in
+ * `cpu_linear.c`'s gated product and `cpu_decoder.c`'s steps with adapters). */
+static inline float silu_f32(float g) { return g / (1.0f + expf(-g)); }
 
 typedef struct {
     int64_t num_seqs, num_heads, num_kv_heads, head_dim, block_size, table_width;

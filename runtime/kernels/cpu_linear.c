@@ -43,10 +43,6 @@
 #include <stdlib.h>
 
 #include "cpu_kernels.h"
-#ifdef LORAPLEX_VECTOR_MATH /* the C library has vector forms of expf (glibc's libmvec) */
-#pragma omp declare simd notinbranch
-extern float expf(float);
-#endif
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
@@ -56,9 +52,7 @@ extern float expf(float);
 #define ROWS_PER_PASS 256
 #define PREFETCH_AHEAD 4   /* values of k, within a stream */
 #define STREAMS 8  /* where K divides by it; else the largest power of two that does */
-#ifndef STREAM_ROWS
 #define STREAM_ROWS 24
-#endif
 #define DENSE_ROWS 32  /* inputs a thread dequantizes at a time into a dense weight */
 
 typedef float v16 __attribute__((vector_size(64)));
@@ -129,11 +123,11 @@ static void tile_##ROWS(const linear_t *a, int64_t row, int64_t p, const float *
     store_tile(a, row, p, ROWS, low, high);                                                 \
 }
 
-/* silu(g) = g / (1 + exp(-g)), lane by lane, as torch's F.silu computes it in fp32. */
+/* silu_f32 lane by lane. */
 static inline v16 silu16(v16 g) {
     v16 out = g;
     _Pragma("omp simd")
-    for (int i = 0; i < 16; ++i) out[i] = g[i] / (1.0f + expf(-g[i]));
+    for (int i = 0; i < 16; ++i) out[i] = silu_f32(g[i]);
     return out;
 }
 
@@ -513,7 +507,6 @@ static int quantized_linear(linear_t *a, const uint16_t *x_bf16, int64_t m,
     free(rows);
     return status;
 }
-
 
 /* int4 W: `tables_fp32` says whether its tables are fp32 (else bf16); G divides K. With
  * `bf16`, x and y are bf16 (y rounded once from the fp32 sums), else fp32. */
