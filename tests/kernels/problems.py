@@ -71,15 +71,16 @@ def make_problem(
     for slot, rank in enumerate(ranks):
         lora_b[slot] /= max(rank, 1) ** 0.5
     used = {slot for slot in slots if slot >= 0}
-    garbage = itertools.cycle(GARBAGE)
     for slot, rank in enumerate(ranks):
         if zero_padded:
             lora_a[slot, :, rank:] = 0.0
             lora_b[slot, :, rank:] = 0.0
             continue
         rank = rank if slot in used else 0
-        lora_a[slot, :, rank:] = next(garbage)
-        lora_b[slot, :, rank:] = next(garbage)
+        # NaN past the rank in A for even slots, in B for odd ones: a kernel that reads
+        # either past the rank fails, even where it multiplies what it read by zero
+        lora_a[slot, :, rank:] = GARBAGE[slot % 2]
+        lora_b[slot, :, rank:] = GARBAGE[(slot + 1) % 2]
     return LoraProblem(
         x=randn(num_rows, d_in).to(dtype),
         y=randn(num_rows, d_out_total).to(dtype),
