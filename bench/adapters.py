@@ -11,7 +11,9 @@ busy shared machine slows all alike:
 - `peft`: transformers + PEFT's mixed batch (`bench.adapters_peft`) on the same weights,
   the same prompt ids and the same adapter folders.
 A cell with adapters also times each side's base model on the same batch right after its
-mixed run (`inproc_base`, ...), as the load of a shared machine changes by the minute.
+mixed run (`inproc_base`, ...), as the load of a shared machine changes by the minute;
+`--repeats N` times each pair N times, alternating, and keeps the medians (one run of a
+batch-16 cell swings by 10-20% here).
 Adapters are on the device before timing (registered, preloaded, warmed up), prefix
 caching is off on our side (the same prompts repeat from cell to cell). A cell with more
 adapters than rows uses the first B of them (its `distinct`). The adapters of one rank
@@ -28,6 +30,7 @@ saved). Prints a table, writes JSON.
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -97,6 +100,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="distinct adapters per batch (0: base model only)")
     parser.add_argument("--ranks", type=ints, default=[8, 16, 32, 64])
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="timings of each cell (mixed and base alternating); medians kept")
     parser.add_argument("--modes", default=",".join(MODES), help=f"of {MODES}")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads on every side (0: each side's default: torch's "
@@ -110,6 +115,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.modes = args.modes.split(",")
     if args.load_format == "dummy" and args.modes != ["inproc"]:
         parser.error("a dummy model has no weights folder for PEFT: use --modes inproc")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if set(args.modes) - set(MODES):
         parser.error(f"--modes must be of {MODES}")
     return args
@@ -146,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json(Path(args.out), {
         "model": args.model, "dtype": str(loaded.dtype).removeprefix("torch."),
         "device": loaded.device.type, "greedy": True,
-        "new_tokens": args.new_tokens, "torch_threads": torch.get_num_threads(),
+        "new_tokens": args.new_tokens, "repeats": args.repeats,
+        "torch_threads": torch.get_num_threads(),
         "lora_backend": resolve_backend(args.lora_backend, loaded.device),
         "ranks": args.ranks, "prompt_lengths": lengths,
         "machine": machine_info(loaded.device.type), "rows": rows})
@@ -192,7 +200,7 @@ def run_matrix(args, config: EngineConfig, loaded, texts, prompts, names, folder
                         if mode == "http":
                             served.check_on_device(sorted({a for a in adapters if a}))
                         row.update(time_cell(mode, timer, prompts[:batch], adapters,
-                                             args.new_tokens))
+                                             args.new_tokens, args.repeats))
                 rows.append(row)
                 print(row_line(row), flush=True)
     finally:
@@ -204,14 +212,18 @@ def run_matrix(args, config: EngineConfig, loaded, texts, prompts, names, folder
 
 
 def time_cell(mode: str, timer, prompts: list[list[int]], adapters: list[str | None],
-              new_tokens: int) -> dict[str, float]:
+              new_tokens: int, repeats: int) -> dict[str, float]:
     """tok/s of the batch, and of the same batch on the base model right after (the load
-    of a shared machine changes from minute to minute: a ratio needs both together)."""
+    of a shared machine changes from minute to minute: a ratio needs both together): the
+    medians of `repeats` timings, the two alternating."""
     generated = len(prompts) * new_tokens
-    cell = {mode: generated / timer(prompts, adapters, new_tokens)}
-    if any(adapters):
-        cell[f"{mode}_base"] = generated / timer(prompts, [None] * len(prompts), new_tokens)
-    return cell
+    runs: dict[str, list[float]] = {mode: [], f"{mode}_base": []}
+    for _ in range(repeats):
+        runs[mode].append(generated / timer(prompts, adapters, new_tokens))
+        if any(adapters):
+            runs[f"{mode}_base"].append(
+                generated / timer(prompts, [None] * len(prompts), new_tokens))
+    return {key: statistics.median(rates) for key, rates in runs.items() if rates}
 
 
 def check_peft(args, loaded, tokenizer, texts, prompts, folders, pad_id: int) -> int:
