@@ -12,9 +12,12 @@ and a few shape comparisons.
 The C file is compiled on first use (`cpu_native`). Where no compiler works, `available()`
 is False and the engine keeps the torch path (`resolve_backend`).
 
-Slots with more than `torch_plan.SMALL_ROWS` rows (prefill) still go through torch's
-matmuls, which are compute-bound and fast at that size; so does what the kernel does not
-take (fp16, a B pool that is not rank-major, more than `MAX_SLICES` slices).
+A slot's rows are split into items of at most `ITEM_ROWS`, so one adapter shared by a
+whole decode batch still spreads over the threads and keeps the step compiled (a batch of
+16 on one adapter: 50.7 -> 35.0 ms a step, where its 16 rows had taken torch's matmuls).
+Slots with more than `KERNEL_ROWS` rows (prefill) still go through torch's matmuls, which
+are compute-bound and as fast at that size; so does what the kernel does not take (fp16,
+a B pool that is not rank-major, more than `MAX_SLICES` slices).
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ import torch
 from . import cpu_native, torch_ops
 from .checks import check_lora_args, check_rank_values, is_rank_major
 from .segments import LoraSegments
-from .torch_plan import SMALL_ROWS, DirectSlot, row_spec
+from .torch_plan import DirectSlot, row_spec
 
 MAX_SLICES = 4  # as in cpu_lora.c
+ITEM_ROWS = 8  # rows of one slot per work item (cpu_lora.c takes up to 16)
+KERNEL_ROWS = 64  # a slot with more rows (a prefill) takes torch's matmuls
 ENTRY_POINTS = {torch.float32: "lora_items_f32", torch.bfloat16: "lora_items_bf16"}
 
 
@@ -207,12 +212,15 @@ def _build_plan(segments: LoraSegments, rank_list: Sequence[int], ranks: tuple[i
         rank = rank_list[slot]
         if rank == 0:
             continue
-        if len(slot_rows) > SMALL_ROWS:
+        if len(slot_rows) > KERNEL_ROWS:
             direct.append(DirectSlot(slot, rank, row_spec(slot_rows, device)))
             continue
-        for field, value in zip(fields, (slot, rank, len(rows), len(slot_rows)), strict=True):
-            field.append(value)
-        rows += slot_rows
+        for first in range(0, len(slot_rows), ITEM_ROWS):
+            item_rows = slot_rows[first:first + ITEM_ROWS]
+            for field, value in zip(fields, (slot, rank, len(rows), len(item_rows)),
+                                    strict=True):
+                field.append(value)
+            rows += item_rows
     # largest items first: the threads' dynamic schedule then ends evenly
     order = sorted(range(len(fields[0])), key=lambda i: -fields[1][i] * fields[3][i])
     items = torch.tensor([[field[i] for i in order] for field in fields], dtype=torch.int64)

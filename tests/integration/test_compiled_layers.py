@@ -1,8 +1,9 @@
 """Decode steps run the decoder layers in one compiled call (`cpu_decoder`): the builtin fp32
 model's tokens and logprobs equal the layer-by-layer path's exactly without adapters, and
 within the SiLU's last bits with 8 adapters of ranks 8-64 (some targeting part of the
-projections); steps with prefill rows keep that path, a layer packed again is read as it
-is now, and a cache slot out of range is refused before anything is written.
+projections) and with one adapter under every row; steps with prefill rows keep that path,
+a layer packed again is read as it is now, and a cache slot out of range is refused before
+anything is written.
 """
 
 from __future__ import annotations
@@ -77,9 +78,24 @@ def test_steps_with_adapters_compile_too_and_agree(calls, tmp_path):
         **({"target_modules": ["q_proj", "v_proj"]} if index == 3 else {})))
         for index in range(8)}
     names = [f"a{index % 8}" if index < 8 else None for index in range(len(CHAT_PROMPTS))]
+    assert_compiled_steps_agree(calls, names, adapters)
+
+
+def test_one_adapter_under_every_row_still_compiles(calls, tmp_path):
+    """Ten rows of one slot are two of the kernel's items (8 and 2 rows), not torch's
+    matmuls, so the step stays compiled."""
+    target = LoraTargetShapes.from_hf_config(builtin_loaded().hf_config)
+    adapters = {"only": str(write_random_adapter(tmp_path / "only", target, 64, seed=5))}
+    assert_compiled_steps_agree(calls, ["only"] * len(CHAT_PROMPTS), adapters)
+
+
+def assert_compiled_steps_agree(calls: list[int], names: list[str | None],
+                                adapters: dict[str, str]) -> None:
+    """Decode steps of every row compile, and their tokens and top-3 equal the layer-by-layer
+    path's, logprobs within the SiLU's last bits."""
     model = builtin_loaded().model.model
     compiled = generate(requests(8, names), adapters)
-    assert max(calls) == len(CHAT_PROMPTS)
+    assert calls and max(calls) == len(CHAT_PROMPTS)
     try:
         model.compiled_layers = False
         one_by_one = generate(requests(8, names), adapters)

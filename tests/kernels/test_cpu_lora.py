@@ -88,20 +88,31 @@ def test_decode_rows_spread_over_threads(threads: int) -> None:
 
 @needs_compiler
 def test_the_step_plan_splits_prefill_slots_from_decode_items() -> None:
-    token_slots = [2] * 20 + [0, 5, 5, 7, -1]
+    """A slot of more than KERNEL_ROWS rows takes torch's matmuls; a slot of fewer but more
+    than ITEM_ROWS is several items, so one adapter under a whole batch spreads over the
+    threads."""
+    prefill = cpu_lora.KERNEL_ROWS + 6
+    token_slots = [2] * prefill + [1] * 20 + [0, 5, 5, 7, -1]
     indptr, slots = segments_of(token_slots)
     problem = make_problem(d_in=67, slice_widths=[97], ranks=RANKS, max_rank=MAX_RANK,
                            indptr=indptr, slots=slots, dtype=torch.float32, seed=5)
     plan = cpu_lora.native_plan(problem.segments(), RANKS, MAX_RANK)
     assert [item.slot for item in plan.direct] == [2]
+    assert cpu_lora.ITEM_ROWS == 8
     # (slot, rank, start in rows, row count) per item, largest first; rows by slot
-    assert plan.items.t().tolist() == [[5, 5, 1, 2], [7, 5, 3, 1], [0, 1, 0, 1]]
-    assert plan.rows.tolist() == [20, 21, 22, 23]
+    assert plan.items.t().tolist() == [[1, 20, 0, 8], [1, 20, 8, 8], [1, 20, 16, 4],
+                                       [5, 5, 21, 2], [7, 5, 23, 1], [0, 1, 20, 1]]
+    assert plan.rows.tolist() == list(range(prefill, prefill + 24))
+    y = problem.y.clone()
+    lora_apply(y, problem.x, problem.lora_a, rank_major(problem.lora_b),
+               problem.slice_offsets, problem.segments(), problem.ranks, backend="cpu")
+    assert_applied(y, problem, torch.float32)
 
 
 def stacked_layers(dtype: torch.dtype, layers: int = 3) -> list:
     """Problems with one batch and one slot table but each its own weights: a model's layers."""
-    token_slots = [2] * 12 + [0, 5, 5, 7, -1, 3]  # a prefill slot and decode rows
+    # a prefill slot (torch's matmuls) and decode rows (the kernel's items)
+    token_slots = [2] * (cpu_lora.KERNEL_ROWS + 1) + [0, 5, 5, 7, -1, 3]
     indptr, slots = segments_of(token_slots)
     return [make_problem(d_in=67, slice_widths=[33, 17, 17], ranks=RANKS, max_rank=MAX_RANK,
                          indptr=indptr, slots=slots, dtype=dtype, seed=10 + layer)
