@@ -1,7 +1,8 @@
 /*
  * The LoRA of a decode batch on a CPU, one call per projection group.
  *
- * Each work item is one adapter slot and the few batch rows that use it. For each
+ * Each work item is one adapter slot and a few of the batch rows that use it (`cpu_lora.py`
+ * splits a slot's rows into items of at most 8, so they can spread over threads). For each
  * slice s (q|k|v, gate|up or one projection), the item's rows are shrunk by the slot's
  * A[s, :rank] (rank dot products over d_in per row) and the result expanded by the
  * slot's B[:rank, slice columns] (rank row-axpys per row), added to y. Each row of A and
