@@ -37,26 +37,6 @@
 #define COLUMN_BLOCK 512 /* output columns a pair of rows accumulates at once */
 #define STREAMS 8        /* rows of A or B per pass */
 
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
-typedef uint16_t half16 __attribute__((vector_size(32), aligned(2), may_alias));
-typedef uint32_t uint16v __attribute__((vector_size(64)));
-
-/* 16 values from p as fp32. */
-static inline v16 load16_f32(const float *p) { return *(const v16u *)p; }
-static inline v16 load16_bf16(const bf16_t *p) {
-    const uint16v bits = __builtin_convertvector(*(const half16 *)p, uint16v) << 16;
-    v16 out;
-    memcpy(&out, &bits, sizeof out);
-    return out;
-}
-
-static inline float sum16(v16 v) {
-    float total = 0.0f;
-    for (int i = 0; i < 16; ++i) total += v[i];
-    return total;
-}
-
 /* A pass's rows of a `rank`-row block, `stride` elements apart: p[q] is row q * span + k,
  * or row k where that is past the rank (its sum is dropped, its coefficient is zero). */
 #define PASS_ROWS(T, p, block, k, span, stride)                                          \
