@@ -164,11 +164,13 @@ class LlamaModel(nn.Module):
     def forward(self, batch: ForwardBatch, kv_caches: KVCaches) -> torch.Tensor:
         hidden = self.embed_tokens(batch.input_ids)  # [T, d]
         cos, sin = self.rotary_emb(batch.positions, hidden.dtype)  # [T, 1, head_dim]
+        may_compile = self._step_may_compile(batch, hidden, kv_caches)
+        lora = (batch.lora.compiled_groups(cpu_decoder.LORA_GROUPS)
+                if may_compile and batch.lora is not None else None)
+        # the layers' weights are read only for a step whose LoRA groups are on the kernel
         weights = (self.compiled_layer_weights()
-                   if self._step_may_compile(batch, hidden, kv_caches) else None)
-        lora = (None if weights is None or batch.lora is None
-                else batch.lora.compiled_groups(cpu_decoder.LORA_GROUPS))
-        if weights is not None and (batch.lora is None or lora is not None):
+                   if may_compile and (batch.lora is None or lora is not None) else None)
+        if weights is not None:
             hidden = hidden.clone(memory_format=torch.contiguous_format)  # updated in place
             block_size, num_blocks = kv_caches[0][0].shape[1], kv_caches[0][0].shape[0]
             decode = cpu_attention.native_decode(batch.decode.block_tables,
