@@ -18,7 +18,6 @@ giving the reason.
 
 from __future__ import annotations
 
-import copy
 import logging
 import random
 import time
@@ -46,8 +45,9 @@ from loraplex.runtime.engine.request_bounds import normalize
 from loraplex.runtime.engine.scheduler import ScheduledSequence, Scheduler
 from loraplex.runtime.engine.sequence import Sequence
 from loraplex.runtime.engine.step_isolation import execute_isolated
+from loraplex.runtime.heap import release_freed_heap
 from loraplex.runtime.kernels import resolve_backend
-from loraplex.runtime.models.loader import LoadedModel, load_model, release_freed_heap
+from loraplex.runtime.models.loader import LoadedModel, load_model
 
 logger = logging.getLogger(__name__)
 ADAPTER_WAIT_S = 0.002  # pause of a loop whose every waiting request waits for its adapter
@@ -76,10 +76,8 @@ class Engine:
     def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None) -> None:
         self.config = config
         self.loaded = loaded if loaded is not None else load_model(config)
+        # shared with the HTTP threads, which only read it too (see `load_tokenizer`)
         self.tokenizer = self.loaded.tokenizer
-        # a private copy for decoding: callers may use `tokenizer` from other threads, and
-        # a tokenizer that one thread reconfigures (padding, truncation) fails in another
-        self._decoder = copy.deepcopy(self.tokenizer)
         self.model_id = self.loaded.model_id
         self.max_model_len = self.loaded.max_model_len
         hf_config, device = self.loaded.hf_config, self.loaded.device
@@ -112,13 +110,13 @@ class Engine:
         self._pending_events: list[TokenEvent] = []
         self._seed_source = random.Random(config.seed)
         self._eos_ids = frozenset(self.loaded.eos_token_ids)
-        self._special_ids = special_token_ids(self._decoder)
-        self._num_tokenizer_ids = len(self._decoder)
+        self._special_ids = special_token_ids(self.tokenizer)
+        self._num_tokenizer_ids = len(self.tokenizer)
         self._num_steps = 0
         self._num_prompt_tokens = 0
         self._num_generated_tokens = 0
         self.last_step_ran = False  # whether the last step ran the model
-        release_freed_heap()  # what building the engine freed (the tokenizer copy's temporaries)
+        release_freed_heap()  # what building the engine freed
 
     @property
     def vocab_size(self) -> int:
@@ -166,7 +164,7 @@ class Engine:
         if not request.params.greedy:
             seed = (request.params.seed if request.params.seed is not None
                     else self._seed_source.getrandbits(63))
-        detokenizer = IncrementalDetokenizer(self._decoder, request.prompt_token_ids,
+        detokenizer = IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids,
                                              self._num_tokenizer_ids)
         seq = Sequence(request, detokenizer, seed=seed)
         if request.grammar is not None:
@@ -353,4 +351,4 @@ class Engine:
     def _token_text(self, token_id: int) -> str:
         if token_id >= self._num_tokenizer_ids:
             return ""
-        return self._decoder.decode([token_id])
+        return self.tokenizer.decode([token_id])

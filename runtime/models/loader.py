@@ -9,8 +9,6 @@ and the HTTP layer need beside the module: tokenizer, context length, EOS ids.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import logging
 import time
@@ -29,6 +27,7 @@ from transformers import (
 )
 
 from loraplex.runtime.config import EngineConfig
+from loraplex.runtime.heap import release_freed_heap
 from loraplex.runtime.layers.quantized_embedding import QuantizedEmbedding
 from loraplex.runtime.models.builtin import (
     BUILTIN_PREFIX,
@@ -167,10 +166,29 @@ def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
                          f"(none of {', '.join(TOKENIZER_FILES)})")
     named = _named_fast_tokenizer(folder)
     if named is not None:
-        return named.from_pretrained(folder)
-    from transformers import AutoTokenizer  # any other folder: let transformers choose
+        tokenizer = named.from_pretrained(folder)
+    else:
+        from transformers import AutoTokenizer  # any other folder: let transformers choose
 
-    return AutoTokenizer.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    _never_reconfigured(tokenizer)
+    return tokenizer
+
+
+def _never_reconfigured(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Clear the padding and truncation a `tokenizer.json` may carry.
+
+    The HTTP threads encode and the engine thread decodes through one Rust tokenizer
+    (a second copy would hold 11 MB). Reading it from several threads is safe; changing it
+    is not (the others fail with "Already borrowed"), and transformers changes it on a
+    call whose padding or truncation differs from the tokenizer's own. Ours never pad
+    or truncate, so once both are cleared here no call changes it again.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return  # a slow (pure Python) tokenizer holds no Rust state
+    backend.no_padding()
+    backend.no_truncation()
 
 
 def _named_fast_tokenizer(folder: Path) -> type[PreTrainedTokenizerBase] | None:
@@ -186,21 +204,6 @@ def _named_fast_tokenizer(folder: Path) -> type[PreTrainedTokenizerBase] | None:
         return getattr(transformers, fast_name)
     except AttributeError:  # a class of the model's own code (trust_remote_code) or unknown
         return None
-
-
-def release_freed_heap() -> None:
-    """Hand the heap pages freed while loading back to the system (glibc only).
-
-    Loading reads full-precision weights, packs or quantizes them and frees the originals;
-    glibc keeps those pages in its arenas, so a quantized model would stay resident at its
-    full-precision size (about 170 MB for the builtin model) without this.
-    """
-    library = ctypes.util.find_library("c")
-    if library is None:
-        return
-    trim = getattr(ctypes.CDLL(library), "malloc_trim", None)
-    if trim is not None:
-        trim(0)
 
 
 def _dummy_source(config: EngineConfig) -> tuple[PretrainedConfig, Path, Path | None]:
@@ -282,7 +285,7 @@ def load_model(config: EngineConfig) -> LoadedModel:
             model.load_weights(iter_checkpoint(folder, device, skip=quantized_tensors))
         quantize_model(model, config)
         model.pack_weights()
-    release_freed_heap()
+    release_freed_heap()  # the full-precision weights that packing or quantizing replaced
     applied = quantization.method if quantization is not None else config.quantize
     loaded = LoadedModel(
         model=model, hf_config=hf_config, tokenizer=tokenizer, model_id=config.model,

@@ -26,6 +26,7 @@ from loraplex.runtime.engine.request import (
     SamplingParams,
     TokenEvent,
 )
+from loraplex.runtime.heap import release_freed_heap
 from loraplex.runtime.server.access_log import RequestRecord
 from loraplex.runtime.server.admission import AdmissionGate, Lease
 from loraplex.runtime.server.engine_client import EngineClient
@@ -36,7 +37,7 @@ from loraplex.runtime.server.errors import (
     ValidationFailed,
 )
 from loraplex.runtime.server.generation import GenerationResult, collect
-from loraplex.runtime.server.input_cost import LARGE_TEXT_CHARS, release_memory, tail_chars
+from loraplex.runtime.server.input_cost import LARGE_TEXT_CHARS, tail_chars
 from loraplex.runtime.server.metrics import ServerMetrics
 from loraplex.runtime.server.vllm_metrics import RequestTimes
 from loraplex.runtime.structured.grammar_cache import GrammarCache, GrammarError
@@ -99,7 +100,7 @@ class InferenceService:
                                                 add_special_tokens=add_special_tokens))
         finally:
             if len(text) >= LARGE_TEXT_CHARS:
-                release_memory()
+                release_freed_heap()  # so one large prompt does not leave the pod at its peak
 
     def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
                     continue_final_message: bool = False,

@@ -1,5 +1,6 @@
 """What a prompt may cost before it is refused: characters checked before tokenizing, and
-memory handed back to the system after a large one.
+the size past which a request's text is large enough to hand its freed memory back to the
+system once tokenized (`loraplex.runtime.heap`).
 
 Tokenizing is the expensive part of refusing a prompt that is too long (a 10 MB prompt
 is millions of tokens, seconds of CPU and gigabytes of peak memory), so the length is
@@ -9,16 +10,9 @@ max_token_chars` characters has more tokens than allowed and is refused unread; 
 asks to keep only its last `truncate` tokens needs only its last `truncate ×
 max_token_chars` characters tokenized. (A normalizer that drops characters could make a
 token cover more of the raw text; `SAFETY` allows for that.)
-
-glibc keeps freed memory in its arenas; `release_memory` returns it after a large
-request, so one hostile request does not leave the pod's RSS gigabytes higher.
 """
 
 from __future__ import annotations
-
-import ctypes
-import ctypes.util
-import functools
 
 from transformers import PreTrainedTokenizerBase
 
@@ -39,17 +33,3 @@ def max_token_chars(tokenizer: PreTrainedTokenizerBase) -> int:
 def tail_chars(text: str, keep_tokens: int, chars_per_token: int) -> str:
     """The end of `text` that holds at least its last `keep_tokens` tokens."""
     return text[-(keep_tokens + 1) * chars_per_token:]
-
-
-@functools.cache
-def _malloc_trim():
-    name = ctypes.util.find_library("c")
-    library = ctypes.CDLL(name) if name else None
-    return getattr(library, "malloc_trim", None)
-
-
-def release_memory() -> None:
-    """Give freed heap memory back to the system (glibc; elsewhere nothing to do)."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)

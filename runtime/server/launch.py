@@ -24,6 +24,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from loraplex.runtime.config import EngineConfig, ServerConfig
+from loraplex.runtime.heap import release_freed_heap
 from loraplex.runtime.server.app import create_app
 from loraplex.runtime.server.engine_client import EngineClient
 from loraplex.runtime.server.startup_adapters import StartupAdapter, startup_adapters
@@ -95,6 +96,7 @@ async def load(state: ServerState, adapters: list[StartupAdapter], server: Drain
     state.engine = engine
     _register(engine, adapters)
     state.attach(engine)
+    release_freed_heap()  # what loading on its own thread and attaching left in the arenas
     log.info("model %s loaded in %.1f s; ready on %s:%d", state.model_id,
              time.perf_counter() - started, state.server_config.host, state.server_config.port)
 

@@ -1,11 +1,18 @@
-"""Incremental detokenization: streamed pieces add up to what `decode` gives, valid UTF-8."""
+"""Incremental detokenization: streamed pieces add up to what `decode` gives, valid UTF-8,
+through the tokenizer other threads encode with."""
 
 from __future__ import annotations
+
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from loraplex.runtime.engine.detokenizer import IncrementalDetokenizer, special_token_ids
-from tests.helpers import builtin_tokenizer
+from loraplex.runtime.models.loader import load_tokenizer
+from tests.helpers import builtin_folder, builtin_tokenizer
 
 TEXTS = [
     "Plain ASCII, with punctuation!",
@@ -41,3 +48,46 @@ def test_special_tokens_are_skipped_and_ids_past_the_vocab_give_no_text():
     assert detokenizer.step(tokenizer.eos_token_id) == ""
     assert detokenizer.step(len(tokenizer) + 5) == ""
     assert tokenizer.eos_token_id in special_token_ids(tokenizer)
+
+
+def _folder_with_padding_and_truncation(tmp_path: Path) -> Path:
+    """The builtin tokenizer's files, its tokenizer.json padding and truncating as some
+    checkpoints ship it."""
+    folder = tmp_path / "tokenizer"
+    folder.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (builtin_folder() / name).is_file():
+            shutil.copy(builtin_folder() / name, folder / name)
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    spec["padding"] = {"strategy": {"Fixed": 64}, "direction": "Right", "pad_to_multiple_of": None,
+                       "pad_id": 0, "pad_type_id": 0, "pad_token": "<|endoftext|>"}
+    spec["truncation"] = {"direction": "Right", "max_length": 16, "strategy": "LongestFirst",
+                          "stride": 0}
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    return folder
+
+
+@pytest.mark.model
+def test_one_tokenizer_encodes_on_many_threads_while_another_decodes(tmp_path):
+    """The engine decodes through the very tokenizer the HTTP threads encode with: loading
+    clears what a call would reconfigure (a reconfiguring call fails on the other threads)."""
+    tokenizer = load_tokenizer(_folder_with_padding_and_truncation(tmp_path))
+    backend = tokenizer.backend_tokenizer
+    assert backend.padding is None and backend.truncation is None
+    text = " ".join(TEXTS) * 40
+    expected_ids = tokenizer(text)["input_ids"]
+    assert len(expected_ids) > 16  # not truncated
+    expected_text = tokenizer.decode(expected_ids, skip_special_tokens=True)
+
+    def encode() -> list[int]:
+        return tokenizer(text)["input_ids"]
+
+    def decode() -> str:
+        detokenizer = IncrementalDetokenizer(tokenizer, [], len(tokenizer))
+        return "".join(detokenizer.step(token_id) for token_id in expected_ids)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        encoded = [pool.submit(encode) for _ in range(8)]
+        decoded = [pool.submit(decode) for _ in range(8)]
+        assert all(future.result() == expected_ids for future in encoded)
+        assert all(future.result() == expected_text for future in decoded)
