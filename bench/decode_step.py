@@ -7,7 +7,7 @@ the weights' bytes at the bandwidth of a large fp32 sum, and the step's linear F
 rate of a large matmul in the model's dtype, with the same torch threads. The bound is the
 base model's: with `--adapters` it leaves out the adapters' bytes.
 
-    python -m bench.decode_step --batch 16 --dtype float32 [--adapters 8]
+    python -m bench.decode_step --batch 16 --dtype float32 [--quantize int4] [--adapters 8]
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--quantize", default="none", help="none, int8 or int4 (weight-only)")
     parser.add_argument("--adapters", type=int, default=0, help="distinct adapters (0: base)")
     parser.add_argument("--steps", type=int, default=32, help="decode steps per timing")
     parser.add_argument("--repeats", type=int, default=3)
@@ -66,7 +67,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = EngineConfig(dtype=args.dtype, max_num_seqs=max(args.batch, 1),
+    config = EngineConfig(dtype=args.dtype, quantize=args.quantize, max_num_seqs=max(args.batch, 1),
                           device_slots=max(args.adapters, 1), max_lora_rank=max(RANKS),
                           kv_cache_bytes=KV_CACHE_BYTES, prefix_caching=False, device="cpu")
     loaded = load_model(config)
@@ -95,7 +96,7 @@ def main() -> int:
     flops = matmul_flops_per_s(loaded.dtype)
     bound = max(model["weight_bytes"] / bandwidth, model["linear_flops"] / flops)
     step = statistics.median(steps)
-    print(f"batch {args.batch}, {args.adapters} adapters, {loaded.dtype}, "
+    print(f"batch {args.batch}, {args.adapters} adapters, {loaded.dtype}, {args.quantize}, "
           f"{torch.get_num_threads()} threads: decode step {step * 1e3:.1f} ms "
           f"(runs {', '.join(f'{s * 1e3:.1f}' for s in steps)})")
     print(f"bound: weights {model['weight_bytes'] / 1e6:.0f} MB at {bandwidth / 1e9:.1f} GB/s "
@@ -104,7 +105,8 @@ def main() -> int:
           f"{model['linear_flops'] / flops * 1e3:.1f} ms; step / bound {step / bound:.2f}x")
     write_json(Path(args.out), {
         "batch": args.batch, "adapters": args.adapters,
-        "dtype": str(loaded.dtype).removeprefix("torch."), "step_ms": step * 1e3,
+        "dtype": str(loaded.dtype).removeprefix("torch."), "quantize": args.quantize,
+        "step_ms": step * 1e3,
         "step_runs_ms": [s * 1e3 for s in steps], "bound_ms": bound * 1e3,
         "bandwidth_gb_s": bandwidth / 1e9, "matmul_gflop_s": flops / 1e9, **model,
         "machine": machine_info("cpu")})

@@ -30,6 +30,9 @@ VARIANTS = {  # name -> engine settings
     "bf16": {"dtype": "bfloat16"},
     "int8": {"dtype": "bfloat16", "quantize": "int8"},
     "int4": {"dtype": "bfloat16", "quantize": "int4"},
+    "int4-g64": {"dtype": "bfloat16", "quantize": "int4", "quantize_group_size": 64},
+    "int8-fp32": {"dtype": "float32", "quantize": "int8"},
+    "int4-fp32": {"dtype": "float32", "quantize": "int4"},
     "gguf-q4_1": {"dtype": "bfloat16", "quantize": "gguf"},
 }
 RANKS = (8, 16, 32, 64)

@@ -1,5 +1,6 @@
 /*
- * An fp32 decode step's decoder layers on a CPU as one call.
+ * An fp32 decode step's decoder layers on a CPU as one call, over fp32 weights or int4/int8
+ * ones (weight-only, fp32 activations).
  *
  * Run layer by layer from Python, a decoder layer is a dozen module calls, views and
  * kernel calls: about 0.2 ms of interpreter work a layer, 5-9 ms of a 135M-parameter
@@ -19,9 +20,12 @@
  *   activated = silu(normed @ Wgate^T) * (normed @ Wup^T)
  *   hidden += activated @ Wdown^T
  * hidden [T, d] is updated in place; scratch holds T * (2 d + qkv width + q_size + 3 I)
- * floats. The layer table holds, per layer, the addresses of: input norm weight [d], qkv
- * panels, qkv bias or 0, o panels, o bias or 0, post-attention norm weight [d], gate|up
- * panels, down panels, key cache, value cache (LAYER_FIELDS int64 values).
+ * floats. The layer table holds, per layer, LAYER_FIELDS int64 values: the addresses of the
+ * input norm weight [d], qkv bias or 0, o bias or 0, post-attention norm weight [d], key
+ * cache and value cache, then for each projection (qkv, o, gate|up, down) its format
+ * (fp32 panels, int4 panels with bf16 or fp32 tables, int8 panels), the address of its
+ * panels (codes), of its int4 tables or int8 scales (0 for fp32) and its int4 group size.
+ * A quantized gate|up is stored and gated here, as with a LoRA delta.
  */
 #include <math.h>
 #include <stdint.h>
@@ -29,8 +33,11 @@
 
 #include "cpu_kernels.h"
 
-enum { INPUT_NORM, QKV, QKV_BIAS, O, O_BIAS, POST_NORM, GATE_UP, DOWN, KEY_CACHE, VALUE_CACHE,
-       LAYER_FIELDS };
+enum { FORMAT, CODES, TABLES, GROUP, PROJECTION_FIELDS };
+enum { FP32_PANELS, INT4_BF16_TABLES, INT4_FP32_TABLES, INT8_PANELS };
+enum { INPUT_NORM, QKV_BIAS, O_BIAS, POST_NORM, KEY_CACHE, VALUE_CACHE,
+       QKV = VALUE_CACHE + 1, O = QKV + PROJECTION_FIELDS, GATE_UP = O + PROJECTION_FIELDS,
+       DOWN = GATE_UP + PROJECTION_FIELDS, LAYER_FIELDS = DOWN + PROJECTION_FIELDS };
 
 enum { QKV_LORA, O_LORA, GATE_UP_LORA, DOWN_LORA, LORA_GROUPS };
 
@@ -41,6 +48,8 @@ typedef struct {
     rotary_f32_fn rotary;
     paged_decode_f32_fn attend;
     lora_items_f32_fn lora;
+    linear_int4_fn linear_int4;
+    linear_int8_fn linear_int8;
 } kernels_t;
 
 /* One projection group's LoRA in this step: layer 0's A and B pools (a NULL a: no row's
@@ -60,6 +69,26 @@ typedef struct {
 } decoder_shape_t;
 
 int layer_fields(void) { return LAYER_FIELDS; }
+
+/* y [m, n] = x [m, k] @ W^T (+ bias) for the projection W at p (PROJECTION_FIELDS values);
+ * 0, or -2 where a quantized product could not allocate its scratch. */
+static int project(const kernels_t *kernels, const int64_t *p, float *y, const float *x,
+                   const float *bias, int64_t m, int64_t n, int64_t k, int64_t x_row,
+                   int64_t y_row, int num_threads) {
+    const void *codes = (const void *)(intptr_t)p[CODES];
+    const void *tables = (const void *)(intptr_t)p[TABLES];
+    switch (p[FORMAT]) {
+    case FP32_PANELS:
+        kernels->linear(y, x, codes, bias, m, n, k, x_row, y_row, num_threads);
+        return 0;
+    case INT8_PANELS:
+        return kernels->linear_int8(y, x, 0, codes, tables, bias, m, n, k, x_row, y_row,
+                                    num_threads);
+    default:
+        return kernels->linear_int4(y, x, 0, codes, tables, bias, m, n, k, x_row, y_row,
+                                    num_threads, p[FORMAT] == INT4_FP32_TABLES, p[GROUP]);
+    }
+}
 
 /* y [T, width] += the group's LoRA delta of layer l for x; 0, or -4 if the kernel refused. */
 static int add_lora(const kernels_t *kernels, const group_lora_t *group, int64_t l, float *y,
@@ -82,7 +111,8 @@ static void silu_and_mul(float *out, const float *gate_up, int64_t rows, int64_t
 }
 
 /* 0, or -3 for a cache slot outside the cache (before any layer runs: nothing is written),
- * -4 where the LoRA kernel refused its items, else the attention kernel's status. lora:
+ * -4 where the LoRA kernel refused its items, -2 where a quantized product could not
+ * allocate its scratch, else the attention kernel's status. lora:
  * LORA_GROUPS groups, or NULL for a step without adapters. */
 int decoder_layers_f32(float *hidden, const kernels_t *kernels, const int64_t *layers,
                        const decoder_shape_t *shape, const float *cos_table,
@@ -110,9 +140,10 @@ int decoder_layers_f32(float *hidden, const kernels_t *kernels, const int64_t *l
         float *value_cache = (float *)(intptr_t)w[VALUE_CACHE];
         kernels->rms_norm(normed, 0, hidden, 0, (const float *)(intptr_t)w[INPUT_NORM], rows,
                           d, d, 0, d, d, shape->eps);
-        kernels->linear(qkv, normed, (const float *)(intptr_t)w[QKV],
-                        (const float *)(intptr_t)w[QKV_BIAS], rows, width, d, d, width,
-                        num_threads);
+        if ((status = project(kernels, w + QKV, qkv, normed,
+                              (const float *)(intptr_t)w[QKV_BIAS], rows, width, d, d, width,
+                              num_threads)))
+            return status;
         if (lora && (status = add_lora(kernels, &lora[QKV_LORA], l, qkv, normed))) return status;
         kernels->rotary(qkv, cos_table, sin_table, rows, shape->heads + shape->kv_heads,
                         head_dim, width);
@@ -125,26 +156,30 @@ int decoder_layers_f32(float *hidden, const kernels_t *kernels, const int64_t *l
         status = kernels->attend(attended, qkv, key_cache, value_cache, tables, lengths,
                                  &attention, num_threads);
         if (status != 0) return status;
-        kernels->linear(projected, attended, (const float *)(intptr_t)w[O],
-                        (const float *)(intptr_t)w[O_BIAS], rows, d, q_size, q_size, d,
-                        num_threads);
+        if ((status = project(kernels, w + O, projected, attended,
+                              (const float *)(intptr_t)w[O_BIAS], rows, d, q_size, q_size, d,
+                              num_threads)))
+            return status;
         if (lora && (status = add_lora(kernels, &lora[O_LORA], l, projected, attended)))
             return status;
         kernels->rms_norm(normed, hidden, projected, hidden,
                           (const float *)(intptr_t)w[POST_NORM], rows, d, d, d, d, d,
                           shape->eps);
-        if (lora && lora[GATE_UP_LORA].a) {  /* the delta goes in before the gate */
-            kernels->linear(gate_up, normed, (const float *)(intptr_t)w[GATE_UP], 0, rows,
-                            2 * inter, d, d, 2 * inter, num_threads);
-            if ((status = add_lora(kernels, &lora[GATE_UP_LORA], l, gate_up, normed)))
+        if ((lora && lora[GATE_UP_LORA].a) || w[GATE_UP + FORMAT] != FP32_PANELS) {
+            /* a delta goes in before the gate; quantized products have no gated form */
+            if ((status = project(kernels, w + GATE_UP, gate_up, normed, 0, rows, 2 * inter, d,
+                                  d, 2 * inter, num_threads)))
+                return status;
+            if (lora && (status = add_lora(kernels, &lora[GATE_UP_LORA], l, gate_up, normed)))
                 return status;
             silu_and_mul(activated, gate_up, rows, inter);
         } else {
-            kernels->gated(activated, normed, (const float *)(intptr_t)w[GATE_UP], rows, inter,
-                           d, d, inter, num_threads);
+            kernels->gated(activated, normed, (const float *)(intptr_t)w[GATE_UP + CODES], rows,
+                           inter, d, d, inter, num_threads);
         }
-        kernels->linear(projected, activated, (const float *)(intptr_t)w[DOWN], 0, rows, d,
-                        inter, inter, d, num_threads);
+        if ((status = project(kernels, w + DOWN, projected, activated, 0, rows, d, inter, inter,
+                              d, num_threads)))
+            return status;
         if (lora && (status = add_lora(kernels, &lora[DOWN_LORA], l, projected, activated)))
             return status;
         for (int64_t i = 0; i < rows * d; ++i) hidden[i] += projected[i];

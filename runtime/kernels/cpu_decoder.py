@@ -1,4 +1,5 @@
-"""An fp32 decode step's decoder layers on the CPU as one compiled call (`cpu_decoder.c`).
+"""An fp32 decode step's decoder layers on the CPU as one compiled call (`cpu_decoder.c`),
+over fp32 weights or weight-only int4/int8 ones.
 
 Layer by layer, the interpreter's work between the compiled kernels (module calls, views,
 argument checks: about 0.2 ms a layer) was a fifth of the builtin model's decode step at
@@ -6,9 +7,11 @@ batch 1. `run_layers` hands the C driver every layer's weight and cache addresse
 kernels' own entry points, so a step's layers are one call that runs the same kernels in
 the same order: the hidden states equal the layer-by-layer path's bit for bit. A step with
 adapters adds each group's delta through the LoRA kernel (`cpu_lora`) at the same points;
-its gate is then the C library's SiLU (the last bits may differ from torch's). The model
-decides when a step may take it (`LlamaModel`): fp32 panels everywhere, decode rows only,
-and each targeted LoRA group on the kernel.
+its gate is then the C library's SiLU (the last bits may differ from torch's), as it is for
+a quantized gate|up (its product has no gated form). The model decides when a step may take
+it (`LlamaModel`): fp32 activations, every projection on the panels (fp32, or int4/int8 for
+the few rows their registers hold), decode rows only, and each targeted LoRA group on the
+kernel.
 """
 
 from __future__ import annotations
@@ -25,18 +28,50 @@ from . import cpu_attention, cpu_layer_ops, cpu_linear, cpu_lora, cpu_native
 LORA_GROUPS = ("qkv", "o", "gate_up", "down")  # in cpu_decoder.c's order
 
 
+FP32_PANELS, INT4_BF16_TABLES, INT4_FP32_TABLES, INT8_PANELS = range(4)  # cpu_decoder.c's
+
+
+@dataclass(frozen=True)
+class Projection:
+    """One projection's weight as the driver reads it: `cpu_linear`'s fp32 panels, or
+    `cpu_quantized_linear`'s int4 panels with their tables or int8 panels with their
+    scales (contiguous, checked by whoever packed them)."""
+
+    format: int
+    codes: torch.Tensor  # fp32 panels [N / 32, K, 32], int4 [N / 32, K, 16], int8 [N / 32, K, 32]
+    tables: torch.Tensor | None = None  # int4 [N / 32, K / g, 2, 32], int8 scales [32 N / 32]
+    group: int = 0  # int4 inputs per group
+
+    @classmethod
+    def fp32(cls, panels: torch.Tensor) -> Projection:
+        return cls(FP32_PANELS, panels)
+
+    @classmethod
+    def int4(cls, codes: torch.Tensor, tables: torch.Tensor) -> Projection:
+        tables_format = INT4_FP32_TABLES if tables.dtype == torch.float32 else INT4_BF16_TABLES
+        return cls(tables_format, codes, tables, codes.shape[1] // tables.shape[1])
+
+    @classmethod
+    def int8(cls, codes: torch.Tensor, scales: torch.Tensor) -> Projection:
+        return cls(INT8_PANELS, codes, scales)
+
+    def fields(self) -> list[int]:
+        """The PROJECTION_FIELDS values of cpu_decoder.c's layer table."""
+        return [self.format, self.codes.data_ptr(), _address(self.tables), self.group]
+
+
 @dataclass(frozen=True)
 class LayerWeights:
     """One decoder layer's tensors as the driver reads them (fp32, contiguous)."""
 
     input_norm: torch.Tensor  # [d]
-    qkv: torch.Tensor  # panels of [q_size + 2 kv_size, d]
+    qkv: Projection  # [q_size + 2 kv_size, d]
     qkv_bias: torch.Tensor | None  # [q_size + 2 kv_size]
-    o: torch.Tensor  # panels of [d, q_size]
+    o: Projection  # [d, q_size]
     o_bias: torch.Tensor | None  # [d]
     post_norm: torch.Tensor  # [d]
-    gate_up: torch.Tensor  # panels of [2 I, d]
-    down: torch.Tensor  # panels of [d, I]
+    gate_up: Projection  # [2 I, d]; fp32 panels are gated in their product
+    down: Projection  # [d, I]
 
 
 @dataclass(frozen=True)
@@ -51,8 +86,8 @@ class DecoderShape:
 
 
 class _Kernels(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_void_p)
-                for name in ("linear", "gated", "rms_norm", "rotary", "attend", "lora")]
+    _fields_ = [(name, ctypes.c_void_p) for name in (
+        "linear", "gated", "rms_norm", "rotary", "attend", "lora", "linear_int4", "linear_int8")]
 
 
 class _GroupLora(ctypes.Structure):
@@ -103,9 +138,10 @@ def run_layers(hidden: torch.Tensor, layers: Sequence[LayerWeights],
                          f"caches of one shape [blocks, block_size, {shape.kv_heads}, "
                          f"{shape.head_dim}]")
     addresses = torch.tensor([
-        [layer.input_norm.data_ptr(), layer.qkv.data_ptr(), _address(layer.qkv_bias),
-         layer.o.data_ptr(), _address(layer.o_bias), layer.post_norm.data_ptr(),
-         layer.gate_up.data_ptr(), layer.down.data_ptr(), keys.data_ptr(), values.data_ptr()]
+        [layer.input_norm.data_ptr(), _address(layer.qkv_bias), _address(layer.o_bias),
+         layer.post_norm.data_ptr(), keys.data_ptr(), values.data_ptr(),
+         *layer.qkv.fields(), *layer.o.fields(), *layer.gate_up.fields(),
+         *layer.down.fields()]
         for layer, (keys, values) in zip(layers, caches, strict=True)], dtype=torch.int64)
     q_size, kv_size = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
     scratch = torch.empty(rows * (2 * width + 2 * q_size + 2 * kv_size
@@ -121,6 +157,9 @@ def run_layers(hidden: torch.Tensor, layers: Sequence[LayerWeights],
         ctypes.byref(native_shape), cos.data_ptr(), sin.data_ptr(), slots.data_ptr(),
         decode.tables.data_ptr(), decode.lengths.data_ptr(), groups, scratch.data_ptr(),
         torch.get_num_threads())
+    if status == -2:
+        raise MemoryError("a quantized product in the compiled layers could not allocate "
+                          "its scratch")
     if status == -4:
         raise RuntimeError("cpu_lora kernel refused its arguments in the compiled layers")
     if status == -3:
@@ -157,12 +196,15 @@ def _entry_points() -> tuple[ctypes.CDLL, _Kernels] | None:
     if (library is None or linear is None or attention is None or layer_ops is None
             or lora is None):
         return None
-    if library.layer_fields() != len(LayerWeights.__dataclass_fields__) + 2:  # + the caches
+    projection_fields = len(Projection.__dataclass_fields__)
+    fields = len(LayerWeights.__dataclass_fields__) + 2 + 4 * (projection_fields - 1)
+    if library.layer_fields() != fields:  # + the caches, each projection's further fields
         raise RuntimeError("cpu_decoder.c and cpu_decoder.py disagree on the layer table")
     pointer = ctypes.c_void_p
     library.decoder_layers_f32.argtypes = [pointer] * 11 + [ctypes.c_int]
     library.decoder_layers_f32.restype = ctypes.c_int
     kernels = _Kernels(*(ctypes.cast(function, pointer).value for function in (
         linear.linear_f32, linear.linear_f32_gated, layer_ops.rms_norm, layer_ops.rotary,
-        attention.paged_decode_f32, lora.lora_items_f32)))
+        attention.paged_decode_f32, lora.lora_items_f32, linear.linear_int4,
+        linear.linear_int8)))
     return library, kernels

@@ -33,6 +33,15 @@ typedef void (*linear_f32_fn)(float *y, const float *x, const float *panels, con
 typedef void (*linear_f32_gated_fn)(float *y, const float *x, const float *panels, int64_t m,
                                     int64_t n, int64_t k, int64_t x_row, int64_t y_row,
                                     int num_threads);
+/* y [m, n] = x [m, k] @ W^T (+ bias) for int4 and int8 panels (`bf16`: bf16 rows, else fp32);
+ * 0, or -2 where a thread's scratch could not be allocated */
+typedef int (*linear_int4_fn)(void *y, const void *x, int bf16, const uint8_t *codes,
+                              const void *tables, const float *bias, int64_t m, int64_t n,
+                              int64_t k, int64_t x_row, int64_t y_row, int num_threads,
+                              int tables_fp32, int64_t group);
+typedef int (*linear_int8_fn)(void *y, const void *x, int bf16, const int8_t *codes,
+                              const float *scales, const float *bias, int64_t m, int64_t n,
+                              int64_t k, int64_t x_row, int64_t y_row, int num_threads);
 /* cpu_layer_ops.c */
 typedef void (*rms_norm_f32_fn)(float *out, float *sum_out, const float *x,
                                 const float *residual, const float *weight, int64_t rows,

@@ -529,6 +529,9 @@ int linear_int8(void *y, const void *x, int bf16, const int8_t *codes, const flo
                             num_threads);
 }
 
+HAS_TYPE(linear_int4, linear_int4_fn);
+HAS_TYPE(linear_int8, linear_int8_fn);
+
 /* out [K, N] bf16, rows n_row apart: int4 W transposed, for a dense bf16 product. */
 void dequantize_int4(uint16_t *out, const uint8_t *codes, const void *tables, int tables_fp32,
                      int64_t n, int64_t k, int64_t group, int64_t n_row, int num_threads) {

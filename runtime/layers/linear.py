@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loraplex.runtime.kernels import cpu_linear
+from loraplex.runtime.kernels import cpu_decoder, cpu_linear
 from loraplex.runtime.layers.quantized import QuantizedWeight, quantize_weight
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
@@ -52,6 +52,15 @@ class Linear(nn.Linear):
         """Whether `packed_weight` holds cpu_linear's panels [N / 32, K, 32] (oneDNN's layout
         is a 2-D tensor)."""
         return self.packed_weight is not None and self.packed_weight.dim() == 3
+
+    def compiled_projection(self) -> cpu_decoder.Projection | None:
+        """The weight as the compiled decode layers read it: fp32 panels, or int4/int8 ones
+        (None: neither)."""
+        if self.quantized is not None:
+            return self.quantized.compiled_projection()
+        if self.packed_panels and self.packed_weight.dtype == torch.float32:
+            return cpu_decoder.Projection.fp32(self.packed_weight)
+        return None
 
     @property
     def can_pack(self) -> bool:

@@ -34,7 +34,7 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-from loraplex.runtime.kernels import cpu_linear, cpu_quantized_linear
+from loraplex.runtime.kernels import cpu_decoder, cpu_linear, cpu_quantized_linear
 from loraplex.runtime.kernels.int4_checks import INT4_GROUP_SIZES
 
 INT4_KERNELS = ("panels", "cpu", "triton", "dequantize")  # see `int4_kernel`
@@ -66,6 +66,10 @@ class QuantizedWeight:
     @property
     def nbytes(self) -> int:
         raise NotImplementedError
+
+    def compiled_projection(self) -> cpu_decoder.Projection | None:
+        """The weight as the compiled decode layers read it (None: not on the panels)."""
+        return None
 
 
 class Int8Weight(QuantizedWeight):
@@ -123,6 +127,11 @@ class Int8Weight(QuantizedWeight):
 
     def dequantize(self) -> torch.Tensor:
         return self.codes().float() * self.channel_scales()[:, None]
+
+    def compiled_projection(self) -> cpu_decoder.Projection | None:
+        if self.kernel != "panels":
+            return None
+        return cpu_decoder.Projection.int8(self.packed, self.panel_scales)
 
     @property
     def nbytes(self) -> int:
@@ -223,6 +232,11 @@ class Int4Weight(QuantizedWeight):
             return scales.float(), zeros.float()
         scales, zeros = self.scales_and_zeros.float().unbind(-1)
         return scales, zeros
+
+    def compiled_projection(self) -> cpu_decoder.Projection | None:
+        if self.kernel != "panels":
+            return None
+        return cpu_decoder.Projection.int4(self.packed, self.scales_and_zeros)
 
     def dequantize(self) -> torch.Tensor:
         scales, zeros = self.tables()  # [K/g, N] each

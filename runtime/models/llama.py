@@ -21,7 +21,7 @@ from loraplex.runtime.layers.forward_batch import ForwardBatch
 from loraplex.runtime.layers.fused_ops import silu_and_mul
 from loraplex.runtime.layers.linear import Linear, MergedLinear
 from loraplex.runtime.layers.panel_embedding import Int8PanelEmbedding, PanelEmbedding
-from loraplex.runtime.layers.quantized import Int8Weight, int8_kernel
+from loraplex.runtime.layers.quantized import PANELS_DENSE_ROWS, Int8Weight, int8_kernel
 from loraplex.runtime.layers.quantized_embedding import QuantizedEmbedding
 from loraplex.runtime.layers.rms_norm import RMSNorm
 from loraplex.runtime.layers.rotary import RotaryEmbedding, apply_rotary_qk
@@ -168,7 +168,7 @@ class LlamaModel(nn.Module):
         lora = (batch.lora.compiled_groups(cpu_decoder.LORA_GROUPS)
                 if may_compile and batch.lora is not None else None)
         # the layers' weights are read only for a step whose LoRA groups are on the kernel
-        weights = (self.compiled_layer_weights()
+        weights = (self.compiled_layer_weights(hidden.shape[0])
                    if may_compile and (batch.lora is None or lora is not None) else None)
         if weights is not None:
             hidden = hidden.clone(memory_format=torch.contiguous_format)  # updated in place
@@ -183,22 +183,32 @@ class LlamaModel(nn.Module):
             hidden = layer(hidden, cos, sin, batch, kv_cache)
         return self.norm(hidden)
 
-    def compiled_layer_weights(self) -> tuple[cpu_decoder.LayerWeights, ...] | None:
-        """Every layer's weights as `cpu_decoder` reads them, taken from the layers at each
-        call (a layer packed again is read as it is now), or None unless each layer's
-        linears are fp32 panels with the MLP's gate in its gate|up call and no MLP bias."""
+    def compiled_layer_weights(self, rows: int) -> tuple[cpu_decoder.LayerWeights, ...] | None:
+        """Every layer's weights as `cpu_decoder` reads them for a step of `rows`, taken from
+        the layers at each call (a layer packed again is read as it is now), or None unless
+        each layer's linears are on the panels with no MLP bias: fp32 ones with the MLP's
+        gate in its gate|up call, or int4/int8 ones for fewer rows than make a dense
+        product worth its dequantizing (`PANELS_DENSE_ROWS`)."""
         if not cpu_decoder.available() or self.layers[0].self_attn.head_dim % 2:
             return None
         weights = []
         for input_norm, qkv, o, post_norm, mlp, gate_up, down in self._layer_parts:
-            if not (qkv.packed_panels and o.packed_panels and mlp.gates_in_linear
-                    and down.packed_panels and down.bias is None
-                    and input_norm.weight.dtype == torch.float32
-                    and post_norm.weight.dtype == torch.float32):
+            projections = (qkv.compiled_projection(), o.compiled_projection(),
+                           gate_up.compiled_projection(), down.compiled_projection())
+            if (any(projection is None for projection in projections)
+                    or gate_up.bias is not None or down.bias is not None
+                    or input_norm.weight.dtype != torch.float32
+                    or post_norm.weight.dtype != torch.float32):
                 return None
+            quantized = any(p.format != cpu_decoder.FP32_PANELS for p in projections)
+            if (quantized and rows >= PANELS_DENSE_ROWS) or (
+                    projections[2].format == cpu_decoder.FP32_PANELS
+                    and not mlp.gates_in_linear):
+                return None
+            qkv_weight, o_weight, gate_up_weight, down_weight = projections
             weights.append(cpu_decoder.LayerWeights(
-                input_norm.weight.detach(), qkv.packed_weight, qkv.bias, o.packed_weight,
-                o.bias, post_norm.weight.detach(), gate_up.packed_weight, down.packed_weight))
+                input_norm.weight.detach(), qkv_weight, qkv.bias, o_weight, o.bias,
+                post_norm.weight.detach(), gate_up_weight, down_weight))
         return tuple(weights)
 
     def _decoder_shape(self) -> cpu_decoder.DecoderShape:

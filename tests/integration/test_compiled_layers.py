@@ -14,9 +14,10 @@ import torch
 from loraplex.runtime.adapters.synthetic import write_random_adapter
 from loraplex.runtime.adapters.target import LoraTargetShapes
 from loraplex.runtime.engine.engine import Engine
-from loraplex.runtime.engine.request import GenerationRequest, SamplingParams
+from loraplex.runtime.engine.request import GenerationRequest
 from loraplex.runtime.kernels import cpu_attention, cpu_decoder
-from tests.helpers import CHAT_PROMPTS, builtin_config, builtin_loaded, chat_prompt_ids
+from tests.helpers import CHAT_PROMPTS, builtin_config, builtin_loaded
+from tests.helpers.compiled_steps import assert_same_steps, requests
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(600),
               pytest.mark.skipif(not cpu_decoder.available(), reason="no C compiler")]
@@ -46,17 +47,9 @@ def generate(requests: list[GenerationRequest], adapters: dict[str, str] | None 
              for event in results[request.request_id]] for request in requests]
 
 
-def requests(new_tokens: int, adapters: list[str | None] | None = None
-             ) -> list[GenerationRequest]:
-    names = adapters or [None] * len(CHAT_PROMPTS)
-    return [GenerationRequest(f"r{index}", chat_prompt_ids(messages), SamplingParams(
-        max_new_tokens=new_tokens, logprobs=3, ignore_eos=True), adapter=names[index])
-        for index, messages in enumerate(CHAT_PROMPTS)]
-
-
 def test_compiled_layers_equal_the_layer_by_layer_path(calls):
     model = builtin_loaded().model.model
-    assert model.compiled_layer_weights() is not None  # fp32 panels throughout
+    assert model.compiled_layer_weights(len(CHAT_PROMPTS)) is not None  # fp32 panels throughout
     compiled = generate(requests(12))
     assert calls and max(calls) == len(CHAT_PROMPTS)
     try:
@@ -78,7 +71,8 @@ def test_steps_with_adapters_compile_too_and_agree(calls, tmp_path):
         **({"target_modules": ["q_proj", "v_proj"]} if index == 3 else {})))
         for index in range(8)}
     names = [f"a{index % 8}" if index < 8 else None for index in range(len(CHAT_PROMPTS))]
-    assert_compiled_steps_agree(calls, names, adapters)
+    model = builtin_loaded().model.model
+    assert_same_steps(model, calls, lambda: generate(requests(8, names), adapters))
 
 
 def test_one_adapter_under_every_row_still_compiles(calls, tmp_path):
@@ -86,26 +80,9 @@ def test_one_adapter_under_every_row_still_compiles(calls, tmp_path):
     matmuls, so the step stays compiled."""
     target = LoraTargetShapes.from_hf_config(builtin_loaded().hf_config)
     adapters = {"only": str(write_random_adapter(tmp_path / "only", target, 64, seed=5))}
-    assert_compiled_steps_agree(calls, ["only"] * len(CHAT_PROMPTS), adapters)
-
-
-def assert_compiled_steps_agree(calls: list[int], names: list[str | None],
-                                adapters: dict[str, str]) -> None:
-    """Decode steps of every row compile, and their tokens and top-3 equal the layer-by-layer
-    path's, logprobs within the SiLU's last bits."""
     model = builtin_loaded().model.model
-    compiled = generate(requests(8, names), adapters)
-    assert calls and max(calls) == len(CHAT_PROMPTS)
-    try:
-        model.compiled_layers = False
-        one_by_one = generate(requests(8, names), adapters)
-    finally:
-        model.compiled_layers = True
-    for got, want in zip(compiled, one_by_one, strict=True):
-        assert [token for token, *_ in got] == [token for token, *_ in want]
-        for (_, logprob, top), (_, want_logprob, want_top) in zip(got, want, strict=True):
-            assert logprob == pytest.approx(want_logprob, abs=1e-4)
-            assert [t for t, _ in top] == [t for t, _ in want_top]
+    assert_same_steps(model, calls,
+                      lambda: generate(requests(8, ["only"] * len(CHAT_PROMPTS)), adapters))
 
 
 def test_only_steps_of_decode_rows_alone_take_the_compiled_layers(calls):
@@ -119,19 +96,19 @@ def test_a_layer_packed_again_is_read_as_it_is_now():
     """The weights are taken from the layers at each step, not kept from the first one."""
     model = builtin_loaded().model.model
     down = model.layers[3].mlp.down_proj
-    before = model.compiled_layer_weights()[3].down
+    before = model.compiled_layer_weights(1)[3].down.codes
     packed = down.packed_weight
     try:
         down.packed_weight = packed.clone()
-        assert model.compiled_layer_weights()[3].down is down.packed_weight
-        assert model.compiled_layer_weights()[3].down is not before
+        assert model.compiled_layer_weights(1)[3].down.codes is down.packed_weight
+        assert model.compiled_layer_weights(1)[3].down.codes is not before
     finally:
         down.packed_weight = packed
 
 
 def test_a_cache_slot_out_of_range_is_refused_before_any_write():
     model = builtin_loaded().model.model
-    shape, weights = model._decoder_shape(), model.compiled_layer_weights()
+    shape, weights = model._decoder_shape(), model.compiled_layer_weights(1)
     caches = [(torch.zeros(2, 16, shape.kv_heads, shape.head_dim),
                torch.zeros(2, 16, shape.kv_heads, shape.head_dim)) for _ in model.layers]
     hidden = torch.randn(1, shape.hidden)
