@@ -1,7 +1,8 @@
 """Quantized bases on this machine: resident memory after start-up and tokens per second.
 
 `python -m bench.quantized` loads the builtin model once per variant (fp32, bf16, int8,
-int4, and the GGUF's own Q4_1 blocks), each in a fresh process so that its resident set
+int4 with bf16 activations, int4 in groups of 64, int8 and int4 with fp32 activations, and
+the GGUF's own Q4_1 blocks), each in a fresh process so that its resident set
 after start-up is its own (an engine alone, and a whole `loraplex serve` once it answers
 /health), then times greedy generation at batch 1 and 32 on the base and
 at batch 64 spread over 32 random adapters (ranks 8-64). The variants alternate in one
