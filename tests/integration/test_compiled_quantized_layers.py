@@ -3,8 +3,8 @@ compiled call too (`cpu_decoder`), reading each projection in its own format: on
 each format equals the same layer over fp32 panels of its dequantized weights, and the
 builtin model under `--quantize int4|int8` gives the layer-by-layer path's tokens and top-3,
 logprobs within the SiLU's last bits (the quantized gate|up is gated in the driver), with and
-without adapters; from `PANELS_DENSE_ROWS` rows, where a dense product wins, the steps stay
-layer by layer.
+without adapters; from `PANELS_DENSE_ROWS` rows, where a dense product wins, and for weights
+that reorder or split their inputs (GPTQ's activation order), the steps stay layer by layer.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from loraplex.runtime.adapters.target import LoraTargetShapes
 from loraplex.runtime.engine.engine import Engine
 from loraplex.runtime.kernels import cpu_attention, cpu_decoder, cpu_linear
 from loraplex.runtime.layers.quantized import PANELS_DENSE_ROWS, Int4Weight, Int8Weight
+from loraplex.runtime.layers.quantized_parts import PermutedInputs, SideBySide
 from loraplex.runtime.models.loader import load_model
 from tests.helpers import CHAT_PROMPTS, builtin_config
 from tests.helpers.compiled_steps import assert_same_steps, requests
@@ -141,3 +142,21 @@ def test_quantized_steps_with_adapters_compile_and_agree(calls, tmp_path):
         for index in range(4)}
     names = [f"a{index % 4}" if index < 8 else None for index in range(len(CHAT_PROMPTS))]
     assert_same_steps(loaded.model.model, calls, lambda: generate(loaded, names, adapters))
+
+
+def test_weights_that_reorder_or_split_their_inputs_keep_the_layer_by_layer_path():
+    """GPTQ's activation order (`PermutedInputs`) and shards of different orders
+    (`SideBySide`) do more than one panel product: the driver would skip that."""
+    weight = Int4Weight.quantize(torch.randn(64, 64), 32)
+    assert weight.compiled_projection() is not None
+    assert PermutedInputs(weight, torch.randperm(64)).compiled_projection() is None
+    assert SideBySide([weight, weight]).compiled_projection() is None
+    model = quantized_builtin("int4").model.model
+    gate_up = model.layers[5].mlp.gate_up_proj
+    plain = gate_up.quantized
+    try:
+        gate_up.quantized = PermutedInputs(plain, torch.arange(plain.in_features))
+        assert model.compiled_layer_weights(1) is None
+    finally:
+        gate_up.quantized = plain
+    assert model.compiled_layer_weights(1) is not None
