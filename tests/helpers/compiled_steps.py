@@ -1,5 +1,6 @@
-"""What the compiled decode layers' tests share: the chat requests they generate and the
-check that a model's compiled steps give the layer-by-layer path's tokens."""
+"""What the compiled decode layers' tests share: the chat requests they generate, an
+engine's steps for them, and the check that a model's compiled steps give the
+layer-by-layer path's tokens."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from collections.abc import Callable
 
 import pytest
 
+from loraplex.runtime.config import EngineConfig
+from loraplex.runtime.engine.engine import Engine
 from loraplex.runtime.engine.request import GenerationRequest, SamplingParams
+from loraplex.runtime.models.loader import LoadedModel
 from tests.helpers import CHAT_PROMPTS, chat_prompt_ids
 
 Steps = list[list[tuple[int, float, list]]]  # per request: (token, logprob, top-3) per step
@@ -19,6 +23,21 @@ def requests(new_tokens: int, adapters: list[str | None] | None = None
     return [GenerationRequest(f"r{index}", chat_prompt_ids(messages), SamplingParams(
         max_new_tokens=new_tokens, logprobs=3, ignore_eos=True), adapter=names[index])
         for index, messages in enumerate(CHAT_PROMPTS)]
+
+
+def generate_steps(config: EngineConfig, loaded: LoadedModel, batch: list[GenerationRequest],
+                   adapters: dict[str, str] | None = None) -> Steps:
+    """`batch` through an engine on `loaded` with `adapters` (name -> folder) registered."""
+    engine = Engine(config, loaded)
+    try:
+        for name, folder in (adapters or {}).items():
+            engine.adapters.register(name, folder)
+        results = engine.generate(batch)
+    finally:
+        engine.close()
+    return [[(event.token_id, event.logprob, [(alt.token_id, alt.logprob)
+                                               for alt in event.top_logprobs])
+             for event in results[request.request_id]] for request in batch]
 
 
 def assert_same_steps(model, calls: list[int], generate: Callable[[], Steps]) -> None:

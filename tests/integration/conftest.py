@@ -133,3 +133,15 @@ def peft_greedy(model_folder: Path, adapter_folders: dict[str, Path]
             cache[name] = _greedy_with(model.eval())
         return cache[name]
     return for_adapter
+
+
+@pytest.fixture
+def compiled_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The row count of each compiled decode call (`cpu_decoder.run_layers`) from now on."""
+    from loraplex.runtime.kernels import cpu_decoder
+
+    seen: list[int] = []
+    run = cpu_decoder.run_layers
+    monkeypatch.setattr(cpu_decoder, "run_layers",
+                        lambda hidden, *args: seen.append(hidden.shape[0]) or run(hidden, *args))
+    return seen

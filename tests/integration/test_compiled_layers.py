@@ -13,56 +13,36 @@ import torch
 
 from loraplex.runtime.adapters.synthetic import write_random_adapter
 from loraplex.runtime.adapters.target import LoraTargetShapes
-from loraplex.runtime.engine.engine import Engine
 from loraplex.runtime.engine.request import GenerationRequest
 from loraplex.runtime.kernels import cpu_attention, cpu_decoder
 from tests.helpers import CHAT_PROMPTS, builtin_config, builtin_loaded
-from tests.helpers.compiled_steps import assert_same_steps, requests
+from tests.helpers.compiled_steps import Steps, assert_same_steps, generate_steps, requests
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(600),
               pytest.mark.skipif(not cpu_decoder.available(), reason="no C compiler")]
 
 
-@pytest.fixture
-def calls(monkeypatch) -> list[int]:
-    """The row count of each compiled call."""
-    seen: list[int] = []
-    run = cpu_decoder.run_layers
-    monkeypatch.setattr(cpu_decoder, "run_layers",
-                        lambda hidden, *args: seen.append(hidden.shape[0]) or run(hidden, *args))
-    return seen
+def generate(batch: list[GenerationRequest], adapters: dict[str, str] | None = None) -> Steps:
+    return generate_steps(builtin_config(device_slots=8, max_lora_rank=64), builtin_loaded(),
+                          batch, adapters)
 
 
-def generate(requests: list[GenerationRequest], adapters: dict[str, str] | None = None
-             ) -> list[list[tuple[int, float, list]]]:
-    engine = Engine(builtin_config(device_slots=8, max_lora_rank=64), builtin_loaded())
-    try:
-        for name, folder in (adapters or {}).items():
-            engine.adapters.register(name, folder)
-        results = engine.generate(requests)
-    finally:
-        engine.close()
-    return [[(event.token_id, event.logprob, [(alt.token_id, alt.logprob)
-                                               for alt in event.top_logprobs])
-             for event in results[request.request_id]] for request in requests]
-
-
-def test_compiled_layers_equal_the_layer_by_layer_path(calls):
+def test_compiled_layers_equal_the_layer_by_layer_path(compiled_calls):
     model = builtin_loaded().model.model
     assert model.compiled_layer_weights(len(CHAT_PROMPTS)) is not None  # fp32 panels throughout
     compiled = generate(requests(12))
-    assert calls and max(calls) == len(CHAT_PROMPTS)
+    assert compiled_calls and max(compiled_calls) == len(CHAT_PROMPTS)
     try:
         model.compiled_layers = False
-        calls.clear()
+        compiled_calls.clear()
         one_by_one = generate(requests(12))
     finally:
         model.compiled_layers = True
-    assert not calls
+    assert not compiled_calls
     assert compiled == one_by_one  # token ids and fp32 logprobs, exactly
 
 
-def test_steps_with_adapters_compile_too_and_agree(calls, tmp_path):
+def test_steps_with_adapters_compile_too_and_agree(compiled_calls, tmp_path):
     """8 adapters over the 10 rows (two with none), ranks 8-64, one targeting only q and v
     (its rows add nothing to o and the MLP)."""
     target = LoraTargetShapes.from_hf_config(builtin_loaded().hf_config)
@@ -72,24 +52,24 @@ def test_steps_with_adapters_compile_too_and_agree(calls, tmp_path):
         for index in range(8)}
     names = [f"a{index % 8}" if index < 8 else None for index in range(len(CHAT_PROMPTS))]
     model = builtin_loaded().model.model
-    assert_same_steps(model, calls, lambda: generate(requests(8, names), adapters))
+    assert_same_steps(model, compiled_calls, lambda: generate(requests(8, names), adapters))
 
 
-def test_one_adapter_under_every_row_still_compiles(calls, tmp_path):
+def test_one_adapter_under_every_row_still_compiles(compiled_calls, tmp_path):
     """Ten rows of one slot are two of the kernel's items (8 and 2 rows), not torch's
     matmuls, so the step stays compiled."""
     target = LoraTargetShapes.from_hf_config(builtin_loaded().hf_config)
     adapters = {"only": str(write_random_adapter(tmp_path / "only", target, 64, seed=5))}
     model = builtin_loaded().model.model
-    assert_same_steps(model, calls,
+    assert_same_steps(model, compiled_calls,
                       lambda: generate(requests(8, ["only"] * len(CHAT_PROMPTS)), adapters))
 
 
-def test_only_steps_of_decode_rows_alone_take_the_compiled_layers(calls):
+def test_only_steps_of_decode_rows_alone_take_the_compiled_layers(compiled_calls):
     generate(requests(1)[:1])  # the prefill step alone
-    assert calls == []
+    assert compiled_calls == []
     generate(requests(3)[:1])  # a prefill step, then two decode steps of one row
-    assert calls == [1, 1]
+    assert compiled_calls == [1, 1]
 
 
 def test_a_layer_packed_again_is_read_as_it_is_now():

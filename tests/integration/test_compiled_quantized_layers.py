@@ -16,13 +16,12 @@ import torch
 
 from loraplex.runtime.adapters.synthetic import write_random_adapter
 from loraplex.runtime.adapters.target import LoraTargetShapes
-from loraplex.runtime.engine.engine import Engine
 from loraplex.runtime.kernels import cpu_attention, cpu_decoder, cpu_linear
 from loraplex.runtime.layers.quantized import PANELS_DENSE_ROWS, Int4Weight, Int8Weight
 from loraplex.runtime.layers.quantized_parts import PermutedInputs, SideBySide
 from loraplex.runtime.models.loader import load_model
 from tests.helpers import CHAT_PROMPTS, builtin_config
-from tests.helpers.compiled_steps import assert_same_steps, requests
+from tests.helpers.compiled_steps import Steps, assert_same_steps, generate_steps, requests
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(600),
               pytest.mark.skipif(not cpu_decoder.available(), reason="no C compiler")]
@@ -98,32 +97,13 @@ def quantized_builtin(method: str):
     return load_model(builtin_config(quantize=method))
 
 
-@pytest.fixture
-def calls(monkeypatch) -> list[int]:
-    seen: list[int] = []
-    run = cpu_decoder.run_layers
-    monkeypatch.setattr(cpu_decoder, "run_layers",
-                        lambda hidden, *args: seen.append(hidden.shape[0]) or run(hidden, *args))
-    return seen
-
-
-def generate(loaded, names: list[str | None], adapters: dict[str, str]):
-    engine = Engine(builtin_config(quantize=loaded.quantization, device_slots=8,
-                                   max_lora_rank=64), loaded)
-    try:
-        for name, folder in adapters.items():
-            engine.adapters.register(name, folder)
-        batch = requests(8, names)
-        results = engine.generate(batch)
-    finally:
-        engine.close()
-    return [[(event.token_id, event.logprob, [(alt.token_id, alt.logprob)
-                                               for alt in event.top_logprobs])
-             for event in results[request.request_id]] for request in batch]
+def generate(loaded, names: list[str | None], adapters: dict[str, str]) -> Steps:
+    config = builtin_config(quantize=loaded.quantization, device_slots=8, max_lora_rank=64)
+    return generate_steps(config, loaded, requests(8, names), adapters)
 
 
 @pytest.mark.parametrize("method", ["int4", "int8"])
-def test_quantized_steps_compile_and_agree_with_the_layer_by_layer_path(method, calls):
+def test_quantized_steps_compile_and_agree_with_the_layer_by_layer_path(method, compiled_calls):
     loaded = quantized_builtin(method)
     model = loaded.model.model
     weights = model.compiled_layer_weights(len(CHAT_PROMPTS))
@@ -131,17 +111,18 @@ def test_quantized_steps_compile_and_agree_with_the_layer_by_layer_path(method, 
     assert weights[0].down.format != cpu_decoder.FP32_PANELS
     assert model.compiled_layer_weights(PANELS_DENSE_ROWS - 1) is not None
     assert model.compiled_layer_weights(PANELS_DENSE_ROWS) is None
-    assert_same_steps(model, calls, lambda: generate(loaded, [None] * len(CHAT_PROMPTS), {}))
+    no_adapters = [None] * len(CHAT_PROMPTS)
+    assert_same_steps(model, compiled_calls, lambda: generate(loaded, no_adapters, {}))
 
 
-def test_quantized_steps_with_adapters_compile_and_agree(calls, tmp_path):
+def test_quantized_steps_with_adapters_compile_and_agree(compiled_calls, tmp_path):
     loaded = quantized_builtin("int4")
     target = LoraTargetShapes.from_hf_config(loaded.hf_config)
     adapters = {f"a{index}": str(write_random_adapter(
         tmp_path / f"a{index}", target, (8, 16, 32, 64)[index % 4], seed=index))
         for index in range(4)}
     names = [f"a{index % 4}" if index < 8 else None for index in range(len(CHAT_PROMPTS))]
-    assert_same_steps(loaded.model.model, calls, lambda: generate(loaded, names, adapters))
+    assert_same_steps(loaded.model.model, compiled_calls, lambda: generate(loaded, names, adapters))
 
 
 def test_weights_that_reorder_or_split_their_inputs_keep_the_layer_by_layer_path():
