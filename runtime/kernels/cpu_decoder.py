@@ -9,8 +9,8 @@ the same order: the hidden states equal the layer-by-layer path's bit for bit. A
 adapters adds each group's delta through the LoRA kernel (`cpu_lora`) at the same points;
 its gate is then the C library's SiLU (the last bits may differ from torch's), as it is for
 a quantized gate|up (its product has no gated form). The model decides when a step may take
-it (`LlamaModel`): fp32 activations, every projection on the panels (fp32, or int4/int8 for
-the few rows their registers hold), decode rows only, and each targeted LoRA group on the
+it (`LlamaModel`): fp32 activations, every projection on the panels (fp32, or int4/int8
+below `QUANTIZED_COMPILED_ROWS`), decode rows only, and each targeted LoRA group on the
 kernel.
 """
 

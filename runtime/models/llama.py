@@ -21,7 +21,7 @@ from loraplex.runtime.layers.forward_batch import ForwardBatch
 from loraplex.runtime.layers.fused_ops import silu_and_mul
 from loraplex.runtime.layers.linear import Linear, MergedLinear
 from loraplex.runtime.layers.panel_embedding import Int8PanelEmbedding, PanelEmbedding
-from loraplex.runtime.layers.quantized import PANELS_DENSE_ROWS, Int8Weight, int8_kernel
+from loraplex.runtime.layers.quantized import Int8Weight, int8_kernel
 from loraplex.runtime.layers.quantized_embedding import QuantizedEmbedding
 from loraplex.runtime.layers.rms_norm import RMSNorm
 from loraplex.runtime.layers.rotary import RotaryEmbedding, apply_rotary_qk
@@ -141,6 +141,14 @@ class DecoderLayer(nn.Module):
         return hidden + self.mlp(normed, batch)
 
 
+# a step of decode rows over int4/int8 panels takes the compiled layers below this many rows:
+# their products dequantize each weight once a call, which beat the layer-by-layer path's
+# dense products of dequantized blocks (and its interpreter) up to 96 rows (144 against 163
+# ms a step for the builtin in int4) and lost at 128 (184 against 166;
+# `python -m bench.decode_step --dtype float32 --quantize int4 --batch 96|128`)
+QUANTIZED_COMPILED_ROWS = 112
+
+
 class LlamaModel(nn.Module):
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
@@ -187,8 +195,7 @@ class LlamaModel(nn.Module):
         """Every layer's weights as `cpu_decoder` reads them for a step of `rows`, taken from
         the layers at each call (a layer packed again is read as it is now), or None unless
         each layer's linears are on the panels with no MLP bias: fp32 ones with the MLP's
-        gate in its gate|up call, or int4/int8 ones for fewer rows than make a dense
-        product worth its dequantizing (`PANELS_DENSE_ROWS`)."""
+        gate in its gate|up call, or int4/int8 ones for fewer than QUANTIZED_COMPILED_ROWS."""
         if not cpu_decoder.available() or self.layers[0].self_attn.head_dim % 2:
             return None
         weights = []
@@ -201,7 +208,7 @@ class LlamaModel(nn.Module):
                     or post_norm.weight.dtype != torch.float32):
                 return None
             quantized = any(p.format != cpu_decoder.FP32_PANELS for p in projections)
-            if (quantized and rows >= PANELS_DENSE_ROWS) or (
+            if (quantized and rows >= QUANTIZED_COMPILED_ROWS) or (
                     projections[2].format == cpu_decoder.FP32_PANELS
                     and not mlp.gates_in_linear):
                 return None

@@ -3,7 +3,7 @@ compiled call too (`cpu_decoder`), reading each projection in its own format: on
 each format equals the same layer over fp32 panels of its dequantized weights, and the
 builtin model under `--quantize int4|int8` gives the layer-by-layer path's tokens and top-3,
 logprobs within the SiLU's last bits (the quantized gate|up is gated in the driver), with and
-without adapters; from `PANELS_DENSE_ROWS` rows, where a dense product wins, and for weights
+without adapters; from `QUANTIZED_COMPILED_ROWS` rows, where dense products win, and for weights
 that reorder or split their inputs (GPTQ's activation order), the steps stay layer by layer.
 """
 
@@ -17,8 +17,9 @@ import torch
 from loraplex.runtime.adapters.synthetic import write_random_adapter
 from loraplex.runtime.adapters.target import LoraTargetShapes
 from loraplex.runtime.kernels import cpu_attention, cpu_decoder, cpu_linear
-from loraplex.runtime.layers.quantized import PANELS_DENSE_ROWS, Int4Weight, Int8Weight
+from loraplex.runtime.layers.quantized import Int4Weight, Int8Weight
 from loraplex.runtime.layers.quantized_parts import PermutedInputs, SideBySide
+from loraplex.runtime.models.llama import QUANTIZED_COMPILED_ROWS
 from loraplex.runtime.models.loader import load_model
 from tests.helpers import CHAT_PROMPTS, builtin_config
 from tests.helpers.compiled_steps import Steps, assert_same_steps, generate_steps, requests
@@ -109,8 +110,8 @@ def test_quantized_steps_compile_and_agree_with_the_layer_by_layer_path(method, 
     weights = model.compiled_layer_weights(len(CHAT_PROMPTS))
     assert weights is not None
     assert weights[0].down.format != cpu_decoder.FP32_PANELS
-    assert model.compiled_layer_weights(PANELS_DENSE_ROWS - 1) is not None
-    assert model.compiled_layer_weights(PANELS_DENSE_ROWS) is None
+    assert model.compiled_layer_weights(QUANTIZED_COMPILED_ROWS - 1) is not None
+    assert model.compiled_layer_weights(QUANTIZED_COMPILED_ROWS) is None
     no_adapters = [None] * len(CHAT_PROMPTS)
     assert_same_steps(model, compiled_calls, lambda: generate(loaded, no_adapters, {}))
 
