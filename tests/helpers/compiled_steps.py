@@ -27,11 +27,17 @@ def requests(new_tokens: int, adapters: list[str | None] | None = None
 
 def generate_steps(config: EngineConfig, loaded: LoadedModel, batch: list[GenerationRequest],
                    adapters: dict[str, str] | None = None) -> Steps:
-    """`batch` through an engine on `loaded` with `adapters` (name -> folder) registered."""
+    """`batch` through an engine on `loaded` with `adapters` (name -> folder) registered
+    and on the device first: requests waiting for a loading adapter would be admitted in
+    other batches from run to run, and a quantized product's rows decide its path (from 48,
+    dense bf16 blocks), so the same requests could differ in their logits' last digits."""
     engine = Engine(config, loaded)
     try:
         for name, folder in (adapters or {}).items():
             engine.adapters.register(name, folder)
+        engine.generate([GenerationRequest(f"load-{name}", batch[0].prompt_token_ids,
+                                           SamplingParams(max_new_tokens=1), adapter=name)
+                         for name in adapters or {}])
         results = engine.generate(batch)
     finally:
         engine.close()
