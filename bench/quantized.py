@@ -1,8 +1,8 @@
 """Quantized bases on this machine: resident memory after start-up and tokens per second.
 
 `python -m bench.quantized` loads the builtin model once per variant (fp32, bf16, int8,
-int4 with bf16 activations, int4 in groups of 64, int8 and int4 with fp32 activations, and
-the GGUF's own Q4_1 blocks), each in a fresh process so that its resident set
+int4 with bf16 activations, int4 in groups of 64, int8 and int4 with fp32 activations, NF4,
+and the GGUF's own Q4_1 blocks), each in a fresh process so that its resident set
 after start-up is its own (an engine alone, and a whole `loraplex serve` once it answers
 /health), then times greedy generation at batch 1 and 32 on the base and
 at batch 64 spread over 32 random adapters (ranks 8-64). The variants alternate in one
@@ -34,6 +34,7 @@ VARIANTS = {  # name -> engine settings
     "int4-g64": {"dtype": "bfloat16", "quantize": "int4", "quantize_group_size": 64},
     "int8-fp32": {"dtype": "float32", "quantize": "int8"},
     "int4-fp32": {"dtype": "float32", "quantize": "int4"},
+    "nf4": {"dtype": "bfloat16", "quantize": "nf4"},
     "gguf-q4_1": {"dtype": "bfloat16", "quantize": "gguf"},
 }
 RANKS = (8, 16, 32, 64)

@@ -15,7 +15,7 @@ from loraplex.settings import setting
 
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-QUANTIZE = ("none", "int8", "int4", "gguf")
+QUANTIZE = ("none", "int8", "int4", "nf4", "gguf")
 LOAD_FORMATS = ("auto", "dummy")
 LORA_BACKENDS = ("auto", "triton", "cpu", "torch")  # auto: see EngineConfig.lora_backend
 
@@ -39,10 +39,11 @@ class EngineConfig:
                                "(0: every core it may use, a cgroup CPU limit included)")
     quantize: str = setting(
         "none", help="weight-only quantization of the decoder's linears at load: none, int8 "
-        "(per output channel), int4 (per group, round to nearest), gguf (serve a GGUF "
-        "model's own Q4_0/Q4_1 blocks as int4; other types dequantized). On a CPU, int8 and "
-        "int4 also hold the LM head in int8 (per output channel), a tied one serving the "
-        "token lookups; otherwise tokens are looked up in int8 rows (a GGUF's own Q8_0)",
+        "(per output channel), int4 (per group, round to nearest), nf4 (QLoRA's 4-bit normal "
+        "float, one absmax per 64 inputs, as bitsandbytes stores it), gguf (serve a GGUF "
+        "model's own Q4_0/Q4_1 blocks as int4; other types dequantized). On a CPU, int8, "
+        "int4 and nf4 also hold the LM head in int8 (per output channel), a tied one serving "
+        "the token lookups; otherwise tokens are looked up in int8 rows (a GGUF's own Q8_0)",
         choices=QUANTIZE)
     quantize_group_size: int = setting(32, help="inputs per int4 group (32, 64, 128, 256)")
     cache_dir: str = setting(factory=default_cache_dir,

@@ -52,7 +52,7 @@ class MemoryPlan:
     kv_cache: int
     kv_blocks: int
     kv_tokens: int
-    quantization: str = "none"  # of the weights: none, int8, int4, gguf, gptq, awq
+    quantization: str = "none"  # of the weights: none, int8, int4, nf4, gguf, gptq, awq
 
     @property
     def planned(self) -> int:

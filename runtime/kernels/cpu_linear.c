@@ -25,7 +25,9 @@
  * holding column j in its low nibble and column j + 16 in its high one; its table is
  * [K / G, 2, 32] (bf16, or fp32 for an fp32 model), the scale and the zero of each column
  * per group of G inputs: w = (q - 8) * scale + zero. int8: codes of panel p are [K, 32]
- * signed bytes, with one fp32 scale per output feature: w = q * scale.
+ * signed bytes, with one fp32 scale per output feature: w = q * scale. Codebook int4
+ * (NF4, FP4: 16 values that are not evenly spaced): codes as int4's, one fp32 scale per
+ * column and group of G inputs ([K / G, 32] a panel), w = codebook[q] * scale.
  *
  * Built at run time by `cpu_linear.py` (through `cpu_native.py`) with the machine's own
  * vector instructions and OpenMP (torch's own runtime, so both share one thread pool).
@@ -300,6 +302,7 @@ typedef struct {
     const void *codes, *tables;
     int tables_fp32;  /* int4 tables in fp32, else bf16 */
     int64_t k, group;  /* inputs, and inputs per group (int8: k, one group) */
+    const float *codebook;  /* codebook int4: the 16 values the codes stand for */
 } quantized_t;
 
 /* What multiplies a group's 32 columns: w = q * scale + zero. */
@@ -328,6 +331,31 @@ static inline void int4_weights(const quantized_t *w, int64_t p, int64_t k, cons
     const int16v q = widen_bytes((const uint8_t *)w->codes + (p * w->k + k) * (PANEL / 2));
     *low = __builtin_convertvector(q & 15, v16) * g->scale_low + g->zero_low;
     *high = __builtin_convertvector(q >> 4, v16) * g->scale_high + g->zero_high;
+}
+
+/* codebook int4 (NF4, FP4): the group's 32 fp32 scales; a weight is codebook[q] * scale. */
+static inline group_t codebook4_group(const quantized_t *w, int64_t p, int64_t start) {
+    const float *scales = (const float *)w->tables
+                          + (p * (w->k / w->group) + start / w->group) * PANEL;
+    return (group_t){*(const v16u *)scales, *(const v16u *)(scales + 16), {0}, {0}};
+}
+
+/* The codebook's values for 16 codes in 0..15 (one permute with AVX-512). */
+static inline v16 codebook_values(const float *codebook, int16v q) {
+#ifdef __AVX512F__
+    return (v16)_mm512_permutexvar_ps((__m512i)q, _mm512_loadu_ps(codebook));
+#else
+    v16 values;
+    for (int i = 0; i < 16; ++i) values[i] = codebook[q[i]];
+    return values;
+#endif
+}
+
+static inline void codebook4_weights(const quantized_t *w, int64_t p, int64_t k,
+                                     const group_t *g, v16 *low, v16 *high) {
+    const int16v q = widen_bytes((const uint8_t *)w->codes + (p * w->k + k) * (PANEL / 2));
+    *low = codebook_values(w->codebook, q & 15) * g->scale_low;
+    *high = codebook_values(w->codebook, q >> 4) * g->scale_high;
 }
 
 /* int8: the panel's 32 scales (none: the codes themselves), no zero. */
@@ -440,6 +468,7 @@ static const quantized_tile_fn FORMAT##_TILES[MAX_TILE_ROWS + 1] = {            
 
 QUANTIZED_FORMAT(int4)
 QUANTIZED_FORMAT(int8)
+QUANTIZED_FORMAT(codebook4)
 
 /* y = x W^T (+ bias) for a quantized W. Up to one tile of rows dequantizes in registers;
  * more rows dequantize each panel once into a thread's scratch and run every tile over it.
@@ -529,6 +558,18 @@ int linear_int8(void *y, const void *x, int bf16, const int8_t *codes, const flo
                             num_threads);
 }
 
+/* codebook int4 W: codes as int4's, fp32 scales [K / G, 32] a panel, `codebook` the 16
+ * values of the codes (w = codebook[q] * scale); `bf16` as for linear_int4. */
+int linear_codebook4(void *y, const void *x, int bf16, const uint8_t *codes,
+                     const float *scales, const float *bias, int64_t m, int64_t n, int64_t k,
+                     int64_t x_row, int64_t y_row, int num_threads, const float *codebook,
+                     int64_t group) {
+    linear_t a = {bf16 ? 0 : x, bias, y, n, k, x_row, y_row, bf16, 0, 0, 1};
+    const quantized_t w = {codes, scales, 1, k, group, codebook};
+    return quantized_linear(&a, bf16 ? x : 0, m, &w, codebook4_TILES,
+                            codebook4_dequantize_panel, num_threads);
+}
+
 HAS_TYPE(linear_int4, linear_int4_fn);
 HAS_TYPE(linear_int8, linear_int8_fn);
 
@@ -545,4 +586,12 @@ void dequantize_int8(uint16_t *out, const int8_t *codes, int64_t n, int64_t k, i
                      int num_threads) {
     const quantized_t w = {codes, 0, 1, k, k};
     int8_dequantize_dense(out, &w, n, n_row, num_threads);
+}
+
+/* out [K, N] bf16, rows n_row apart: codebook int4 W transposed, for a dense bf16 product. */
+void dequantize_codebook4(uint16_t *out, const uint8_t *codes, const float *scales,
+                          const float *codebook, int64_t n, int64_t k, int64_t group,
+                          int64_t n_row, int num_threads) {
+    const quantized_t w = {codes, scales, 1, k, group, codebook};
+    codebook4_dequantize_dense(out, &w, n, n_row, num_threads);
 }

@@ -113,10 +113,14 @@ def _library() -> ctypes.CDLL | None:
     quantized = [pointer, pointer, flag] + [pointer] * 3 + [size] * 5 + [flag]
     library.linear_int4.argtypes = quantized + [flag, size]
     library.linear_int8.argtypes = quantized
+    library.linear_codebook4.argtypes = quantized + [pointer, size]  # + codebook, g
     library.linear_int4.restype = library.linear_int8.restype = ctypes.c_int
+    library.linear_codebook4.restype = ctypes.c_int
     library.dequantize_int4.argtypes = [pointer] * 3 + [ctypes.c_int] + [size] * 4 + [
         ctypes.c_int]
     library.dequantize_int4.restype = None
     library.dequantize_int8.argtypes = [pointer] * 2 + [size] * 3 + [ctypes.c_int]
     library.dequantize_int8.restype = None
+    library.dequantize_codebook4.argtypes = [pointer] * 4 + [size] * 4 + [ctypes.c_int]
+    library.dequantize_codebook4.restype = None
     return library

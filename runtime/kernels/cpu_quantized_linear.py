@@ -14,6 +14,9 @@ fp32 ones. Measured by `python -m bench.linear --quantized`.
   32] in fp32 or bf16.
 - int8: w = q * scale, q in -127..127, one fp32 scale per output feature. Codes
   [ceil(N / 32), K, 32] int8, scales [32 ceil(N / 32)].
+- codebook int4 (NF4, FP4): w = codebook[q] * scale, q in 0..15 naming one of 16 values
+  that are not evenly spaced, one fp32 scale per group of g inputs and output feature. Codes
+  as int4's, scales [ceil(N / 32), K / g, 32], the codebook 16 fp32 values.
 The last panel's padding columns are zero.
 """
 
@@ -42,12 +45,75 @@ def pack_int4(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
         raise ValueError(f"int4 panels need codes [N, K] and tables [K / g, N]; got codes "
                          f"{tuple(codes.shape)}, scales {tuple(scales.shape)}, zeros "
                          f"{tuple(zeros.shape)}")
-    panel_codes = to_panels(codes.to(torch.uint8))  # [P, K, 32]
-    packed = (panel_codes[..., 16:] << 4 | panel_codes[..., :16]).contiguous()  # [P, K, 16]
+    packed = _pack_nibbles(codes)
     table = torch.stack([scales, zeros], dim=1).to(dtype)  # [K / g, 2, N]
     tables = F.pad(table, (0, -codes.shape[0] % PANEL)).view(
         table.shape[0], 2, -1, PANEL).permute(2, 0, 1, 3).contiguous()  # [P, K / g, 2, 32]
     return packed, tables
+
+
+def _pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
+    """codes [N, K] in 0..15 -> [P, K, 16] uint8: column j in the low nibble, j + 16 high."""
+    panel_codes = to_panels(codes.to(torch.uint8))  # [P, K, 32]
+    return (panel_codes[..., 16:] << 4 | panel_codes[..., :16]).contiguous()
+
+
+def pack_codebook4(codes: torch.Tensor, scales: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """codes [N, K] in 0..15, scales [K / g, N] -> (codes, scales [P, K / g, 32] fp32)."""
+    if codes.dim() != 2 or scales.dim() != 2 or scales.shape[1] != codes.shape[0] or \
+            codes.shape[1] % scales.shape[0]:
+        raise ValueError(f"codebook int4 panels need codes [N, K] and scales [K / g, N]; got "
+                         f"codes {tuple(codes.shape)}, scales {tuple(scales.shape)}")
+    padded = F.pad(scales.float(), (0, -codes.shape[0] % PANEL))  # [K / g, 32 P]
+    panel_scales = padded.view(scales.shape[0], -1, PANEL).transpose(0, 1).contiguous()
+    return _pack_nibbles(codes), panel_scales
+
+
+def unpack_codebook4(packed: torch.Tensor, scales: torch.Tensor, out_features: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pack_codebook4` undone: (codes [N, K] int32, scales [K / g, N])."""
+    codes = _unpanel(torch.cat([packed & 15, packed >> 4], dim=-1), out_features)
+    return codes.int(), scales.transpose(0, 1).reshape(scales.shape[1], -1)[:, :out_features]
+
+
+def check_codebook4(packed: torch.Tensor, scales: torch.Tensor, codebook: torch.Tensor,
+                    out_features: int) -> None:
+    in_features, groups = packed.shape[1], scales.shape[1]
+    if (packed.dtype != torch.uint8 or scales.dtype != torch.float32
+            or codebook.shape != (16,) or codebook.dtype != torch.float32
+            or packed.shape[0] * PANEL < out_features
+            or scales.shape != (packed.shape[0], groups, PANEL) or in_features % groups
+            or not packed.is_contiguous() or not scales.is_contiguous()
+            or not codebook.is_contiguous()):
+        raise ValueError(f"codebook int4 kernels take contiguous int4 panels, fp32 scales "
+                         f"and 16 fp32 codebook values for {out_features} outputs")
+
+
+def codebook4_product(packed: torch.Tensor, scales: torch.Tensor, codebook: torch.Tensor,
+                      out_features: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x [..., K] @ W^T for codebook int4 W in `pack_codebook4`'s panels, checked once."""
+    check_codebook4(packed, scales, codebook, out_features)
+    return _product("linear_codebook4", packed, scales, out_features, codebook.data_ptr(),
+                    packed.shape[1] // scales.shape[1])
+
+
+def dense_codebook4_product(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
+                            codebook: torch.Tensor, out_features: int) -> torch.Tensor:
+    """x [M, K] @ W^T -> [M, N] in bf16 through dense bf16 products over blocks of codebook
+    int4 W dequantized block by block."""
+    check_codebook4(packed, scales, codebook, out_features)
+    in_features, groups = packed.shape[1], scales.shape[1]
+
+    def dequantize(first: int, last: int, columns: int) -> torch.Tensor:
+        out = torch.empty(in_features, columns, dtype=torch.bfloat16)
+        _library().dequantize_codebook4(
+            out.data_ptr(), packed[first:last].data_ptr(), scales[first:last].data_ptr(),
+            codebook.data_ptr(), columns, in_features, in_features // groups, out.stride(0),
+            torch.get_num_threads())
+        return out
+
+    return _dense_blocks(x, out_features, dequantize)
 
 
 def unpack_int4(packed: torch.Tensor, tables: torch.Tensor, out_features: int

@@ -287,8 +287,13 @@ def pack_int4(codes: torch.Tensor, kernel: str) -> torch.Tensor:
 
 
 def quantize_weight(weight: torch.Tensor, method: str, group_size: int) -> QuantizedWeight:
+    """`weight` rounded to `method` at load (`group_size`: int4's inputs per group)."""
     if method == "int8":
         return Int8Weight.quantize(weight)
     if method == "int4":
         return Int4Weight.quantize(weight, group_size)
-    raise ValueError(f"unknown quantization {method!r} (int8 or int4)")
+    if method == "nf4":  # its own module builds on this one
+        from loraplex.runtime.layers.codebook import CodebookWeight
+
+        return CodebookWeight.quantize_nf4(weight)
+    raise ValueError(f"unknown quantization {method!r} (int8, int4 or nf4)")

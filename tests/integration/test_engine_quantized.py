@@ -3,10 +3,11 @@
 - `--quantize gguf` serves the GGUF's own 4-bit codes, and its Q8_0 token embedding as it
   is: dequantized, they are exactly the weights transformers made of the same file (the
   converted folder every other test uses as the oracle), so nothing is rounded twice.
-- `--quantize int8` / `int4` round the full-precision weights at load: greedy tokens on the
-  8 chat prompts mostly agree with full precision, and the perplexity of a fixed text
+- `--quantize int8` / `int4` / `nf4` round the full-precision weights at load: greedy tokens
+  on the 8 chat prompts mostly agree with full precision, and the perplexity of a fixed text
   (tests/data/perplexity.txt, computed from the engine's own prompt logprobs) stays within
-  2% (int8) and 10% (int4) of full precision.
+  2% (int8), 10% (int4) and 15% (nf4, rounding the builtin's 4-bit weights a second time)
+  of full precision.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ pytestmark = [pytest.mark.model, pytest.mark.slow, pytest.mark.timeout(900)]
 
 TEXT = Path(__file__).resolve().parents[1] / "data" / "perplexity.txt"
 NEW_TOKENS = 16
-PERPLEXITY_BOUND = {"int8": 1.02, "int4": 1.10}
+# nf4 rounds the builtin's weights a second time (they are a Q4_1 GGUF's, on another 4-bit
+# grid): 1.12x measured (`python -m bench.quantized`); int4 in groups of 32 lands on that grid
+PERPLEXITY_BOUND = {"int8": 1.02, "int4": 1.10, "nf4": 1.15}
 GREEDY_AGREEMENT = {"int8": 6, "gguf": 7}  # of the 8 prompts, at least
 
 
@@ -148,7 +151,7 @@ def test_greedy_tokens_mostly_agree_with_full_precision(quantize: str) -> None:
     assert equal >= GREEDY_AGREEMENT[quantize], f"{equal}/8 prompts agree"
 
 
-@pytest.mark.parametrize("quantize", ["int8", "int4"])
+@pytest.mark.parametrize("quantize", ["int8", "int4", "nf4"])
 def test_perplexity_stays_near_full_precision(quantize: str) -> None:
     full, served = perplexity("none"), perplexity(quantize)
     assert 1.0 < full < 100.0
