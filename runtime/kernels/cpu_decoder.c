@@ -23,8 +23,9 @@
  * floats. The layer table holds, per layer, LAYER_FIELDS int64 values: the addresses of the
  * input norm weight [d], qkv bias or 0, o bias or 0, post-attention norm weight [d], key
  * cache and value cache, then for each projection (qkv, o, gate|up, down) its format
- * (fp32 panels, int4 panels with bf16 or fp32 tables, int8 panels), the address of its
- * panels (codes), of its int4 tables or int8 scales (0 for fp32) and its int4 group size.
+ * (fp32 panels, int4 panels with bf16 or fp32 tables, int8 panels, codebook int4 panels),
+ * the address of its panels (codes), of its int4 tables or int8 or codebook scales (0 for
+ * fp32), its group size (int4, codebook) and the address of its 16 codebook values (or 0).
  * A quantized gate|up is stored and gated here, as with a LoRA delta.
  */
 #include <math.h>
@@ -33,8 +34,8 @@
 
 #include "cpu_kernels.h"
 
-enum { FORMAT, CODES, TABLES, GROUP, PROJECTION_FIELDS };
-enum { FP32_PANELS, INT4_BF16_TABLES, INT4_FP32_TABLES, INT8_PANELS };
+enum { FORMAT, CODES, TABLES, GROUP, CODEBOOK, PROJECTION_FIELDS };
+enum { FP32_PANELS, INT4_BF16_TABLES, INT4_FP32_TABLES, INT8_PANELS, CODEBOOK4_PANELS };
 enum { INPUT_NORM, QKV_BIAS, O_BIAS, POST_NORM, KEY_CACHE, VALUE_CACHE,
        QKV = VALUE_CACHE + 1, O = QKV + PROJECTION_FIELDS, GATE_UP = O + PROJECTION_FIELDS,
        DOWN = GATE_UP + PROJECTION_FIELDS, LAYER_FIELDS = DOWN + PROJECTION_FIELDS };
@@ -50,6 +51,7 @@ typedef struct {
     lora_items_f32_fn lora;
     linear_int4_fn linear_int4;
     linear_int8_fn linear_int8;
+    linear_codebook4_fn linear_codebook4;
 } kernels_t;
 
 /* One projection group's LoRA in this step: layer 0's A and B pools (a NULL a: no row's
@@ -84,6 +86,10 @@ static int project(const kernels_t *kernels, const int64_t *p, float *y, const f
     case INT8_PANELS:
         return kernels->linear_int8(y, x, 0, codes, tables, bias, m, n, k, x_row, y_row,
                                     num_threads);
+    case CODEBOOK4_PANELS:
+        return kernels->linear_codebook4(y, x, 0, codes, tables, bias, m, n, k, x_row, y_row,
+                                         num_threads, (const float *)(intptr_t)p[CODEBOOK],
+                                         p[GROUP]);
     default:
         return kernels->linear_int4(y, x, 0, codes, tables, bias, m, n, k, x_row, y_row,
                                     num_threads, p[FORMAT] == INT4_FP32_TABLES, p[GROUP]);

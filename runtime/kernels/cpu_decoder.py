@@ -1,5 +1,5 @@
 """An fp32 decode step's decoder layers on the CPU as one compiled call (`cpu_decoder.c`),
-over fp32 weights or weight-only int4/int8 ones.
+over fp32 weights or weight-only int4/int8/codebook (NF4) ones.
 
 Layer by layer, the interpreter's work between the compiled kernels (module calls, views,
 argument checks: about 0.2 ms a layer) was a fifth of the builtin model's decode step at
@@ -9,7 +9,7 @@ the same order: the hidden states equal the layer-by-layer path's bit for bit. A
 adapters adds each group's delta through the LoRA kernel (`cpu_lora`) at the same points;
 its gate is then the C library's SiLU (the last bits may differ from torch's), as it is for
 a quantized gate|up (its product has no gated form). The model decides when a step may take
-it (`LlamaModel`): fp32 activations, every projection on the panels (fp32, or int4/int8
+it (`LlamaModel`): fp32 activations, every projection on the panels (fp32, or quantized
 below `QUANTIZED_COMPILED_ROWS`), decode rows only, and each targeted LoRA group on the
 kernel.
 """
@@ -28,7 +28,7 @@ from . import cpu_attention, cpu_layer_ops, cpu_linear, cpu_lora, cpu_native
 LORA_GROUPS = ("qkv", "o", "gate_up", "down")  # in cpu_decoder.c's order
 
 
-FP32_PANELS, INT4_BF16_TABLES, INT4_FP32_TABLES, INT8_PANELS = range(4)  # cpu_decoder.c's
+FP32_PANELS, INT4_BF16_TABLES, INT4_FP32_TABLES, INT8_PANELS, CODEBOOK4_PANELS = range(5)
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,12 @@ class Projection:
     `cpu_quantized_linear`'s int4 panels with their tables or int8 panels with their
     scales (contiguous, checked by whoever packed them)."""
 
-    format: int
+    format: int  # one of cpu_decoder.c's: FP32_PANELS ... CODEBOOK4_PANELS
     codes: torch.Tensor  # fp32 panels [N / 32, K, 32], int4 [N / 32, K, 16], int8 [N / 32, K, 32]
-    tables: torch.Tensor | None = None  # int4 [N / 32, K / g, 2, 32], int8 scales [32 N / 32]
-    group: int = 0  # int4 inputs per group
+    # int4 [N / 32, K / g, 2, 32], int8 scales [32 N / 32], codebook scales [N / 32, K / g, 32]
+    tables: torch.Tensor | None = None
+    group: int = 0  # int4 and codebook inputs per group
+    codebook: torch.Tensor | None = None  # [16] fp32
 
     @classmethod
     def fp32(cls, panels: torch.Tensor) -> Projection:
@@ -55,9 +57,15 @@ class Projection:
     def int8(cls, codes: torch.Tensor, scales: torch.Tensor) -> Projection:
         return cls(INT8_PANELS, codes, scales)
 
+    @classmethod
+    def codebook4(cls, codes: torch.Tensor, scales: torch.Tensor,
+                  codebook: torch.Tensor) -> Projection:
+        return cls(CODEBOOK4_PANELS, codes, scales, codes.shape[1] // scales.shape[1], codebook)
+
     def fields(self) -> list[int]:
         """The PROJECTION_FIELDS values of cpu_decoder.c's layer table."""
-        return [self.format, self.codes.data_ptr(), _address(self.tables), self.group]
+        return [self.format, self.codes.data_ptr(), _address(self.tables), self.group,
+                _address(self.codebook)]
 
 
 @dataclass(frozen=True)
@@ -87,7 +95,8 @@ class DecoderShape:
 
 class _Kernels(ctypes.Structure):
     _fields_ = [(name, ctypes.c_void_p) for name in (
-        "linear", "gated", "rms_norm", "rotary", "attend", "lora", "linear_int4", "linear_int8")]
+        "linear", "gated", "rms_norm", "rotary", "attend", "lora", "linear_int4", "linear_int8",
+        "linear_codebook4")]
 
 
 class _GroupLora(ctypes.Structure):
@@ -206,5 +215,5 @@ def _entry_points() -> tuple[ctypes.CDLL, _Kernels] | None:
     kernels = _Kernels(*(ctypes.cast(function, pointer).value for function in (
         linear.linear_f32, linear.linear_f32_gated, layer_ops.rms_norm, layer_ops.rotary,
         attention.paged_decode_f32, lora.lora_items_f32, linear.linear_int4,
-        linear.linear_int8)))
+        linear.linear_int8, linear.linear_codebook4)))
     return library, kernels

@@ -42,6 +42,10 @@ typedef int (*linear_int4_fn)(void *y, const void *x, int bf16, const uint8_t *c
 typedef int (*linear_int8_fn)(void *y, const void *x, int bf16, const int8_t *codes,
                               const float *scales, const float *bias, int64_t m, int64_t n,
                               int64_t k, int64_t x_row, int64_t y_row, int num_threads);
+typedef int (*linear_codebook4_fn)(void *y, const void *x, int bf16, const uint8_t *codes,
+                                   const float *scales, const float *bias, int64_t m,
+                                   int64_t n, int64_t k, int64_t x_row, int64_t y_row,
+                                   int num_threads, const float *codebook, int64_t group);
 /* cpu_layer_ops.c */
 typedef void (*rms_norm_f32_fn)(float *out, float *sum_out, const float *x,
                                 const float *residual, const float *weight, int64_t rows,

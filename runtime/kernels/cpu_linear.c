@@ -570,6 +570,7 @@ int linear_codebook4(void *y, const void *x, int bf16, const uint8_t *codes,
                             codebook4_dequantize_panel, num_threads);
 }
 
+HAS_TYPE(linear_codebook4, linear_codebook4_fn);
 HAS_TYPE(linear_int4, linear_int4_fn);
 HAS_TYPE(linear_int8, linear_int8_fn);
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from loraplex.runtime.kernels import cpu_linear, cpu_quantized_linear
+from loraplex.runtime.kernels import cpu_decoder, cpu_linear, cpu_quantized_linear
 from loraplex.runtime.layers.quantized import PANELS_DENSE_ROWS, QuantizedWeight
 
 # QLoRA's NF4 values (Dettmers et al. 2023, appendix E), as bitsandbytes defines them
@@ -95,6 +95,11 @@ class CodebookWeight(QuantizedWeight):
     def dequantize(self) -> torch.Tensor:  # [N, K] fp32
         scales = self.group_scales().repeat_interleave(self.group_size, dim=1)
         return self.codebook[self.codes().long()] * scales
+
+    def compiled_projection(self) -> cpu_decoder.Projection | None:
+        if self.kernel != "panels":
+            return None
+        return cpu_decoder.Projection.codebook4(self.packed, self.panel_scales, self.codebook)
 
     @property
     def nbytes(self) -> int:

@@ -1,7 +1,7 @@
-"""Decode steps over int4 and int8 weights (fp32 activations) run the decoder layers in one
-compiled call too (`cpu_decoder`), reading each projection in its own format: one layer of
-each format equals the same layer over fp32 panels of its dequantized weights, and the
-builtin model under `--quantize int4|int8` gives the layer-by-layer path's tokens and top-3,
+"""Decode steps over int4, int8 and NF4 weights (fp32 activations) run the decoder layers in
+one compiled call too (`cpu_decoder`), reading each projection in its own format: one layer
+of each format equals the same layer over fp32 panels of its dequantized weights, and the
+builtin model under `--quantize int4|int8|nf4` gives the layer-by-layer path's tokens and top-3,
 logprobs within the SiLU's last bits (the quantized gate|up is gated in the driver), with and
 without adapters; from `QUANTIZED_COMPILED_ROWS` rows, where dense products win, and for weights
 that reorder or split their inputs (GPTQ's activation order), the steps stay layer by layer.
@@ -17,6 +17,7 @@ import torch
 from loraplex.runtime.adapters.synthetic import write_random_adapter
 from loraplex.runtime.adapters.target import LoraTargetShapes
 from loraplex.runtime.kernels import cpu_attention, cpu_decoder, cpu_linear
+from loraplex.runtime.layers.codebook import CodebookWeight
 from loraplex.runtime.layers.quantized import Int4Weight, Int8Weight
 from loraplex.runtime.layers.quantized_parts import PermutedInputs, SideBySide
 from loraplex.runtime.models.llama import QUANTIZED_COMPILED_ROWS
@@ -33,6 +34,7 @@ FORMATS = {  # name -> a weight [N, K] as that format's Projection and its dequa
     "int4-fp32-tables": lambda w: _int4(Int4Weight.quantize(w, 32)),
     "int4-bf16-tables": lambda w: _int4(Int4Weight.quantize(w.bfloat16(), 32)),
     "int8": lambda w: _int8(Int8Weight.quantize(w)),
+    "nf4": lambda w: _nf4(CodebookWeight.quantize_nf4(w)),
 }
 
 
@@ -41,6 +43,10 @@ def _int4(weight: Int4Weight) -> tuple[cpu_decoder.Projection, torch.Tensor]:
 
 
 def _int8(weight: Int8Weight) -> tuple[cpu_decoder.Projection, torch.Tensor]:
+    return weight.compiled_projection(), weight.dequantize()
+
+
+def _nf4(weight: CodebookWeight) -> tuple[cpu_decoder.Projection, torch.Tensor]:
     return weight.compiled_projection(), weight.dequantize()
 
 
@@ -81,7 +87,8 @@ def test_each_format_equals_fp32_panels_of_its_dequantized_weights(name):
     assert {p.format for p in quantized} == {
         "int4-fp32-tables": {cpu_decoder.INT4_FP32_TABLES},
         "int4-bf16-tables": {cpu_decoder.INT4_BF16_TABLES},
-        "int8": {cpu_decoder.INT8_PANELS}}[name]
+        "int8": {cpu_decoder.INT8_PANELS},
+        "nf4": {cpu_decoder.CODEBOOK4_PANELS}}[name]
     torch.manual_seed(1)
     layer = _layer(quantized)
     reference = cpu_decoder.LayerWeights(layer.input_norm, dequantized[0], None, dequantized[1],
@@ -103,7 +110,7 @@ def generate(loaded, names: list[str | None], adapters: dict[str, str]) -> Steps
     return generate_steps(config, loaded, requests(8, names), adapters)
 
 
-@pytest.mark.parametrize("method", ["int4", "int8"])
+@pytest.mark.parametrize("method", ["int4", "int8", "nf4"])
 def test_quantized_steps_compile_and_agree_with_the_layer_by_layer_path(method, compiled_calls):
     loaded = quantized_builtin(method)
     model = loaded.model.model
