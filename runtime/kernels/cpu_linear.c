@@ -305,8 +305,9 @@ typedef struct {
     const float *codebook;  /* codebook int4: the 16 values the codes stand for */
 } quantized_t;
 
-/* What multiplies a group's 32 columns: w = q * scale + zero. */
-typedef struct { v16 scale_low, scale_high, zero_low, zero_high; } group_t;
+/* What multiplies a group's 32 columns: w = q * scale + zero (codebook int4: the codebook's
+ * 16 values, loaded once a group, in place of q). */
+typedef struct { v16 scale_low, scale_high, zero_low, zero_high, codebook; } group_t;
 
 /* int4: the group's table, its zero folded as zero - 8 * scale (one multiply-add a weight). */
 static inline group_t int4_group(const quantized_t *w, int64_t p, int64_t start) {
@@ -337,13 +338,14 @@ static inline void int4_weights(const quantized_t *w, int64_t p, int64_t k, cons
 static inline group_t codebook4_group(const quantized_t *w, int64_t p, int64_t start) {
     const float *scales = (const float *)w->tables
                           + (p * (w->k / w->group) + start / w->group) * PANEL;
-    return (group_t){*(const v16u *)scales, *(const v16u *)(scales + 16), {0}, {0}};
+    return (group_t){*(const v16u *)scales, *(const v16u *)(scales + 16), {0}, {0},
+                     *(const v16u *)w->codebook};
 }
 
 /* The codebook's values for 16 codes in 0..15 (one permute with AVX-512). */
-static inline v16 codebook_values(const float *codebook, int16v q) {
+static inline v16 codebook_values(v16 codebook, int16v q) {
 #ifdef __AVX512F__
-    return (v16)_mm512_permutexvar_ps((__m512i)q, _mm512_loadu_ps(codebook));
+    return (v16)_mm512_permutexvar_ps((__m512i)q, (__m512)codebook);
 #else
     v16 values;
     for (int i = 0; i < 16; ++i) values[i] = codebook[q[i]];
@@ -354,8 +356,8 @@ static inline v16 codebook_values(const float *codebook, int16v q) {
 static inline void codebook4_weights(const quantized_t *w, int64_t p, int64_t k,
                                      const group_t *g, v16 *low, v16 *high) {
     const int16v q = widen_bytes((const uint8_t *)w->codes + (p * w->k + k) * (PANEL / 2));
-    *low = codebook_values(w->codebook, q & 15) * g->scale_low;
-    *high = codebook_values(w->codebook, q >> 4) * g->scale_high;
+    *low = codebook_values(g->codebook, q & 15) * g->scale_low;
+    *high = codebook_values(g->codebook, q >> 4) * g->scale_high;
 }
 
 /* int8: the panel's 32 scales (none: the codes themselves), no zero. */
