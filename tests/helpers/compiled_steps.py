@@ -46,10 +46,11 @@ def generate_steps(config: EngineConfig, loaded: LoadedModel, batch: list[Genera
              for event in results[request.request_id]] for request in batch]
 
 
-def assert_same_steps(model, calls: list[int], generate: Callable[[], Steps]) -> None:
+def assert_same_steps(model, calls: list[int], generate: Callable[[], Steps],
+                      exact: bool = False) -> None:
     """Decode steps of every row compile (`calls`: each compiled call's rows), and their
     tokens and top-3 equal the layer-by-layer path's (`model.compiled_layers` off), logprobs
-    within the SiLU's last bits."""
+    within the SiLU's last bits (`exact`: tokens and logprobs equal)."""
     compiled = generate()
     assert calls and max(calls) == len(CHAT_PROMPTS)
     try:
@@ -59,6 +60,9 @@ def assert_same_steps(model, calls: list[int], generate: Callable[[], Steps]) ->
     finally:
         model.compiled_layers = True
     assert not calls
+    if exact:
+        assert compiled == one_by_one
+        return
     for got, want in zip(compiled, one_by_one, strict=True):
         assert [token for token, *_ in got] == [token for token, *_ in want]
         for (_, logprob, top), (_, want_logprob, want_top) in zip(got, want, strict=True):

@@ -30,16 +30,8 @@ def generate(batch: list[GenerationRequest], adapters: dict[str, str] | None = N
 def test_compiled_layers_equal_the_layer_by_layer_path(compiled_calls):
     model = builtin_loaded().model.model
     assert model.compiled_layer_weights(len(CHAT_PROMPTS)) is not None  # fp32 panels throughout
-    compiled = generate(requests(12))
-    assert compiled_calls and max(compiled_calls) == len(CHAT_PROMPTS)
-    try:
-        model.compiled_layers = False
-        compiled_calls.clear()
-        one_by_one = generate(requests(12))
-    finally:
-        model.compiled_layers = True
-    assert not compiled_calls
-    assert compiled == one_by_one  # token ids and fp32 logprobs, exactly
+    # token ids and fp32 logprobs, exactly
+    assert_same_steps(model, compiled_calls, lambda: generate(requests(12)), exact=True)
 
 
 def test_steps_with_adapters_compile_too_and_agree(compiled_calls, tmp_path):
