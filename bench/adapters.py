@@ -91,6 +91,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32",
                         help="of loraplex and of PEFT's base model alike")
+    parser.add_argument("--quantize", default="none", help="none, int8, int4, nf4 or gguf")
     parser.add_argument("--lora-backend", default="auto", choices=LORA_BACKENDS,
                         help="loraplex's LoRA path, in process and in the server")
     parser.add_argument("--quick", action="store_true",
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = EngineConfig(model=args.model, load_format=args.load_format, dtype=args.dtype,
-                          device=args.device, lora_backend=args.lora_backend,
+                          quantize=args.quantize, device=args.device,
+                          lora_backend=args.lora_backend,
                           max_num_seqs=max(args.batches), device_slots=max(max(args.counts), 1),
                           max_lora_rank=max(args.ranks),
                           kv_cache_bytes=KV_CACHE_BYTES if args.device in ("auto", "cpu") else 0,
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"prompt lengths (tokens, batch order): {lengths}")
     write_json(Path(args.out), {
         "model": args.model, "dtype": str(loaded.dtype).removeprefix("torch."),
-        "device": loaded.device.type, "greedy": True,
+        "quantize": args.quantize, "device": loaded.device.type, "greedy": True,
         "new_tokens": args.new_tokens, "repeats": args.repeats,
         "torch_threads": torch.get_num_threads(),
         "lora_backend": resolve_backend(args.lora_backend, loaded.device),
@@ -166,8 +168,8 @@ def run_matrix(args, config: EngineConfig, loaded, texts, prompts, names, folder
                pad_id: int) -> list[dict]:
     engine = Engine(config, loaded) if "inproc" in args.modes else None
     served = ServedBatch(
-        "--model", args.model, "--dtype", args.dtype, "--device", args.device,
-        "--max-num-seqs", str(max(args.batches)), "--device-slots",
+        "--model", args.model, "--dtype", args.dtype, "--quantize", args.quantize,
+        "--device", args.device, "--max-num-seqs", str(max(args.batches)), "--device-slots",
         str(config.device_slots), "--max-lora-rank", str(max(args.ranks)),
         "--kv-cache-bytes", str(KV_CACHE_BYTES), "--no-prefix-caching",
         "--lora-backend", args.lora_backend,
