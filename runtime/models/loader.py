@@ -44,8 +44,9 @@ from loraplex.runtime.models.device import resolve_device, resolve_dtype
 from loraplex.runtime.models.gguf_quantized import use_gguf_blocks
 from loraplex.runtime.models.llama import LlamaForCausalLM, check_supported
 from loraplex.runtime.models.quantized_checkpoint import (
-    CheckpointQuantization,
+    Quantization,
     load_quantized_linears,
+    quantization_of,
 )
 from loraplex.runtime.models.shapes import SHAPES, SMOLLM2_TOKENIZER, shape_config
 from loraplex.runtime.models.sources import resolve_model_folder
@@ -248,9 +249,10 @@ def quantize_model(model: LlamaForCausalLM, config: EngineConfig) -> None:
 
 
 def checkpoint_quantization(hf_config: PretrainedConfig, config: EngineConfig,
-                            folder: Path) -> CheckpointQuantization | None:
-    """The checkpoint's own quantization (GPTQ, AWQ), refused with `--quantize`."""
-    quantization = CheckpointQuantization.of(hf_config, folder)
+                            folder: Path) -> Quantization | None:
+    """The checkpoint's own quantization (GPTQ, AWQ, bitsandbytes), refused with
+    `--quantize`."""
+    quantization = quantization_of(hf_config, folder)
     if quantization is not None and config.quantize != "none":
         raise ValueError(f"the checkpoint is already {quantization.method}-quantized "
                          f"(config.json quantization_config); --quantize {config.quantize} "

@@ -1,26 +1,29 @@
-"""GPTQ and AWQ checkpoints: recognised from config.json, served 4-bit as they are stored.
+"""Quantized checkpoints (GPTQ, AWQ, bitsandbytes): recognised from config.json, served as
+they are stored.
 
 A Hugging Face folder whose config.json has a `quantization_config` of quant_method
 "gptq" or "awq" (or, written before transformers knew the formats, AutoGPTQ's
 quantize_config.json or AutoAWQ's quant_config.json beside a plain config.json) stores
 each quantized linear as `qweight`/`qzeros`/`scales` (and GPTQ's `g_idx`) and everything
-else (embeddings, norms, biases, the LM head unless quantized too) in full precision.
+else (embeddings, norms, biases, the LM head unless quantized too) in full precision;
+quant_method "bitsandbytes" stores them as bitsandbytes.py describes.
 `load_quantized_linears` reads the quantized tensors, turns each linear (all shards of a
-fused q|k|v or gate|up together) into a weight on the int4 kernel and gives it to our
-module before the plain weights get memory (the model is still on the meta device), so a
-4-bit checkpoint never takes its full-precision size. The rest of the
-checkpoint then loads as usual.
+fused q|k|v or gate|up together) into a quantized weight and gives it to our module
+before the plain weights get memory (the model is still on the meta device), so a
+quantized checkpoint never takes its full-precision size. The rest of the checkpoint
+then loads as usual.
 
 Served: 4 bits, any group size that is a multiple of 32 (or -1), GPTQ symmetric and
 asymmetric, with or without `desc_act`, checkpoint_format "gptq" (v1, zero points stored
 minus one) and "gptq_v2"; AWQ's GEMM layout with zero points. Anything else is refused
 naming the setting (other bit widths, AWQ GEMV/Marlin layouts, GPTQ Marlin/BitBLAS).
+bitsandbytes: 4-bit NF4 and FP4 (with or without double quantization) and 8-bit.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +32,13 @@ from safetensors import safe_open
 from transformers import PretrainedConfig
 
 from loraplex.runtime.layers.linear import Linear, MergedLinear
+from loraplex.runtime.layers.quantized import QuantizedWeight
 from loraplex.runtime.models.awq import read_awq
+from loraplex.runtime.models.bitsandbytes import (
+    BitsAndBytesQuantization,
+    CodebookCodes,
+    Int8Codes,
+)
 from loraplex.runtime.models.checkpoint import safetensors_files
 from loraplex.runtime.models.gptq import ZERO_OFFSET, read_gptq
 from loraplex.runtime.models.int4_codes import LinearCodes, serve_codes
@@ -38,7 +47,7 @@ from loraplex.runtime.models.llama import STACKED_PROJECTIONS, LlamaForCausalLM
 QUANTIZED_LEAVES = ("qweight", "qzeros", "scales", "g_idx")
 # the tools' own files, beside a config.json written before transformers knew the format
 SEPARATE_CONFIGS = {"quantize_config.json": "gptq", "quant_config.json": "awq"}
-METHODS = ("gptq", "awq")
+METHODS = ("gptq", "awq", "bitsandbytes")
 AWQ_VERSIONS = ("gemm",)
 
 
@@ -50,17 +59,8 @@ class CheckpointQuantization:
     desc_act: bool = False  # GPTQ only: groups in activation order, so each linear has a g_idx
 
     @classmethod
-    def of(cls, hf_config: PretrainedConfig,
-           folder: Path | None = None) -> CheckpointQuantization | None:
-        """The config's `quantization_config` (or AutoGPTQ's quantize_config.json, AutoAWQ's
-        quant_config.json in `folder`), or None for a full-precision checkpoint."""
-        settings = _settings(hf_config, folder)
-        if settings is None:
-            return None
-        method = str(settings.get("quant_method", "")).lower()
-        if method not in METHODS:
-            raise ValueError(f"quantization_config.quant_method {method!r} is not supported; "
-                             f"served: {', '.join(METHODS)} (4-bit)")
+    def of(cls, method: str, settings: Mapping) -> CheckpointQuantization:
+        """From a GPTQ or AWQ `quantization_config`."""
         bits = settings.get("bits", settings.get("w_bit"))
         if bits != 4:
             raise ValueError(f"{method} checkpoint with quantization_config.bits={bits}: only "
@@ -96,6 +96,15 @@ class CheckpointQuantization:
             raise ValueError("AWQ quantization_config.group_size must be positive, got -1")
         return cls("awq", group_size)
 
+    def quantized_linears(self, names: Iterable[str]) -> dict[str, set[str]]:
+        """Checkpoint linear -> its quantized tensors' leaves, among tensor `names`."""
+        found: dict[str, set[str]] = {}
+        for name in names:
+            linear, _, leaf = name.rpartition(".")
+            if leaf in QUANTIZED_LEAVES:
+                found.setdefault(linear, set()).add(leaf)
+        return found
+
     def read(self, name: str, tensors: Mapping[str, torch.Tensor]) -> LinearCodes:
         if self.method == "awq":
             if "g_idx" in tensors:
@@ -105,6 +114,28 @@ class CheckpointQuantization:
             raise ValueError(f"GPTQ linear {name} has no g_idx, but quantization_config.desc_act "
                              "is true (its groups are in activation order)")
         return read_gptq(name, tensors, self.group_size, self.checkpoint_format)
+
+    def serve(self, parts: Sequence[LinearCodes], dtype: torch.dtype) -> QuantizedWeight:
+        return serve_codes(parts, self.group_size, dtype)
+
+
+Quantization = CheckpointQuantization | BitsAndBytesQuantization
+
+
+def quantization_of(hf_config: PretrainedConfig,
+                    folder: Path | None = None) -> Quantization | None:
+    """The config's `quantization_config` (or AutoGPTQ's quantize_config.json, AutoAWQ's
+    quant_config.json in `folder`), or None for a full-precision checkpoint."""
+    settings = _settings(hf_config, folder)
+    if settings is None:
+        return None
+    method = str(settings.get("quant_method", "")).lower()
+    if method not in METHODS:
+        raise ValueError(f"quantization_config.quant_method {method!r} is not supported; "
+                         f"served: gptq, awq (4-bit), bitsandbytes (nf4, fp4, int8)")
+    if method == "bitsandbytes":
+        return BitsAndBytesQuantization.of(settings)
+    return CheckpointQuantization.of(method, settings)
 
 
 def _settings(hf_config: PretrainedConfig, folder: Path | None) -> Mapping | None:
@@ -117,16 +148,15 @@ def _settings(hf_config: PretrainedConfig, folder: Path | None) -> Mapping | Non
     return None
 
 
-def _quantized_tensors(folder: Path, device: torch.device) -> dict[str, dict[str, str]]:
+def _quantized_tensors(folder: Path, device: torch.device,
+                       quantization: Quantization) -> dict[str, dict[str, str]]:
     """Checkpoint linear -> leaf -> file of its quantized tensors."""
-    found: dict[str, dict[str, str]] = {}
+    files: dict[str, str] = {}
     for path in safetensors_files(folder):
         with safe_open(str(path), framework="pt", device=str(device)) as handle:
-            for name in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
-                linear, _, leaf = name.rpartition(".")
-                if leaf in QUANTIZED_LEAVES:
-                    found.setdefault(linear, {})[leaf] = str(path)
-    return found
+            files.update(dict.fromkeys(handle.keys(), str(path)))
+    return {linear: {leaf: files[f"{linear}.{leaf}"] for leaf in leaves}
+            for linear, leaves in quantization.quantized_linears(files).items()}
 
 
 def _read_tensors(files: Mapping[str, str], linear: str,
@@ -160,7 +190,8 @@ def _targets(model: LlamaForCausalLM, linears: list[str]) -> dict[str, dict[int,
     return targets
 
 
-def _check_part(module: Linear, index: int, codes: LinearCodes) -> None:
+def _check_part(module: Linear, index: int,
+                codes: LinearCodes | CodebookCodes | Int8Codes) -> None:
     sizes = module.output_sizes if isinstance(module, MergedLinear) else (module.out_features,)
     expected = (sizes[index], module.in_features)
     if tuple(codes.codes.shape) != expected:
@@ -170,13 +201,13 @@ def _check_part(module: Linear, index: int, codes: LinearCodes) -> None:
 
 
 def load_quantized_linears(model: LlamaForCausalLM, folder: Path, device: torch.device,
-                           quantization: CheckpointQuantization) -> set[str]:
-    """Serve every quantized linear of the checkpoint 4-bit in `model` (plain weights
+                           quantization: Quantization) -> set[str]:
+    """Serve every quantized linear of the checkpoint quantized in `model` (plain weights
     released); return the checkpoint tensors used, for the plain load to skip."""
-    found = _quantized_tensors(folder, device)
+    found = _quantized_tensors(folder, device, quantization)
     if not found:
         raise ValueError(f"config.json says the checkpoint is {quantization.method}-quantized, "
-                         f"but no tensor in {folder} is a qweight")
+                         f"but no tensor in {folder} is stored that way")
     targets = _targets(model, sorted(found))
     for target, parts in targets.items():
         module = model.get_submodule(target)
@@ -191,6 +222,6 @@ def load_quantized_linears(model: LlamaForCausalLM, folder: Path, device: torch.
                 found[parts[index]], parts[index], device))
             _check_part(module, index, part)
             codes.append(part)
-        module.use_quantized(serve_codes(codes, quantization.group_size, module.weight.dtype))
+        module.use_quantized(quantization.serve(codes, module.weight.dtype))
         module.release_weight()
     return {f"{linear}.{leaf}" for linear, leaves in found.items() for leaf in leaves}

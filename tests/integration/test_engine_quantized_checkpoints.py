@@ -20,22 +20,23 @@ import httpx
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from loraplex.runtime.adapters.synthetic import write_random_adapter
-from loraplex.runtime.adapters.target import LoraTargetShapes
-from loraplex.runtime.config import EngineConfig
 from loraplex.runtime.engine.engine import Engine
-from loraplex.runtime.engine.request import GenerationRequest, SamplingParams
 from loraplex.runtime.models.loader import load_model
-from tests.helpers import builtin_tokenizer, peft_greedy
+from tests.helpers import builtin_tokenizer
+from tests.helpers.checkpoint_oracle import (
+    PROMPTS,
+    engine_config,
+    engine_greedy,
+    greedy_with_adapters,
+    hf_greedy,
+    hf_model,
+)
 from tests.helpers.quantized_checkpoints import write_quantized_llama
 from tests.integration.runtime_servers import runtime_server
 
 pytestmark = [pytest.mark.timeout(300)]
 
-NEW_TOKENS = 12
-PROMPTS = [[5, 17, 301, 42, 9, 77], [1200, 3, 3, 88, 460, 12], [7, 7000, 15, 250, 31, 64]]
 CASES = {  # name -> write_quantized_llama settings
     "gptq-g32-desc_act-split": dict(method="gptq", group_size=32, desc_act=True,
                                     split_order_layer=1),
@@ -50,15 +51,6 @@ CASES = {  # name -> write_quantized_llama settings
 }
 
 
-def engine_config(folder: Path, **overrides: object) -> EngineConfig:
-    values: dict[str, object] = dict(model=str(folder), device="cpu", dtype="float32",
-                                     kv_cache_bytes=16 << 20, max_model_len=128,
-                                     max_num_seqs=8, block_size=4, device_slots=4,
-                                     max_lora_rank=16, cache_dir=str(folder.parent / "cache"))
-    values.update(overrides)
-    return EngineConfig(**values)
-
-
 @functools.cache
 def checkpoint(case: str, root: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     folder = root / case
@@ -70,36 +62,6 @@ def checkpoint(case: str, root: Path) -> tuple[Path, dict[str, torch.Tensor]]:
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("quantized-checkpoints")
-
-
-def hf_model(folder: Path, dequantized: dict[str, torch.Tensor]) -> PreTrainedModel:
-    """transformers' own model holding the dequantized weights in fp32 (no quantization)."""
-    config = AutoConfig.from_pretrained(folder)
-    del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    missing, unexpected = model.load_state_dict(dequantized, strict=False)
-    assert unexpected == [] and set(missing) <= {"lm_head.weight"}  # tied to the embedding
-    head = dequantized.get("lm_head.weight", dequantized["model.embed_tokens.weight"])
-    assert torch.equal(model.lm_head.weight, head)
-    return model
-
-
-def hf_greedy(model: PreTrainedModel, prompts: list[list[int]]) -> list[tuple[int, ...]]:
-    with torch.inference_mode():
-        output = model.generate(torch.tensor(prompts), max_new_tokens=NEW_TOKENS,
-                                min_new_tokens=NEW_TOKENS, do_sample=False,
-                                attention_mask=torch.ones(len(prompts), len(prompts[0]),
-                                                          dtype=torch.long))
-    return [tuple(row) for row in output[:, len(prompts[0]):].tolist()]
-
-
-def engine_greedy(engine: Engine, adapters: list[str | None]) -> list[tuple[int, ...]]:
-    requests = [GenerationRequest(f"r{index}-{adapter}", prompt,
-                                  SamplingParams(max_new_tokens=NEW_TOKENS, ignore_eos=True),
-                                  adapter=adapter)
-                for adapter in adapters for index, prompt in enumerate(PROMPTS)]
-    results = engine.generate(requests)
-    return [tuple(event.token_id for event in results[r.request_id]) for r in requests]
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -131,28 +93,8 @@ def test_checkpoint_generates_what_its_dequantized_weights_generate(case, root) 
 
 
 def test_adapters_on_a_gptq_checkpoint_equal_peft(root) -> None:
-    from peft import PeftModel
-
     folder, dequantized = checkpoint("gptq-g32-desc_act-split", root)
-    engine = Engine(engine_config(folder))
-    target = LoraTargetShapes.from_hf_config(engine.loaded.hf_config)
-    adapters = {f"r{rank}": write_random_adapter(root / f"adapter-r{rank}", target, rank,
-                                                 seed=rank, strength=4.0) for rank in (4, 16)}
-    try:
-        for name, adapter_folder in adapters.items():
-            engine.adapters.register(name, str(adapter_folder))
-        served = engine_greedy(engine, [*adapters, None])
-    finally:
-        engine.close()
-    peft_model = PeftModel.from_pretrained(hf_model(folder, dequantized), adapters["r4"],
-                                           adapter_name="r4")
-    peft_model.load_adapter(adapters["r16"], adapter_name="r16")
-    rows = ["r4", "r16", "__base__"]
-    expected = {row: [] for row in rows}
-    for prompt in PROMPTS:
-        for row, tokens in zip(rows, peft_greedy(peft_model, [prompt] * 3, rows, NEW_TOKENS),
-                               strict=True):
-            expected[row].append(tokens)
+    served, expected = greedy_with_adapters(folder, dequantized, root)
     assert served == [*expected["r4"], *expected["r16"], *expected["__base__"]]
     assert expected["r4"] != expected["__base__"] != expected["r16"]  # the adapters matter
 
@@ -223,8 +165,9 @@ REFUSALS = {  # name -> (config settings, tensor edit, expected message)
     "bits-8": ({"bits": 8}, None, "bits=8: only 4-bit GPTQ/AWQ checkpoints are served"),
     "marlin": ({"checkpoint_format": "marlin"}, None,
                "checkpoint_format 'marlin' is not supported"),
-    "bitsandbytes": ({"quant_method": "bitsandbytes"}, None,
-                     "quant_method 'bitsandbytes' is not supported"),
+    "eetq": ({"quant_method": "eetq"}, None, "quant_method 'eetq' is not supported"),
+    "bitsandbytes-neither": ({"quant_method": "bitsandbytes"}, None,
+                             "exactly one of load_in_4bit and load_in_8bit"),
     "group-16": ({"group_size": 16}, None,
                  r"down_proj.scales: shape \(8, 128\), expected \(16, 128\) .*groups of 16"),
     "no-qzeros": (None, lambda w: {n: t for n, t in w.items()
