@@ -5,6 +5,8 @@ batch 1/16/64 (decode) and 512/2048 (prefill), in bf16 activations, timed as:
 - `bf16`: `F.linear` on the full-precision weight (cuBLAS), the reference speed;
 - `int4`: the Triton kernel (`Int4Weight.linear` on CUDA), with its GB/s over the bytes
   it must move (x, codes, group tables, y: what it reports to `launch_costs`);
+- `nf4`: the same kernel reading NF4 codes through their codebook (`CodebookWeight.linear`,
+  blocks of 64: the bitsandbytes / QLoRA base);
 - `dequantize`: dequantizing the whole weight, then `F.linear` (the path off CUDA);
 - `tinygemm`: torch's own int4 kernel (`aten._weight_int4pack_mm`), where this torch has it.
 Decode is bound by reading the weight: int4 moves about 0.27x the bytes of bf16, so the
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 
 from bench.report import cuda_seconds
 from loraplex.runtime.kernels.launch_costs import recorded_launches
+from loraplex.runtime.layers.codebook import CodebookWeight
 from loraplex.runtime.layers.quantized import Int4Weight
 
 PROJECTIONS = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
@@ -55,6 +58,7 @@ def measure(name: str, rows_list: list[int]) -> list[dict]:
     d_out, d_in = PROJECTIONS[name]
     full = (torch.randn(d_out, d_in, device="cuda") * d_in**-0.5).to(torch.bfloat16)
     weight = Int4Weight.quantize(full, GROUP_SIZE)
+    nf4 = CodebookWeight.quantize_nf4(full)
     tiny = tinygemm(weight)
     results = []
     for rows in rows_list:
@@ -65,6 +69,7 @@ def measure(name: str, rows_list: list[int]) -> list[dict]:
         times = {
             "bf16": cuda_seconds(lambda x=x: F.linear(x, full), REPEATS),
             "int4": cuda_seconds(lambda x=x: weight.linear(x), REPEATS),
+            "nf4": cuda_seconds(lambda x=x: nf4.linear(x), REPEATS),
             "dequantize": cuda_seconds(lambda x=x: F.linear(x, weight.dequantize().to(x.dtype)),
                                        repeats=10),
         }
@@ -86,7 +91,7 @@ def main() -> None:
     rows_list = [1, 64, 2048] if args.quick else [1, 16, 64, 512, 2048]
     print(f"device {torch.cuda.get_device_name()}, groups of {GROUP_SIZE}, bf16 activations")
     print(f"{'proj':<9}{'rows':>6}{'bf16 us':>10}{'int4 us':>10}{'int4/bf16':>11}"
-          f"{'int4 GB/s':>11}{'dequant us':>12}{'tinygemm us':>13}")
+          f"{'int4 GB/s':>11}{'nf4 us':>9}{'dequant us':>12}{'tinygemm us':>13}")
     results = []
     for name in PROJECTIONS:
         for row in measure(name, rows_list):
@@ -94,7 +99,7 @@ def main() -> None:
             tiny = f"{us['tinygemm']:>13.1f}" if "tinygemm" in us else f"{'-':>13}"
             print(f"{name:<9}{row['rows']:>6}{us['bf16']:>10.1f}{us['int4']:>10.1f}"
                   f"{row['int4_vs_bf16']:>11.2f}{row['int4_gb_per_s']:>11.0f}"
-                  f"{us['dequantize']:>12.1f}{tiny}")
+                  f"{us['nf4']:>9.1f}{us['dequantize']:>12.1f}{tiny}")
             results.append(row)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"device": torch.cuda.get_device_name(),

@@ -16,8 +16,10 @@ INT4_GROUP_SIZES = (32, 64, 128, 256)
 
 
 def check_int4_matmul_args(x: torch.Tensor, packed: torch.Tensor,
-                           scales_and_zeros: torch.Tensor, group_size: int) -> None:
-    """x [T, K] float; packed uint8 [N, K / 2]; scales_and_zeros float [K / g, N, 2]."""
+                           scales_and_zeros: torch.Tensor, group_size: int,
+                           codebook: torch.Tensor | None = None) -> None:
+    """x [T, K] float; packed uint8 [N, K / 2]; scales_and_zeros float [K / g, N, 2], or
+    with a `codebook` (fp32 [16]) scales fp32 [K / g, N]."""
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D [T, K], got shape {tuple(x.shape)}")
     if x.dtype not in FLOAT_DTYPES:
@@ -36,13 +38,22 @@ def check_int4_matmul_args(x: torch.Tensor, packed: torch.Tensor,
         raise ValueError(f"packed holds {packed.shape[1] * 2} codes per row but x has K={d_in}")
     if not packed.is_contiguous():
         raise ValueError("packed must be contiguous")
-    expected = (d_in // group_size, packed.shape[0], 2)
+    table = "scales_and_zeros" if codebook is None else "scales"
+    expected = (d_in // group_size, packed.shape[0]) + ((2,) if codebook is None else ())
     if tuple(scales_and_zeros.shape) != expected:
-        raise ValueError(f"scales_and_zeros must be [K/g, N, 2] = {expected}, got "
-                         f"{tuple(scales_and_zeros.shape)}")
-    if scales_and_zeros.dtype not in FLOAT_DTYPES or not scales_and_zeros.is_contiguous():
-        raise ValueError(f"scales_and_zeros must be a contiguous float tensor, got "
+        raise ValueError(f"{table} must be [K/g, N{', 2' if codebook is None else ''}] = "
+                         f"{expected}, got {tuple(scales_and_zeros.shape)}")
+    dtypes, kind = (FLOAT_DTYPES, "float") if codebook is None else ((torch.float32,), "fp32")
+    if scales_and_zeros.dtype not in dtypes or not scales_and_zeros.is_contiguous():
+        raise ValueError(f"{table} must be a contiguous {kind} tensor, got "
                          f"{scales_and_zeros.dtype}")
-    for name, tensor in (("packed", packed), ("scales_and_zeros", scales_and_zeros)):
+    tensors = {"packed": packed, table: scales_and_zeros}
+    if codebook is not None:
+        if codebook.shape != (16,) or codebook.dtype != torch.float32 or \
+                not codebook.is_contiguous():
+            raise ValueError(f"codebook must be 16 contiguous fp32 values, got "
+                             f"{codebook.dtype} {tuple(codebook.shape)}")
+        tensors["codebook"] = codebook
+    for name, tensor in tensors.items():
         if tensor.device != x.device:
             raise ValueError(f"{name} is on {tensor.device} but x is on {x.device}")

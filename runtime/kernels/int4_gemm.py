@@ -1,10 +1,11 @@
 """Triton int4 dequantize-GEMM: y = x @ W.T with W read as 4-bit codes, never as a whole.
 
-The GPU path of `Int4Weight`. Dequantizing the weight to bf16 for each product writes and
-reads 4x the bytes the codes take, which undoes what 4 bits buy in a decode step (bound by
-reading the weights). Here each program loads a [BLOCK_N, BLOCK_K / 2] tile of packed
-bytes, splits it into codes, applies its groups' scales and zeros in registers and feeds
-the tile to `tl.dot`, accumulating in fp32; the full-precision weight exists nowhere.
+The GPU path of `Int4Weight` and, with a codebook, of `CodebookWeight` (NF4, FP4).
+Dequantizing the weight to bf16 for each product writes and reads 4x the bytes the codes
+take, which undoes what 4 bits buy in a decode step (bound by reading the weights). Here
+each program loads a [BLOCK_N, BLOCK_K / 2] tile of packed bytes, splits it into codes,
+applies its groups' scales and zeros in registers and feeds the tile to `tl.dot`,
+accumulating in fp32; the full-precision weight exists nowhere.
 
 Layout (what `pack_int4` writes off the CPU; tinygemm's CUDA layout is tied to its own
 kernel and undocumented, this one is plain and the dot wants nothing else):
@@ -14,6 +15,8 @@ kernel and undocumented, this one is plain and the dot wants nothing else):
   high nibbles interleave back into K order with `tl.interleave`.
 - scales_and_zeros: [K / g, N, 2] (the model's dtype): w = (q - 8) * scale + zero, the
   same table as the CPU kernel reads, so one `Int4Weight.dequantize()` is the reference.
+- or, for codebook codes (`codebook_matmul`), scales [K / g, N] fp32 and the codebook's 16
+  fp32 values: w = codebook[q] * scale, each value looked up in the 64 cached bytes.
 BLOCK_K is a power of two that divides K, as is the group size g: a K tile either lies
 inside one group or spans TILE_GROUPS whole groups. Rows (T) and outputs (N) are masked,
 so any batch works. Small batches split K over programs so that decode fills the GPU, in
@@ -47,6 +50,7 @@ def _int4_gemm_kernel(
     x_ptr,
     w_ptr,
     sz_ptr,
+    codebook_ptr,
     y_ptr,
     partials_ptr,
     arrivals_ptr,
@@ -67,6 +71,7 @@ def _int4_gemm_kernel(
     SPLIT_K: tl.constexpr,
     UPCAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    CODEBOOK: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -83,6 +88,7 @@ def _int4_gemm_kernel(
     k_end = tl.minimum(k_start + k_per_split, d_in)
 
     # x: [BLOCK_M, BLOCK_K]; packed W: [BLOCK_N, BLOCK_K / 2]; group table: [BLOCK_N, TILE_GROUPS]
+    # (x2 for scale and zero, without a codebook)
     x_ptrs = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + (k_start + offs_k)[None, :]
     w_ptrs = (w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
               + (k_start // 2 + offs_byte)[None, :])
@@ -92,12 +98,17 @@ def _int4_gemm_kernel(
         packed = tl.load(w_ptrs, mask=mask_n[:, None], other=0)
         codes = tl.interleave(packed & 15, packed >> 4)  # [BLOCK_N, BLOCK_K] in K order
         groups = k // GROUP_SIZE + offs_group
-        group_ptrs = sz_ptr + groups[None, :] * stride_sg + offs_n[:, None] * 2
-        scale = tl.load(group_ptrs, mask=mask_n[:, None], other=0.0).to(tl.float32)
-        zero = tl.load(group_ptrs + 1, mask=mask_n[:, None], other=0.0).to(tl.float32)
-        offset = zero - 8.0 * scale  # w = q * scale + (zero - 8 * scale)
         codes = tl.reshape(codes, (BLOCK_N, TILE_GROUPS, BLOCK_K // TILE_GROUPS))
-        weight = codes.to(tl.float32) * scale[:, :, None] + offset[:, :, None]
+        if CODEBOOK:  # w = codebook[q] * scale
+            scale_ptrs = sz_ptr + groups[None, :] * stride_sg + offs_n[:, None]
+            scale = tl.load(scale_ptrs, mask=mask_n[:, None], other=0.0)
+            weight = tl.load(codebook_ptr + codes) * scale[:, :, None]
+        else:
+            group_ptrs = sz_ptr + groups[None, :] * stride_sg + offs_n[:, None] * 2
+            scale = tl.load(group_ptrs, mask=mask_n[:, None], other=0.0).to(tl.float32)
+            zero = tl.load(group_ptrs + 1, mask=mask_n[:, None], other=0.0).to(tl.float32)
+            offset = zero - 8.0 * scale  # w = q * scale + (zero - 8 * scale)
+            weight = codes.to(tl.float32) * scale[:, :, None] + offset[:, :, None]
         weight = tl.reshape(weight, (BLOCK_N, BLOCK_K)).to(x_tile.dtype)
         if UPCAST:  # the interpreter has no bf16 dot: the same bf16 values, in fp32
             x_tile = x_tile.to(tl.float32)
@@ -137,6 +148,24 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.T
     sizes `int4_gemm_config` picks.
     """
     check_int4_matmul_args(x, packed, scales_and_zeros, group_size)
+    return _launch(x, packed, scales_and_zeros, None, group_size, config)
+
+
+def codebook_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
+                    codebook: torch.Tensor, group_size: int, *,
+                    config: KernelConfig | None = None) -> torch.Tensor:
+    """y = x @ W.T -> [T, N] in x's dtype, W = codebook[q] * scale tile by tile.
+
+    x: [T, K]; packed: uint8 [N, K / 2] as for `int4_matmul`; scales: fp32 [K / group_size,
+    N]; codebook: fp32 [16].
+    """
+    check_int4_matmul_args(x, packed, scales, group_size, codebook)
+    return _launch(x, packed, scales, codebook, group_size, config)
+
+
+def _launch(x: torch.Tensor, packed: torch.Tensor, table: torch.Tensor,
+            codebook: torch.Tensor | None, group_size: int,
+            config: KernelConfig | None) -> torch.Tensor:
     num_rows, d_in = x.shape
     d_out = packed.shape[0]
     config = config or int4_gemm_config(num_rows, d_out, d_in, num_sms(x.device))
@@ -147,7 +176,7 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.T
     k_per_split = triton.cdiv(triton.cdiv(d_in, split_k), config.block_k) * config.block_k
     split_k = triton.cdiv(d_in, k_per_split)  # no empty splits
     if recording():
-        report_int4_matmul(x, packed, scales_and_zeros, split_k)
+        report_int4_matmul(x, packed, table, split_k)
     if x.device.type == "meta":  # costed, not run (bench.step_model)
         return torch.empty(num_rows, d_out, dtype=x.dtype, device=x.device)
     if num_rows == 0:
@@ -158,9 +187,9 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.T
                 if split_k > 1 else y)
     upcast, precision = _dot_mode(x.dtype)
     _int4_gemm_kernel[(grid_m, grid_n, split_k)](
-        x, packed, scales_and_zeros, y, partials, _arrival_counters(x.device),
-        num_rows, d_out, d_in, k_per_split,
-        x.stride(0), packed.stride(0), scales_and_zeros.stride(0), y.stride(0),
+        x, packed, table, table if codebook is None else codebook, y, partials,
+        _arrival_counters(x.device), num_rows, d_out, d_in, k_per_split,
+        x.stride(0), packed.stride(0), table.stride(0), y.stride(0),
         partials.stride(0),
         GROUP_SIZE=group_size,
         TILE_GROUPS=max(1, config.block_k // group_size),
@@ -170,6 +199,7 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.T
         SPLIT_K=split_k,
         UPCAST=upcast,
         DOT_PRECISION=precision,
+        CODEBOOK=codebook is not None,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )  # fmt: skip

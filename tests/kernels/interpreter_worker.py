@@ -147,6 +147,24 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.T
     return matmul(x, packed, scales_and_zeros, group_size, config=config)
 
 
+def codebook_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
+                    codebook: torch.Tensor, group_size: int,
+                    config_fields: dict | None) -> torch.Tensor:
+    from loraplex.runtime.kernels.int4_gemm import codebook_matmul as matmul
+
+    config = KernelConfig(**config_fields) if config_fields else None
+    return matmul(x, packed, scales, codebook, group_size, config=config)
+
+
+def codebook_layer(weight: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An NF4 weight built as a CUDA device builds it (the Triton kernel), applied to x;
+    returns (output, its dequantized weight)."""
+    from loraplex.runtime.layers.codebook import CodebookWeight
+
+    nf4 = CodebookWeight.quantize_nf4(weight, kernel="triton")
+    return nf4.linear(x), nf4.dequantize()
+
+
 def int4_counters_left_set() -> int:
     """Arrival counters of split-K launches not back at zero (each launch must reset its own)."""
     from loraplex.runtime.kernels.int4_gemm import _arrival_counters

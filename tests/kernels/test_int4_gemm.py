@@ -18,7 +18,8 @@ import torch
 from loraplex.runtime.kernels import cpu_linear
 from loraplex.runtime.kernels.configs import KernelConfig, int4_gemm_config
 from loraplex.runtime.kernels.launch_costs import recorded_launches
-from loraplex.runtime.layers.quantized import Int4Weight, int4_kernel
+from loraplex.runtime.layers.codebook import CodebookWeight
+from loraplex.runtime.layers.quantized import Int4Weight, QuantizedWeight, int4_kernel
 from tests.kernels import interpreter_worker
 from tests.kernels.backends import WORKER_TIMEOUT_S
 from tests.kernels.problems import make_problem, segments_of
@@ -71,7 +72,7 @@ def quantized_problem(case: Case, kernel: str = "triton") -> tuple[Int4Weight, t
     return Int4Weight.quantize(weight, case.group_size, kernel=kernel), x
 
 
-def assert_matches_dequantized(y: torch.Tensor, x: torch.Tensor, weight: Int4Weight,
+def assert_matches_dequantized(y: torch.Tensor, x: torch.Tensor, weight: QuantizedWeight,
                                dtype: torch.dtype) -> None:
     expected = x.double() @ weight.dequantize().double().t()  # [T, N]
     assert y.dtype == dtype and y.shape == expected.shape
@@ -144,11 +145,17 @@ def test_each_device_gets_its_int4_kernel() -> None:
         quantized_problem(Case(32, 1, 16, 64, torch.float32), kernel="tinygemm")
 
 
-def test_a_meta_product_is_costed_at_four_bits_per_weight() -> None:
+META_WEIGHTS = {"int4": lambda weight: Int4Weight.quantize(weight, 128),
+                "nf4": CodebookWeight.quantize_nf4}  # NF4: fp32 scales per 64 inputs
+
+
+@pytest.mark.parametrize("name", list(META_WEIGHTS))
+def test_a_meta_product_is_costed_at_four_bits_per_weight(name: str) -> None:
     """The step cost model's view of a Llama-3-8B down projection in decode."""
     with torch.device("meta"):
-        weight = Int4Weight.quantize(torch.empty(4096, 14336, dtype=torch.bfloat16), 128)
+        weight = META_WEIGHTS[name](torch.empty(4096, 14336, dtype=torch.bfloat16))
         x = torch.empty(8, 14336, dtype=torch.bfloat16)
+    assert weight.kernel == "triton"
     with recorded_launches() as launches:
         y = weight.linear(x)
     assert y.shape == (8, 4096) and y.device.type == "meta"

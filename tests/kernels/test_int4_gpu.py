@@ -3,7 +3,8 @@
 Skipped without CUDA (`bench/gpu_check.sh` runs it on a GPU machine): the interpreter
 tests (`test_int4_gemm.py`) check the kernel's logic on small shapes; these check the
 compiled code at the tile sizes the launcher picks for decode and prefill, the split-K
-atomics at full width, and that a decode-step product replays in a CUDA graph.
+atomics at full width, that a decode-step product replays in a CUDA graph, and that NF4
+codes read through their codebook.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from loraplex.runtime.layers.codebook import CodebookWeight
 from loraplex.runtime.layers.quantized import Int4Weight
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(300)]
@@ -29,7 +31,8 @@ def quantized(name: str, group_size: int) -> Int4Weight:
     return int4
 
 
-def assert_matches(y: torch.Tensor, x: torch.Tensor, weight: Int4Weight) -> None:
+def assert_matches(y: torch.Tensor, x: torch.Tensor,
+                   weight: Int4Weight | CodebookWeight) -> None:
     expected = x.double() @ weight.dequantize().double().t()
     scale = expected.abs().max().item()
     assert y.dtype == x.dtype and y.shape == expected.shape
@@ -67,3 +70,14 @@ def test_a_decode_product_replays_in_a_cuda_graph() -> None:
     graph.replay()
     torch.cuda.synchronize()
     assert_matches(y, x, weight)
+
+
+@pytest.mark.parametrize("rows", [1, 33, 1000])
+@pytest.mark.parametrize("name", ["qkv", "down"])
+def test_nf4_reads_its_codebook_in_the_compiled_kernel(name: str, rows: int) -> None:
+    d_out, d_in = LLAMA3_8B[name]
+    weight = torch.randn(d_out, d_in, device="cuda") * d_in**-0.5
+    nf4 = CodebookWeight.quantize_nf4(weight.to(torch.bfloat16))
+    assert nf4.kernel == "triton"  # what a CUDA device gets by default
+    x = torch.randn(rows, d_in, device="cuda", dtype=torch.bfloat16)
+    assert_matches(nf4.linear(x), x, nf4)

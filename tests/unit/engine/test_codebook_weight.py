@@ -80,4 +80,4 @@ def test_bad_shapes_are_refused_by_name():
         CodebookWeight(torch.zeros(4, 128, dtype=torch.int64), torch.ones(4, 2),
                        torch.zeros(8), 64)
     with pytest.raises(ValueError, match="codebook kernel must be one of"):
-        CodebookWeight.quantize_nf4(torch.zeros(4, 64), kernel="triton")
+        CodebookWeight.quantize_nf4(torch.zeros(4, 64), kernel="tinygemm")
