@@ -2,15 +2,16 @@
 
 `python -m bench.quantized` loads the builtin model once per variant (fp32, bf16, int8,
 int4 with bf16 activations, int4 in groups of 64, int8 and int4 with fp32 activations, NF4,
-and the GGUF's own Q4_1 blocks), each in a fresh process so that its resident set
-after start-up is its own (an engine alone, and a whole `loraplex serve` once it answers
-/health), then times greedy generation at batch 1 and 32 on the base and
-at batch 64 spread over 32 random adapters (ranks 8-64). The variants alternate in one
+the GGUF's own Q4_1 blocks, and checkpoints that transformers saves from a bitsandbytes
+load of the model in NF4 and 8-bit, made once in the cache), each in a fresh process so
+that its resident set after start-up is its own (an engine alone, and a whole `loraplex
+serve` once it answers /health), then times greedy generation at batch 1 and 32 on the base
+and at batch 64 spread over 32 random adapters (ranks 8-64). The variants alternate in one
 run; the ratios against fp32 in the table come from that run. Quality is measured beside
 speed: the perplexity of the tests' fixed text (tests/data/perplexity.txt, from the
 engine's own prompt logprobs) and how many of 8 chat prompts give the first variant's
-greedy tokens (16 new tokens each). The floor under the server figures is printed first:
-a process that has imported what `loraplex serve` imports before it loads a model.
+greedy tokens (16 new tokens each). The floor under the server figures is printed first: a
+process that has imported what `loraplex serve` imports before it loads a model.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ VARIANTS = {  # name -> engine settings
     "int4-fp32": {"dtype": "float32", "quantize": "int4"},
     "nf4": {"dtype": "bfloat16", "quantize": "nf4"},
     "gguf-q4_1": {"dtype": "bfloat16", "quantize": "gguf"},
+    "bnb-nf4": {"dtype": "bfloat16", "checkpoint": "bnb-nf4"},
+    "bnb-int8": {"dtype": "bfloat16", "checkpoint": "bnb-int8"},
+}
+CHECKPOINTS = {  # name -> BitsAndBytesConfig settings of a bitsandbytes checkpoint variant
+    "bnb-nf4": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"},
+    "bnb-int8": {"load_in_8bit": True},
 }
 RANKS = (8, 16, 32, 64)
 PERPLEXITY_TEXT = Path(__file__).resolve().parents[1] / "tests" / "data" / "perplexity.txt"
@@ -60,13 +67,44 @@ def quality(engine: Any, prompts: list[list[int]]) -> dict[str, Any]:
                        for request in greedy]}
 
 
+def bitsandbytes_checkpoint(name: str) -> Path:
+    """The builtin model as transformers saves it after loading it through bitsandbytes
+    (`CHECKPOINTS[name]`), made once in the cache."""
+    from loraplex.runtime.config import DEFAULT_MODEL, EngineConfig
+    from loraplex.runtime.models.sources import resolve_model_folder
+
+    cache = Path(EngineConfig().cache_dir)
+    folder = cache / "bench" / f"builtin-{name}"
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    source = resolve_model_folder(DEFAULT_MODEL, cache)
+    model = AutoModelForCausalLM.from_pretrained(
+        source, device_map="cpu", quantization_config=BitsAndBytesConfig(
+            **CHECKPOINTS[name], bnb_4bit_compute_dtype=torch.bfloat16))
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    return folder
+
+
+def settings_of(variant: str) -> dict[str, Any]:
+    """The engine settings of `variant` (a checkpoint variant: its folder as the model)."""
+    settings = dict(VARIANTS[variant])
+    checkpoint = settings.pop("checkpoint", None)
+    if checkpoint is not None:
+        settings["model"] = str(bitsandbytes_checkpoint(checkpoint))
+    return settings
+
+
 def server_rss_mb(variant: str) -> float:
     """Resident memory of `loraplex serve` with this variant once it answers /health."""
     import psutil
 
     from tests.integration.runtime_servers import start_runtime_server
 
-    flags = [f"--{name.replace('_', '-')}={value}" for name, value in VARIANTS[variant].items()]
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in settings_of(variant).items()]
     server = start_runtime_server("--device=cpu", *flags)
     try:
         return psutil.Process(server.process.pid).memory_info().rss / 1e6
@@ -93,7 +131,7 @@ def measure(variant: str, new_tokens: int, adapters: int) -> dict[str, Any]:
 
     process = psutil.Process()
     config = EngineConfig(device="cpu", kv_cache_bytes=512 << 20, max_num_seqs=64,
-                          device_slots=adapters, **VARIANTS[variant])
+                          device_slots=adapters, **settings_of(variant))
     engine = Engine(config)
     row: dict[str, Any] = {"variant": variant, "engine_rss_mb": process.memory_info().rss / 1e6,
                            "weight_mb": engine.loaded.weight_bytes / 1e6}
@@ -142,8 +180,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from bench.report import machine_info, write_json
 
+    variants = args.variants.split(",")
+    for variant in variants:  # made here, outside the measured processes
+        settings_of(variant)
     rows = []
-    for variant in args.variants.split(","):
+    for variant in variants:
         output = subprocess.run(
             [sys.executable, "-m", "bench.quantized", "--child", variant, "--new-tokens",
              str(args.new_tokens), "--adapters", str(args.adapters)],
