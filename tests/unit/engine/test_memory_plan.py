@@ -101,6 +101,21 @@ def test_the_cpu_keeps_its_kv_cap_and_reports_the_plan(llama_8b):
     assert plan.kv_cache <= 4 * GiB and plan.graph_pool == 0
 
 
+def test_nf4_weights_on_a_gpu_are_planned_at_their_codes_and_scales(llama_8b):
+    """`--quantize nf4` on a CUDA device (the meta device stands in: the same Triton
+    kernel's layout): each decoder linear holds half a byte of codes and an fp32 scale per
+    64 inputs (and its 16 codebook values), and nothing of its bf16 weight."""
+    hf_config, full_weights = llama_8b
+    model = build_model(hf_config, BF16, torch.device("meta"))
+    linears = [m for m in model.own_linears() if m is not model.lm_head]
+    full_linears = sum(m.weight_bytes for m in linears)  # bf16
+    model.quantize_weights("nf4", 0)
+    assert all(m.quantized.kernel == "triton" for m in linears)
+    codebooks = 16 * 4 * len(linears)
+    assert sum(m.weight_bytes for m in linears) == full_linears // 2 * (0.5 + 4 / 64) + codebooks
+    assert model.weight_bytes() < full_weights - 0.7 * full_linears
+
+
 def test_int4_weights_give_their_savings_to_the_kv_cache_of_a_24gb_gpu(llama_8b):
     """The decoder's linears served 4-bit (groups of 128) as `--quantize int4` loads them:
     the weights shrink to about 5 GiB, and the KV cache gets what they gave back."""
