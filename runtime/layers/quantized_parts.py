@@ -5,7 +5,10 @@ index order, so a group's inputs are scattered over K. The int4 kernel needs eac
 contiguous: the weight is stored with its input columns sorted by group and the product
 reads the input in that order (`PermutedInputs`). The shards of a fused layer (q|k|v,
 gate|up) share their input; when their orders differ they cannot be one GEMM, and are
-served as separate products whose outputs sit side by side (`SideBySide`).
+served as separate products whose outputs sit side by side (`SideBySide`). So are the
+shards of a checkpoint that quantized some projections of a fused layer and kept others
+in full precision (bitsandbytes' `llm_int8_skip_modules` naming, say, `gate_proj`): the
+full-precision ones multiply as they are (`DenseShard`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from loraplex.runtime.layers.quantized import QuantizedWeight
 
@@ -59,3 +63,22 @@ class SideBySide(QuantizedWeight):
     @property
     def nbytes(self) -> int:
         return sum(part.nbytes for part in self.parts)
+
+
+class DenseShard(QuantizedWeight):
+    """A full-precision shard beside quantized ones of the same fused layer."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        """weight [N, K] in the model's dtype."""
+        self.weight = weight
+        self.out_features, self.in_features = weight.shape
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:  # [T, K] -> [T, N]
+        return F.linear(x, self.weight)
+
+    def dequantize(self) -> torch.Tensor:
+        return self.weight.float()
+
+    @property
+    def nbytes(self) -> int:
+        return self.weight.nbytes

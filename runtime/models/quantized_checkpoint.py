@@ -33,6 +33,7 @@ from transformers import PretrainedConfig
 
 from loraplex.runtime.layers.linear import Linear, MergedLinear
 from loraplex.runtime.layers.quantized import QuantizedWeight
+from loraplex.runtime.layers.quantized_parts import DenseShard, SideBySide
 from loraplex.runtime.models.awq import read_awq
 from loraplex.runtime.models.bitsandbytes import (
     BitsAndBytesQuantization,
@@ -148,13 +149,18 @@ def _settings(hf_config: PretrainedConfig, folder: Path | None) -> Mapping | Non
     return None
 
 
-def _quantized_tensors(folder: Path, device: torch.device,
-                       quantization: Quantization) -> dict[str, dict[str, str]]:
-    """Checkpoint linear -> leaf -> file of its quantized tensors."""
+def _tensor_files(folder: Path, device: torch.device) -> dict[str, str]:
+    """Checkpoint tensor -> its file."""
     files: dict[str, str] = {}
     for path in safetensors_files(folder):
         with safe_open(str(path), framework="pt", device=str(device)) as handle:
             files.update(dict.fromkeys(handle.keys(), str(path)))
+    return files
+
+
+def _quantized_tensors(files: Mapping[str, str],
+                       quantization: Quantization) -> dict[str, dict[str, str]]:
+    """Checkpoint linear -> leaf -> file of its quantized tensors."""
     return {linear: {leaf: files[f"{linear}.{leaf}"] for leaf in leaves}
             for linear, leaves in quantization.quantized_linears(files).items()}
 
@@ -190,38 +196,76 @@ def _targets(model: LlamaForCausalLM, linears: list[str]) -> dict[str, dict[int,
     return targets
 
 
-def _check_part(module: Linear, index: int,
-                codes: LinearCodes | CodebookCodes | Int8Codes) -> None:
+def _check_part(module: Linear, index: int, name: str, shape: torch.Size) -> None:
     sizes = module.output_sizes if isinstance(module, MergedLinear) else (module.out_features,)
     expected = (sizes[index], module.in_features)
-    if tuple(codes.codes.shape) != expected:
-        raise ValueError(f"{codes.name}: the checkpoint holds a {codes.codes.shape[0]}x"
-                         f"{codes.codes.shape[1]} weight (outputs x inputs), the model "
-                         f"expects {expected[0]}x{expected[1]}")
+    if tuple(shape) != expected:
+        raise ValueError(f"{name}: the checkpoint holds a {shape[0]}x{shape[1]} weight "
+                         f"(outputs x inputs), the model expects {expected[0]}x{expected[1]}")
+
+
+def _shard_name(target: str, index: int) -> str:
+    """The checkpoint linear of shard `index` of fused layer `target`."""
+    parent, _, fused = target.rpartition(".")
+    projection = next(name for name, place in STACKED_PROJECTIONS.items()
+                      if place == (fused, index))
+    return f"{parent}.{projection}"
+
+
+def _dense_shard(module: Linear, index: int, name: str, files: Mapping[str, str],
+                 device: torch.device) -> DenseShard:
+    """Shard `index` of a fused layer, kept in full precision by the checkpoint."""
+    if f"{name}.weight" not in files:
+        raise ValueError(f"fused layer shard {name} has neither quantized tensors nor a "
+                         f"weight in the checkpoint")
+    weight = _read_tensors({"weight": files[f"{name}.weight"]}, name, device)["weight"]
+    _check_part(module, index, name, weight.shape)
+    return DenseShard(weight.to(module.weight.dtype))
+
+
+def _serve_shards(module: Linear, parts: Mapping[int, str], found: Mapping,
+                  files: Mapping[str, str], target: str, device: torch.device,
+                  quantization: Quantization) -> tuple[QuantizedWeight, set[str]]:
+    """The weight of every shard of `module` in output order: runs of quantized shards
+    served together, full-precision ones beside them; and the plain tensors it read."""
+    count = len(module.output_sizes) if isinstance(module, MergedLinear) else 1
+    served: list[QuantizedWeight] = []
+    run: list[LinearCodes | CodebookCodes | Int8Codes] = []  # since the last dense shard
+    plain: set[str] = set()
+    for index in range(count):
+        if index in parts:
+            part = quantization.read(parts[index], _read_tensors(
+                found[parts[index]], parts[index], device))
+            _check_part(module, index, part.name, part.codes.shape)
+            run.append(part)
+            continue
+        if run:
+            served.append(quantization.serve(run, module.weight.dtype))
+            run = []
+        name = _shard_name(target, index)
+        served.append(_dense_shard(module, index, name, files, device))
+        plain.add(f"{name}.weight")
+    if run:
+        served.append(quantization.serve(run, module.weight.dtype))
+    return (served[0] if len(served) == 1 else SideBySide(served)), plain
 
 
 def load_quantized_linears(model: LlamaForCausalLM, folder: Path, device: torch.device,
                            quantization: Quantization) -> set[str]:
     """Serve every quantized linear of the checkpoint quantized in `model` (plain weights
-    released); return the checkpoint tensors used, for the plain load to skip."""
-    found = _quantized_tensors(folder, device, quantization)
+    released), beside any shard of the same fused layer the checkpoint keeps in full
+    precision; return the checkpoint tensors used, for the plain load to skip."""
+    files = _tensor_files(folder, device)
+    found = _quantized_tensors(files, quantization)
     if not found:
         raise ValueError(f"config.json says the checkpoint is {quantization.method}-quantized, "
                          f"but no tensor in {folder} is stored that way")
-    targets = _targets(model, sorted(found))
-    for target, parts in targets.items():
+    used = {f"{linear}.{leaf}" for linear, leaves in found.items() for leaf in leaves}
+    for target, parts in _targets(model, sorted(found)).items():
         module = model.get_submodule(target)
-        count = len(module.output_sizes) if isinstance(module, MergedLinear) else 1
-        if len(parts) != count:
-            raise ValueError(f"fused layer {target}: {', '.join(parts.values())} are "
-                             f"quantized but its other parts are not; all parts of a fused "
-                             f"layer must be quantized alike")
-        codes = []
-        for index in range(count):
-            part = quantization.read(parts[index], _read_tensors(
-                found[parts[index]], parts[index], device))
-            _check_part(module, index, part)
-            codes.append(part)
-        module.use_quantized(quantization.serve(codes, module.weight.dtype))
+        weight, plain = _serve_shards(module, parts, found, files, target, device,
+                                      quantization)
+        module.use_quantized(weight)
         module.release_weight()
-    return {f"{linear}.{leaf}" for linear, leaves in found.items() for leaf in leaves}
+        used |= plain
+    return used

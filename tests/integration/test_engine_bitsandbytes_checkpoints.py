@@ -7,9 +7,11 @@ quantization, 4-bit FP4, 8-bit) and saved again with `save_pretrained`: the file
 "-bnb-4bit" upload holds. The engine serves each folder in fp32, and its greedy tokens equal
 those of transformers' `LlamaForCausalLM` holding bitsandbytes' own dequantization of the
 saved weights in fp32; with adapters on the NF4 base (QLoRA's case), those of PEFT on that
-model. (transformers' bitsandbytes model is not the oracle: on the CPU, without the
-`kernels` package, its 4-bit products round to bf16, 0.03 off an fp32 product here, and its
-8-bit ones round the activations to int8.)
+model. One case leaves single projections of fused layers in full precision
+(`llm_int8_skip_modules`), served beside their quantized partners. (transformers'
+bitsandbytes model is not the oracle: on the CPU, without the `kernels` package, its 4-bit
+products round to bf16, 0.03 off an fp32 product here, and its 8-bit ones round the
+activations to int8.)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from loraplex.runtime.engine.engine import Engine
+from loraplex.runtime.layers.quantized_parts import DenseShard
 from loraplex.runtime.models.loader import load_model
 from tests.helpers import builtin_tokenizer
 from tests.helpers.checkpoint_oracle import (
@@ -45,9 +48,13 @@ CASES = {  # name -> BitsAndBytesConfig settings
                              bnb_4bit_use_double_quant=True),
     "fp4": dict(load_in_4bit=True, bnb_4bit_quant_type="fp4"),
     "int8": dict(load_in_8bit=True),
+    # modules left in full precision, as some published "dynamic" 4-bit bases do: gate_proj
+    # and k_proj beside their quantized partners of gate|up and q|k|v
+    "nf4-skipping-shards": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                llm_int8_skip_modules=["lm_head", "gate_proj", "k_proj"]),
 }
 METHODS = {"nf4-double-quant": "bitsandbytes-nf4", "fp4": "bitsandbytes-fp4",
-           "int8": "bitsandbytes-int8"}
+           "int8": "bitsandbytes-int8", "nf4-skipping-shards": "bitsandbytes-nf4"}
 
 
 @pytest.fixture(scope="module")
@@ -119,11 +126,16 @@ def test_checkpoint_generates_what_bitsandbytes_weights_generate(case, root) -> 
         assert engine.memory_plan.as_dict()["quantization"] == METHODS[case]
         layers = [m for m in loaded.model.own_linears() if m is not loaded.model.lm_head]
         assert layers and all(m.weight is None and m.quantized is not None for m in layers)
-        linear_bytes = sum(m.weight_bytes for m in layers)
-        linear_weights = sum(t.numel() for n, t in dequantized.items()
-                             if n.endswith("proj.weight"))
+        skipped = CASES[case].get("llm_int8_skip_modules", [])
+        dense_shards = [p for m in layers for p in getattr(m.quantized, "parts", ())
+                        if isinstance(p, DenseShard)]
+        assert len(dense_shards) == 2 * len(loaded.model.model.layers) * (len(skipped) > 0)
+        dense = sum(p.weight.numel() for p in dense_shards)  # fp32
+        quantized = sum(t.numel() for n, t in dequantized.items()
+                        if n.endswith("proj.weight")) - dense
         bits = 4 if CASES[case].get("load_in_4bit") else 8
-        assert linear_bytes < linear_weights * (bits + 1) / 8  # codes, plus their scales
+        linear_bytes = sum(m.weight_bytes for m in layers)
+        assert linear_bytes < quantized * (bits + 1) / 8 + dense * 4  # codes, their scales
         served = engine_greedy(engine, [None])
     finally:
         engine.close()

@@ -180,10 +180,13 @@ REFUSALS = {  # name -> (config settings, tensor edit, expected message)
                                      torch.cat([w["model.layers.0.self_attn.o_proj.scales"]] * 2,
                                                dim=1)},
                     r"o_proj.scales: shape \(4, 256\), expected \(4, 128\)"),
-    "half-fused": (None, lambda w: {**{n: t for n, t in w.items() if ".k_proj." not in n},
-                                    **{n.replace("qweight", "weight"): torch.zeros(64, 128)
-                                       for n in w if n.endswith("k_proj.qweight")}},
-                   "are quantized but its other parts are not"),
+    "shard-missing": (None, lambda w: {n: t for n, t in w.items() if ".k_proj." not in n},
+                      "shard model.layers.0.self_attn.k_proj has neither quantized tensors "
+                      "nor a weight"),
+    "dense-shard-shape": (None, lambda w: {**{n: t for n, t in w.items() if ".k_proj." not in n},
+                                           **{n.replace("qweight", "weight"): torch.zeros(32, 128)
+                                              for n in w if n.endswith("k_proj.qweight")}},
+                          r"k_proj: the checkpoint holds a 32x128 weight .*expects 64x128"),
 }
 
 
