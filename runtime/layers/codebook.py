@@ -24,6 +24,7 @@ from loraplex.runtime.layers.quantized import (
     QuantizedWeight,
     int4_kernel,
     pack_int4,
+    unpack_int4,
 )
 
 # QLoRA's NF4 values (Dettmers et al. 2023, appendix E), as bitsandbytes defines them
@@ -102,8 +103,7 @@ class CodebookWeight(QuantizedWeight):
             return cpu_quantized_linear.unpack_codebook4(self.packed, self.panel_scales,
                                                          self.out_features)[0]
         if self.kernel == "triton":
-            return torch.stack([self.packed & 15, self.packed >> 4], dim=-1).view(
-                self.out_features, self.in_features).int()
+            return unpack_int4(self.packed)
         return self.plain_codes.int()
 
     def group_scales(self) -> torch.Tensor:  # [N, K / g] fp32

@@ -215,8 +215,7 @@ class Int4Weight(QuantizedWeight):
             return cpu_quantized_linear.unpack_int4(self.packed, self.scales_and_zeros,
                                                     self.out_features)[0]
         if self.kernel != "cpu":
-            return torch.stack([self.packed & 15, self.packed >> 4], dim=-1).view(
-                self.out_features, self.in_features).int()
+            return unpack_int4(self.packed)
         identity = torch.eye(self.in_features, dtype=torch.float32, device=self.device)
         unit = torch.zeros_like(self.scales_and_zeros, dtype=torch.float32)
         unit[..., 0] = 1.0  # scale 1, zero 0: the kernel returns q - 8 per weight
@@ -284,6 +283,11 @@ def pack_int4(codes: torch.Tensor, kernel: str) -> torch.Tensor:
         return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, INT4_INNER_K_TILES)
     # uint8 [N, K / 2]: code 2j in the low nibble of byte j, code 2j + 1 in the high one
     return (codes[:, 1::2] << 4 | codes[:, ::2]).to(torch.uint8)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """`pack_int4`'s uint8 [N, K / 2] (any kernel but "cpu") -> codes [N, K] int32."""
+    return torch.stack([packed & 15, packed >> 4], dim=-1).flatten(1).int()
 
 
 def quantize_weight(weight: torch.Tensor, method: str, group_size: int) -> QuantizedWeight:
